@@ -1,0 +1,56 @@
+"""Settings from the environment (prefix ``JOBSTATUS_``); no URL set means the embedded server."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SOURCES = ("print_os", "scanner")
+
+
+class Settings(BaseSettings):
+    """Everything an operator may set. Read once per process, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBSTATUS_", extra="ignore")
+
+    jobmanager_url: str | None = Field(None, description="libpq URL of the jobmanager database")
+    logs_url: str | None = Field(None, description="libpq URL of the logs database")
+    dagster_url: str | None = Field(None, description="libpq URL of Dagster's own storage")
+    home: Path = Field(
+        Path(".jobstatus"), description="working folder: embedded data, DAGSTER_HOME"
+    )
+
+    file_customer: str = "Labex"
+    chunk_size: int = Field(5000, ge=1, description="source rows per run (one window)")
+    sensor_interval_seconds: int = Field(30, ge=1)
+    late_row_lookback: int = Field(
+        10_000, ge=0, description="markers below the marker re-checked for late commits (R19)"
+    )
+    retry_limit: int = Field(5, ge=1, description="attempts before a retryable failure gives up")
+    retry_batch: int = Field(1000, ge=0, description="retryable failures re-tried per run")
+    retry_interval_seconds: int = Field(
+        300, ge=0, description="wait between attempts of a retryable failure (R20)"
+    )
+
+    @field_validator("file_customer")
+    @classmethod
+    def _customer_has_no_separator(cls, value: str) -> str:
+        # The file-id index expression splits on "_" (R4); a token with "_" would never match.
+        if not value or "_" in value:
+            raise ValueError("JOBSTATUS_FILE_CUSTOMER must be non-empty and contain no '_'")
+        return value
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def uses_embedded(self) -> bool:
+        return not (self.jobmanager_url and self.logs_url and self.dagster_url)
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,119 @@
+"""The shape every source resolves to, and the precedence of writes (R15). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+PRINT = "print"
+PRINT_OS = "print_os"
+SCANNER = "scanner"
+MARKER_TYPES = {PRINT_OS: "print_os", SCANNER: "scanned_codes"}
+
+# Columns of each frame of an UpdatePlan; the writer relies on them.
+TARGET_COLUMNS = [
+    "status",
+    "event_time",
+    "source_type",
+    "source_id",
+    "notes",
+    "precedence",
+    "state_based",
+]
+IMPOSITION_OP_COLUMNS = ["imposition_id", "operation", *TARGET_COLUMNS]
+JOB_OP_COLUMNS = ["job_id", "version_tag", "operation", *TARGET_COLUMNS]
+JOB_STATE_COLUMNS = ["job_id", "operation", "value", "version_tag", *TARGET_COLUMNS]
+AUDIT_COLUMNS = [
+    "source_type",
+    "source_id",
+    "job_id",
+    "version_tag",
+    "operation",
+    "status",
+    "printed_count",
+    "aborted_count",
+    "total_count",
+    "notes",
+    "event_time",
+    "precedence",
+    "state_based",
+]
+FAILURE_COLUMNS = ["source_type", "source_id", "reason", "subject", "detail", "retryable"]
+PROCESSED_COLUMNS = ["source_id", "marker"]
+
+# R20: data that may arrive late; retried on later runs.
+RETRYABLE_REASONS = frozenset({"unmapped_imposition", "unrecognised_code", "missing_job"})
+
+
+def precedence(source_type: str, operation: str) -> int:
+    """R15: print_os owns ``print``; the scanner owns every other operation."""
+    owner = PRINT_OS if operation == PRINT else SCANNER
+    return 1 if source_type == owner else 0
+
+
+def empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype="object") for name in columns})
+
+
+def keep_winners(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per key: highest precedence, then latest event time, then highest source id."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    ordered = frame.sort_values(
+        [*keys, "precedence", "event_time", "source_id"], kind="stable", na_position="first"
+    )
+    return ordered.groupby(keys, sort=False, dropna=False).tail(1).reset_index(drop=True)
+
+
+def failure_rows(
+    frame: pd.DataFrame, source_type: str, reason: str, subject: pd.Series | str, detail: pd.Series
+) -> pd.DataFrame:
+    """Failures (R20) for each row of ``frame``; ``frame`` must carry ``source_id``."""
+    return pd.DataFrame(
+        {
+            "source_type": source_type,
+            "source_id": frame["source_id"].astype("int64").to_numpy(),
+            "reason": reason,
+            "subject": subject.to_numpy() if isinstance(subject, pd.Series) else subject,
+            "detail": detail.to_numpy(),
+            "retryable": reason in RETRYABLE_REASONS,
+        },
+        columns=FAILURE_COLUMNS,
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """Source ids/markers (from_marker, to_marker] of one run; horizon bounds the history read."""
+
+    source_type: str
+    from_marker: int
+    to_marker: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.source_type} ({self.from_marker}, {self.to_marker}]"
+
+
+@dataclass
+class UpdatePlan:
+    """Everything one run will write, computed before any write (so a bad row never half-writes)."""
+
+    window: Window
+    imposition_ops: pd.DataFrame = field(default_factory=lambda: empty(IMPOSITION_OP_COLUMNS))
+    job_ops: pd.DataFrame = field(default_factory=lambda: empty(JOB_OP_COLUMNS))
+    job_state: pd.DataFrame = field(default_factory=lambda: empty(JOB_STATE_COLUMNS))
+    audit: pd.DataFrame = field(default_factory=lambda: empty(AUDIT_COLUMNS))
+    failures: pd.DataFrame = field(default_factory=lambda: empty(FAILURE_COLUMNS))
+    processed: pd.DataFrame = field(default_factory=lambda: empty(PROCESSED_COLUMNS))
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "rows_read": len(self.processed),
+            "imposition_updates": len(self.imposition_ops),
+            "job_version_updates": len(self.job_ops),
+            "jobs_updated": int(self.job_state["job_id"].nunique()) if len(self.job_state) else 0,
+            "audit_rows": len(self.audit),
+            "failures": len(self.failures),
+        }

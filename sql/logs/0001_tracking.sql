@@ -1,0 +1,43 @@
+-- jobstatus additions to logs (SPEC §1, plan §1.3). Additive and idempotent (R1).
+ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS completed_at TIMESTAMP;
+ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS completed_by VARCHAR;
+ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS source_id BIGINT;
+ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS status VARCHAR;
+ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS notes TEXT;
+
+ALTER TABLE imposition_operations ADD COLUMN IF NOT EXISTS completed_at TIMESTAMP;
+ALTER TABLE imposition_operations ADD COLUMN IF NOT EXISTS completed_by VARCHAR;
+ALTER TABLE imposition_operations ADD COLUMN IF NOT EXISTS source_id BIGINT;
+ALTER TABLE imposition_operations ADD COLUMN IF NOT EXISTS status VARCHAR;
+ALTER TABLE imposition_operations ADD COLUMN IF NOT EXISTS notes TEXT;
+
+CREATE INDEX IF NOT EXISTS idx_job_operations_completed ON job_operations (completed_at);
+CREATE INDEX IF NOT EXISTS idx_job_operations_source ON job_operations (completed_by, source_id);
+CREATE INDEX IF NOT EXISTS idx_imposition_operations_completed ON imposition_operations (completed_at);
+CREATE INDEX IF NOT EXISTS idx_imposition_operations_source
+    ON imposition_operations (completed_by, source_id);
+
+-- Lookups by the rows we update.
+CREATE INDEX IF NOT EXISTS idx_job_operations_key ON job_operations (job_id, version_tag, operation_id);
+CREATE INDEX IF NOT EXISTS idx_imposition_operations_key
+    ON imposition_operations (imposition_id, operation_id);
+CREATE INDEX IF NOT EXISTS idx_imposition_file_mapping_imposition
+    ON imposition_file_mapping (imposition_id);
+-- R9: all files of a job, whatever imposition holds them. Must match resolve.FILE_JOB_SQL.
+CREATE INDEX IF NOT EXISTS idx_imposition_file_mapping_job
+    ON imposition_file_mapping ((substring(file_id from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')));
+CREATE INDEX IF NOT EXISTS idx_production_planner_paths_runlist
+    ON production_planner_paths (runlist_id);
+CREATE INDEX IF NOT EXISTS idx_production_planner_paths_imposition
+    ON production_planner_paths (imposition_id);
+
+-- R8: operation names ↔ codes; the shop edits this table, not the code.
+CREATE TABLE IF NOT EXISTS operation_codes (
+    operation    TEXT PRIMARY KEY,
+    operation_id TEXT,                 -- NULL: known name, code not assigned yet
+    updated_at   TIMESTAMP NOT NULL DEFAULT now()
+);
+INSERT INTO operation_codes (operation, operation_id) VALUES
+    ('print', 'op001'), ('coating', 'op003'), ('kiss_cut', 'op006'),
+    ('backscore', NULL), ('slitter', NULL)
+ON CONFLICT (operation) DO NOTHING;
