@@ -1,0 +1,203 @@
+"""The `jobstatus` command: set up, demo, process, inspect, and run everything."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from jobstatus_dagster.config import SOURCES, Settings, load_settings
+from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class Environment:
+    """The databases (embedded or configured) and the Dagster home of one CLI invocation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.urls, self._server = resolve_urls(settings)
+        self.urls.export()
+        self.dagster_home = self._prepare_dagster_home()
+
+    def _prepare_dagster_home(self) -> Path:
+        """DAGSTER_HOME as set by the operator, else a folder under the working folder."""
+        if os.environ.get("DAGSTER_HOME"):
+            return Path(os.environ["DAGSTER_HOME"])
+        home = self.settings.home_dir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+        return home
+
+    def instance(self):
+        import dagster as dg
+
+        return dg.DagsterInstance.get()
+
+
+def _env() -> Environment:
+    return Environment(load_settings())
+
+
+@click.group()
+def main() -> None:
+    """jobstatus: PrintOS events and finishing scans → job status, on Dagster."""
+
+
+@main.command("migrate")
+@click.option("--baseline", is_flag=True, help="First create the shop's own tables where missing.")
+def migrate_command(baseline: bool) -> None:
+    """Apply the migrations (safe to run again)."""
+    env = _env()
+    applied = migrate(env.urls, baseline=baseline)
+    for database, ids in applied.items():
+        click.echo(f"{database}: {', '.join(ids) if ids else 'up to date'}")
+
+
+@main.command("demo-data")
+@click.option("--scale", default=1, show_default=True, help="1 ≈ 200 jobs; grows linearly.")
+@click.option("--seed", default=7, show_default=True)
+def demo_data_command(scale: int, seed: int) -> None:
+    """Fill an empty shop with a realistic synthetic print shop."""
+    from jobstatus_dagster.demo import generate_shop
+
+    env = _env()
+    with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
+        try:
+            summary = generate_shop(jm, logs, scale=scale, seed=seed)
+        except ValueError as err:
+            raise click.ClickException(str(err)) from err
+    click.echo(summary.line())
+
+
+def _definitions():
+    from jobstatus_dagster.definitions import build_definitions
+
+    return build_definitions(
+        os.environ["JOBSTATUS_JOBMANAGER_URL"], os.environ["JOBSTATUS_LOGS_URL"]
+    )
+
+
+@main.command("process")
+@click.option("--source", type=click.Choice([*SOURCES, "both"]), default="both", show_default=True)
+def process_command(source: str) -> None:
+    """Process everything past the markers once, as Dagster runs in the instance."""
+    from jobstatus_dagster.pipeline.runner import process_source
+
+    env = _env()
+    defs = _definitions()
+    instance = env.instance()
+    failed = False
+    for name in SOURCES if source == "both" else (source,):
+        outcome = process_source(defs, instance, name, trigger="cli")
+        click.echo(outcome.line())
+        failed |= not outcome.success
+    sys.exit(1 if failed else 0)
+
+
+@main.command("status")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=50, show_default=True, help="Audit rows shown.")
+def status_command(job_id: str, as_json: bool, limit: int) -> None:
+    """A job's current operations and its audit history."""
+    from jobstatus_dagster.io.status import read_job_status
+
+    env = _env()
+    with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
+        status = read_job_status(jm, logs, job_id, limit=limit)
+    if status is None:
+        raise click.ClickException(f"unknown job {job_id!r}")
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    click.echo(f"job {job_id}: {json.dumps(status['current_status'])}")
+    for version in status["versions"]:
+        click.echo(
+            f"  version {version['version_tag']}: print {version['status'] or '-'}"
+            f" ({version['notes'] or 'no print row'})"
+        )
+    for row in status["update_history"]:
+        click.echo(
+            f"  #{row['update_id']} {row['updated_at']} {row['source_type']}#{row['source_id']}"
+            f" v{row['version_tag']} {row['operation_type']}={row['status']}"
+            f"{'' if row['applied'] else ' (not applied)'}: {row['notes'] or ''}"
+        )
+
+
+def _simulate(env: Environment, stop: threading.Event, every: float) -> None:
+    """A live shop: new print events (and scans) every few seconds, so sensors have work."""
+    import random
+
+    from jobstatus_dagster.demo import simulate_tick
+
+    rng = random.Random()
+    with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
+        while not stop.wait(every):
+            try:
+                simulate_tick(jm, logs, rng)
+            except Exception as err:  # noqa: BLE001 - the simulator must never take dev down
+                click.echo(f"simulator: {err}", err=True)
+
+
+@main.command("simulate")
+@click.option("--every", default=10.0, show_default=True, help="Seconds between ticks.")
+def simulate_command(every: float) -> None:
+    """Keep appending print events and scans, like a live shop (Ctrl-C stops)."""
+    env = _env()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        _simulate(env, stop, every)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@main.command("dev")
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--simulate-every", default=10.0, show_default=True, help="0 disables the simulator.")
+def dev_command(port: int, simulate_every: float) -> None:
+    """Everything at once: database, migrations, demo shop, Dagster UI + daemon, simulator."""
+    from jobstatus_dagster.demo import generate_shop, shop_is_empty
+
+    env = _env()
+    migrate(env.urls, baseline=True)
+    with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
+        if shop_is_empty(jm, logs):
+            click.echo(generate_shop(jm, logs).line())
+    stop = threading.Event()
+    if simulate_every > 0:
+        threading.Thread(target=_simulate, args=(env, stop, simulate_every), daemon=True).start()
+    click.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={env.dagster_home})")
+    dagster = subprocess.Popen(  # noqa: S603 - our own venv's dagster
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "dev",
+            "-w",
+            str(PROJECT_DIR / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=PROJECT_DIR,
+    )
+    try:
+        dagster.wait()
+    except KeyboardInterrupt:
+        dagster.send_signal(signal.SIGINT)
+        try:
+            dagster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dagster.kill()
+    finally:
+        stop.set()
+        time.sleep(0.1)
