@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -50,6 +51,8 @@ def _env() -> Environment:
 @click.group()
 def main() -> None:
     """jobstatus: PrintOS events and finishing scans → job status, on Dagster."""
+    # Library notices (beta parameters, XDG runtime dir) are noise on a terminal.
+    warnings.filterwarnings("ignore", category=UserWarning)
 
 
 @main.command("migrate")

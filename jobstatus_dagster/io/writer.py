@@ -14,6 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, RETRYABLE_REASONS, UpdatePlan
+from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import load_operation_codes
 
 # R15 rank of what a row already holds, for operation name column `op` and writer column `by`.
@@ -360,19 +361,18 @@ def write_jobmanager(
 
 
 def write_plan(
-    jobmanager: sa.Engine,
-    logs: sa.Engine,
-    plan: UpdatePlan,
-    run_id: str,
-    crash_at: str | None = None,
+    jobmanager: sa.Engine, logs: sa.Engine, plan: UpdatePlan, run_id: str
 ) -> WriteReport:
     """R18: logs commit first, then one jobmanager transaction; the marker lock spans both."""
     with jobmanager.connect() as jm, jm.begin():
         marker_before = lock_marker(jm, plan.window.source_type)
         with logs.begin() as lg:
             report, logs_failures = write_logs(lg, plan)
+        crash_point("after_logs_commit")
         report.marker_before = marker_before
         write_jobmanager(jm, plan, logs_failures, run_id, report)
+        crash_point("before_jobmanager_commit")
+    crash_point("after_jobmanager_commit")
     return report
 
 

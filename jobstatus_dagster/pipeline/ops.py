@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from jobstatus_dagster.core.plan import UpdatePlan, Window
+from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import load_window, read_marker
 from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
@@ -77,6 +78,7 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
+        crash_point("after_load")
         return LoadedWindow(window, rows, max(marker, window.to_marker), utc_now())
 
     return _load

@@ -14,6 +14,7 @@ from jobstatus_dagster.core.print_status import (
     normalise_status,
     validate_events,
 )
+from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import (
     load_files_of_jobs,
     load_mapping_for_impositions,
@@ -86,6 +87,7 @@ def resolve_print_window(
             "seconds": round(time.perf_counter() - started, 3),
         }
     )
+    crash_point("after_resolve")
     return resolved
 
 
