@@ -21,7 +21,7 @@ class Shop:
 
     def __init__(self, urls: DatabaseUrls, **processing: int | str) -> None:
         self.urls = urls
-        self.processing = ProcessingSettings(**{"retry_interval_seconds": 0, **processing})
+        self.processing = ProcessingSettings(**processing)
         self.jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
         self.logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
         self._markers = itertools.count(
@@ -70,7 +70,12 @@ class Shop:
             self.logs,
             "INSERT INTO job_operations (job_operation_id, job_id, version_tag, operation_id,"
             " sequence_order, required) VALUES (:id, :j, :v, :o, 1, true) ON CONFLICT DO NOTHING",
-            {"id": f"{job_id}:{version}:{operation_id}", "j": job_id, "v": version, "o": operation_id},
+            {
+                "id": f"{job_id}:{version}:{operation_id}",
+                "j": job_id,
+                "v": version,
+                "o": operation_id,
+            },
         )
 
     def add_imposition_operation(self, imposition_id: str, operation_id: str = "op001") -> None:

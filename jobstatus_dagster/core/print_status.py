@@ -39,6 +39,12 @@ def normalise_status(raw: pd.Series) -> pd.Series:
     return text.where(text.isin([PRINTED, ABORTED]))
 
 
+def as_event_time(values: pd.Series, processing_time: datetime) -> pd.Series:
+    """R14: the event's own time; the processing time only where it is missing."""
+    times = pd.to_datetime(values).astype("datetime64[us]")
+    return times.fillna(pd.Timestamp(processing_time))
+
+
 def print_status(printed: int, aborted: int, total: int) -> str | None:
     """R11 for one job version."""
     if total > 0 and printed == total:
@@ -67,7 +73,7 @@ def validate_events(
     events = events.assign(
         imposition_id=events["imposition_id"].astype("string").str.strip(),
         status=normalise_status(events["status"]),
-        event_time=pd.to_datetime(events["event_time"]).fillna(pd.Timestamp(processing_time)),
+        event_time=as_event_time(events["event_time"], processing_time),
     )
     no_imposition = events["imposition_id"].isna() | (events["imposition_id"] == "")
     no_marker = events["marker"].isna() & ~no_imposition
@@ -259,10 +265,12 @@ def compute_print_plan(
     current = _counts_at(versions.assign(point_seq=np.inf), files).drop(columns="point_seq")
     current = current.merge(version_hist, on=["job_id", "version_tag"], how="left")
 
-    latest = current.set_index(["job_id", "version_tag"])
     late = per_event["kind"].isin(["late", "retry"])
-    newer = per_event.join(
-        latest[["source_id", "event_time"]], on=["job_id", "version_tag"], rsuffix="_latest"
+    newer = per_event.merge(
+        current[["job_id", "version_tag", "source_id", "event_time"]],
+        on=["job_id", "version_tag"],
+        how="left",
+        suffixes=("", "_latest"),
     )
     older = late & (newer["event_time_latest"] > newer["event_time"])
     notes = per_event["notes"].where(

@@ -64,11 +64,20 @@ class WriteReport:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
 
 
+_INTEGER_COLUMNS = frozenset(
+    {"source_id", "marker", "precedence", "printed_count", "aborted_count", "total_count"}
+)
+
+
 def _python_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
-    """Rows as plain Python values (None for NA) for COPY."""
+    """Rows as plain Python values (None for NA) for COPY; integer columns stay integers even
+    where a left join made them float."""
     cols = []
     for name in columns:
-        series = frame[name].astype(object)
+        series = frame[name]
+        if name in _INTEGER_COLUMNS:
+            series = series.astype("Int64")
+        series = series.astype(object)
         cols.append([None if pd.isna(v) else v for v in series.tolist()])
     return list(zip(*cols, strict=True)) if cols else []
 
@@ -312,6 +321,9 @@ def write_jobmanager(
         ON CONFLICT ON CONSTRAINT processing_failures_key DO UPDATE SET
             attempts = f.attempts + 1, last_attempt_at = now(), detail = excluded.detail,
             retryable = excluded.retryable, resolved_at = NULL, run_id = excluded.run_id
+        -- a retry is an attempt; re-processing a permanent failure (a backfill) changes nothing
+        WHERE excluded.retryable OR f.resolved_at IS NOT NULL
+           OR (f.detail, f.retryable) IS DISTINCT FROM (excluded.detail, excluded.retryable)
     """),
         params,
     ).rowcount

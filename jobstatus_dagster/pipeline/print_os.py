@@ -9,6 +9,7 @@ import pandas as pd
 from jobstatus_dagster.core.identifiers import parse_file_ids
 from jobstatus_dagster.core.plan import PRINT_OS, UpdatePlan, Window
 from jobstatus_dagster.core.print_status import (
+    as_event_time,
     compute_print_plan,
     expand_to_files,
     normalise_status,
@@ -63,9 +64,7 @@ def resolve_print_window(
         )
     history = history.assign(
         status=normalise_status(history["status"]),
-        event_time=pd.to_datetime(history["event_time"]).fillna(
-            pd.Timestamp(loaded.processing_time)
-        ),
+        event_time=as_event_time(history["event_time"], loaded.processing_time),
     ).dropna(subset=["status", "marker"])
     resolved = ResolvedPrintWindow(
         window=loaded.window,
