@@ -1,0 +1,78 @@
+"""R4 file ids and R12 version order: pure, with property-based checks."""
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobstatus_dagster.core.identifiers import (
+    highest_versions,
+    parse_file_id,
+    parse_file_ids,
+    version_sort_key,
+)
+
+digits = st.from_regex(r"[0-9]{1,6}", fullmatch=True)
+version_tags = st.from_regex(r"[0-9A-Za-z]{1,4}", fullmatch=True)
+extras = st.from_regex(r"[0-9A-Za-z_.-]{0,12}", fullmatch=True)
+
+
+def test_r4_example_from_the_plan() -> None:
+    assert parse_file_id("FILE_1_Labex_4604_5889_80") == ("4604_5889", "1")
+    assert parse_file_id("FILE_2_Labex_4604_5889") == ("4604_5889", "2")
+
+
+def test_r4_non_matching_ids_are_not_guessed() -> None:
+    for bad in [
+        "FILE_1_Other_4604_5889_80",  # another customer
+        "FILE_1_Labex_4604",  # one digit group
+        "FILE_1_Labex_46a4_5889",
+        "file_1_Labex_4604_5889",
+        "FILE__Labex_4604_5889",
+        " FILE_1_Labex_4604_5889",
+        "garbage.pdf",
+        "",
+    ]:
+        assert parse_file_id(bad) is None, bad
+
+
+def test_r4_customer_token_is_configurable() -> None:
+    assert parse_file_id("FILE_3_Acme_1_2_x", customer="Acme") == ("1_2", "3")
+    assert parse_file_id("FILE_3_Labex_1_2_x", customer="Acme") is None
+
+
+@given(version_tags, digits, digits, extras)
+def test_r4_valid_ids_round_trip(version: str, a: str, b: str, extra: str) -> None:
+    file_id = f"FILE_{version}_Labex_{a}_{b}" + (f"_{extra}" if extra else "")
+    parsed = parse_file_id(file_id)
+    assert parsed is not None
+    job_id, version_tag = parsed
+    assert version_tag == version
+    # The job id is the two digit groups; an extra starting with digits must not be swallowed.
+    assert job_id == f"{a}_{b}" or (extra and job_id.startswith(f"{a}_"))
+
+
+@given(st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=30))
+def test_r4_parser_never_crashes_on_arbitrary_text(values: list[str | None]) -> None:
+    parsed = parse_file_ids(pd.Series(values, dtype="object"))
+    assert len(parsed) == len(values)
+    for value, (job_id, version) in zip(values, parsed.itertuples(index=False), strict=True):
+        if pd.isna(job_id):
+            assert value is None or parse_file_id(value) is None
+        else:
+            assert parse_file_id(value) == (job_id, version)
+
+
+def test_r12_versions_compare_numerically_where_both_are_numbers() -> None:
+    assert version_sort_key("10") > version_sort_key("9")
+    assert version_sort_key("b") > version_sort_key("a")
+    frame = pd.DataFrame(
+        {"job_id": ["1_2", "1_2", "1_2", "3_4"], "version_tag": ["2", "10", "9", "1"]}
+    )
+    assert dict(highest_versions(frame).itertuples(index=False)) == {"1_2": "10", "3_4": "1"}
+
+
+@given(st.lists(st.from_regex(r"[0-9]{1,3}", fullmatch=True), min_size=1, max_size=8))
+def test_r12_numeric_highest_is_the_max_number(tags: list[str]) -> None:
+    frame = pd.DataFrame({"job_id": "1_1", "version_tag": tags})
+    (highest,) = highest_versions(frame)["version_tag"]
+    assert int(highest) == max(int(t) for t in tags)

@@ -1,0 +1,117 @@
+"""R10–R13 as pure functions of frames: no database, no Dagster."""
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobstatus_dagster.core.plan import Window
+from jobstatus_dagster.core.print_status import (
+    compute_print_plan,
+    count_note,
+    expand_to_files,
+    normalise_status,
+    print_status,
+    validate_events,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0)
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50))
+def test_r11_status_follows_the_counts(printed: int, aborted: int, unprinted: int) -> None:
+    total = printed + aborted + unprinted
+    status = print_status(printed, aborted, total)
+    if total and printed == total:
+        assert status == "completed"
+    elif printed:
+        assert status == "partial"
+    elif aborted:
+        assert status == "aborted"
+    else:
+        assert status is None
+
+
+def test_r12_note_says_why() -> None:
+    assert count_note(3, 1, 5) == "3 of 5 files printed, 1 aborted"
+    assert count_note(5, 0, 5) == "5 of 5 files printed"
+
+
+@given(st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=20))
+def test_r10_status_normalisation_never_crashes(values: list[str | None]) -> None:
+    normalised = normalise_status(pd.Series(values, dtype="object"))
+    assert set(normalised.dropna()) <= {"PRINTED", "ABORTED"}
+
+
+def _events(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        rows, columns=["source_id", "imposition_id", "status", "marker", "event_time"]
+    )
+    return frame.assign(kind="window", marker=frame["marker"].astype("Int64"))
+
+
+def test_r10_r11_plan_from_frames() -> None:
+    mapping = pd.DataFrame(
+        {
+            "imposition_id": ["A", "A", "B", "C"],
+            "file_id": [
+                "FILE_1_Labex_1_2_1",
+                "FILE_1_Labex_1_2_2",
+                "FILE_1_Labex_1_2_2",  # file 2 is reprinted in B
+                "FILE_1_Labex_1_2_3",
+            ],
+        },
+        dtype="string",
+    )
+    raw = _events(
+        [
+            (1, "A", "aborted", 10, NOW),
+            (2, "B", "PRINTED", 11, NOW + timedelta(minutes=1)),
+            (3, "A", "PRINTED", 12, None),
+        ]
+    )
+    events, failures = validate_events(raw, NOW + timedelta(hours=1))
+    assert failures.empty
+    event_files, file_failures = expand_to_files(events, mapping, "Labex")
+    assert file_failures.empty
+    job_files = mapping.assign(job_id="1_2", version_tag="1")
+    plan = compute_print_plan(
+        Window("print_os", 9, 12),
+        events,
+        event_files,
+        job_files,
+        events[["source_id", "imposition_id", "status", "marker", "event_time"]],
+        failures,
+        raw[["source_id", "marker"]],
+    )
+    audit = plan.audit.set_index("source_id")
+    # After event 1 both of A's files are aborted; after 2 the reprint printed file 2.
+    assert audit.loc[1, ["printed_count", "aborted_count", "total_count"]].tolist() == [0, 2, 3]
+    assert audit.loc[2, ["printed_count", "aborted_count"]].tolist() == [1, 1]
+    assert audit.loc[3, "status"] == "partial"  # file 3 (imposition C) never printed
+    (job_op,) = plan.job_ops.itertuples()
+    assert (job_op.status, job_op.notes) == ("partial", "2 of 3 files printed")
+    # R14: the missing event time became the processing time and is the latest event.
+    assert job_op.source_id == 3 and job_op.event_time == NOW + timedelta(hours=1)
+    imposition = plan.imposition_ops.set_index("imposition_id")
+    assert imposition.loc["A", "status"] == "completed" and imposition.loc["A", "source_id"] == 3
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.text(max_size=8)),
+            st.one_of(st.none(), st.sampled_from(["PRINTED", "aborted", "x", ""])),
+            st.one_of(st.none(), st.integers(-(2**62), 2**62)),
+        ),
+        max_size=15,
+    )
+)
+def test_r20_hostile_rows_either_validate_or_become_failures(rows: list[tuple]) -> None:
+    raw = _events(
+        [(i, name, status, marker, None) for i, (name, status, marker) in enumerate(rows)]
+    )
+    valid, failures = validate_events(raw, NOW)
+    assert set(valid["source_id"]).isdisjoint(failures["source_id"])
+    assert set(valid["source_id"]) | set(failures["source_id"]) == set(range(len(rows)))
