@@ -25,7 +25,8 @@ class Settings(BaseSettings):
 
     file_customer: str = "Labex"
     chunk_size: int = Field(5000, ge=1, description="source rows per run (one window)")
-    sensor_interval_seconds: int = Field(30, ge=1)
+    sensor_interval_seconds: int = Field(30, ge=1, description="print-OS sensor (and default)")
+    scanner_interval_seconds: int | None = Field(None, ge=1, description="scanner sensor")
     late_row_lookback: int = Field(
         10_000, ge=0, description="markers below the marker re-checked for late commits (R19)"
     )

@@ -233,3 +233,42 @@ def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
         conn,
         dtype={"operation": "string", "operation_id": "string"},
     )
+
+
+def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
+    """production_planner_paths rows of these runlists: (runlist_id, imposition_id)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT DISTINCT runlist_id, imposition_id FROM production_planner_paths"
+            " WHERE runlist_id = ANY(:ids)"
+        ),
+        conn,
+        params={"ids": list(runlist_ids)},
+        dtype={"runlist_id": "string", "imposition_id": "string"},
+    )
+
+
+def load_runlists_of_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
+    """The runlists holding these impositions: (runlist_id, imposition_id)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT DISTINCT runlist_id, imposition_id FROM production_planner_paths"
+            " WHERE imposition_id = ANY(:ids)"
+        ),
+        conn,
+        params={"ids": list(imposition_ids)},
+        dtype={"runlist_id": "string", "imposition_id": "string"},
+    )
+
+
+def load_max_print_markers(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
+    """Highest print marker per imposition (R6's tie rule): (imposition_id, max_marker)."""
+    return pd.read_sql(
+        sa.text(
+            'SELECT name AS imposition_id, max(marker) AS max_marker FROM "print OS"'
+            " WHERE name = ANY(:ids) GROUP BY name"
+        ),
+        conn,
+        params={"ids": list(imposition_ids)},
+        dtype={"imposition_id": "string"},
+    )

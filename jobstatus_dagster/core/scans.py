@@ -1,0 +1,309 @@
+"""Scans → operation updates (R5–R8, R14–R17). Pure: codes, operations JSON, runlist choice, plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.plan import (
+    AUDIT_COLUMNS,
+    FAILURE_COLUMNS,
+    IMPOSITION_OP_COLUMNS,
+    JOB_OP_COLUMNS,
+    JOB_STATE_COLUMNS,
+    PRINT,
+    SCANNER,
+    UpdatePlan,
+    Window,
+    keep_winners,
+    precedence,
+)
+
+# R5: <job_id>_<version_tag>, job id as in R4 (two digit groups).
+JOB_CODE = re.compile(r"^(?P<job_id>[0-9]+_[0-9]+)_(?P<version_tag>[^_\s]+)$")
+_SEPARATORS = re.compile(r"[\s\-]+")
+_TRUE_WORDS = frozenset({"true", "yes", "y", "1", "done", "completed", "ok"})
+
+
+def normalise_operation(name: str) -> str:
+    """R7: lower case, spaces and hyphens to "_" ("Kiss Cut" → "kiss_cut")."""
+    return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_WORDS
+    return False
+
+
+@dataclass(frozen=True)
+class ParsedOperations:
+    names: tuple[str, ...]
+    problems: tuple[str, ...]  # descriptions of unusable parts (R20)
+
+
+def parse_operations(raw: str | None) -> ParsedOperations:
+    """Every shape R7 lists; never raises. Unusable parts are described, the rest still applies."""
+    if raw is None:
+        return ParsedOperations((), ("operations is NULL",))
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except (ValueError, RecursionError):
+        return ParsedOperations((), (f"operations is not JSON: {str(raw)[:80]}",))
+    names: list[str] = []
+    problems: list[str] = []
+
+    def from_list(items: list) -> None:
+        for item in items:
+            if isinstance(item, str):
+                names.append(item)
+            elif isinstance(item, dict):
+                label = item.get("operation", item.get("name"))
+                if isinstance(label, str):
+                    names.append(label)
+                else:
+                    problems.append(f"list item without operation/name: {json.dumps(item)[:80]}")
+            else:
+                problems.append(f"unusable list item: {json.dumps(item)[:80]}")
+
+    if isinstance(value, dict) and "operations" in value:
+        inner = value["operations"]
+        if isinstance(inner, list):
+            from_list(inner)
+        else:
+            problems.append(f"'operations' is not a list: {json.dumps(inner)[:80]}")
+    elif isinstance(value, dict):
+        names.extend(key for key, flag in value.items() if _truthy(flag))
+    elif isinstance(value, list):
+        from_list(value)
+    else:
+        problems.append(f"unusable operations shape: {json.dumps(value)[:80]}")
+    normalised = [normalise_operation(n) for n in names]
+    empty = [n for n, norm in zip(names, normalised, strict=True) if not norm]
+    problems.extend(f"empty operation name {n!r}" for n in empty)
+    unique = tuple(dict.fromkeys(n for n in normalised if n))
+    return ParsedOperations(unique, tuple(problems))
+
+
+def classify_codes(codes: pd.Series, runlist_ids: set[str]) -> pd.DataFrame:
+    """R5: runlist first, then job barcode, else unrecognised. Columns code_kind, runlist_id,
+    job_id, version_tag, aligned to ``codes`` (already trimmed)."""
+    text = codes.astype("string")
+    is_runlist = text.isin(list(runlist_ids)).fillna(False).astype(bool)
+    job = text.str.extract(JOB_CODE)
+    is_job = job["job_id"].notna() & ~is_runlist
+    kind = pd.Series("unrecognised", index=codes.index, dtype="object")
+    kind[is_runlist] = "runlist"
+    kind[is_job] = "job"
+    return pd.DataFrame(
+        {
+            "code_kind": kind,
+            "runlist_id": text.where(is_runlist),
+            "job_id": job["job_id"].where(is_job),
+            "version_tag": job["version_tag"].where(is_job),
+        },
+        index=codes.index,
+    )
+
+
+def choose_runlists(candidates: pd.DataFrame) -> pd.DataFrame:
+    """R6: per scan, the runlist whose impositions have the highest print marker (ties: the
+    greatest runlist_id). ``candidates``: source_id, runlist_id, max_marker (NA: never printed).
+    Returns source_id, runlist_id, note (set where there was a choice)."""
+    if candidates.empty:
+        return pd.DataFrame(columns=["source_id", "runlist_id", "note"])
+    ranked = candidates.assign(
+        _score=candidates["max_marker"].astype("Float64").fillna(float("-inf"))
+    ).sort_values(["source_id", "_score", "runlist_id"], kind="stable")
+    options = ranked.groupby("source_id")["runlist_id"].agg(lambda s: ", ".join(sorted(set(s))))
+    count = ranked.groupby("source_id")["runlist_id"].nunique()
+    chosen = ranked.groupby("source_id").tail(1).set_index("source_id")
+    note = pd.Series(pd.NA, index=chosen.index, dtype="object")
+    several = count[count > 1].index
+    note[several] = (
+        "job is in runlists "
+        + options[several]
+        + "; chose "
+        + chosen.loc[several, "runlist_id"]
+        + " (highest print marker "
+        + chosen.loc[several, "max_marker"].astype("string").fillna("none")
+        + ")"
+    )
+    return pd.DataFrame(
+        {
+            "source_id": chosen.index,
+            "runlist_id": chosen["runlist_id"].to_numpy(),
+            "note": note.to_numpy(),
+        }
+    )
+
+
+def _failures(
+    source_ids: pd.Series, reason: str, subject: Any, detail: Any, retryable: bool
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_type": SCANNER,
+            "source_id": pd.Series(source_ids).astype("int64").to_numpy(),
+            "reason": reason,
+            "subject": subject,
+            "detail": detail,
+            "retryable": retryable,
+        },
+        columns=FAILURE_COLUMNS,
+    )
+
+
+def scan_operations(
+    scans: pd.DataFrame, known_operations: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(source_id, operation) of each scan's usable, known operations, and the failures (R7, R8)."""
+    rows, failures = [], []
+    for source_id, raw in zip(scans["source_id"], scans["operations_json"], strict=True):
+        parsed = parse_operations(None if pd.isna(raw) else raw)
+        for problem in parsed.problems:
+            failures.append((source_id, "unusable_operations", problem[:200], problem))
+        for name in parsed.names:
+            if name in known_operations:
+                rows.append((source_id, name))
+            else:
+                failures.append(
+                    (
+                        source_id,
+                        "unknown_operation",
+                        name[:200],
+                        f"operation {name!r} is not in operation_codes",
+                    )
+                )
+        if not parsed.names and not parsed.problems:
+            failures.append((source_id, "no_operations", "", "scan names no operation"))
+    ops = pd.DataFrame(rows, columns=["source_id", "operation"]).drop_duplicates()
+    failure_frame = pd.DataFrame(failures, columns=["source_id", "reason", "subject", "detail"])
+    return ops, _failures(
+        failure_frame["source_id"],
+        failure_frame["reason"],
+        failure_frame["subject"].to_numpy(),
+        failure_frame["detail"].to_numpy(),
+        False,
+    )
+
+
+def compute_scan_plan(
+    window: Window,
+    scans: pd.DataFrame,
+    operations: pd.DataFrame,
+    scan_runlists: pd.DataFrame,
+    runlist_files: pd.DataFrame,
+    single_jobs: pd.DataFrame,
+    failures: pd.DataFrame,
+    customer: str,
+) -> UpdatePlan:
+    """Everything to write for one window of scans.
+
+    scans: valid scans (source_id, marker, code_text, event_time, machine_id).
+    operations: (source_id, operation) usable operations per scan.
+    scan_runlists: (source_id, runlist_id, note) scans that apply to a whole runlist.
+    runlist_files: (runlist_id, imposition_id, file_id) of those runlists (file_id NA where an
+        imposition has no mapping).
+    single_jobs: (source_id, job_id, version_tag) job scans that belong to no runlist.
+    """
+    plan = UpdatePlan(window=window)
+    plan.processed = scans[["source_id", "marker"]].reset_index(drop=True)
+    extra_failures = [failures]
+
+    parsed = parse_file_ids(runlist_files["file_id"].fillna(""), customer)
+    runlist_files = runlist_files.assign(job_id=parsed["job_id"], version_tag=parsed["version_tag"])
+    bad = runlist_files[runlist_files["file_id"].notna() & runlist_files["job_id"].isna()]
+    bad_for_scans = scan_runlists.merge(bad, on="runlist_id")
+    extra_failures.append(
+        _failures(
+            bad_for_scans["source_id"],
+            "bad_file_id",
+            bad_for_scans["file_id"].to_numpy(),
+            ("file id " + bad_for_scans["file_id"] + " does not match R4").to_numpy(),
+            False,
+        )
+    )
+    runlist_targets = scan_runlists.merge(
+        runlist_files.dropna(subset=["job_id"])[
+            ["runlist_id", "imposition_id", "job_id", "version_tag"]
+        ],
+        on="runlist_id",
+    )
+    scan_info = scans.set_index("source_id")
+    notes_base = (
+        "scanned "
+        + scans["code_text"].astype("string")
+        + " on "
+        + scans["machine_id"].astype("string").fillna("unknown machine")
+    )
+    scan_info = scan_info.assign(note=notes_base.to_numpy())
+
+    job_targets = pd.concat(
+        [
+            runlist_targets[["source_id", "job_id", "version_tag", "runlist_id", "note"]],
+            single_jobs.assign(runlist_id=pd.NA, note=pd.NA)[
+                ["source_id", "job_id", "version_tag", "runlist_id", "note"]
+            ],
+        ],
+        ignore_index=True,
+    ).drop_duplicates(["source_id", "job_id", "version_tag"])
+    job_targets = job_targets.merge(operations, on="source_id")
+    # Every imposition of the runlist, mapped to files or not (R16 decides whether its row exists).
+    imposition_targets = (
+        scan_runlists[["source_id", "runlist_id"]]
+        .merge(runlist_files[["runlist_id", "imposition_id"]].drop_duplicates(), on="runlist_id")
+        .merge(operations, on="source_id")
+    )
+
+    def target_frame(frame: pd.DataFrame) -> pd.DataFrame:
+        info = scan_info.loc[frame["source_id"]]
+        via = ("; via runlist " + frame["runlist_id"].astype("string")).fillna("")
+        chosen = ("; " + frame["note"].astype("string")).fillna("") if "note" in frame else ""
+        return frame.assign(
+            status="completed",
+            event_time=info["event_time"].to_numpy(),
+            source_type=SCANNER,
+            notes=(info["note"].to_numpy() + via + chosen),
+            precedence=[precedence(SCANNER, op) for op in frame["operation"]],
+            state_based=False,
+        )
+
+    if not imposition_targets.empty:
+        plan.imposition_ops = keep_winners(
+            target_frame(imposition_targets)[IMPOSITION_OP_COLUMNS], ["imposition_id", "operation"]
+        )
+    if job_targets.empty:
+        plan.failures = pd.concat(extra_failures, ignore_index=True)[FAILURE_COLUMNS]
+        return plan
+    targets = target_frame(job_targets)
+    plan.job_ops = keep_winners(targets[JOB_OP_COLUMNS], ["job_id", "version_tag", "operation"])
+    plan.job_state = keep_winners(
+        targets.assign(value=True)[JOB_STATE_COLUMNS], ["job_id", "operation"]
+    )
+    plan.audit = targets.assign(printed_count=pd.NA, aborted_count=pd.NA, total_count=pd.NA)[
+        AUDIT_COLUMNS
+    ].reset_index(drop=True)
+    plan.failures = pd.concat(extra_failures, ignore_index=True)[FAILURE_COLUMNS]
+    return plan
+
+
+__all__ = [
+    "PRINT",
+    "ParsedOperations",
+    "choose_runlists",
+    "classify_codes",
+    "compute_scan_plan",
+    "normalise_operation",
+    "parse_operations",
+    "scan_operations",
+]

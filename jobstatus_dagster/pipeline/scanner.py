@@ -1,0 +1,201 @@
+"""The scanner job: load → resolve → compute → write (SPEC R5–R8, R14–R18, R20)."""
+
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.plan import SCANNER, UpdatePlan, Window
+from jobstatus_dagster.core.print_status import as_event_time
+from jobstatus_dagster.core.scans import (
+    choose_runlists,
+    classify_codes,
+    compute_scan_plan,
+    scan_operations,
+)
+from jobstatus_dagster.faults import crash_point
+from jobstatus_dagster.io.sources import (
+    load_files_of_jobs,
+    load_mapping_for_impositions,
+    load_max_print_markers,
+    load_operation_codes,
+    load_runlist_paths,
+    load_runlists_of_impositions,
+)
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+
+load_scanner_window = build_load_op(SCANNER)
+
+
+@dataclass(frozen=True)
+class ResolvedScanWindow:
+    window: Window
+    scans: pd.DataFrame
+    operations: pd.DataFrame
+    scan_runlists: pd.DataFrame
+    runlist_files: pd.DataFrame
+    single_jobs: pd.DataFrame
+    failures: pd.DataFrame
+    customer: str
+    loaded: pd.DataFrame
+
+
+def _failure(frame: pd.DataFrame, reason: str, subject: pd.Series | str, detail, retryable: bool):
+    return pd.DataFrame(
+        {
+            "source_type": SCANNER,
+            "source_id": frame["source_id"].astype("int64").to_numpy(),
+            "reason": reason,
+            "subject": subject.to_numpy() if isinstance(subject, pd.Series) else subject,
+            "detail": detail.to_numpy() if isinstance(detail, pd.Series) else detail,
+            "retryable": retryable,
+        }
+    )
+
+
+@dg.op(tags={"kind": "pandas"})
+def resolve_scan_window(
+    context: dg.OpExecutionContext,
+    loaded: LoadedWindow,
+    jobmanager: PostgresDatabase,
+    logs: PostgresDatabase,
+    processing: ProcessingSettings,
+) -> ResolvedScanWindow:
+    """Codes → runlist or job (R5, R6) → impositions → files → job versions; operations (R7)."""
+    started = time.perf_counter()
+    customer = processing.resolved().file_customer
+    rows = loaded.rows
+    scans = rows.assign(
+        code_text=rows["code_text"].astype("string").str.strip(),
+        event_time=as_event_time(rows["event_time"], loaded.processing_time),
+    )
+    no_code = scans["code_text"].isna() | (scans["code_text"] == "")
+    failures = [_failure(scans[no_code], "missing_code", "", "scan has no code_text", False)]
+    scans = scans[~no_code].reset_index(drop=True)
+
+    with logs.engine.connect() as conn:
+        known = set(load_operation_codes(conn)["operation"].dropna())
+        codes = scans["code_text"].unique().tolist()
+        runlist_paths = load_runlist_paths(conn, codes)
+        classes = classify_codes(scans["code_text"], set(runlist_paths["runlist_id"]))
+        scans = pd.concat([scans, classes], axis=1)
+        unknown = scans[scans["code_kind"] == "unrecognised"]
+        failures.append(
+            _failure(
+                unknown,
+                "unrecognised_code",
+                unknown["code_text"],
+                "code " + unknown["code_text"] + " is neither a runlist nor <job_id>_<version>",
+                True,
+            )
+        )
+        job_scans = scans[scans["code_kind"] == "job"][["source_id", "job_id", "version_tag"]]
+        job_ids = job_scans["job_id"].unique().tolist()
+        job_mapping = (
+            load_files_of_jobs(conn, job_ids)
+            if job_ids
+            else pd.DataFrame(
+                {"imposition_id": pd.Series(dtype="string"), "file_id": pd.Series(dtype="string")}
+            )
+        )
+        parsed = parse_file_ids(job_mapping["file_id"], customer)
+        job_impositions = job_mapping.assign(**parsed).dropna(subset=["job_id"])
+        holding = job_scans.merge(job_impositions, on=["job_id", "version_tag"])
+        candidate_paths = load_runlists_of_impositions(
+            conn, holding["imposition_id"].unique().tolist()
+        )
+        candidates = holding.merge(candidate_paths, on="imposition_id")[
+            ["source_id", "runlist_id"]
+        ].drop_duplicates()
+        candidate_runlists = candidates["runlist_id"].unique().tolist()
+        all_paths = pd.concat(
+            [runlist_paths, load_runlist_paths(conn, candidate_runlists)], ignore_index=True
+        ).drop_duplicates()
+    # R6: among several runlists, the one whose impositions printed last.
+    ambiguous = candidates[candidates.duplicated("source_id", keep=False)]
+    if not ambiguous.empty:
+        paths = all_paths[all_paths["runlist_id"].isin(ambiguous["runlist_id"])]
+        with jobmanager.engine.connect() as conn:
+            markers = load_max_print_markers(conn, paths["imposition_id"].unique().tolist())
+        runlist_marker = (
+            paths.merge(markers, on="imposition_id", how="left")
+            .groupby("runlist_id", as_index=False)["max_marker"]
+            .max()
+        )
+        candidates = candidates.merge(runlist_marker, on="runlist_id", how="left")
+    else:
+        candidates = candidates.assign(max_marker=pd.NA)
+    chosen = choose_runlists(candidates)
+    runlist_scans = scans[scans["code_kind"] == "runlist"][["source_id", "runlist_id"]].assign(
+        note=pd.NA
+    )
+    scan_runlists = pd.concat([runlist_scans, chosen], ignore_index=True)
+    single_jobs = job_scans[~job_scans["source_id"].isin(chosen["source_id"])]
+
+    paths = all_paths[all_paths["runlist_id"].isin(scan_runlists["runlist_id"])]
+    with logs.engine.connect() as conn:
+        mapping = load_mapping_for_impositions(conn, paths["imposition_id"].unique().tolist())
+    runlist_files = paths.merge(mapping, on="imposition_id", how="left")
+
+    valid = scans[scans["code_kind"] != "unrecognised"]
+    operations, op_failures = scan_operations(valid, known)
+    failures.append(op_failures)
+    resolved = ResolvedScanWindow(
+        window=loaded.window,
+        scans=valid[["source_id", "marker", "code_text", "event_time", "machine_id"]],
+        operations=operations,
+        scan_runlists=scan_runlists,
+        runlist_files=runlist_files,
+        single_jobs=single_jobs,
+        failures=pd.concat([f for f in failures if len(f)] or failures[:1], ignore_index=True),
+        customer=customer,
+        loaded=rows[["source_id", "marker"]],
+    )
+    context.add_output_metadata(
+        {
+            "scans": len(rows),
+            "runlist_scans": int((scans["code_kind"] == "runlist").sum()),
+            "job_scans": int((scans["code_kind"] == "job").sum()),
+            "job_scans_widened_to_runlist": len(chosen),
+            "unrecognised": len(unknown),
+            "failures": len(resolved.failures),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    crash_point("after_resolve")
+    return resolved
+
+
+@dg.op(tags={"kind": "pandas"})
+def compute_scan_updates(
+    context: dg.OpExecutionContext, resolved: ResolvedScanWindow
+) -> UpdatePlan:
+    """Operation updates per scan, job version and imposition, with precedence (R15). Pure."""
+    started = time.perf_counter()
+    plan = compute_scan_plan(
+        resolved.window,
+        resolved.scans,
+        resolved.operations,
+        resolved.scan_runlists,
+        resolved.runlist_files,
+        resolved.single_jobs,
+        resolved.failures,
+        resolved.customer,
+    )
+    plan.processed = resolved.loaded  # every row read, including those that only failed (R20)
+    context.add_output_metadata(
+        {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
+    )
+    return plan
+
+
+@dg.job(
+    executor_def=dg.in_process_executor,
+    tags={SOURCE_TAG: SCANNER},
+    description="Process one window of scanned_codes rows into operation status.",
+)
+def process_scanner():
+    write_updates(compute_scan_updates(resolve_scan_window(load_scanner_window())))
