@@ -118,6 +118,57 @@ class Shop:
             ).scalar_one()
         return source_id, marker
 
+    def plan_runlist(self, runlist_id: str, imposition_ids: list[str]) -> None:
+        self.execute(
+            self.logs,
+            "INSERT INTO production_planner_paths (runlist_id, imposition_id) VALUES (:r, :i)",
+            [{"r": runlist_id, "i": i} for i in imposition_ids],
+        )
+
+    def scan(
+        self,
+        code: str | None,
+        operations: object,
+        *,
+        at: datetime | None = None,
+        machine: str = "coater-1",
+    ) -> int:
+        """Insert one scanned_codes row; ``operations`` is stored as JSON. Returns scan_id."""
+        with self.jm.begin() as conn:
+            return conn.execute(
+                sa.text(
+                    "INSERT INTO scanned_codes (code_text, scanned_at, machine_id, operations)"
+                    " VALUES (:c, :t, :m, CAST(:o AS jsonb)) RETURNING scan_id"
+                ),
+                {
+                    "c": code,
+                    "t": at or T0,
+                    "m": machine,
+                    "o": None if operations is None else json.dumps(operations),
+                },
+            ).scalar_one()
+
+    def job_op_row(self, job_id: str, version: str, operation_id: str) -> dict | None:
+        found = self.rows(
+            self.logs,
+            "SELECT status, completed_at, completed_by, source_id, notes FROM job_operations"
+            " WHERE job_id = :j AND version_tag = :v AND operation_id = :o",
+            j=job_id,
+            v=version,
+            o=operation_id,
+        )
+        return found[0] if found else None
+
+    def imposition_op_row(self, imposition_id: str, operation_id: str) -> dict | None:
+        found = self.rows(
+            self.logs,
+            "SELECT status, completed_at, completed_by, source_id, notes FROM imposition_operations"
+            " WHERE imposition_id = :i AND operation_id = :o",
+            i=imposition_id,
+            o=operation_id,
+        )
+        return found[0] if found else None
+
     # ----- running -----------------------------------------------------------------------
     def definitions(self) -> dg.Definitions:
         return build_definitions(self.urls.jobmanager, self.urls.logs, processing=self.processing)
