@@ -1,0 +1,126 @@
+"""The `jobstatus` command as a user runs it: real processes, real databases, real kills (R18)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobstatus_dagster.db import DatabaseUrls, migrate
+from jobstatus_dagster.faults import CRASH_POINTS
+from jobstatus_dagster_tests.backlog import fill_small_backlog
+from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_dagster_tests.shop import Shop
+
+JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
+
+
+def cli(urls: DatabaseUrls, home: Path, *args: str, crash_at: str | None = None):
+    env = {
+        **os.environ,
+        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
+        "JOBSTATUS_LOGS_URL": urls.logs,
+        "JOBSTATUS_DAGSTER_URL": urls.dagster,
+        "JOBSTATUS_HOME": str(home),
+    }
+    env.pop("DAGSTER_HOME", None)
+    if crash_at:
+        env["JOBSTATUS_CRASH_AT"] = crash_at
+    return subprocess.run(
+        [JOBSTATUS, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def control_state(pg_admin_uri, tmp_path_factory) -> dict:
+    """The undisturbed result of processing the small backlog."""
+    urls = fresh_urls(pg_admin_uri)
+    migrate(urls, baseline=True)
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)
+        result = cli(urls, tmp_path_factory.mktemp("home"), "process", "--source", "both")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return shop.state()
+
+
+def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> None:
+    urls = fresh_urls(pg_admin_uri)
+    first = cli(urls, tmp_path, "migrate", "--baseline")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0001_tracking" in first.stdout
+    again = cli(urls, tmp_path, "migrate", "--baseline")
+    assert again.stdout.splitlines() == ["jobmanager: up to date", "logs: up to date"]
+
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)
+        done = cli(urls, tmp_path, "process", "--source", "both")
+        assert done.returncode == 0, done.stderr[-3000:]
+        lines = done.stdout.strip().splitlines()
+        assert lines[0].startswith("print_os: ") and "marker 114" in lines[0]
+        assert lines[1].startswith("scanner: ") and "marker 6" in lines[1]
+        assert shop.state() == control_state
+
+        before = shop.snapshot()
+        second = cli(urls, tmp_path, "process")
+        assert second.stdout.split("\n")[:2] == ["print_os: nothing new", "scanner: nothing new"]
+        assert shop.snapshot() == before
+
+        status = cli(urls, tmp_path, "status", "7001_1", "--json")
+        body = json.loads(status.stdout)
+        # v1 and v2 both fully printed; RL1 was coated, the job barcode cut, RL2 backscored.
+        assert body["current_status"] == {
+            "print": True,
+            "coating": True,
+            "kiss_cut": True,
+            "backscore": True,
+        }
+        assert {v["version_tag"] for v in body["versions"]} == {"1", "2"}
+        assert body["update_history"][0]["update_id"] > body["update_history"][-1]["update_id"]
+        unknown = cli(urls, tmp_path, "status", "0_0")
+        assert unknown.returncode != 0 and "unknown job" in unknown.stderr
+
+
+def test_cli_process_runs_are_in_the_dagster_instance(pg_admin_uri, tmp_path) -> None:
+    import dagster as dg
+
+    from jobstatus_dagster.db import to_sqlalchemy_url
+
+    urls = fresh_urls(pg_admin_uri)
+    migrate(urls, baseline=True)
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)
+    assert cli(urls, tmp_path, "process", "--source", "print_os").returncode == 0
+    storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path),
+        overrides={"storage": {"postgres": {"postgres_url": storage}}},
+    ) as instance:
+        runs = instance.get_runs(dg.RunsFilter(tags={"jobstatus/trigger": "cli"}))
+        assert [r.job_name for r in runs] == ["process_print_os"]
+        assert runs[0].status == dg.DagsterRunStatus.SUCCESS
+        assert runs[0].tags["jobstatus/window"] == "print_os:0-114"
+
+
+@pytest.mark.parametrize("crash_at", CRASH_POINTS)
+def test_r18_kill_at_each_stage_then_rerun_gives_the_undisturbed_state(
+    pg_admin_uri, tmp_path, control_state, crash_at
+) -> None:
+    urls = fresh_urls(pg_admin_uri)
+    migrate(urls, baseline=True)
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)
+        for source in ("print_os", "scanner"):
+            killed = cli(urls, tmp_path, "process", "--source", source, crash_at=crash_at)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        rerun = cli(urls, tmp_path, "process", "--source", "both")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert shop.state() == control_state
+        duplicates = shop.scalar(
+            shop.jm,
+            "SELECT count(*) FROM (SELECT 1 FROM job_status_updates GROUP BY source_type,"
+            " source_id, job_id, version_tag, operation HAVING count(*) > 1) d",
+        )
+        assert duplicates == 0
