@@ -84,3 +84,39 @@ def test_sensor_gives_a_failed_window_a_fresh_run_key(shop: Shop, instance) -> N
 
 def test_definitions_load(shop: Shop) -> None:
     dg.Definitions.validate_loadable(shop.definitions())
+
+
+def test_dagster_definitions_validate_on_the_workspace(urls) -> None:
+    """The CLI check CI and the UI rely on: the code location loads from workspace.yaml."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jobstatus_dagster.db import to_sqlalchemy_url
+
+    project = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
+        "JOBSTATUS_LOGS_URL": urls.logs,
+        "JOBSTATUS_DAGSTER_STORAGE_URL": to_sqlalchemy_url(urls.dagster, "psycopg2"),
+    }
+    env.pop("DAGSTER_HOME", None)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "jobstatus" in result.stdout + result.stderr
