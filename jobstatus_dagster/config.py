@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     file_customer: str = "Labex"
     chunk_size: int = Field(5000, ge=1, description="source rows per run (one window)")
+    partition_width: int = Field(
+        10_000, ge=1, description="markers per backfill partition (a run never crosses one)"
+    )
     sensor_interval_seconds: int = Field(30, ge=1, description="print-OS sensor (and default)")
     scanner_interval_seconds: int | None = Field(None, ge=1, description="scanner sensor")
     late_row_lookback: int = Field(
@@ -32,6 +35,8 @@ class Settings(BaseSettings):
     )
     retry_limit: int = Field(5, ge=1, description="attempts before a retryable failure gives up")
     retry_batch: int = Field(1000, ge=0, description="retryable failures re-tried per run")
+    failure_age_hours: float = Field(24, gt=0, description="check: failures unresolved this long")
+    max_marker_lag: int = Field(20_000, ge=0, description="check: rows allowed past a marker")
     retry_interval_seconds: int = Field(
         300, ge=0, description="wait between attempts of a retryable failure (R20)"
     )

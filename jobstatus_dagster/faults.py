@@ -19,3 +19,16 @@ CRASH_POINTS = (
 def crash_point(name: str) -> None:
     if os.environ.get("JOBSTATUS_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_injected: set[str] = set()
+
+
+def transient_point(name: str) -> None:
+    """``JOBSTATUS_TRANSIENT_ONCE=name``: the first pass here in this process raises the error a
+    dropped connection gives, so the op's retry policy can be seen to cure it."""
+    if os.environ.get("JOBSTATUS_TRANSIENT_ONCE") == name and name not in _injected:
+        import psycopg
+
+        _injected.add(name)
+        raise psycopg.OperationalError(f"injected transient error at {name}")

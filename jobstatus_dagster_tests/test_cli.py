@@ -1,37 +1,16 @@
 """The `jobstatus` command as a user runs it: real processes, real databases, real kills (R18)."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from jobstatus_dagster.db import DatabaseUrls, migrate
+from jobstatus_dagster.db import migrate
 from jobstatus_dagster.faults import CRASH_POINTS
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_dagster_tests.processes import cli
 from jobstatus_dagster_tests.shop import Shop
-
-JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
-
-
-def cli(urls: DatabaseUrls, home: Path, *args: str, crash_at: str | None = None):
-    env = {
-        **os.environ,
-        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
-        "JOBSTATUS_LOGS_URL": urls.logs,
-        "JOBSTATUS_DAGSTER_URL": urls.dagster,
-        "JOBSTATUS_HOME": str(home),
-    }
-    env.pop("DAGSTER_HOME", None)
-    if crash_at:
-        env["JOBSTATUS_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [JOBSTATUS, *args], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_r10_r11_plan_from_frames() -> None:
         job_files,
         events[["source_id", "imposition_id", "status", "marker", "event_time"]],
         failures,
-        raw[["source_id", "marker"]],
+        raw[["source_id", "marker", "kind"]],
     )
     audit = plan.audit.set_index("source_id")
     # After event 1 both of A's files are aborted; after 2 the reprint printed file 2.

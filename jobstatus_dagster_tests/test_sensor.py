@@ -1,22 +1,45 @@
 """The print-OS sensor: skip reasons, windows, run keys, one run per source at a time (§6)."""
 
+from dataclasses import dataclass
+
 import dagster as dg
 
+from jobstatus_dagster.pipeline.partitions import bucket_key
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster_tests.shop import Shop
 
-WINDOW_0 = {"ops": {"load_print_os_window": {"config": {"from_marker": 0, "to_marker": 0}}}}
+WINDOW_0 = {
+    "ops": {
+        "print_os_processing": {
+            "ops": {"load_print_os_window": {"config": {"from_marker": 0, "to_marker": 0}}}
+        }
+    }
+}
 
 
-def evaluate(shop: Shop, instance: dg.DagsterInstance, **processing):
-    defs = shop.definitions()
-    sensor = defs.resolve_sensor_def("print_os_sensor")
+def window_config(request) -> dict:
+    ops = request.run_config["ops"]["print_os_processing"]["ops"]
+    return ops["load_print_os_window"]["config"]
+
+
+@dataclass
+class Tick:
+    run_requests: list[dg.RunRequest]
+    skip_message: str | None
+
+
+def evaluate(shop: Shop, instance: dg.DagsterInstance, **processing) -> Tick:
+    """One tick, as the daemon would evaluate it (the sensor function with its resources)."""
+    sensor = shop.definitions().resolve_sensor_def("print_os_sensor")
     resources = {
         "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
         "processing": ProcessingSettings(**processing),
     }
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return sensor.evaluate_tick(context)
+        result = sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return Tick([], result.skip_message)
+    return Tick(list(result.run_requests), None)
 
 
 def test_sensor_skips_with_the_current_marker_when_nothing_is_new(shop: Shop, instance) -> None:
@@ -30,9 +53,12 @@ def test_sensor_requests_the_next_window_of_at_most_chunk_rows(shop: Shop, insta
     markers = [shop.print_event("IMP-S", "PRINTED")[1] for _ in range(5)]
     result = evaluate(shop, instance, chunk_size=2)
     (request,) = result.run_requests
-    config = request.run_config["ops"]["load_print_os_window"]["config"]
+    config = window_config(request)
     assert config == {"from_marker": marker, "to_marker": markers[1]}
     assert request.tags["jobstatus/source"] == "print_os"
+    # The window's marker range is a partition the data team can see and backfill.
+    assert request.partition_key == bucket_key(markers[1])
+    assert instance.has_dynamic_partition("print_os_marker_ranges", request.partition_key)
     assert request.tags["jobstatus/window"] == f"print_os:{marker}-{markers[1]}"
     assert request.run_key.startswith(f"print_os:{marker}-{markers[1]}")
 
@@ -43,7 +69,7 @@ def test_sensor_requests_the_next_window_of_at_most_chunk_rows(shop: Shop, insta
     )
     assert run.success
     (request,) = evaluate(shop, instance, chunk_size=10).run_requests
-    assert request.run_config["ops"]["load_print_os_window"]["config"] == {
+    assert window_config(request) == {
         "from_marker": markers[1],
         "to_marker": markers[-1],
     }

@@ -40,7 +40,7 @@ AUDIT_COLUMNS = [
     "state_based",
 ]
 FAILURE_COLUMNS = ["source_type", "source_id", "reason", "subject", "detail", "retryable"]
-PROCESSED_COLUMNS = ["source_id", "marker"]
+PROCESSED_COLUMNS = ["source_id", "marker", "kind"]  # kind: window | late | retry
 
 # R20: data that may arrive late; retried on later runs.
 RETRYABLE_REASONS = frozenset({"unmapped_imposition", "unrecognised_code", "missing_job"})

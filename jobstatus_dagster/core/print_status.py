@@ -203,7 +203,7 @@ def compute_print_plan(
     job_files: every file of every version of the touched jobs (job_id, version_tag, file_id,
         imposition_id), over all impositions (R9).
     history: valid print events of those impositions up to the horizon (same columns as events).
-    loaded: every row the run read (source_id, marker), valid or not.
+    loaded: every row the run read (source_id, marker, kind), valid or not.
     """
     history = (
         pd.concat([history, events[history.columns]], ignore_index=True)
@@ -217,7 +217,7 @@ def compute_print_plan(
     plan = UpdatePlan(window=window)
     plan.failures = failures[FAILURE_COLUMNS].reset_index(drop=True)
     plan.processed = (
-        loaded[["source_id", "marker"]].drop_duplicates("source_id").reset_index(drop=True)
+        loaded[["source_id", "marker", "kind"]].drop_duplicates("source_id").reset_index(drop=True)
     )
 
     # R13: each imposition's own print row takes its latest event's status.

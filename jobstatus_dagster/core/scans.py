@@ -217,7 +217,6 @@ def compute_scan_plan(
     single_jobs: (source_id, job_id, version_tag) job scans that belong to no runlist.
     """
     plan = UpdatePlan(window=window)
-    plan.processed = scans[["source_id", "marker"]].reset_index(drop=True)
     extra_failures = [failures]
 
     parsed = parse_file_ids(runlist_files["file_id"].fillna(""), customer)

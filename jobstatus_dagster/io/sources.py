@@ -128,6 +128,7 @@ class Backlog:
 
     marker: int
     next_to: int | None  # end of the next window, None when nothing is past the marker
+    next_from: int | None  # the first marker past the marker
     late_rows: int
     due_retries: int
     retry_signature: str  # changes with every attempt, so a sensor run key is never reused
@@ -145,13 +146,13 @@ def inspect_backlog(
     src = SOURCE_TABLES[source_type]
     marker = read_marker(conn, source_type)
     m = src.marker_column
-    next_to = conn.execute(
+    next_from, next_to = conn.execute(
         sa.text(
-            f"SELECT max({m}) FROM (SELECT {m} FROM {src.table} WHERE {m} > :marker"  # noqa: S608
+            f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table} WHERE {m} > :marker"
             f" ORDER BY {m} LIMIT :chunk) w"
         ),
         {"marker": marker, "chunk": chunk_size},
-    ).scalar_one_or_none()
+    ).one()
     late_rows = conn.execute(
         sa.text(
             f"SELECT count(*) FROM (SELECT 1 FROM {src.table} p"  # noqa: S608
@@ -174,6 +175,7 @@ def inspect_backlog(
     return Backlog(
         marker,
         None if next_to is None else int(next_to),
+        None if next_from is None else int(next_from),
         int(late_rows),
         int(due_retries[0]),
         f"{due_retries[0]}x{due_retries[1]}",

@@ -14,7 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, RETRYABLE_REASONS, UpdatePlan
-from jobstatus_dagster.faults import crash_point
+from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.sources import load_operation_codes
 
 # R15 rank of what a row already holds, for operation name column `op` and writer column `by`.
@@ -40,7 +40,7 @@ _TEMP_TABLES = {
         status text, printed_count int, aborted_count int, total_count int, notes text,
         event_time timestamp, precedence int, state_based boolean""",
     "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
-    "tmp_processed": "source_id bigint, marker bigint",
+    "tmp_processed": "source_id bigint, marker bigint, kind text",
 }
 
 
@@ -59,6 +59,16 @@ class WriteReport:
     failures_resolved: int = 0
     rows_marked_processed: int = 0
     missing_rows: list[str] = field(default_factory=list)
+
+    def tables_changed(self) -> dict[tuple[str, ...], int]:
+        """Rows changed per table we write, keyed by asset key path."""
+        return {
+            ("logs", "imposition_operations"): self.imposition_rows_updated,
+            ("logs", "job_operations"): self.job_operation_rows_updated,
+            ("jobmanager", "jobs_operations"): self.jobs_updated,
+            ("jobmanager", "job_status_updates"): self.audit_rows_written,
+            ("jobmanager", "processing_failures"): self.failures_recorded + self.failures_resolved,
+        }
 
     def as_metadata(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
@@ -237,7 +247,7 @@ def write_jobmanager(
     _copy_into(conn, "tmp_audit", plan.audit, list(plan.audit.columns))
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
     _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS)
-    _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker"])
+    _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"])
     params = {"run_id": run_id, "source_type": window.source_type}
 
     # R17 audit; `applied` says whether the event won over the state held before this run (R15).
@@ -311,22 +321,37 @@ def write_jobmanager(
     """)
     )
 
-    report.failures_recorded = conn.execute(
+    # A failure is re-counted only when its row came back as a retry (R20): re-processing a
+    # window or a backfill that meets the same failure changes nothing (R17, R21).
+    updated = conn.execute(
         sa.text("""
-        INSERT INTO processing_failures AS f (source_type, source_id, reason, subject, detail,
-            retryable, run_id)
-        SELECT DISTINCT ON (source_type, source_id, reason, subject)
-               source_type, source_id, reason, COALESCE(subject, ''), detail, retryable, :run_id
-        FROM tmp_failures
-        ON CONFLICT ON CONSTRAINT processing_failures_key DO UPDATE SET
-            attempts = f.attempts + 1, last_attempt_at = now(), detail = excluded.detail,
-            retryable = excluded.retryable, resolved_at = NULL, run_id = excluded.run_id
-        -- a retry is an attempt; re-processing a permanent failure (a backfill) changes nothing
-        WHERE excluded.retryable OR f.resolved_at IS NOT NULL
-           OR (f.detail, f.retryable) IS DISTINCT FROM (excluded.detail, excluded.retryable)
+        UPDATE processing_failures f SET
+            attempts = f.attempts + t.is_retry::int,
+            last_attempt_at = CASE WHEN t.is_retry THEN now() ELSE f.last_attempt_at END,
+            detail = t.detail, retryable = t.retryable, resolved_at = NULL, run_id = :run_id
+        FROM (SELECT DISTINCT ON (x.source_type, x.source_id, x.reason, COALESCE(x.subject, ''))
+                     x.source_type, x.source_id, x.reason, COALESCE(x.subject, '') AS subject,
+                     x.detail, x.retryable, COALESCE(p.kind = 'retry', false) AS is_retry
+              FROM tmp_failures x LEFT JOIN tmp_processed p ON p.source_id = x.source_id) t
+        WHERE f.source_type = t.source_type AND f.source_id = t.source_id
+          AND f.reason = t.reason AND f.subject = t.subject
+          AND (t.is_retry OR f.resolved_at IS NOT NULL
+               OR (f.detail, f.retryable) IS DISTINCT FROM (t.detail, t.retryable))
     """),
         params,
     ).rowcount
+    inserted = conn.execute(
+        sa.text("""
+        INSERT INTO processing_failures (source_type, source_id, reason, subject, detail,
+            retryable, run_id)
+        SELECT DISTINCT ON (source_type, source_id, reason, COALESCE(subject, ''))
+               source_type, source_id, reason, COALESCE(subject, ''), detail, retryable, :run_id
+        FROM tmp_failures
+        ON CONFLICT ON CONSTRAINT processing_failures_key DO NOTHING
+    """),
+        params,
+    ).rowcount
+    report.failures_recorded = updated + inserted
 
     # R20: a processed row's open failures that did not recur are resolved, not deleted.
     report.failures_resolved = conn.execute(
@@ -349,7 +374,8 @@ def write_jobmanager(
         params,
     ).rowcount
 
-    # R18/R21: the marker only moves forward, and never across a gap below the window.
+    # R18/R21: the marker only moves forward, never across a gap below the window, and never
+    # past the last row this run actually saw (a partition's range may reach beyond the data).
     conn.execute(
         sa.text("""
         UPDATE processing_markers SET last_processed_id = :to_marker,
@@ -360,7 +386,7 @@ def write_jobmanager(
         {
             "marker_type": MARKER_TYPES[window.source_type],
             "from_marker": window.from_marker,
-            "to_marker": window.to_marker,
+            "to_marker": advance_to(plan),
         },
     )
     report.marker_after = int(
@@ -372,10 +398,20 @@ def write_jobmanager(
     return report
 
 
+def advance_to(plan: UpdatePlan) -> int:
+    """The highest marker among the window's own rows, capped at the window end."""
+    processed = plan.processed
+    seen = processed.loc[processed["kind"] == "window", "marker"].dropna()
+    if seen.empty:
+        return plan.window.from_marker
+    return min(plan.window.to_marker, int(seen.max()))
+
+
 def write_plan(
     jobmanager: sa.Engine, logs: sa.Engine, plan: UpdatePlan, run_id: str
 ) -> WriteReport:
     """R18: logs commit first, then one jobmanager transaction; the marker lock spans both."""
+    transient_point("write")
     with jobmanager.connect() as jm, jm.begin():
         marker_before = lock_marker(jm, plan.window.source_type)
         with logs.begin() as lg:

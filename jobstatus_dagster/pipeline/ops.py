@@ -11,7 +11,9 @@ from jobstatus_dagster.core.plan import UpdatePlan, Window
 from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import load_window, read_marker
 from jobstatus_dagster.io.writer import write_plan
+from jobstatus_dagster.pipeline.partitions import key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
 
 SOURCE_TAG = "jobstatus/source"
 WINDOW_TAG = "jobstatus/window"
@@ -19,10 +21,28 @@ TRIGGER_TAG = "jobstatus/trigger"
 
 
 class WindowConfig(dg.Config):
-    """The window (from_marker, to_marker] of source markers this run processes (R18)."""
+    """The window (from_marker, to_marker] of source markers this run processes (R18).
 
-    from_marker: int
-    to_marker: int
+    Left unset (a backfill launched from the UI), the run's partition key gives the range.
+    """
+
+    from_marker: int | None = None
+    to_marker: int | None = None
+
+
+def resolve_window(source_type: str, config: WindowConfig, partition_key: str | None) -> Window:
+    if config.from_marker is not None and config.to_marker is not None:
+        window = Window(source_type, config.from_marker, config.to_marker)
+    elif partition_key is not None:
+        window = Window(source_type, *key_bounds(partition_key))
+    else:
+        raise dg.Failure(
+            "no window: give from_marker and to_marker in the run config, or a partition",
+            allow_retries=False,
+        )
+    if window.to_marker < window.from_marker:
+        raise dg.Failure(f"empty window {window.label}", allow_retries=False)
+    return window
 
 
 @dataclass(frozen=True)
@@ -39,7 +59,12 @@ def utc_now() -> datetime:
 
 
 def build_load_op(source_type: str) -> dg.OpDefinition:
-    @dg.op(name=f"load_{source_type}_window", tags={"kind": "postgres"})
+    @dg.op(
+        name=f"load_{source_type}_window",
+        ins={"sources": dg.In(dg.Nothing)},
+        tags={"kind": "postgres"},
+        retry_policy=TRANSIENT_RETRY,
+    )
     def _load(
         context: dg.OpExecutionContext,
         config: WindowConfig,
@@ -47,15 +72,11 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
         processing: ProcessingSettings,
     ) -> LoadedWindow:
         """Window rows, late rows committed out of order (R19) and due retries (R20)."""
-        if config.to_marker < config.from_marker:
-            raise dg.Failure(
-                f"empty window: to_marker {config.to_marker} < from_marker {config.from_marker}",
-                allow_retries=False,
-            )
         settings = processing.resolved()
-        window = Window(source_type, config.from_marker, config.to_marker)
+        partition_key = context.partition_key if context.has_partition_key else None
+        window = resolve_window(source_type, config, partition_key)
         started = time.perf_counter()
-        with jobmanager.engine.connect() as conn:
+        with transient_errors(window), jobmanager.engine.connect() as conn:
             marker = read_marker(conn, source_type)
             rows = load_window(
                 conn,
@@ -84,7 +105,7 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
     return _load
 
 
-@dg.op(tags={"kind": "postgres"})
+@dg.op(tags={"kind": "postgres"}, retry_policy=TRANSIENT_RETRY)
 def write_updates(
     context: dg.OpExecutionContext,
     plan: UpdatePlan,
@@ -92,8 +113,18 @@ def write_updates(
     logs: PostgresDatabase,
 ) -> dict:
     """R18: logs first, then jobmanager (audit, failures, marker) in one transaction."""
+    return write_and_report(context, plan, jobmanager, logs)
+
+
+def write_and_report(
+    context: dg.OpExecutionContext,
+    plan: UpdatePlan,
+    jobmanager: PostgresDatabase,
+    logs: PostgresDatabase,
+) -> dict:
     started = time.perf_counter()
-    report = write_plan(jobmanager.engine, logs.engine, plan, context.run_id)
+    with transient_errors(plan.window):
+        report = write_plan(jobmanager.engine, logs.engine, plan, context.run_id)
     metadata = {
         "window": plan.window.label,
         **plan.summary(),
@@ -103,5 +134,20 @@ def write_updates(
     if report.missing_rows:
         metadata["missing_rows_sample"] = ", ".join(report.missing_rows)
     context.add_output_metadata(metadata)
+    # Lineage: every table this run wrote gets a materialization carrying the window and counts.
+    for table, changed in report.tables_changed().items():
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=table,
+                description=f"{plan.window.label}: {changed} rows changed",
+                metadata={
+                    "window": plan.window.label,
+                    "rows_changed": changed,
+                    "run_rows_read": metadata["rows_read"],
+                    "failures": metadata["failures"],
+                    "seconds": metadata["seconds"],
+                },
+            )
+        )
     context.log.info(f"{plan.window.label}: {metadata}")
     return {k: v for k, v in metadata.items() if isinstance(v, int | float | str)}

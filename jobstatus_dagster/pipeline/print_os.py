@@ -21,8 +21,11 @@ from jobstatus_dagster.io.sources import (
     load_mapping_for_impositions,
     load_print_history,
 )
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG, LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
+from jobstatus_dagster.pipeline.ops import LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
 
 load_print_os_window = build_load_op(PRINT_OS)
 
@@ -38,7 +41,7 @@ class ResolvedPrintWindow:
     loaded: pd.DataFrame
 
 
-@dg.op(tags={"kind": "pandas"})
+@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
 def resolve_print_window(
     context: dg.OpExecutionContext,
     loaded: LoadedWindow,
@@ -50,7 +53,7 @@ def resolve_print_window(
     started = time.perf_counter()
     customer = processing.resolved().file_customer
     events, failures = validate_events(loaded.rows, loaded.processing_time)
-    with logs.engine.connect() as conn:
+    with transient_errors(loaded.window), logs.engine.connect() as conn:
         mapping = load_mapping_for_impositions(conn, events["imposition_id"].unique().tolist())
         event_files, file_failures = expand_to_files(events, mapping, customer)
         job_ids = event_files["job_id"].unique().tolist()
@@ -58,7 +61,7 @@ def resolve_print_window(
     parsed = parse_file_ids(job_mapping["file_id"], customer)
     job_files = job_mapping.assign(**parsed).dropna(subset=["job_id"])
     job_files = job_files[job_files["job_id"].isin(job_ids)].reset_index(drop=True)
-    with jobmanager.engine.connect() as conn:
+    with transient_errors(loaded.window), jobmanager.engine.connect() as conn:
         history = load_print_history(
             conn, job_files["imposition_id"].unique().tolist(), loaded.horizon
         )
@@ -73,7 +76,7 @@ def resolve_print_window(
         job_files=job_files[["job_id", "version_tag", "file_id", "imposition_id"]],
         history=history[["source_id", "imposition_id", "status", "marker", "event_time"]],
         failures=pd.concat([failures, file_failures], ignore_index=True),
-        loaded=loaded.rows[["source_id", "marker"]],
+        loaded=loaded.rows[["source_id", "marker", "kind"]],
     )
     context.add_output_metadata(
         {
@@ -111,10 +114,14 @@ def compute_print_updates(
     return plan
 
 
-@dg.job(
-    executor_def=dg.in_process_executor,
-    tags={SOURCE_TAG: PRINT_OS},
-    description='Process one window of "print OS" rows into imposition and job print status.',
+@dg.graph_asset(
+    key=PROCESSING_KEYS[PRINT_OS],
+    ins=processing_ins(PRINT_OS),
+    partitions_def=WINDOW_PARTITIONS[PRINT_OS],
+    group_name="processing",
+    kinds={"pandas", "postgres"},
+    description='One window of "print OS" rows → imposition and job-version print status.',
 )
-def process_print_os():
-    write_updates(compute_print_updates(resolve_print_window(load_print_os_window())))
+def print_os_processing(print_os, imposition_file_mapping, operation_codes):
+    loaded = load_print_os_window(sources=[print_os, imposition_file_mapping, operation_codes])
+    return write_updates(compute_print_updates(resolve_print_window(loaded)))

@@ -32,11 +32,14 @@ class ProcessingSettings(dg.ConfigurableResource):
     """Tuning knobs; unset fields fall back to the JOBSTATUS_* environment at run time."""
 
     chunk_size: int | None = None
+    partition_width: int | None = None
     late_row_lookback: int | None = None
     retry_limit: int | None = None
     retry_batch: int | None = None
     retry_interval_seconds: int | None = None
     file_customer: str | None = None
+    failure_age_hours: float | None = None
+    max_marker_lag: int | None = None
 
     def resolved(self) -> Settings:
         overrides = {k: v for k, v in self.model_dump().items() if v is not None}

@@ -4,8 +4,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, key_bounds, keys_between
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.sensors import plan_next_run, source_backlog
+from jobstatus_dagster.pipeline.sensors import PlannedRun, plan_next_run, source_backlog
 
 
 @dataclass
@@ -49,16 +51,19 @@ class SourceOutcome:
 def execute_window(
     job: dg.JobDefinition, instance: dg.DagsterInstance, planned, trigger: str
 ) -> RunOutcome:
+    partitions = WINDOW_PARTITIONS[planned.source_type]
+    if not instance.has_dynamic_partition(partitions.name, planned.partition_key):
+        instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
     result = job.execute_in_process(
         run_config=planned.run_config(),
         instance=instance,
         tags=planned.tags(trigger),
+        partition_key=planned.partition_key,
         raise_on_error=False,
     )
     if result.success:
-        return RunOutcome(
-            result.run_id, planned.window_tag, True, result.output_for_node("write_updates")
-        )
+        graph = PROCESSING_KEYS[planned.source_type].to_python_identifier()
+        return RunOutcome(result.run_id, planned.window_tag, True, result.output_for_node(graph))
     failure = next(
         (e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE), None
     )
@@ -78,13 +83,40 @@ def process_source(
     outcome = SourceOutcome(source_type)
     swept_below_marker = False
     while True:
-        planned = plan_next_run(source_type, source_backlog(jobmanager, source_type, settings))
+        backlog = source_backlog(jobmanager, source_type, settings)
+        planned = plan_next_run(source_type, backlog, settings.partition_width)
         if planned is None:
             break
         if planned.from_marker == planned.to_marker:
             if swept_below_marker:
                 break
             swept_below_marker = True
+        run = execute_window(job, instance, planned, trigger)
+        outcome.runs.append(run)
+        if not run.success:
+            break
+    return outcome
+
+
+def backfill(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    source_type: str,
+    from_marker: int,
+    to_marker: int,
+    trigger: str = "backfill",
+) -> SourceOutcome:
+    """R21: re-process (from_marker, to_marker] one marker-range partition at a time; idempotent,
+    and the marker never moves backwards. Stops at the first failed range."""
+    job = defs.resolve_job_def(f"process_{source_type}")
+    processing: ProcessingSettings = defs.resources["processing"]
+    width = processing.resolved().partition_width
+    outcome = SourceOutcome(source_type)
+    for key in keys_between(from_marker, to_marker, width):
+        lo, hi = key_bounds(key)
+        planned = PlannedRun(
+            source_type, max(lo, from_marker), min(hi, to_marker), "backfill", width
+        )
         run = execute_window(job, instance, planned, trigger)
         outcome.runs.append(run)
         if not run.success:

@@ -24,8 +24,11 @@ from jobstatus_dagster.io.sources import (
     load_runlist_paths,
     load_runlists_of_impositions,
 )
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG, LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
+from jobstatus_dagster.pipeline.ops import LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
 
 load_scanner_window = build_load_op(SCANNER)
 
@@ -56,7 +59,7 @@ def _failure(frame: pd.DataFrame, reason: str, subject: pd.Series | str, detail,
     )
 
 
-@dg.op(tags={"kind": "pandas"})
+@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
 def resolve_scan_window(
     context: dg.OpExecutionContext,
     loaded: LoadedWindow,
@@ -76,7 +79,7 @@ def resolve_scan_window(
     failures = [_failure(scans[no_code], "missing_code", "", "scan has no code_text", False)]
     scans = scans[~no_code].reset_index(drop=True)
 
-    with logs.engine.connect() as conn:
+    with transient_errors(loaded.window), logs.engine.connect() as conn:
         known = set(load_operation_codes(conn)["operation"].dropna())
         codes = scans["code_text"].unique().tolist()
         runlist_paths = load_runlist_paths(conn, codes)
@@ -118,7 +121,7 @@ def resolve_scan_window(
     ambiguous = candidates[candidates.duplicated("source_id", keep=False)]
     if not ambiguous.empty:
         paths = all_paths[all_paths["runlist_id"].isin(ambiguous["runlist_id"])]
-        with jobmanager.engine.connect() as conn:
+        with transient_errors(loaded.window), jobmanager.engine.connect() as conn:
             markers = load_max_print_markers(conn, paths["imposition_id"].unique().tolist())
         runlist_marker = (
             paths.merge(markers, on="imposition_id", how="left")
@@ -136,7 +139,7 @@ def resolve_scan_window(
     single_jobs = job_scans[~job_scans["source_id"].isin(chosen["source_id"])]
 
     paths = all_paths[all_paths["runlist_id"].isin(scan_runlists["runlist_id"])]
-    with logs.engine.connect() as conn:
+    with transient_errors(loaded.window), logs.engine.connect() as conn:
         mapping = load_mapping_for_impositions(conn, paths["imposition_id"].unique().tolist())
     runlist_files = paths.merge(mapping, on="imposition_id", how="left")
 
@@ -152,7 +155,7 @@ def resolve_scan_window(
         single_jobs=single_jobs,
         failures=pd.concat([f for f in failures if len(f)] or failures[:1], ignore_index=True),
         customer=customer,
-        loaded=rows[["source_id", "marker"]],
+        loaded=rows[["source_id", "marker", "kind"]],
     )
     context.add_output_metadata(
         {
@@ -192,10 +195,24 @@ def compute_scan_updates(
     return plan
 
 
-@dg.job(
-    executor_def=dg.in_process_executor,
-    tags={SOURCE_TAG: SCANNER},
-    description="Process one window of scanned_codes rows into operation status.",
+@dg.graph_asset(
+    key=PROCESSING_KEYS[SCANNER],
+    ins=processing_ins(SCANNER),
+    partitions_def=WINDOW_PARTITIONS[SCANNER],
+    group_name="processing",
+    kinds={"pandas", "postgres"},
+    description="One window of scanned_codes rows → operation status of jobs and impositions.",
 )
-def process_scanner():
-    write_updates(compute_scan_updates(resolve_scan_window(load_scanner_window())))
+def scanner_processing(
+    scanned_codes, imposition_file_mapping, production_planner_paths, operation_codes, print_os
+):
+    loaded = load_scanner_window(
+        sources=[
+            scanned_codes,
+            imposition_file_mapping,
+            production_planner_paths,
+            operation_codes,
+            print_os,
+        ]
+    )
+    return write_updates(compute_scan_updates(resolve_scan_window(loaded)))

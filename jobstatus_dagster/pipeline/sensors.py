@@ -3,10 +3,18 @@
 from dataclasses import dataclass
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from jobstatus_dagster.config import Settings
 from jobstatus_dagster.io.sources import Backlog, inspect_backlog
+from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
+from jobstatus_dagster.pipeline.partitions import (
+    DEFAULT_WIDTH,
+    WINDOW_PARTITIONS,
+    bucket_bounds,
+    bucket_key,
+)
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 
 IN_FLIGHT = [
@@ -20,35 +28,48 @@ IN_FLIGHT = [
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """The next run of a source: its window and why it runs."""
+    """The next run of a source: its window, its marker-range partition and why it runs."""
 
     source_type: str
     from_marker: int
     to_marker: int
     reason: str
+    partition_width: int = DEFAULT_WIDTH
 
     @property
     def window_tag(self) -> str:
         return f"{self.source_type}:{self.from_marker}-{self.to_marker}"
 
+    @property
+    def partition_key(self) -> str:
+        """The bucket the window ends in (sensor windows never cross a bucket boundary)."""
+        return bucket_key(max(self.to_marker, self.from_marker + 1), self.partition_width)
+
     def run_config(self) -> dict:
         config = {"from_marker": self.from_marker, "to_marker": self.to_marker}
-        return {"ops": {f"load_{self.source_type}_window": {"config": config}}}
+        graph = PROCESSING_KEYS[self.source_type].to_python_identifier()
+        return {"ops": {graph: {"ops": {f"load_{self.source_type}_window": {"config": config}}}}}
 
     def tags(self, trigger: str) -> dict[str, str]:
         return {SOURCE_TAG: self.source_type, WINDOW_TAG: self.window_tag, TRIGGER_TAG: trigger}
 
 
-def plan_next_run(source_type: str, backlog: Backlog) -> PlannedRun | None:
-    """New rows first; otherwise a run at the marker for late rows (R19) or due retries (R20)."""
-    if backlog.next_to is not None:
-        return PlannedRun(source_type, backlog.marker, backlog.next_to, "new rows")
+def plan_next_run(
+    source_type: str, backlog: Backlog, partition_width: int = DEFAULT_WIDTH
+) -> PlannedRun | None:
+    """New rows first (up to the end of the first row's bucket); otherwise a run at the marker
+    for late rows (R19) or due retries (R20)."""
+    if backlog.next_to is not None and backlog.next_from is not None:
+        _, bucket_end = bucket_bounds(backlog.next_from, partition_width)
+        to_marker = min(backlog.next_to, bucket_end)
+        return PlannedRun(source_type, backlog.marker, to_marker, "new rows", partition_width)
     if backlog.late_rows:
         return PlannedRun(
             source_type,
             backlog.marker,
             backlog.marker,
             f"{backlog.late_rows} late rows below the marker",
+            partition_width,
         )
     if backlog.due_retries:
         return PlannedRun(
@@ -56,6 +77,7 @@ def plan_next_run(source_type: str, backlog: Backlog) -> PlannedRun | None:
             backlog.marker,
             backlog.marker,
             f"{backlog.due_retries} retryable failures due",
+            partition_width,
         )
     return None
 
@@ -73,7 +95,7 @@ def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Set
 
 
 def build_source_sensor(
-    source_type: str, job: dg.JobDefinition, interval_seconds: int
+    source_type: str, job: dg.JobDefinition | UnresolvedAssetJobDefinition, interval_seconds: int
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{source_type}_sensor",
@@ -94,8 +116,9 @@ def build_source_sensor(
             return dg.SkipReason(
                 f"run {in_flight[0].dagster_run.run_id} for {source_type} is still in flight"
             )
-        backlog = source_backlog(jobmanager, source_type, processing.resolved())
-        planned = plan_next_run(source_type, backlog)
+        settings = processing.resolved()
+        backlog = source_backlog(jobmanager, source_type, settings)
+        planned = plan_next_run(source_type, backlog, settings.partition_width)
         if planned is None:
             return dg.SkipReason(f"nothing past the {source_type} marker {backlog.marker}")
         # A run key is never reused; a failed window gets a fresh key per attempt.
@@ -107,12 +130,17 @@ def build_source_sensor(
             f"#retry{backlog.retry_signature}#attempt{attempts}"
         )
         context.log.info(f"launching {planned.window_tag}: {planned.reason}")
+        # The marker range becomes a partition the data team can see and backfill.
+        partitions = WINDOW_PARTITIONS[source_type]
+        if not context.instance.has_dynamic_partition(partitions.name, planned.partition_key):
+            context.instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
                     run_key=run_key,
                     run_config=planned.run_config(),
                     tags=planned.tags("sensor"),
+                    partition_key=planned.partition_key,
                 )
             ]
         )

@@ -1,0 +1,176 @@
+"""Data-quality checks a data team wants on these tables, run every 15 minutes and on demand."""
+
+import re
+
+import dagster as dg
+import pandas as pd
+import sqlalchemy as sa
+
+from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER
+from jobstatus_dagster.io.sources import SOURCE_TABLES
+from jobstatus_dagster.pipeline.assets import (
+    FILE_MAPPING,
+    JOBS_OPERATIONS,
+    MARKERS,
+    PROCESSING_FAILURES,
+)
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+
+CHECK_TAG = "jobstatus/checks"
+
+
+@dg.asset_check(
+    asset=PROCESSING_FAILURES,
+    description="Failures (R20) still unresolved after JOBSTATUS_FAILURE_AGE_HOURS.",
+)
+def unresolved_failures_are_recent(
+    jobmanager: PostgresDatabase, processing: ProcessingSettings
+) -> dg.AssetCheckResult:
+    hours = processing.resolved().failure_age_hours
+    with jobmanager.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT source_type, reason, count(*) AS n, min(first_attempt_at) AS oldest"
+                " FROM processing_failures WHERE resolved_at IS NULL"
+                " AND first_attempt_at < now() - make_interval(hours => :hours)"
+                " GROUP BY source_type, reason ORDER BY n DESC"
+            ),
+            {"hours": hours},
+        ).all()
+    total = sum(r.n for r in rows)
+    return dg.AssetCheckResult(
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "older_than_hours": hours,
+            "unresolved": total,
+            "by_reason": {f"{r.source_type}/{r.reason}": r.n for r in rows},
+            "oldest": str(min((r.oldest for r in rows), default="")),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=FILE_MAPPING,
+    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] (R4).",
+)
+def file_ids_match_the_pattern(
+    logs: PostgresDatabase, processing: ProcessingSettings
+) -> dg.AssetCheckResult:
+    customer = re.escape(processing.resolved().file_customer)
+    pattern = f"^FILE_[^_]+_{customer}_[0-9]+_[0-9]+(_.*)?$"
+    with logs.engine.connect() as conn:
+        count, sample = conn.execute(
+            sa.text(
+                "SELECT count(*), (array_agg(file_id ORDER BY id DESC))[1:10]"
+                " FROM imposition_file_mapping WHERE file_id !~ :pattern"
+            ),
+            {"pattern": pattern},
+        ).one()
+    return dg.AssetCheckResult(
+        passed=count == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"non_matching": count, "sample": ", ".join(sample or [])},
+    )
+
+
+@dg.asset_check(
+    asset=MARKERS,
+    description="Rows past each source's marker: more than JOBSTATUS_MAX_MARKER_LAG means "
+    "processing is falling behind or stuck.",
+)
+def markers_keep_up(
+    jobmanager: PostgresDatabase, processing: ProcessingSettings
+) -> dg.AssetCheckResult:
+    limit = processing.resolved().max_marker_lag
+    lag = {}
+    with jobmanager.engine.connect() as conn:
+        for source in (PRINT_OS, SCANNER):
+            src = SOURCE_TABLES[source]
+            marker = (
+                conn.execute(
+                    sa.text(
+                        "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"
+                    ),
+                    {"t": MARKER_TYPES[source]},
+                ).scalar_one_or_none()
+                or 0
+            )
+            lag[source] = conn.execute(
+                sa.text(
+                    f"SELECT count(*) FROM (SELECT 1 FROM {src.table}"  # noqa: S608 - constants
+                    f" WHERE {src.marker_column} > :m LIMIT :cap) x"
+                ),
+                {"m": marker, "cap": limit + 1},
+            ).scalar_one()
+    return dg.AssetCheckResult(
+        passed=all(v <= limit for v in lag.values()),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"max_rows_behind": limit, **{f"{k}_rows_behind": v for k, v in lag.items()}},
+    )
+
+
+@dg.asset_check(
+    asset=JOBS_OPERATIONS,
+    description="jobs.operations.print agrees with the job's print state and its job_operations "
+    "print row (R12): true exactly when the highest version's row is completed.",
+)
+def print_flag_agrees_with_job_operations(
+    jobmanager: PostgresDatabase, logs: PostgresDatabase
+) -> dg.AssetCheckResult:
+    with jobmanager.engine.connect() as conn:
+        states = pd.read_sql(
+            sa.text(
+                "SELECT s.job_id, s.version_tag, s.value, (j.operations ->> 'print')::boolean"
+                " AS flag FROM job_operation_state s JOIN jobs j ON j.job_id = s.job_id"
+                " WHERE s.operation = 'print' AND s.source_type = 'print_os'"
+            ),
+            conn,
+        )
+    with logs.engine.connect() as conn:
+        rows = pd.read_sql(
+            sa.text(
+                "SELECT o.job_id, o.version_tag, o.status FROM job_operations o"
+                " JOIN operation_codes c ON c.operation_id = o.operation_id"
+                " WHERE c.operation = 'print' AND o.job_id = ANY(:jobs)"
+            ),
+            conn,
+            params={"jobs": states["job_id"].unique().tolist()},
+        )
+    merged = states.merge(rows, on=["job_id", "version_tag"], how="left")
+    flag_differs = merged["flag"].fillna(False) != merged["value"]
+    has_row = merged["status"].notna()
+    row_differs = has_row & ((merged["status"] == "completed") != merged["value"])
+    bad = merged[flag_differs | row_differs]
+    return dg.AssetCheckResult(
+        passed=bad.empty,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "jobs_checked": len(merged),
+            "disagreeing": len(bad),
+            "sample": ", ".join(bad["job_id"].head(10)),
+        },
+    )
+
+
+CHECKS = [
+    unresolved_failures_are_recent,
+    file_ids_match_the_pattern,
+    markers_keep_up,
+    print_flag_agrees_with_job_operations,
+]
+
+checks_job = dg.define_asset_job(
+    "data_quality_checks",
+    selection=dg.AssetSelection.checks(*CHECKS),
+    executor_def=dg.in_process_executor,
+    tags={CHECK_TAG: "scheduled"},
+    description="Every data-quality check on the job-status tables.",
+)
+
+checks_schedule = dg.ScheduleDefinition(
+    name="data_quality_every_15_minutes",
+    job=checks_job,
+    cron_schedule="*/15 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
