@@ -106,6 +106,29 @@ def process_command(source: str) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command("backfill")
+@click.option("--source", type=click.Choice(SOURCES), required=True)
+@click.option("--from", "from_marker", type=int, required=True, help="Exclusive lower marker.")
+@click.option("--to", "to_marker", type=int, required=True, help="Inclusive upper marker.")
+def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
+    """Re-process markers (FROM, TO] window by window, as Dagster runs (R21: idempotent,
+    markers never lowered). Prints each window's outcome."""
+    from jobstatus_dagster.pipeline.runner import backfill
+
+    if to_marker < from_marker:
+        raise click.BadParameter("--to must not be below --from")
+    env = _env()
+    outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
+    for run in outcome.runs:
+        state = "ok" if run.success else f"FAILED: {run.error}"
+        click.echo(
+            f"{run.window} run {run.run_id}: {run.summary.get('rows_read', 0)} rows read, "
+            f"{run.summary.get('audit_rows_written', 0)} audit rows written, {state}"
+        )
+    click.echo(outcome.line())
+    sys.exit(0 if outcome.success else 1)
+
+
 @main.command("status")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -164,11 +187,40 @@ def simulate_command(every: float) -> None:
         stop.set()
 
 
+def _api_app(env: Environment, token: str | None):
+    from jobstatus_dagster.api import create_app
+
+    return create_app(_definitions(), env.instance(), env.urls.jobmanager, env.urls.logs, token)
+
+
+@main.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def api_command(host: str, port: int) -> None:
+    """Serve the HTTP API; writes need `Authorization: Bearer $JOBSTATUS_API_TOKEN`.
+
+    Without JOBSTATUS_API_TOKEN the write endpoints answer 503 (closed, not open).
+    """
+    import uvicorn
+
+    env = _env()
+    token = os.environ.get("JOBSTATUS_API_TOKEN")
+    if not token:
+        click.echo("JOBSTATUS_API_TOKEN is not set: the write endpoints answer 503.", err=True)
+    uvicorn.run(_api_app(env, token), host=host, port=port)
+
+
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--api-port", default=8000, show_default=True, help="HTTP API port.")
 @click.option("--simulate-every", default=10.0, show_default=True, help="0 disables the simulator.")
-def dev_command(port: int, simulate_every: float) -> None:
-    """Everything at once: database, migrations, demo shop, Dagster UI + daemon, simulator."""
+def dev_command(port: int, api_port: int, simulate_every: float) -> None:
+    """Everything at once: database, migrations, demo shop, Dagster UI + daemon, HTTP API,
+    simulator."""
+    import secrets
+
+    import uvicorn
+
     from jobstatus_dagster.demo import generate_shop, shop_is_empty
 
     env = _env()
@@ -179,7 +231,16 @@ def dev_command(port: int, simulate_every: float) -> None:
     stop = threading.Event()
     if simulate_every > 0:
         threading.Thread(target=_simulate, args=(env, stop, simulate_every), daemon=True).start()
+    configured = os.environ.get("JOBSTATUS_API_TOKEN")
+    token = configured or secrets.token_urlsafe(24)
+    api = uvicorn.Server(
+        uvicorn.Config(_api_app(env, token), host="127.0.0.1", port=api_port, log_level="warning")
+    )
+    threading.Thread(target=api.run, name="jobstatus-api", daemon=True).start()
     click.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={env.dagster_home})")
+    click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
+    if not configured:
+        click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
     dagster = subprocess.Popen(  # noqa: S603 - our own venv's dagster
         [
             str(Path(sys.executable).with_name("dagster")),
@@ -203,4 +264,5 @@ def dev_command(port: int, simulate_every: float) -> None:
             dagster.kill()
     finally:
         stop.set()
+        api.should_exit = True
         time.sleep(0.1)

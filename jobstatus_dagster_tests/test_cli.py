@@ -103,3 +103,18 @@ def test_r18_kill_at_each_stage_then_rerun_gives_the_undisturbed_state(
             " source_id, job_id, version_tag, operation HAVING count(*) > 1) d",
         )
         assert duplicates == 0
+
+
+def test_r21_cli_backfill_reports_each_window_and_changes_nothing(pg_admin_uri, tmp_path) -> None:
+    urls = fresh_urls(pg_admin_uri)
+    migrate(urls, baseline=True)
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)
+        assert cli(urls, tmp_path, "process").returncode == 0
+        before, marker = shop.snapshot(), shop.marker()
+        result = cli(
+            urls, tmp_path, "backfill", "--source", "print_os", "--from", "0", "--to", "104"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.startswith("print_os:0-104 run ") and ", ok" in result.stdout
+        assert shop.snapshot() == before and shop.marker() == marker

@@ -32,7 +32,7 @@ def unresolved_failures_are_recent(
             sa.text(
                 "SELECT source_type, reason, count(*) AS n, min(first_attempt_at) AS oldest"
                 " FROM processing_failures WHERE resolved_at IS NULL"
-                " AND first_attempt_at < now() - make_interval(hours => :hours)"
+                " AND first_attempt_at < now() - make_interval(secs => CAST(:hours AS double precision) * 3600)"
                 " GROUP BY source_type, reason ORDER BY n DESC"
             ),
             {"hours": hours},

@@ -1,11 +1,15 @@
 """Running the processing jobs outside the daemon (CLI, API): same windows as the sensor."""
 
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dagster as dg
+import sqlalchemy as sa
 
+from jobstatus_dagster.io.sources import SOURCE_TABLES
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, key_bounds, keys_between
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, bucket_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import PlannedRun, plan_next_run, source_backlog
 
@@ -50,6 +54,18 @@ class SourceOutcome:
 
 def execute_window(
     job: dg.JobDefinition, instance: dg.DagsterInstance, planned, trigger: str
+) -> RunOutcome:
+    with _EXECUTION_LOCK:
+        return _execute_window(job, instance, planned, trigger)
+
+
+# execute_in_process is not safe in parallel threads of one process (its log capture can
+# deadlock on the logging lock): one run at a time per process; separate processes are fine.
+_EXECUTION_LOCK = threading.Lock()
+
+
+def _execute_window(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, planned: PlannedRun, trigger: str
 ) -> RunOutcome:
     partitions = WINDOW_PARTITIONS[planned.source_type]
     if not instance.has_dynamic_partition(partitions.name, planned.partition_key):
@@ -98,6 +114,48 @@ def process_source(
     return outcome
 
 
+def source_bounds(jobmanager: sa.Engine, source_type: str) -> tuple[int | None, int | None]:
+    """Lowest and highest marker present in the source table."""
+    src = SOURCE_TABLES[source_type]
+    m = src.marker_column
+    with jobmanager.connect() as conn:
+        lowest, highest = conn.execute(
+            sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")  # noqa: S608 - constants
+        ).one()
+    return (None if lowest is None else int(lowest), None if highest is None else int(highest))
+
+
+def backfill_windows(
+    jobmanager: sa.Engine,
+    source_type: str,
+    from_marker: int,
+    to_marker: int,
+    chunk_size: int,
+    partition_width: int,
+) -> Iterator[PlannedRun]:
+    """Windows over the rows in (from_marker, to_marker], shaped like the sensor's: at most
+    ``chunk_size`` rows (more only when one marker value repeats), never past the marker-range
+    partition of their first row; empty marker ranges are skipped, not run."""
+    src = SOURCE_TABLES[source_type]
+    m = src.marker_column
+    lo = from_marker
+    while True:
+        with jobmanager.connect() as conn:
+            first, last = conn.execute(
+                sa.text(
+                    f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table}"  # noqa: S608
+                    f" WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w"
+                ),
+                {"lo": lo, "hi": to_marker, "chunk": chunk_size},
+            ).one()
+        if first is None:
+            return
+        _, partition_end = bucket_bounds(int(first), partition_width)
+        hi = min(int(last), partition_end)
+        yield PlannedRun(source_type, lo, hi, "backfill", partition_width)
+        lo = hi
+
+
 def backfill(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -106,17 +164,21 @@ def backfill(
     to_marker: int,
     trigger: str = "backfill",
 ) -> SourceOutcome:
-    """R21: re-process (from_marker, to_marker] one marker-range partition at a time; idempotent,
-    and the marker never moves backwards. Stops at the first failed range."""
+    """R21: re-process the rows in (from_marker, to_marker], window by window; idempotent, and
+    the marker never moves backwards. Stops at the first failed window."""
     job = defs.resolve_job_def(f"process_{source_type}")
-    processing: ProcessingSettings = defs.resources["processing"]
-    width = processing.resolved().partition_width
+    jobmanager: PostgresDatabase = defs.resources["jobmanager"]
+    settings = defs.resources["processing"].resolved()
     outcome = SourceOutcome(source_type)
-    for key in keys_between(from_marker, to_marker, width):
-        lo, hi = key_bounds(key)
-        planned = PlannedRun(
-            source_type, max(lo, from_marker), min(hi, to_marker), "backfill", width
-        )
+    windows = backfill_windows(
+        jobmanager.engine,
+        source_type,
+        from_marker,
+        to_marker,
+        settings.chunk_size,
+        settings.partition_width,
+    )
+    for planned in windows:
         run = execute_window(job, instance, planned, trigger)
         outcome.runs.append(run)
         if not run.success:

@@ -1,0 +1,523 @@
+"""The HTTP API against the real databases and a real Dagster instance (plan §7, SPEC §6).
+
+One shop per module: the small backlog is processed through the API, then every refusal is
+checked to leave the databases and the run history exactly as they were.
+"""
+
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+import schemathesis
+import sqlalchemy as sa
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from jobstatus_dagster.api import MAX_BODY_BYTES, create_app
+from jobstatus_dagster.db import DatabaseUrls
+from jobstatus_dagster.definitions import build_definitions
+from jobstatus_dagster.pipeline.runner import backfill_windows
+from jobstatus_dagster.pipeline.sensors import PlannedRun
+from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
+from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_dagster_tests.shop import Shop
+
+with warnings.catch_warnings():
+    # starlette 1.x prefers httpx2 for its test client; httpx is what this venv has.
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+
+TOKEN = "t0k"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def app(shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls) -> FastAPI:
+    fill_small_backlog(shop)
+    return create_app(shop.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def processed(client: TestClient) -> dict:
+    """The backlog's print-OS rows processed through the API (the first write of the module)."""
+    response = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def api_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return instance.get_runs(dg.RunsFilter(tags={"jobstatus/trigger": "api"}))
+
+
+def new_print_event(shop: Shop) -> None:
+    """A print event past every marker: something to process, were a refused request let in."""
+    marker = shop.scalar(shop.jm, 'SELECT max(marker) + 1 FROM "print OS"')
+    shop.print_event("B-I1", "PRINTED", marker=marker)
+
+
+def unchanged(shop: Shop, instance: dg.DagsterInstance):
+    """Snapshot of every table we write and of the run history, to compare after a refusal."""
+    return shop.snapshot(), instance.get_runs_count()
+
+
+# ----- processing --------------------------------------------------------------------------
+def test_process_print_os_reports_what_the_database_holds(
+    processed: dict, shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    assert processed["last_marker"] == shop.marker("print_os") == 114
+    assert processed["processed_count"] == shop.scalar(shop.jm, 'SELECT count(*) FROM "print OS"')
+    jobs_written = shop.scalar(shop.jm, "SELECT count(*) FROM jobs WHERE operations <> '{}'")
+    assert processed["jobs_updated"] == jobs_written > 0
+    assert [run["window"] for run in processed["runs"]] == ["print_os:0-114"]
+    # The request is a Dagster run in the instance, tagged as the API's.
+    runs = {run.run_id: run for run in api_runs(instance)}
+    run = runs[processed["runs"][0]["run_id"]]
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["jobstatus/source"] == "print_os"
+    assert run.job_name == "process_print_os"
+
+
+def test_process_status_updates_per_source_then_nothing_new(
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    scanner = client.post("/api/process-status-updates", json={"source": "scanner"}, headers=AUTH)
+    assert scanner.status_code == 200, scanner.text
+    body = scanner.json()
+    assert body["print_os_processed"] == 0
+    assert body["scanner_processed"] == shop.scalar(shop.jm, "SELECT count(*) FROM scanned_codes")
+    assert body["jobs_updated"] > 0
+    assert [run["window"] for run in body["runs"]] == ["scanner:0-6"]
+    assert shop.marker("scanned_codes") == 6
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in api_runs(instance))
+
+    before = unchanged(shop, instance)
+    again = client.post("/api/process-status-updates", headers=AUTH)  # no body: "both"
+    assert again.status_code == 200, again.text
+    assert again.json() == {
+        "print_os_processed": 0,
+        "scanner_processed": 0,
+        "jobs_updated": 0,
+        "runs": [],
+    }
+    assert unchanged(shop, instance) == before
+
+
+def test_r21_force_backfills_idempotently_and_never_lowers_the_marker(
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    marker = shop.marker("print_os")
+    first = client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+    assert first.status_code == 200, first.text
+    assert [run["window"] for run in first.json()["runs"]] == ["print_os:0-114"]
+    assert first.json()["last_marker"] == shop.marker("print_os") == marker
+
+    before = shop.snapshot()
+    second = client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+    assert second.status_code == 200, second.text
+    assert second.json()["jobs_updated"] == 0
+    assert second.json()["last_marker"] == shop.marker("print_os") == marker
+    assert shop.snapshot() == before  # audit, failures (and their attempts), jobs, logs rows
+    run_ids = [run["run_id"] for run in second.json()["runs"]]
+    tagged = {run.run_id: run for run in api_runs(instance)}
+    assert all(tagged[r].status == dg.DagsterRunStatus.SUCCESS for r in run_ids)
+
+
+@pytest.mark.parametrize(
+    "chunk_size,partition_width,windows",
+    [
+        (5000, 10_000, [(0, 114)]),
+        (3, 10_000, [(0, 104), (104, 110), (110, 114)]),
+        # A window never crosses a marker-range partition: (0, 104] then (104, 208] ...
+        (4, 104, [(0, 104), (104, 112), (112, 114)]),
+    ],
+)
+def test_backfill_windows_hold_a_chunk_within_one_partition(
+    processed: dict, shop: Shop, chunk_size: int, partition_width: int, windows: list
+) -> None:
+    planned = list(backfill_windows(shop.jm, "print_os", 0, 114, chunk_size, partition_width))
+    assert [(w.from_marker, w.to_marker) for w in planned] == windows
+    assert {(w.source_type, w.partition_width) for w in planned} == {("print_os", partition_width)}
+
+
+def test_force_in_chunks_runs_one_dagster_run_per_window(
+    processed: dict, shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls
+) -> None:
+    chunked = Shop(urls, chunk_size=4)
+    app = create_app(chunked.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
+    marker = shop.marker("print_os")
+    before = shop.snapshot()
+    with chunked, TestClient(app) as chunked_client:
+        response = chunked_client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+    assert response.status_code == 200, response.text
+    windows = [run["window"] for run in response.json()["runs"]]
+    assert windows == ["print_os:0-106", "print_os:106-114"]
+    assert shop.marker("print_os") == marker
+    assert shop.snapshot() == before
+
+
+def test_a_failed_run_is_a_502_naming_it_and_nothing_is_written(
+    processed: dict, shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, pg_admin_uri
+) -> None:
+    """The run's logs database lacks our tables: the run fails inside Dagster, not in the API."""
+    broken_logs = fresh_urls(pg_admin_uri).logs
+    defs = build_definitions(urls.jobmanager, broken_logs)
+    app = create_app(defs, instance, urls.jobmanager, urls.logs, token=TOKEN)
+    new_print_event(shop)
+    before = unchanged(shop, instance)[0]
+    with TestClient(app) as broken_client:
+        response = broken_client.post("/api/process-print-os", json={}, headers=AUTH)
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["source"] == "print_os" and body["error"]
+    assert body["window"].startswith(f"print_os:{shop.marker('print_os')}-")
+    assert body["runs"] == [{"run_id": body["run_id"], "window": body["window"], "success": False}]
+    run = instance.get_run_by_id(body["run_id"])
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert run.tags["jobstatus/trigger"] == "api"
+    assert shop.snapshot() == before
+
+
+def test_an_unexpected_error_is_a_json_500_without_traceback(
+    processed: dict, instance: dg.DagsterInstance, urls: DatabaseUrls
+) -> None:
+    """Definitions without the jobs: a bug of the deployment, not of the request."""
+    app = create_app(dg.Definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
+    with TestClient(app, raise_server_exceptions=False) as bare_client:
+        for _ in range(2):  # the source lock was released: 500 again, not 409
+            response = bare_client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+            assert response.status_code == 500
+            assert response.json()["detail"].startswith("internal error (")
+            assert "Traceback" not in response.text
+
+
+# ----- reading -----------------------------------------------------------------------------
+def test_job_status_current_versions_and_history(
+    processed: dict, client: TestClient, shop: Shop
+) -> None:
+    client.post("/api/process-status-updates", json={"source": "both"}, headers=AUTH)
+    response = client.get(f"/api/job-status/{JOBS[0]}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["job_id"] == JOBS[0]
+    assert body["current_status"] == shop.job_operations_json(JOBS[0])
+    assert body["current_status"]["print"] is True
+    assert [v["version_tag"] for v in body["versions"]] == ["1", "2"]
+    assert all(v["status"] == "completed" for v in body["versions"])
+    audit = shop.rows(
+        shop.jm,
+        "SELECT update_id, operation, status, source_type FROM job_status_updates"
+        " WHERE job_id = :j ORDER BY update_id DESC",
+        j=JOBS[0],
+    )
+    assert [
+        (h["update_id"], h["operation_type"], h["status"], h["source_type"])
+        for h in body["update_history"]
+    ] == [(a["update_id"], a["operation"], a["status"], a["source_type"]) for a in audit]
+    assert body["next_before"] is None
+    assert {"updated_at", "processed_at", "notes", "run_id"} <= set(body["update_history"][0])
+
+
+def test_job_status_pages_newest_first(processed: dict, client: TestClient, shop: Shop) -> None:
+    everything = client.get(f"/api/job-status/{JOBS[0]}", params={"limit": 500}).json()
+    ids = [h["update_id"] for h in everything["update_history"]]
+    assert len(ids) >= 3 and ids == sorted(ids, reverse=True)
+    pages, before = [], None
+    while True:
+        params = {"limit": 2} | ({"before": before} if before is not None else {})
+        page = client.get(f"/api/job-status/{JOBS[0]}", params=params).json()
+        pages.append([h["update_id"] for h in page["update_history"]])
+        before = page["next_before"]
+        if before is None:
+            break
+        assert before == pages[-1][-1]
+    assert [i for page in pages for i in page] == ids
+    assert all(0 < len(page) <= 2 for page in pages[:-1])
+
+
+def test_unknown_job_is_404_json(client: TestClient) -> None:
+    response = client.get("/api/job-status/0_0")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "unknown job 0_0"}
+
+
+def test_health(client: TestClient, instance: dg.DagsterInstance, urls: DatabaseUrls) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"jobmanager": "ok", "logs": "ok", "dagster": "ok"},
+    }
+    gone = urls.jobmanager.replace("/jobmanager_", "/no_such_database_")
+    down = create_app(dg.Definitions(), instance, gone, urls.logs, token=TOKEN)
+    with TestClient(down) as down_client:
+        response = down_client.get("/api/health")
+        read = down_client.get(f"/api/job-status/{JOBS[0]}")
+    assert read.status_code == 503
+    assert read.json() == {"detail": "database unavailable (OperationalError)"}
+    assert response.status_code == 503
+    assert response.json()["checks"] == {
+        "jobmanager": "OperationalError",
+        "logs": "ok",
+        "dagster": "ok",
+    }
+
+
+# ----- refusals: never a write, never a run ------------------------------------------------
+WRITES = [
+    ("/api/process-print-os", {"force": False}),
+    ("/api/process-status-updates", {"source": "both"}),
+]
+
+
+@pytest.mark.parametrize("path,body", WRITES)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Bearer t\xf6k".encode("latin-1")},
+    ],
+    ids=["none", "wrong", "basic", "bare", "longer", "latin1"],
+)
+def test_writes_refuse_a_missing_or_wrong_token(
+    processed: dict, client: TestClient, shop: Shop, instance, path, body, headers
+) -> None:
+    new_print_event(shop)  # something to process, were the request let through
+    before = unchanged(shop, instance)
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == {"detail": "missing or wrong bearer token"}
+    assert unchanged(shop, instance) == before
+
+
+@pytest.mark.parametrize("path,body", WRITES)
+def test_writes_are_closed_without_a_configured_token(
+    processed: dict, shop: Shop, instance, urls: DatabaseUrls, path, body
+) -> None:
+    before = unchanged(shop, instance)
+    for token in (None, ""):
+        closed = create_app(shop.definitions(), instance, urls.jobmanager, urls.logs, token=token)
+        with TestClient(closed) as closed_client:
+            for headers in ({}, AUTH, {"Authorization": "Bearer "}):
+                response = closed_client.post(path, json=body, headers=headers)
+                assert response.status_code == 503
+                assert "API token not configured" in response.json()["detail"]
+            assert closed_client.get(f"/api/job-status/{JOBS[0]}").status_code == 200
+    assert unchanged(shop, instance) == before
+
+
+BAD_BODIES = [
+    ("/api/process-print-os", {"json": {"force": "true"}}, 422),
+    ("/api/process-print-os", {"json": {"force": 1}}, 422),
+    ("/api/process-print-os", {"json": {"force": None}}, 422),
+    ("/api/process-print-os", {"json": {"force": False, "source": "both"}}, 422),
+    ("/api/process-print-os", {"json": [True]}, 422),
+    ("/api/process-print-os", {"json": "force"}, 422),
+    ("/api/process-status-updates", {"json": {"source": "printer"}}, 422),
+    ("/api/process-status-updates", {"json": {"source": "BOTH"}}, 422),
+    ("/api/process-status-updates", {"json": {"source": 1}}, 422),
+    ("/api/process-status-updates", {"json": {"source": ["both"]}}, 422),
+    ("/api/process-status-updates", {"json": {"source": "both'; DROP TABLE jobs;--"}}, 422),
+    ("/api/process-print-os", {"content": b"force=true"}, 422),
+    ("/api/process-print-os", {"content": b"force=true", "ctype": "text/plain"}, 422),
+    ("/api/process-print-os", {"content": b'{"force": tru', "ctype": "application/json"}, 422),
+    # Not UTF-8: FastAPI's own 400 "error parsing the body", before any validation.
+    ("/api/process-print-os", {"content": b'{"force": \xff}', "ctype": "application/json"}, 400),
+    ("/api/process-print-os", {"content": b"\xff\xfe", "ctype": "text/plain"}, 422),
+    ("/api/process-status-updates", {"json": {"source": "both", "pad": "x" * MAX_BODY_BYTES}}, 413),
+    ("/api/process-print-os", {"chunked": b" " * (MAX_BODY_BYTES + 1)}, 413),
+]
+
+
+@pytest.mark.parametrize("path,request_kwargs,status", BAD_BODIES)
+def test_bad_bodies_are_refused_without_a_write(
+    processed: dict, client: TestClient, shop: Shop, instance, path, request_kwargs, status
+) -> None:
+    new_print_event(shop)
+    before = unchanged(shop, instance)
+    kwargs = dict(request_kwargs)
+    headers = dict(AUTH)
+    if "ctype" in kwargs:
+        headers["Content-Type"] = kwargs.pop("ctype")
+    if "chunked" in kwargs:  # no Content-Length: the middleware counts the bytes received
+        payload = kwargs.pop("chunked")
+        kwargs["content"] = iter([payload[: len(payload) // 2], payload[len(payload) // 2 :]])
+        headers["Content-Type"] = "application/json"
+    response = client.post(path, headers=headers, **kwargs)
+    assert response.status_code == status, response.text
+    assert isinstance(response.json()["detail"], str | list)
+    assert unchanged(shop, instance) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/job-status/1'; DROP TABLE jobs;--",
+        "/api/job-status/1%27%3B%20DROP%20TABLE%20jobs%3B--",
+        "/api/job-status/7001_1' OR '1'='1",
+        "/api/job-status/%2e%2e",
+        "/api/job-status/7001_1%00",
+        "/api/job-status/7001-1",
+        "/api/job-status/7001_1_2",
+        "/api/job-status/\uff17001_1",
+        "/api/job-status/" + "1" * 30 + "_1",
+        "/api/job-status/" + "9" * 5000,
+        "/api/job-status/7001_1?limit=0",
+        "/api/job-status/7001_1?limit=501",
+        "/api/job-status/7001_1?limit=ten",
+        "/api/job-status/7001_1?before=-1",
+        "/api/job-status/7001_1?before=" + str(2**70),
+    ],
+)
+def test_bad_job_ids_and_paging_are_422(
+    processed: dict, client: TestClient, shop: Shop, instance, url: str
+) -> None:
+    before = unchanged(shop, instance)
+    response = client.get(url)
+    assert response.status_code == 422, response.text
+    assert unchanged(shop, instance) == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/job-status/../../etc/passwd",
+        "/api/job-status/..%2F..%2Fetc%2Fpasswd",
+        "/api/job-status/7001_1/../../../etc/passwd",
+        "/etc/passwd",
+        "/api/",
+    ],
+)
+def test_path_tricks_reach_nothing(client: TestClient, shop: Shop, instance, url: str) -> None:
+    before = unchanged(shop, instance)
+    response = client.get(url)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+    assert unchanged(shop, instance) == before
+
+
+# ----- one run per source ------------------------------------------------------------------
+def test_409_while_a_run_of_the_source_is_in_flight(
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    job_def = shop.definitions().resolve_job_def("process_print_os")
+    run = instance.create_run_for_job(
+        job_def,
+        run_config=PlannedRun("print_os", 0, 0, "test").run_config(),
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"jobstatus/source": "print_os"},
+    )
+    new_print_event(shop)
+    try:
+        before = unchanged(shop, instance)
+        for path, body in [*WRITES, ("/api/process-print-os", {"force": True})]:
+            response = client.post(path, json=body, headers=AUTH)
+            assert response.status_code == 409, response.text
+            assert response.json()["run_id"] == run.run_id
+            assert response.json()["source"] == "print_os"
+            assert run.run_id in response.json()["detail"]
+        assert unchanged(shop, instance) == before
+        # The other source is not held up.
+        scanner = client.post(
+            "/api/process-status-updates", json={"source": "scanner"}, headers=AUTH
+        )
+        assert scanner.status_code == 200, scanner.text
+    finally:
+        instance.report_run_canceled(run)
+    after = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
+    assert after.status_code == 200, after.text
+    assert after.json()["last_marker"] == shop.marker("print_os")
+
+
+def test_409_while_another_request_of_this_process_holds_the_source(
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    """The first request waits on the marker row lock (R19) inside its run; a second one is
+    refused at once instead of queueing behind it."""
+    new_print_event(shop)
+    results: dict[str, object] = {}
+    with shop.jm.connect() as holder:
+        tx = holder.begin()
+        holder.execute(
+            sa.text("SELECT 1 FROM processing_markers WHERE marker_type = 'print_os' FOR UPDATE")
+        )
+        first = threading.Thread(
+            target=lambda: results.update(
+                first=client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
+            )
+        )
+        first.start()
+        deadline = time.monotonic() + 30
+        while not instance.get_runs_count(
+            dg.RunsFilter(
+                tags={"jobstatus/source": "print_os"}, statuses=[dg.DagsterRunStatus.STARTED]
+            )
+        ):
+            assert time.monotonic() < deadline, "the first request never started its run"
+            time.sleep(0.05)
+        second = client.post("/api/process-status-updates", json={"source": "both"}, headers=AUTH)
+        tx.rollback()
+    first.join(60)
+    assert second.status_code == 409, second.text
+    assert second.json()["source"] == "print_os"
+    assert second.json()["run_id"] is None  # refused by this process's lock, before any query
+    assert results["first"].status_code == 200, results["first"].text
+    assert results["first"].json()["last_marker"] == shop.marker("print_os")
+
+
+# ----- the OpenAPI document, fuzzed --------------------------------------------------------
+def test_openapi_document_declares_the_bearer_scheme(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Writes need `Authorization: Bearer <JOBSTATUS_API_TOKEN>`.",
+    }
+    for path in ("/api/process-print-os", "/api/process-status-updates"):
+        assert document["paths"][path]["post"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in document["paths"]["/api/job-status/{job_id}"]["get"]
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode), ids=str)
+def test_fuzzed_requests_never_get_a_server_error(
+    app: FastAPI, processed: dict, mode: GenerationMode
+) -> None:
+    """Schemathesis over the app's own OpenAPI document, with the token: every answer is
+    documented, JSON, and never 5xx. (`schemathesis.pytest.from_fixture` trips on pytest 9, so
+    the operations' strategies are driven with hypothesis directly.)"""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode.is_negative and operation.path == "/api/health":
+            continue  # no parameters and no body: nothing to get wrong
+
+        # Valid bodies are few ({}, force, three sources) and each force is a real run: fewer.
+        examples = 10 if mode.is_positive and operation.method.upper() == "POST" else 25
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(mode))
+        def fuzz(case: schemathesis.Case) -> None:
+            response = case.call_and_validate(headers=AUTH)
+            assert response.status_code < 500, (response.status_code, response.text[:500])
+
+        fuzz()
