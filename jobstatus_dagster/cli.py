@@ -252,7 +252,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
             "-p",
             str(port),
         ],
-        cwd=PROJECT_DIR,
+        cwd=env.dagster_home,  # beside its dagster.yaml; the workspace path is absolute
     )
     try:
         dagster.wait()

@@ -49,6 +49,8 @@ def build_definitions(
             # In-process executor: frames stay in memory, nothing pickled per op.
             "io_manager": dg.mem_io_manager,
         },
+        # Also for UI asset backfills (__ASSET_JOB): frames pass in memory between the ops.
+        executor=dg.in_process_executor,
     )
 
 
