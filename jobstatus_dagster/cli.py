@@ -210,6 +210,10 @@ def api_command(host: str, port: int) -> None:
     uvicorn.run(_api_app(env, token), host=host, port=port)
 
 
+def _raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
 @click.option("--api-port", default=8000, show_default=True, help="HTTP API port.")
@@ -254,6 +258,9 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         ],
         cwd=env.dagster_home,  # beside its dagster.yaml; the workspace path is absolute
     )
+    # SIGTERM (a service manager, `timeout`) stops everything like Ctrl-C does, so neither
+    # dagster dev nor the embedded server is left running.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         dagster.wait()
     except KeyboardInterrupt:
