@@ -317,3 +317,17 @@ def test_r21_backfill_never_moves_the_marker_backwards(shop: Shop, instance) -> 
     assert shop.marker() == marker
     assert shop.job_print_row(job, "1")["notes"] == "1 of 2 files printed"
     assert shop.job_operations_json(job) == {"print": False}
+
+
+def test_r20_huge_and_hostile_values_are_recorded_not_crashed(shop: Shop, instance) -> None:
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    shop.map_files(f"{job}-H", [*files(job, "1", 1), "FILE_1_Labex_" + "9" * 40 + "_1_2"])
+    huge, _ = shop.print_event("x'; DROP TABLE jobs;--" + "é" * 10_000, "PRINTED")
+    good, _ = shop.print_event(f"{job}-H", "PRINTED")
+    shop.process(instance)
+    (failure,) = shop.failures(huge, "unmapped_imposition")
+    assert len(failure["subject"]) == 200 and failure["retryable"]
+    assert shop.failures(good, "bad_file_id")[0]["subject"].startswith("FILE_1_Labex_999")
+    assert shop.job_print_row(job, "1")["status"] == "completed"
+    assert shop.scalar(shop.jm, "SELECT count(*) FROM jobs") > 0

@@ -7,8 +7,10 @@ import re
 import pandas as pd
 
 # R4: FILE_<version_tag>_<customer>_<job_id>[_<extra>], job id = two digit groups joined by "_".
+# Bounded lengths: an absurd id is recorded as not matching rather than carried into keys.
 _FILE_ID = (
-    r"^FILE_(?P<version_tag>[^_]+)_(?P<customer>{customer})_(?P<job_id>[0-9]+_[0-9]+)(?:_.*)?$"
+    r"^FILE_(?P<version_tag>[^_]{{1,40}})_(?P<customer>{customer})"
+    r"_(?P<job_id>[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?$"
 )
 
 # The same extraction as an SQL expression; the logs migration indexes exactly this text (R9).

@@ -25,7 +25,7 @@ from jobstatus_dagster.core.plan import (
 )
 
 # R5: <job_id>_<version_tag>, job id as in R4 (two digit groups).
-JOB_CODE = re.compile(r"^(?P<job_id>[0-9]+_[0-9]+)_(?P<version_tag>[^_\s]+)$")
+JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})$")
 _SEPARATORS = re.compile(r"[\s\-]+")
 _TRUE_WORDS = frozenset({"true", "yes", "y", "1", "done", "completed", "ok"})
 

@@ -246,6 +246,9 @@ def write_jobmanager(
     _copy_into(conn, "tmp_job_state", plan.job_state, state_cols)
     _copy_into(conn, "tmp_audit", plan.audit, list(plan.audit.columns))
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
+    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
+    failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
+    failures["detail"] = failures["detail"].astype("string").str.slice(0, 2000)
     _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS)
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"])
     params = {"run_id": run_id, "source_type": window.source_type}
