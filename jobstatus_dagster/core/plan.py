@@ -67,17 +67,31 @@ def keep_winners(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def failure_rows(
-    frame: pd.DataFrame, source_type: str, reason: str, subject: pd.Series | str, detail: pd.Series
+    frame: pd.DataFrame,
+    source_type: str,
+    reason: str | pd.Series,
+    subject: str | pd.Series,
+    detail: str | pd.Series,
 ) -> pd.DataFrame:
-    """Failures (R20) for each row of ``frame``; ``frame`` must carry ``source_id``."""
+    """Failures (R20) for each row of ``frame`` (which carries ``source_id``); retryable follows
+    the reason. Values are a constant or a Series aligned to ``frame``."""
+
+    def values(value: str | pd.Series) -> object:
+        return value.to_numpy() if isinstance(value, pd.Series) else value
+
+    retryable = (
+        reason.isin(RETRYABLE_REASONS).to_numpy()
+        if isinstance(reason, pd.Series)
+        else reason in RETRYABLE_REASONS
+    )
     return pd.DataFrame(
         {
             "source_type": source_type,
             "source_id": frame["source_id"].astype("int64").to_numpy(),
-            "reason": reason,
-            "subject": subject.to_numpy() if isinstance(subject, pd.Series) else subject,
-            "detail": detail.to_numpy(),
-            "retryable": reason in RETRYABLE_REASONS,
+            "reason": values(reason),
+            "subject": values(subject),
+            "detail": values(detail),
+            "retryable": retryable,
         },
         columns=FAILURE_COLUMNS,
     )

@@ -20,6 +20,7 @@ from jobstatus_dagster.core.plan import (
     SCANNER,
     UpdatePlan,
     Window,
+    failure_rows,
     keep_winners,
     precedence,
 )
@@ -147,22 +148,6 @@ def choose_runlists(candidates: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _failures(
-    source_ids: pd.Series, reason: str, subject: Any, detail: Any, retryable: bool
-) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "source_type": SCANNER,
-            "source_id": pd.Series(source_ids).astype("int64").to_numpy(),
-            "reason": reason,
-            "subject": subject,
-            "detail": detail,
-            "retryable": retryable,
-        },
-        columns=FAILURE_COLUMNS,
-    )
-
-
 def scan_operations(
     scans: pd.DataFrame, known_operations: set[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -188,12 +173,12 @@ def scan_operations(
             failures.append((source_id, "no_operations", "", "scan names no operation"))
     ops = pd.DataFrame(rows, columns=["source_id", "operation"]).drop_duplicates()
     failure_frame = pd.DataFrame(failures, columns=["source_id", "reason", "subject", "detail"])
-    return ops, _failures(
-        failure_frame["source_id"],
+    return ops, failure_rows(
+        failure_frame,
+        SCANNER,
         failure_frame["reason"],
-        failure_frame["subject"].to_numpy(),
-        failure_frame["detail"].to_numpy(),
-        False,
+        failure_frame["subject"],
+        failure_frame["detail"],
     )
 
 
@@ -224,12 +209,12 @@ def compute_scan_plan(
     bad = runlist_files[runlist_files["file_id"].notna() & runlist_files["job_id"].isna()]
     bad_for_scans = scan_runlists.merge(bad, on="runlist_id")
     extra_failures.append(
-        _failures(
-            bad_for_scans["source_id"],
+        failure_rows(
+            bad_for_scans,
+            SCANNER,
             "bad_file_id",
-            bad_for_scans["file_id"].to_numpy(),
-            ("file id " + bad_for_scans["file_id"] + " does not match R4").to_numpy(),
-            False,
+            bad_for_scans["file_id"],
+            "file id " + bad_for_scans["file_id"] + " does not match R4",
         )
     )
     runlist_targets = scan_runlists.merge(

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from jobstatus_dagster.core.identifiers import parse_file_ids
-from jobstatus_dagster.core.plan import SCANNER, UpdatePlan, Window
+from jobstatus_dagster.core.plan import SCANNER, UpdatePlan, Window, failure_rows
 from jobstatus_dagster.core.print_status import as_event_time
 from jobstatus_dagster.core.scans import (
     choose_runlists,
@@ -46,19 +46,6 @@ class ResolvedScanWindow:
     loaded: pd.DataFrame
 
 
-def _failure(frame: pd.DataFrame, reason: str, subject: pd.Series | str, detail, retryable: bool):
-    return pd.DataFrame(
-        {
-            "source_type": SCANNER,
-            "source_id": frame["source_id"].astype("int64").to_numpy(),
-            "reason": reason,
-            "subject": subject.to_numpy() if isinstance(subject, pd.Series) else subject,
-            "detail": detail.to_numpy() if isinstance(detail, pd.Series) else detail,
-            "retryable": retryable,
-        }
-    )
-
-
 @dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
 def resolve_scan_window(
     context: dg.OpExecutionContext,
@@ -76,7 +63,7 @@ def resolve_scan_window(
         event_time=as_event_time(rows["event_time"], loaded.processing_time),
     )
     no_code = scans["code_text"].isna() | (scans["code_text"] == "")
-    failures = [_failure(scans[no_code], "missing_code", "", "scan has no code_text", False)]
+    failures = [failure_rows(scans[no_code], SCANNER, "missing_code", "", "scan has no code_text")]
     scans = scans[~no_code].reset_index(drop=True)
 
     with transient_errors(loaded.window), logs.engine.connect() as conn:
@@ -87,12 +74,12 @@ def resolve_scan_window(
         scans = pd.concat([scans, classes], axis=1)
         unknown = scans[scans["code_kind"] == "unrecognised"]
         failures.append(
-            _failure(
+            failure_rows(
                 unknown,
+                SCANNER,
                 "unrecognised_code",
                 unknown["code_text"],
                 "code " + unknown["code_text"] + " is neither a runlist nor <job_id>_<version>",
-                True,
             )
         )
         job_scans = scans[scans["code_kind"] == "job"][["source_id", "job_id", "version_tag"]]
