@@ -16,7 +16,6 @@ from jobstatus_dagster.core.plan import (
     IMPOSITION_OP_COLUMNS,
     JOB_OP_COLUMNS,
     JOB_STATE_COLUMNS,
-    PRINT,
     SCANNER,
     UpdatePlan,
     Window,
@@ -279,15 +278,3 @@ def compute_scan_plan(
     ].reset_index(drop=True)
     plan.failures = pd.concat(extra_failures, ignore_index=True)[FAILURE_COLUMNS]
     return plan
-
-
-__all__ = [
-    "PRINT",
-    "ParsedOperations",
-    "choose_runlists",
-    "classify_codes",
-    "compute_scan_plan",
-    "normalise_operation",
-    "parse_operations",
-    "scan_operations",
-]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, RETRYABLE_REASONS, UpdatePlan
+from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, UpdatePlan
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.sources import load_operation_codes
 
@@ -425,6 +425,3 @@ def write_plan(
         crash_point("before_jobmanager_commit")
     crash_point("after_jobmanager_commit")
     return report
-
-
-__all__ = ["RETRYABLE_REASONS", "WriteReport", "write_plan"]
