@@ -244,3 +244,33 @@ def test_second_scanner_process_changes_nothing(shop: Shop, instance) -> None:
     before = shop.snapshot()
     assert shop.process(instance, "scanner").runs == []
     assert shop.snapshot() == before
+
+
+def test_r20_runlist_scan_before_its_mapping_is_retried_and_then_applied(urls, instance) -> None:
+    with Shop(urls, retry_interval_seconds=0) as shop:
+        a, b = planned_job(shop), planned_job(shop)
+        mapped = imposition(shop, f"{a}-M", a)
+        for op in OPS:
+            shop.add_imposition_operation(f"{a}-U", op)
+        shop.plan_runlist(f"RL-{a}", [mapped, f"{a}-U"])
+        scan_id = shop.scan(f"RL-{a}", ["coating"])
+        run_scanner(shop, instance)
+        assert shop.failures(scan_id, "unmapped_imposition")[0]["retryable"] is True
+        assert shop.job_operations_json(b) == {}
+        shop.map_files(f"{a}-U", [f"FILE_1_Labex_{b}_1"], with_op_row=False)
+        run_scanner(shop, instance)
+        assert shop.job_operations_json(b) == {"coating": True}
+        assert shop.failures(scan_id, "unmapped_imposition")[0]["resolved_at"] is not None
+
+
+def test_r17_backfilling_scans_keeps_every_audit_verdict(shop: Shop, instance) -> None:
+    from jobstatus_dagster.pipeline.runner import backfill
+
+    job = planned_job(shop)
+    first = shop.scan(f"{job}_1", ["coating"], at=T0 + timedelta(hours=5))
+    run_scanner(shop, instance)
+    shop.scan(f"{job}_1", ["coating"], at=T0 + timedelta(hours=6))
+    run_scanner(shop, instance)
+    before = shop.snapshot()
+    assert backfill(shop.definitions(), instance, "scanner", first - 1, first).success
+    assert shop.snapshot() == before

@@ -60,9 +60,10 @@ def keep_winners(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per key: highest precedence, then latest event time, then highest source id."""
     if frame.empty:
         return frame.reset_index(drop=True)
-    ordered = frame.sort_values(
-        [*keys, "precedence", "event_time", "source_id"], kind="stable", na_position="first"
-    )
+    # version_tag last: a runlist scan covering two versions of a job ties on everything else.
+    order = [*keys, "precedence", "event_time", "source_id"]
+    order += ["version_tag"] if "version_tag" in frame and "version_tag" not in keys else []
+    ordered = frame.sort_values(order, kind="stable", na_position="first")
     return ordered.groupby(keys, sort=False, dropna=False).tail(1).reset_index(drop=True)
 
 

@@ -216,6 +216,25 @@ def compute_scan_plan(
             "file id " + bad_for_scans["file_id"] + " does not match R4",
         )
     )
+    # An imposition of the runlist without files yet: its jobs cannot be reached now, so the scan
+    # is retried when the mapping arrives (R20), instead of losing its effect on them.
+    unmapped = scan_runlists.merge(
+        runlist_files[runlist_files["file_id"].isna()][["runlist_id", "imposition_id"]],
+        on="runlist_id",
+    )
+    extra_failures.append(
+        failure_rows(
+            unmapped,
+            SCANNER,
+            "unmapped_imposition",
+            unmapped["imposition_id"],
+            "imposition "
+            + unmapped["imposition_id"].astype("string")
+            + " of runlist "
+            + unmapped["runlist_id"].astype("string")
+            + " has no files in imposition_file_mapping yet",
+        )
+    )
     runlist_targets = scan_runlists.merge(
         runlist_files.dropna(subset=["job_id"])[
             ["runlist_id", "imposition_id", "job_id", "version_tag"]

@@ -253,11 +253,29 @@ def write_jobmanager(
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"])
     params = {"run_id": run_id, "source_type": window.source_type}
 
-    # R17 audit; `applied` says whether the event won over the state held before this run (R15).
+    # R17 audit. A row already written keeps its verdict (`applied`, decided against the state
+    # held when its event was first processed, R15); re-processing refreshes only its counts
+    # (R21: a corrected mapping). New rows get their verdict now.
+    refreshed = conn.execute(
+        sa.text("""
+        UPDATE job_status_updates u SET status = a.status, printed_count = a.printed_count,
+            aborted_count = a.aborted_count, total_count = a.total_count,
+            notes = CASE WHEN u.applied THEN a.notes ELSE u.notes END,
+            event_time = a.event_time, processed_at = now(), run_id = :run_id
+        FROM tmp_audit a
+        WHERE u.source_type = a.source_type AND u.source_id = a.source_id
+          AND u.job_id = a.job_id AND u.version_tag = a.version_tag AND u.operation = a.operation
+          AND (u.status, u.printed_count, u.aborted_count, u.total_count, u.event_time,
+               CASE WHEN u.applied THEN a.notes ELSE u.notes END)
+              IS DISTINCT FROM (a.status, a.printed_count, a.aborted_count, a.total_count,
+                                a.event_time, u.notes)
+    """),
+        params,
+    ).rowcount
     wins = _WINS.format(new="a", held="s", time="event_time", held_rank="s.precedence")
-    report.audit_rows_written = conn.execute(
+    inserted = conn.execute(
         sa.text(f"""
-        INSERT INTO job_status_updates AS u (source_type, source_id, job_id, version_tag, operation,
+        INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag, operation,
             status, printed_count, aborted_count, total_count, applied, notes, event_time, run_id)
         SELECT a.source_type, a.source_id, a.job_id, a.version_tag, a.operation, a.status,
                a.printed_count, a.aborted_count, a.total_count, applied,
@@ -268,18 +286,11 @@ def write_jobmanager(
         FROM tmp_audit a
         LEFT JOIN job_operation_state s ON s.job_id = a.job_id AND s.operation = a.operation
         CROSS JOIN LATERAL (SELECT s.job_id IS NULL OR {wins} AS applied) w
-        ON CONFLICT ON CONSTRAINT job_status_updates_source_key DO UPDATE SET
-            status = excluded.status, printed_count = excluded.printed_count,
-            aborted_count = excluded.aborted_count, total_count = excluded.total_count,
-            applied = excluded.applied, notes = excluded.notes, event_time = excluded.event_time,
-            processed_at = now(), run_id = excluded.run_id
-        WHERE (u.status, u.printed_count, u.aborted_count, u.total_count, u.applied, u.notes,
-               u.event_time) IS DISTINCT FROM (excluded.status, excluded.printed_count,
-               excluded.aborted_count, excluded.total_count, excluded.applied, excluded.notes,
-               excluded.event_time)
+        ON CONFLICT ON CONSTRAINT job_status_updates_source_key DO NOTHING
     """),
         params,
-    ).rowcount  # noqa: S608
+    ).rowcount
+    report.audit_rows_written = refreshed + inserted
 
     # R15 state per (job, operation); jobs.operations is its projection.
     held_wins = _WINS.format(new="excluded", held="s", time="event_time", held_rank="s.precedence")
@@ -289,7 +300,9 @@ def write_jobmanager(
             precedence, state_based, event_time, source_type, source_id, notes)
         SELECT DISTINCT ON (job_id, operation) job_id, operation, value, status, version_tag,
                precedence, state_based, event_time, source_type, source_id, notes
-        FROM tmp_job_state ORDER BY job_id, operation, precedence DESC, event_time DESC, source_id DESC
+        FROM tmp_job_state
+        ORDER BY job_id, operation, precedence DESC, event_time DESC, source_id DESC,
+                 version_tag DESC
         ON CONFLICT (job_id, operation) DO UPDATE SET value = excluded.value,
             status = excluded.status, version_tag = excluded.version_tag,
             precedence = excluded.precedence, state_based = excluded.state_based,

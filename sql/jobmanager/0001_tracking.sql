@@ -82,5 +82,7 @@ CREATE TABLE IF NOT EXISTS processed_source_rows (
 
 -- Window loads and history lookups key on these.
 CREATE INDEX IF NOT EXISTS idx_print_os_marker ON "print OS" (marker, id);
-CREATE INDEX IF NOT EXISTS idx_print_os_name ON "print OS" (name);
+-- Hash, not btree: equality is all we need, and a btree would refuse the press a row whose
+-- name exceeds ~2.7 kB.
+CREATE INDEX IF NOT EXISTS idx_print_os_name ON "print OS" USING hash (name);
 CREATE INDEX IF NOT EXISTS idx_print_os_no_marker ON "print OS" (id) WHERE marker IS NULL;

@@ -21,15 +21,18 @@ CREATE INDEX IF NOT EXISTS idx_imposition_operations_source
 CREATE INDEX IF NOT EXISTS idx_job_operations_key ON job_operations (job_id, version_tag, operation_id);
 CREATE INDEX IF NOT EXISTS idx_imposition_operations_key
     ON imposition_operations (imposition_id, operation_id);
+-- Hash indexes on the shop's single text columns: equality lookups only, and no size limit
+-- that could make the shop's own inserts fail.
 CREATE INDEX IF NOT EXISTS idx_imposition_file_mapping_imposition
-    ON imposition_file_mapping (imposition_id);
+    ON imposition_file_mapping USING hash (imposition_id);
 -- R9: all files of a job, whatever imposition holds them. Must match resolve.FILE_JOB_SQL.
 CREATE INDEX IF NOT EXISTS idx_imposition_file_mapping_job
-    ON imposition_file_mapping ((substring(file_id from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')));
+    ON imposition_file_mapping
+    USING hash ((substring(file_id from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')));
 CREATE INDEX IF NOT EXISTS idx_production_planner_paths_runlist
-    ON production_planner_paths (runlist_id);
+    ON production_planner_paths USING hash (runlist_id);
 CREATE INDEX IF NOT EXISTS idx_production_planner_paths_imposition
-    ON production_planner_paths (imposition_id);
+    ON production_planner_paths USING hash (imposition_id);
 
 -- R8: operation names ↔ codes; the shop edits this table, not the code.
 CREATE TABLE IF NOT EXISTS operation_codes (
