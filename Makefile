@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+# The fault suite (faults/README.md): kills, concurrency, out-of-order commits, restarts, hostile
+# input, API fuzzing; prints the table. FAULTS_ARGS="--scale 125" for the 100k-event version.
+faults: $(STAMP)
+	$(BIN)/python -m faults.run $(FAULTS_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -26,6 +31,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The benchmarks of bench/README.md (by hand, not part of `make test`; about 30 minutes).
+# BENCH_LARGE=0 skips the 1,000,000-event memory run and the 500,000-event history.
+BENCH_LARGE ?= 1
+bench: $(STAMP)
+	$(BIN)/python -m bench.throughput --scale 250
+	$(BIN)/python -m bench.overhead --repeat 5
+	$(BIN)/python -m bench.history --explain --history 100000 $(if $(filter 1,$(BENCH_LARGE)),500000,200000)
+	$(BIN)/python -m bench.memory --events 100000 $(if $(filter 1,$(BENCH_LARGE)),1000000,300000)
 
 clean:
 	rm -rf $(VENV) .jobstatus

@@ -1,0 +1,44 @@
+"""The benchmark scripts (bench/) still run: each at a tiny size, and prints its table.
+
+The four run side by side (each starts its own embedded Postgres), so the test stays short.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "throughput": (
+        "backlog throughput",
+        ["--scale", "1", "--reference-events", "20", "--sources", "print_os"],
+    ),
+    "overhead": ("per-run overhead", ["--scale", "1", "--repeat", "1"]),
+    "memory": ("memory bound", ["--events", "400"]),
+    "history": ("history independence", ["--history", "400", "--new", "40"]),
+}
+
+
+def test_bench_scripts_print_their_tables(tmp_path: Path) -> None:
+    running = {}
+    for script, (_, args) in TINY.items():
+        out = (tmp_path / f"{script}.out").open("w+")
+        err = (tmp_path / f"{script}.err").open("w+")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"bench.{script}", *args], cwd=ROOT, stdout=out, stderr=err
+        )
+        running[script] = (proc, out, err)
+    failures = []
+    for script, (proc, out, err) in running.items():
+        code = proc.wait(timeout=240)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        title = TINY[script][0]
+        table = stdout.split(f"== {title} ==", 1)[-1].strip().splitlines()
+        if code != 0 or f"== {title} ==" not in stdout or "machine:" not in stdout:
+            failures.append(f"{script} ({code}):\n{stdout[-1500:]}\n{stderr[-3000:]}")
+        elif len(table) < 3 or not set(table[1]) <= {"-", "+"}:
+            failures.append(f"{script}: no table rows:\n{stdout[-1500:]}")
+    assert not failures, "\n\n".join(failures)
