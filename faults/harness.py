@@ -32,6 +32,7 @@ from jobstatus_dagster.db import (
     start_embedded,
     to_sqlalchemy_url,
 )
+from jobstatus_dagster_tests.shop import STATE_SQL
 
 JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
 # Retries are timing-dependent (every JOBSTATUS_RETRY_INTERVAL_SECONDS): off unless a scenario
@@ -205,26 +206,6 @@ def process_clean(urls: DatabaseUrls, home: Path, source: str = "both", **env: s
 
 
 # ----- measuring --------------------------------------------------------------------------------
-# Every table we write, minus what legitimately differs between two runs of the same backlog
-# (run ids, write times); the same projection as jobstatus_dagster_tests.shop.Shop.state().
-STATE_SQL = {
-    "jm": {
-        "job_status_updates": "SELECT source_type, source_id, job_id, version_tag, operation,"
-        " status, printed_count, aborted_count, total_count, applied, notes, event_time"
-        " FROM job_status_updates",
-        "processing_failures": "SELECT source_type, source_id, reason, subject, retryable,"
-        " attempts, resolved_at IS NULL AS open FROM processing_failures",
-        "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
-        " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
-        "jobs": "SELECT job_id, operations::text FROM jobs",
-        "processed_source_rows": "SELECT source_type, source_id, marker FROM processed_source_rows",
-        "processing_markers": "SELECT marker_type, last_processed_id FROM processing_markers",
-    },
-    "logs": {
-        "job_operations": "SELECT * FROM job_operations",
-        "imposition_operations": "SELECT * FROM imposition_operations",
-    },
-}
 # The job-status tables: what the shop sees (scenario 6 compares only these).
 STATUS_TABLES = ("job_operation_state", "jobs", "job_operations", "imposition_operations")
 

@@ -15,6 +15,27 @@ from jobstatus_dagster.pipeline.runner import SourceOutcome, process_source
 T0 = datetime(2026, 11, 1, 8, 0, 0)
 _job_numbers = itertools.count(1000)
 
+# Every table we write, minus what legitimately differs between two runs of the same backlog
+# (run ids, write times). The fault suite compares the same projection.
+STATE_SQL = {
+    "jm": {
+        "job_status_updates": "SELECT source_type, source_id, job_id, version_tag, operation,"
+        " status, printed_count, aborted_count, total_count, applied, notes, event_time"
+        " FROM job_status_updates",
+        "processing_failures": "SELECT source_type, source_id, reason, subject, retryable,"
+        " attempts, resolved_at IS NULL AS open FROM processing_failures",
+        "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
+        " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
+        "jobs": "SELECT job_id, operations::text FROM jobs",
+        "processed_source_rows": "SELECT source_type, source_id, marker FROM processed_source_rows",
+        "processing_markers": "SELECT marker_type, last_processed_id FROM processing_markers",
+    },
+    "logs": {
+        "job_operations": "SELECT * FROM job_operations",
+        "imposition_operations": "SELECT * FROM imposition_operations",
+    },
+}
+
 
 class Shop:
     """Inserts shop rows and reads back the state a user would look at."""
@@ -227,28 +248,12 @@ class Shop:
     def state(self) -> dict[str, list]:
         """Every table we write, minus what differs between runs (run ids, write times):
         equal for two databases that processed the same backlog to the same effect."""
-        jm_tables = {
-            "job_status_updates": "SELECT source_type, source_id, job_id, version_tag, operation,"
-            " status, printed_count, aborted_count, total_count, applied, notes, event_time"
-            " FROM job_status_updates",
-            "processing_failures": "SELECT source_type, source_id, reason, subject, retryable,"
-            " attempts, resolved_at IS NULL AS open FROM processing_failures",
-            "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
-            " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
-            "jobs": "SELECT job_id, operations::text FROM jobs",
-            "processed_source_rows": "SELECT source_type, source_id, marker FROM processed_source_rows",
-            "processing_markers": "SELECT marker_type, last_processed_id FROM processing_markers",
+        engines = {"jm": self.jm, "logs": self.logs}
+        return {
+            name: sorted(map(repr, self.rows(engines[db], sql)))
+            for db, queries in STATE_SQL.items()
+            for name, sql in queries.items()
         }
-        logs_tables = {
-            "job_operations": "SELECT * FROM job_operations",
-            "imposition_operations": "SELECT * FROM imposition_operations",
-        }
-        state = {
-            name: sorted(map(repr, self.rows(self.jm, sql))) for name, sql in jm_tables.items()
-        }
-        for name, sql in logs_tables.items():
-            state[name] = sorted(map(repr, self.rows(self.logs, sql)))
-        return state
 
     def snapshot(self) -> dict[str, list]:
         """Every table we write, sorted, without write timestamps: equal when nothing changed."""
