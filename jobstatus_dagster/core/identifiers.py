@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
 # R4: FILE_<version_tag>_<customer>_<job_id>[_<extra>], job id = two digit groups joined by "_".
@@ -30,11 +31,22 @@ def parse_file_id(file_id: str, customer: str = "Labex") -> tuple[str, str] | No
 
 
 def parse_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame:
-    """Columns ``job_id``, ``version_tag`` (NA where the id does not match R4), aligned to input."""
-    text = file_ids.astype("string")
-    parts = text.str.extract(file_id_regex(customer))
+    """Columns ``job_id``, ``version_tag`` (NA where the id does not match R4), aligned to input.
+
+    Each distinct id is matched once: a window repeats the same files many times.
+    """
+    codes, uniques = pd.factorize(file_ids.astype("string"), use_na_sentinel=True)
+    pattern = file_id_regex(customer)
+    matches = [pattern.match(u) for u in uniques]
+    # The trailing None is what code -1 (a missing id) picks.
+    job_ids = np.array([m["job_id"] if m else None for m in matches] + [None], dtype=object)
+    tags = np.array([m["version_tag"] if m else None for m in matches] + [None], dtype=object)
     return pd.DataFrame(
-        {"job_id": parts["job_id"], "version_tag": parts["version_tag"]}, index=file_ids.index
+        {
+            "job_id": pd.array(job_ids[codes], dtype="string"),
+            "version_tag": pd.array(tags[codes], dtype="string"),
+        },
+        index=file_ids.index,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -77,31 +78,52 @@ class WriteReport:
 _INTEGER_COLUMNS = frozenset(
     {"source_id", "marker", "precedence", "printed_count", "aborted_count", "total_count"}
 )
+_COPY_NULL = "\\N"
+# COPY's text format: backslash, tab, newline and carriage return inside a value are escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _python_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
-    """Rows as plain Python values (None for NA) for COPY; integer columns stay integers even
-    where a left join made them float."""
-    cols = []
-    for name in columns:
-        series = frame[name]
-        if name in _INTEGER_COLUMNS:
-            series = series.astype("Int64")
-        series = series.astype(object)
-        cols.append([None if pd.isna(v) else v for v in series.tolist()])
-    return list(zip(*cols, strict=True)) if cols else []
+def _copy_values(series: pd.Series, integer: bool) -> list[str]:
+    """One column as COPY text values, converted column-wise (no per-value Python dispatch
+    except escaping, which only runs when a value needs it). Integer columns stay integers
+    even where a left join made them float."""
+    missing = series.isna().to_numpy()
+    if integer:
+        numbers = series.astype("Int64").to_numpy(dtype="int64", na_value=0)
+        values = numbers.astype(str).astype(object)
+    elif pd.api.types.is_bool_dtype(series):
+        flags = series.to_numpy(dtype=bool, na_value=False)
+        values = np.where(flags, "t", "f").astype(object)
+    elif pd.api.types.is_datetime64_any_dtype(series):
+        stamps = series.to_numpy(dtype="datetime64[us]")
+        values = np.datetime_as_string(stamps, unit="us").astype(object)
+    else:
+        values = series.astype("string").fillna("").to_numpy(dtype=object)
+        if any(ch in "".join(values) for ch in "\\\t\n\r"):
+            values = np.array([v.translate(_COPY_ESCAPES) for v in values], dtype=object)
+    values[missing] = _COPY_NULL
+    return values.tolist()
+
+
+def copy_text(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    """The frame as the body of a COPY … FROM STDIN in text format."""
+    cols = [_copy_values(frame[name], name in _INTEGER_COLUMNS) for name in columns]
+    return "".join(line + "\n" for line in map("\t".join, zip(*cols, strict=True)))
 
 
 def _copy_into(
     conn: sa.Connection, table: str, frame: pd.DataFrame, columns: Sequence[str]
 ) -> None:
+    """A temp table holding the frame, analysed so the set-based statements get good plans
+    (autovacuum never analyses temp tables)."""
     conn.execute(sa.text(f"CREATE TEMP TABLE {table} ({_TEMP_TABLES[table]}) ON COMMIT DROP"))
     if frame.empty:
         return
     raw = conn.connection.driver_connection
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in _python_rows(frame, columns):
-            copy.write_row(row)
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            copy.write(copy_text(frame, columns))
+        cur.execute(f"ANALYZE {table}")
 
 
 def _with_operation_ids(
