@@ -16,7 +16,9 @@ Status codes:
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
 - 404: unknown job. 409: a run for that source is in flight (in the instance, from the daemon,
   the CLI or another API process) or another request of this process holds the source; the body
-  names the source and, when known, the run. 413: body over 64 KiB. 422: anything malformed
+  names the source and, when known, the run. An in-flight run whose worker is gone (a killed
+  process) is first marked failed instead (``pipeline/stale_runs.py``); the response then names
+  it in the ``Jobstatus-Failed-Stale-Runs`` header. 413: body over 64 KiB. 422: anything malformed
   (wrong types, unknown fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``).
   400: a JSON body that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
 - 502: a Dagster run failed (e.g. a database error inside an op). The body names the failed run
@@ -29,6 +31,7 @@ Status codes:
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -62,6 +65,7 @@ from jobstatus_dagster.pipeline.runner import (
     source_bounds,
 )
 from jobstatus_dagster.pipeline.sensors import IN_FLIGHT
+from jobstatus_dagster.pipeline.stale_runs import StaleRun, fail_stale_runs
 
 MAX_BODY_BYTES = 64 * 1024
 TRIGGER = "api"
@@ -69,6 +73,9 @@ TRIGGER = "api"
 JOB_ID_PATTERN = r"^[0-9]{1,20}_[0-9]{1,20}$"
 JOB_ID_MAX_LENGTH = 41
 MAX_UPDATE_ID = 2**63 - 1  # update_id is BIGSERIAL
+STALE_RUNS_HEADER = "Jobstatus-Failed-Stale-Runs"
+
+logger = logging.getLogger(__name__)
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -300,10 +307,12 @@ class BodySizeLimit:
 # ----- processing --------------------------------------------------------------------------
 class SourceGuard:
     """One processing request per source: a lock within this process, and no run of the source
-    in flight anywhere on the instance (daemon, CLI, other API processes)."""
+    in flight anywhere on the instance (daemon, CLI, other API processes) once the runs whose
+    worker is gone were failed."""
 
-    def __init__(self, instance: dg.DagsterInstance) -> None:
+    def __init__(self, instance: dg.DagsterInstance, processing: ProcessingSettings) -> None:
         self.instance = instance
+        self.processing = processing
         self._locks = {source: threading.Lock() for source in SOURCES}
 
     def in_flight_run(self, source: str) -> str | None:
@@ -313,7 +322,8 @@ class SourceGuard:
         return records[0].dagster_run.run_id if records else None
 
     @contextmanager
-    def hold(self, sources: tuple[str, ...]) -> Iterator[None]:
+    def hold(self, sources: tuple[str, ...]) -> Iterator[list[StaleRun]]:
+        """Yields the runs it failed because their worker was gone."""
         held: list[threading.Lock] = []
         try:
             for source in sources:
@@ -321,11 +331,16 @@ class SourceGuard:
                 if not lock.acquire(blocking=False):
                     raise SourceBusy(source, None)
                 held.append(lock)
+            stale_after = self.processing.resolved().stale_run_seconds
+            failed: list[StaleRun] = []
             for source in sources:
+                for run in fail_stale_runs(self.instance, source, stale_after):
+                    logger.warning(run.line())
+                    failed.append(run)
                 run_id = self.in_flight_run(source)
                 if run_id is not None:
                     raise SourceBusy(source, run_id)
-            yield
+            yield failed
         finally:
             for lock in held:
                 lock.release()
@@ -418,7 +433,7 @@ def create_app(
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
-    guard = SourceGuard(instance)
+    guard = SourceGuard(instance, (defs.resources or {}).get("processing", ProcessingSettings()))
     processor = Processor(defs, instance, jobmanager)
     expected = token.encode() if token else None
 
@@ -463,9 +478,11 @@ def create_app(
         summary="Process print-OS events past the marker (force: backfill from the start)",
     )
     def process_print_os(
+        response: Response,
         request: Annotated[ProcessPrintOsRequest, Body()] = ProcessPrintOsRequest(),  # noqa: B008
     ) -> ProcessPrintOsResponse:
-        with guard.hold((PRINT_OS,)):
+        with guard.hold((PRINT_OS,)) as stale:
+            _name_stale_runs(response, stale)
             if request.force:
                 outcome = processor.backfill_then_run(PRINT_OS)
             else:
@@ -485,12 +502,14 @@ def create_app(
         summary="Process print-OS events and/or scans past their markers",
     )
     def process_status_updates(
+        response: Response,
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
         sources = SOURCES if request.source == "both" else (request.source,)
         outcomes: dict[str, SourceOutcome] = {}
         runs: list[RunOutcome] = []
-        with guard.hold(sources):
+        with guard.hold(sources) as stale:
+            _name_stale_runs(response, stale)
             for source in sources:
                 outcomes[source] = processor.run_source(source, earlier=runs)
                 runs += outcomes[source].runs
@@ -543,6 +562,11 @@ def create_app(
         return HealthResponse(status="ok" if ok else "unavailable", checks=checks)
 
     return app
+
+
+def _name_stale_runs(response: Response, stale: list[StaleRun]) -> None:
+    if stale:
+        response.headers[STALE_RUNS_HEADER] = ", ".join(run.run_id for run in stale)
 
 
 def _select_one(engine: sa.Engine) -> None:

@@ -41,7 +41,9 @@ class Environment:
     def instance(self):
         import dagster as dg
 
-        return dg.DagsterInstance.get()
+        from jobstatus_dagster.pipeline.runner import pool_storage_connections
+
+        return pool_storage_connections(dg.DagsterInstance.get())
 
 
 def _env() -> Environment:

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     retry_interval_seconds: int = Field(
         300, ge=0, description="wait between attempts of a retryable failure (R20)"
     )
+    stale_run_seconds: int = Field(
+        600,
+        ge=1,
+        description="an in-flight run with no live process known and no event this long is"
+        " failed as stale, so it stops blocking its source",
+    )
 
     @field_validator("file_customer")
     @classmethod

@@ -16,6 +16,7 @@ from jobstatus_dagster.pipeline.partitions import (
     bucket_key,
 )
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.stale_runs import fail_stale_runs
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -109,18 +110,26 @@ def build_source_sensor(
         jobmanager: PostgresDatabase,
         processing: ProcessingSettings,
     ) -> dg.SensorResult | dg.SkipReason:
+        settings = processing.resolved()
+        # A run whose worker was killed stays in flight forever: fail it, or never launch again.
+        stale = fail_stale_runs(context.instance, source_type, settings.stale_run_seconds)
+        for run in stale:
+            context.log.warning(run.line())
+        recovered = "".join(f"{run.line()}; " for run in stale)
         in_flight = context.instance.get_run_records(
             dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT), limit=1
         )
         if in_flight:
             return dg.SkipReason(
-                f"run {in_flight[0].dagster_run.run_id} for {source_type} is still in flight"
+                f"{recovered}run {in_flight[0].dagster_run.run_id} for {source_type}"
+                " is still in flight"
             )
-        settings = processing.resolved()
         backlog = source_backlog(jobmanager, source_type, settings)
         planned = plan_next_run(source_type, backlog, settings.partition_width)
         if planned is None:
-            return dg.SkipReason(f"nothing past the {source_type} marker {backlog.marker}")
+            return dg.SkipReason(
+                f"{recovered}nothing past the {source_type} marker {backlog.marker}"
+            )
         # A run key is never reused; a failed window gets a fresh key per attempt.
         attempts = context.instance.get_runs_count(
             dg.RunsFilter(tags={WINDOW_TAG: planned.window_tag})

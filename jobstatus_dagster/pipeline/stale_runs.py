@@ -1,0 +1,198 @@
+"""Failing runs whose worker is gone, so a killed process never blocks its source forever.
+
+A run whose process was SIGKILLed (a ``jobstatus process`` or API process running it in-process,
+or a daemon-launched run worker whose code server died too) stays NOT_STARTED/STARTING/STARTED:
+the sensor skips, the run queue's tag limit holds and the API answers 409, for good. Dagster's
+run monitoring (``dagster.yaml``) only covers part of it: the DefaultRunLauncher has no worker
+health check, and in-process runs have no launcher at all. So before refusing, the sensor and
+the API fail such runs here; re-running their window is safe (R18), and the marker row lock
+still serializes the writes (R19).
+
+A run's worker is gone when either
+
+- the run was started in-process by ``runner`` on this host (tags ``jobstatus/host`` and
+  ``jobstatus/pid``, confirmed by the pid Dagster records in the run's engine events) and that
+  process no longer exists, has exited, or its pid now belongs to a younger process; or
+- no process is known to be alive for it and it has recorded no event for
+  ``JOBSTATUS_STALE_RUN_SECONDS`` (runs take seconds; the default is 600).
+
+A run whose process is known to be alive is never failed here: a hung but live worker is run
+monitoring's ``max_runtime_seconds``. QUEUED runs have no worker and are left to the run queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import dagster as dg
+
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG
+
+HOST_TAG = "jobstatus/host"
+PID_TAG = "jobstatus/pid"
+
+# Statuses in which a worker process is (or should be) running the run.
+WORKER_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+# /proc/stat's btime has one-second resolution.
+CLOCK_SLACK_SECONDS = 2.0
+ENGINE_EVENTS_SCANNED = 50
+
+
+def worker_tags() -> dict[str, str]:
+    """Tags naming the process that executes a run in-process (set by the runner)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+class ProcessState(Enum):
+    ALIVE = "alive"
+    GONE = "no longer exists"
+    EXITED = "has exited"
+    REUSED = "no longer exists (its pid now belongs to a younger process)"
+    UNKNOWN = "unknown"
+
+
+def process_state(pid: int, running_at: float) -> ProcessState:
+    """Whether the process with ``pid`` on this host is the one that was running at
+    ``running_at`` (epoch seconds). Linux answers precisely; elsewhere a live pid is UNKNOWN."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return ProcessState.UNKNOWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ProcessState.GONE
+    except PermissionError:
+        pass  # it exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_time = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except FileNotFoundError:
+        return ProcessState.GONE if Path("/proc/self").exists() else ProcessState.UNKNOWN
+    except (OSError, StopIteration, ValueError):
+        return ProcessState.UNKNOWN
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    if fields[0] in ("Z", "X"):  # a zombie: killed, not yet reaped by its parent
+        return ProcessState.EXITED
+    started_at = boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    if started_at > running_at + CLOCK_SLACK_SECONDS:
+        return ProcessState.REUSED
+    return ProcessState.ALIVE
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    """A run failed because its worker is gone."""
+
+    run_id: str
+    source_type: str
+    status: dg.DagsterRunStatus
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"run worker gone: {self.reason}"
+
+    def line(self) -> str:
+        return f"marked run {self.run_id} ({self.status.value}) failed: {self.message}"
+
+
+def _event_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid Dagster recorded for the run's process (its executor's or launcher's engine event)."""
+    records = instance.get_records_for_run(
+        run_id,
+        of_type=dg.DagsterEventType.ENGINE_EVENT,
+        limit=ENGINE_EVENTS_SCANNED,
+        ascending=False,
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.engine_event_data if event is not None else None
+        if data is not None and "pid" in data.metadata:
+            return _as_int(data.metadata["pid"].value)
+    return None
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _tagged_worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[str, int] | None:
+    """(host, pid) of the run's own process, or None when unknown. A re-execution inherits its
+    parent's tags, so the tags count only when Dagster's recorded pid agrees with them."""
+    host, pid = run.tags.get(HOST_TAG), _as_int(run.tags.get(PID_TAG, ""))
+    if host is None or pid is None:
+        return None
+    recorded = _event_pid(instance, run.run_id)
+    if recorded is not None and recorded != pid:
+        return None
+    if recorded is None and run.parent_run_id is not None:
+        return None
+    return host, pid
+
+
+def _last_activity(instance: dg.DagsterInstance, record: dg.RunRecord) -> float:
+    """When the run last recorded anything: its newest event, else its last status change."""
+    latest = instance.get_records_for_run(record.dagster_run.run_id, limit=1, ascending=False)
+    times = [record.update_timestamp.timestamp(), record.create_timestamp.timestamp()]
+    times += [r.event_log_entry.timestamp for r in latest.records]
+    return max(times)
+
+
+def worker_gone(
+    instance: dg.DagsterInstance, record: dg.RunRecord, stale_after_seconds: int
+) -> str | None:
+    """Why the run's worker is gone, or None while it may still be running."""
+    run = record.dagster_run
+    worker = _tagged_worker(instance, run)
+    if worker is not None and worker[0] == socket.gethostname():
+        host, pid = worker
+        state = process_state(pid, running_at=record.create_timestamp.timestamp())
+        if state is ProcessState.ALIVE:
+            return None
+        if state is not ProcessState.UNKNOWN:
+            return f"process {pid} on {host} {state.value}"
+    quiet = time.time() - _last_activity(instance, record)
+    if quiet > stale_after_seconds:
+        where = f" (process {worker[1]} on {worker[0]})" if worker else ""
+        return (
+            f"no event for {quiet:.0f} s in {run.status.value}{where}, past"
+            f" JOBSTATUS_STALE_RUN_SECONDS={stale_after_seconds}"
+        )
+    return None
+
+
+def fail_stale_runs(
+    instance: dg.DagsterInstance, source_type: str, stale_after_seconds: int
+) -> list[StaleRun]:
+    """Mark every run of the source whose worker is gone as failed; return what was failed."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=WORKER_STATUSES)
+    )
+    failed: list[StaleRun] = []
+    for record in records:
+        reason = worker_gone(instance, record, stale_after_seconds)
+        if reason is None:
+            continue
+        current = instance.get_run_by_id(record.dagster_run.run_id)
+        if current is None or current.is_finished:  # it finished (or was failed) meanwhile
+            continue
+        stale = StaleRun(current.run_id, source_type, current.status, reason)
+        instance.report_run_failed(current, stale.message)
+        failed.append(stale)
+    return failed

@@ -1,0 +1,307 @@
+"""A run whose worker was killed never blocks its source: the sensor and the API fail it first.
+
+Real processes, real kills (``JOBSTATUS_CRASH_AT`` SIGKILLs ``jobstatus process`` mid-run), a
+real Dagster instance on Postgres. Re-running the dead run's window is safe (R18).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from jobstatus_dagster.api import STALE_RUNS_HEADER, create_app
+from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.sensors import IN_FLIGHT, PlannedRun
+from jobstatus_dagster.pipeline.stale_runs import (
+    HOST_TAG,
+    PID_TAG,
+    ProcessState,
+    process_state,
+)
+from jobstatus_dagster_tests.backlog import fill_small_backlog
+from jobstatus_dagster_tests.processes import cli, start_cli
+from jobstatus_dagster_tests.shop import Shop
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+PROJECT = Path(__file__).resolve().parent.parent
+TOKEN = "t0k"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backlog(shop: Shop) -> None:
+    fill_small_backlog(shop)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_in_flight(instance: dg.DagsterInstance) -> Iterator[None]:
+    """A failing test must not leave a run that blocks the next one's source."""
+    yield
+    for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
+        instance.report_run_canceled(run)
+
+
+def tick(shop: Shop, instance: dg.DagsterInstance, source: str) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of the source's sensor, as the daemon would run it."""
+    sensor = shop.definitions().resolve_sensor_def(f"{source}_sensor")
+    resources = {
+        "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
+        "processing": ProcessingSettings(),
+    }
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return sensor(context)
+
+
+def runs_of(instance: dg.DagsterInstance, source: str, trigger: str) -> list[dg.DagsterRun]:
+    return instance.get_runs(
+        dg.RunsFilter(tags={"jobstatus/source": source, "jobstatus/trigger": trigger})
+    )
+
+
+def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    (record,) = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records
+    return record.event_log_entry.dagster_event.message
+
+
+def kill_mid_run(urls: DatabaseUrls, home: Path, instance, source: str) -> dg.DagsterRun:
+    """`jobstatus process` SIGKILLed after loading its window: its run is left STARTED."""
+    killed = cli(urls, home, "process", "--source", source, crash_at="after_load")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run,) = runs_of(instance, source, "cli")
+    assert run.status == dg.DagsterRunStatus.STARTED
+    assert run.tags[HOST_TAG] == socket.gethostname()
+    return run
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])  # noqa: S607 - coreutils
+    child.wait()
+    return child.pid
+
+
+def job(shop: Shop, source: str):
+    return shop.definitions().resolve_job_def(f"process_{source}")
+
+
+# ----- the sensor ---------------------------------------------------------------------------
+def test_sensor_fails_the_run_of_a_killed_process_and_launches_its_window(
+    shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    dead = kill_mid_run(urls, tmp_path, instance, "print_os")
+    pid = int(dead.tags[PID_TAG])
+    assert process_state(pid, time.time()) is ProcessState.GONE
+
+    result = tick(shop, instance, "print_os")
+
+    # Failed at once (the process is provably gone), with the reason, and no longer in flight.
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert failure_message(instance, dead.run_id) == (
+        f"run worker gone: process {pid} on {socket.gethostname()} no longer exists"
+    )
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests
+    assert request.tags["jobstatus/window"] == dead.tags["jobstatus/window"] == "print_os:0-114"
+    # The relaunched window repairs whatever the killed run left (R18).
+    relaunched = job(shop, "print_os").execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        tags=request.tags,
+        partition_key=request.partition_key,
+    )
+    assert relaunched.success
+    assert shop.marker("print_os") == 114
+    skip = tick(shop, instance, "print_os")
+    assert isinstance(skip, dg.SkipReason)
+    assert skip.skip_message == "nothing past the print_os marker 114"
+
+
+def test_sensor_fails_a_run_with_no_known_process_only_after_the_quiet_threshold(
+    shop: Shop, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon-launched run whose code server died with it: no process to look at, so it is
+    stale once it has recorded nothing for JOBSTATUS_STALE_RUN_SECONDS."""
+    shop.process(instance, "print_os")
+    orphan = instance.create_run_for_job(
+        job(shop, "print_os"),
+        run_config=PlannedRun("print_os", 0, 0, "test").run_config(),
+        status=dg.DagsterRunStatus.STARTING,
+        tags={"jobstatus/source": "print_os", "jobstatus/trigger": "sensor"},
+    )
+    skip = tick(shop, instance, "print_os")  # default threshold: 600 s
+    assert skip.skip_message == f"run {orphan.run_id} for print_os is still in flight"
+    assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.STARTING
+
+    monkeypatch.setenv("JOBSTATUS_STALE_RUN_SECONDS", "1")
+    time.sleep(1.5)
+    skip = tick(shop, instance, "print_os")
+
+    assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+    message = failure_message(instance, orphan.run_id)
+    assert message.startswith("run worker gone: no event for ")
+    assert message.endswith(" s in STARTING, past JOBSTATUS_STALE_RUN_SECONDS=1")
+    # The tick says what it did, then why it launches nothing.
+    assert skip.skip_message == (
+        f"marked run {orphan.run_id} (STARTING) failed: {message};"
+        f" nothing past the print_os marker {shop.marker('print_os')}"
+    )
+
+
+def test_a_live_process_is_never_failed_however_quiet_its_run(
+    shop: Shop,
+    instance: dg.DagsterInstance,
+    urls: DatabaseUrls,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `jobstatus process` waiting on the marker row lock (R19) records nothing, yet is alive:
+    its run stays in flight and the sensor keeps skipping."""
+    shop.process(instance, "print_os")
+    shop.print_event("B-I1", "PRINTED", marker=shop.marker("print_os") + 1)
+    monkeypatch.setenv("JOBSTATUS_STALE_RUN_SECONDS", "1")
+    with shop.jm.connect() as holder:
+        tx = holder.begin()
+        holder.execute(
+            sa.text("SELECT 1 FROM processing_markers WHERE marker_type = 'print_os' FOR UPDATE")
+        )
+        waiting = start_cli(urls, tmp_path, "process", "--source", "print_os")
+        try:
+            run = wait_for_quiet_run(instance, "print_os", quiet_seconds=2.0)
+            assert int(run.tags[PID_TAG]) == waiting.pid
+
+            skip = tick(shop, instance, "print_os")
+
+            assert skip.skip_message == f"run {run.run_id} for print_os is still in flight"
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+        finally:
+            tx.rollback()
+        assert waiting.wait(timeout=120) == 0, waiting.stderr.read()[-2000:]
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
+
+
+def wait_for_quiet_run(
+    instance: dg.DagsterInstance, source: str, quiet_seconds: float
+) -> dg.DagsterRun:
+    """The CLI's STARTED run of the source, once it has recorded nothing for a while."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        started = instance.get_runs(
+            dg.RunsFilter(
+                tags={"jobstatus/source": source, "jobstatus/trigger": "cli"},
+                statuses=[dg.DagsterRunStatus.STARTED],
+            )
+        )
+        if started:
+            (last,) = instance.get_records_for_run(
+                started[0].run_id, limit=1, ascending=False
+            ).records
+            if time.time() - last.event_log_entry.timestamp > quiet_seconds:
+                return started[0]
+        time.sleep(0.2)
+    raise AssertionError("the CLI's run never went quiet")
+
+
+def test_worker_tags_inherited_by_a_reexecution_do_not_count(
+    shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    """UI re-execution copies the parent's tags: its host/pid name the parent's process, not
+    its own, so a dead pid there proves nothing; a run of its own with that pid is gone."""
+    gone = {HOST_TAG: socket.gethostname(), PID_TAG: str(dead_pid())}
+    tags = {"jobstatus/source": "scanner", **gone}
+    config = PlannedRun("scanner", 0, 0, "test").run_config()
+    parent = instance.create_run_for_job(
+        job(shop, "scanner"), run_config=config, status=dg.DagsterRunStatus.FAILURE, tags=tags
+    )
+    child = instance.create_run_for_job(
+        job(shop, "scanner"),
+        run_config=config,
+        status=dg.DagsterRunStatus.STARTED,
+        tags=tags,
+        parent_run_id=parent.run_id,
+        root_run_id=parent.run_id,
+    )
+    try:
+        skip = tick(shop, instance, "scanner")
+        assert skip.skip_message == f"run {child.run_id} for scanner is still in flight"
+        assert instance.get_run_by_id(child.run_id).status == dg.DagsterRunStatus.STARTED
+    finally:
+        instance.report_run_canceled(child)
+
+    own = instance.create_run_for_job(
+        job(shop, "scanner"), run_config=config, status=dg.DagsterRunStatus.STARTED, tags=tags
+    )
+    tick(shop, instance, "scanner")
+    assert instance.get_run_by_id(own.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert failure_message(instance, own.run_id) == (
+        f"run worker gone: process {gone[PID_TAG]} on {gone[HOST_TAG]} no longer exists"
+    )
+
+
+# ----- the API ------------------------------------------------------------------------------
+def test_api_fails_the_run_of_a_killed_process_instead_of_answering_409(
+    shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    dead = kill_mid_run(urls, tmp_path, instance, "scanner")
+    app = create_app(shop.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
+    with TestClient(app) as client:
+        response = client.post(
+            "/api/process-status-updates",
+            json={"source": "scanner"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers[STALE_RUNS_HEADER] == dead.run_id
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert failure_message(instance, dead.run_id).startswith(
+        f"run worker gone: process {dead.tags[PID_TAG]} on "
+    )
+    assert [run["window"] for run in response.json()["runs"]] == [dead.tags["jobstatus/window"]]
+    assert response.json()["scanner_processed"] == 6
+    assert shop.marker("scanned_codes") == 6
+
+
+# ----- the processes themselves -------------------------------------------------------------
+def test_process_state_tells_alive_gone_exited_and_reused_pids() -> None:
+    assert process_state(os.getpid(), running_at=time.time()) is ProcessState.ALIVE
+    # This process started after that moment: its pid cannot be the one that was running then.
+    assert process_state(os.getpid(), running_at=time.time() - 86_400) is ProcessState.REUSED
+    assert process_state(dead_pid(), running_at=time.time()) is ProcessState.GONE
+    zombie = subprocess.Popen(["sleep", "60"])  # noqa: S607 - coreutils
+    try:
+        os.kill(zombie.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process_state(zombie.pid, time.time()) is ProcessState.ALIVE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert process_state(zombie.pid, time.time()) is ProcessState.EXITED  # not yet reaped
+    finally:
+        zombie.wait()
+
+
+# ----- Dagster's own run monitoring ---------------------------------------------------------
+def test_dagster_yaml_enables_run_monitoring(
+    urls: DatabaseUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon fails runs stuck starting or running too long; the DefaultRunLauncher cannot
+    resume runs, so a resume attempt count other than 0 would refuse to load."""
+    shutil.copyfile(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("JOBSTATUS_DAGSTER_STORAGE_URL", to_sqlalchemy_url(urls.dagster, "psycopg2"))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as configured:
+        assert configured.run_monitoring_enabled
+        assert "MONITORING" in configured.get_required_daemon_types()
+        assert configured.run_monitoring_max_resume_run_attempts == 0
+        assert 0 < configured.run_monitoring_start_timeout_seconds <= 600
+        assert configured.run_monitoring_max_runtime_seconds >= 3600
