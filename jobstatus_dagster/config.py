@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     late_row_lookback: int = Field(
         10_000, ge=0, description="markers below the marker re-checked for late commits (R19)"
     )
+    sweep_rows: int = Field(
+        10_000,
+        ge=1,
+        description="rows of the processed history re-checked per run, in marker order and"
+        " round and round, for rows never processed (R19: any marker, even far below)",
+    )
     retry_limit: int = Field(5, ge=1, description="attempts before a retryable failure gives up")
     retry_batch: int = Field(1000, ge=0, description="retryable failures re-tried per run")
     failure_age_hours: float = Field(24, gt=0, description="check: failures unresolved this long")

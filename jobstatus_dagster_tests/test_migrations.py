@@ -47,7 +47,10 @@ def test_r1_migrations_apply_over_a_baseline_that_holds_data(pg_admin_uri) -> No
         )
 
     applied = migrate(urls)
-    assert applied == {"jobmanager": ["0001_tracking"], "logs": ["0001_tracking"]}
+    assert applied == {
+        "jobmanager": ["0001_tracking", "0002_history_sweep"],
+        "logs": ["0001_tracking"],
+    }
     with jm.connect() as conn:
         assert conn.execute(sa.text("SELECT job_name, operations FROM jobs")).one() == (
             "old job",

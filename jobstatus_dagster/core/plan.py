@@ -98,6 +98,19 @@ def failure_rows(
     )
 
 
+Position = tuple[int, int]  # (marker, source id): a place in a source's marker order
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One run's slice of the history sweep (R19): rows after ``start`` up to ``end`` in marker
+    order were re-checked; ``end`` None means the slice reached the window, so the next sweep
+    starts again from the lowest marker. ``start`` None: this slice began there."""
+
+    start: Position | None
+    end: Position | None
+
+
 @dataclass(frozen=True)
 class Window:
     """Source ids/markers (from_marker, to_marker] of one run; horizon bounds the history read."""
@@ -105,6 +118,7 @@ class Window:
     source_type: str
     from_marker: int
     to_marker: int
+    sweep: Sweep | None = None
 
     @property
     def label(self) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
-from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Window
+from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,93 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
+def _position_after(src: SourceTable, param: str) -> str:
+    """Rows after a (marker, id) position in marker order; index-backed either way."""
+    if src.id_column == src.marker_column:
+        return f"p.{src.marker_column} > :{param}_marker"
+    return f"(p.{src.marker_column}, p.{src.id_column}) > (:{param}_marker, :{param}_id)"
+
+
+def _sweep_filter(src: SourceTable, start: Position | None, end: Position | None) -> str:
+    """The slice (start, end] of rows at or below :upper in marker order."""
+    parts = [f"p.{src.marker_column} <= :upper"]
+    if start is not None:
+        parts.append(_position_after(src, "start"))
+    if end is not None:
+        parts.append(f"NOT ({_position_after(src, 'end')})")
+    return " AND ".join(parts)
+
+
+def _sweep_params(start: Position | None, end: Position | None, upper: int) -> dict:
+    params: dict = {"upper": upper}
+    for name, position in (("start", start), ("end", end)):
+        if position is not None:
+            params[f"{name}_marker"], params[f"{name}_id"] = position
+    return params
+
+
+def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT sweep_marker, sweep_source_id FROM processing_markers WHERE marker_type = :t"
+        ),
+        {"t": MARKER_TYPES[source_type]},
+    ).one_or_none()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return int(row[0]), int(row[1])
+
+
+def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> Sweep:
+    """The next slice of ``rows`` rows at or below ``upper`` (the window start) after where the
+    last run's sweep ended: one index range scan, whatever the history's size."""
+    src = SOURCE_TABLES[source_type]
+    start = read_sweep_start(conn, source_type)
+    m, i = src.marker_column, src.id_column
+    last = conn.execute(
+        sa.text(
+            f"SELECT p.{m}, p.{i} FROM {src.table} p"  # noqa: S608 - constant identifiers
+            f" WHERE {_sweep_filter(src, start, None)}"
+            f" ORDER BY p.{m}, p.{i} OFFSET :skip LIMIT 1"
+        ),
+        {**_sweep_params(start, None, upper), "skip": rows - 1},
+    ).one_or_none()
+    return Sweep(start, None if last is None else (int(last[0]), int(last[1])))
+
+
+def _unprocessed_in_sweep(src: SourceTable, sweep: Sweep, select: str) -> str:
+    """The LIMIT tells the planner the slice is small: index probes into processed_source_rows,
+    never a hash of the whole history."""
+    m, i = src.marker_column, src.id_column
+    return (
+        f"SELECT {select} FROM (SELECT * FROM {src.table} p"  # noqa: S608 - constants
+        f" WHERE {_sweep_filter(src, sweep.start, sweep.end)}"
+        f" ORDER BY p.{m}, p.{i} LIMIT :sweep_rows) p"
+        " WHERE NOT EXISTS (SELECT 1 FROM processed_source_rows r"
+        f"   WHERE r.source_type = :source_type AND r.source_id = p.{i})"
+    )
+
+
+def load_sweep(
+    conn: sa.Connection, source_type: str, sweep: Sweep, upper: int, rows: int
+) -> pd.DataFrame:
+    """R19 for any marker: rows of the sweep's slice that were never processed (kind 'late'),
+    e.g. rows committed with a marker far below the marker, or negative."""
+    src = SOURCE_TABLES[source_type]
+    found = pd.read_sql(
+        sa.text(_unprocessed_in_sweep(src, sweep, f"{src.select_list}, 'late' AS kind")),
+        conn,
+        params={
+            **_sweep_params(sweep.start, sweep.end, upper),
+            "source_type": source_type,
+            "sweep_rows": rows,
+        },
+    )
+    found["source_id"] = found["source_id"].astype("int64")
+    found["marker"] = found["marker"].astype("Int64")
+    return found
+
+
 def read_marker(conn: sa.Connection, source_type: str) -> int:
     value = conn.execute(
         sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
@@ -129,9 +216,10 @@ class Backlog:
     marker: int
     next_to: int | None  # end of the next window, None when nothing is past the marker
     next_from: int | None  # the first marker past the marker
-    late_rows: int
+    late_rows: int  # below the marker, never processed: look-back, NULL markers, sweep slice
     due_retries: int
     retry_signature: str  # changes with every attempt, so a sensor run key is never reused
+    clean_sweep: Sweep | None = None  # the next sweep slice, when it holds nothing to process
 
 
 def inspect_backlog(
@@ -142,6 +230,7 @@ def inspect_backlog(
     lookback: int,
     retry_limit: int,
     retry_interval: int,
+    sweep_rows: int,
 ) -> Backlog:
     src = SOURCE_TABLES[source_type]
     marker = read_marker(conn, source_type)
@@ -153,6 +242,15 @@ def inspect_backlog(
         ),
         {"marker": marker, "chunk": chunk_size},
     ).one()
+    sweep = next_sweep(conn, source_type, marker, sweep_rows)
+    swept = conn.execute(
+        sa.text(f"SELECT count(*) FROM ({_unprocessed_in_sweep(src, sweep, '1')} LIMIT 1000) x"),
+        {
+            **_sweep_params(sweep.start, sweep.end, marker),
+            "source_type": source_type,
+            "sweep_rows": sweep_rows,
+        },
+    ).scalar_one()
     late_rows = conn.execute(
         sa.text(
             f"SELECT count(*) FROM (SELECT 1 FROM {src.table} p"  # noqa: S608
@@ -176,9 +274,10 @@ def inspect_backlog(
         marker,
         None if next_to is None else int(next_to),
         None if next_from is None else int(next_from),
-        int(late_rows),
+        int(late_rows) + int(swept),
         int(due_retries[0]),
         f"{due_retries[0]}x{due_retries[1]}",
+        None if swept else sweep,
     )
 
 

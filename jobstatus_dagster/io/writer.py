@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, UpdatePlan
+from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, Sweep, UpdatePlan
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.sources import load_operation_codes
 
@@ -419,6 +419,9 @@ def write_jobmanager(
         params,
     ).rowcount
 
+    if window.sweep is not None:
+        advance_sweep(conn, window.source_type, window.sweep)
+
     # R18/R21: the marker only moves forward, never across a gap below the window, and never
     # past the last row this run actually saw (a partition's range may reach beyond the data).
     conn.execute(
@@ -441,6 +444,32 @@ def write_jobmanager(
         ).scalar_one()
     )
     return report
+
+
+def advance_sweep(conn: sa.Connection, source_type: str, sweep: Sweep) -> bool:
+    """R19: the next sweep starts where this slice ended. Only from where this slice started,
+    so a stale concurrent run (which loaded the same slice) does not move it twice; and never
+    waiting on a run's lock (a sensor passing a clean slice skips instead)."""
+    start = sweep.start or (None, None)
+    end = sweep.end or (None, None)
+    moved = conn.execute(
+        sa.text("""
+        UPDATE processing_markers SET sweep_marker = :end_marker, sweep_source_id = :end_id
+        WHERE marker_id = (
+            SELECT marker_id FROM processing_markers WHERE marker_type = :marker_type
+              AND sweep_marker IS NOT DISTINCT FROM CAST(:start_marker AS bigint)
+              AND sweep_source_id IS NOT DISTINCT FROM CAST(:start_id AS bigint)
+            FOR UPDATE SKIP LOCKED)
+    """),
+        {
+            "marker_type": MARKER_TYPES[source_type],
+            "start_marker": start[0],
+            "start_id": start[1],
+            "end_marker": end[0],
+            "end_id": end[1],
+        },
+    ).rowcount
+    return bool(moved)
 
 
 def advance_to(plan: UpdatePlan) -> int:

@@ -1,7 +1,7 @@
 """Ops shared by both sources: load a window, write an UpdatePlan. Thin: I/O and metadata."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -9,7 +9,7 @@ import pandas as pd
 
 from jobstatus_dagster.core.plan import UpdatePlan, Window
 from jobstatus_dagster.faults import crash_point
-from jobstatus_dagster.io.sources import load_window, read_marker
+from jobstatus_dagster.io.sources import load_sweep, load_window, next_sweep, read_marker
 from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.partitions import key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
@@ -87,6 +87,13 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
                 retry_batch=settings.retry_batch,
                 retry_interval=settings.retry_interval_seconds,
             )
+            # R19 whatever the marker: a bounded slice of the history, never-processed rows.
+            sweep = next_sweep(conn, source_type, window.from_marker, settings.sweep_rows)
+            swept = load_sweep(conn, source_type, sweep, window.from_marker, settings.sweep_rows)
+        if len(swept):
+            rows = pd.concat([rows, swept], ignore_index=True)
+            rows = rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
+        window = replace(window, sweep=sweep)
         kinds = rows["kind"].value_counts()
         context.add_output_metadata(
             {
@@ -96,6 +103,8 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
                 "window_rows": int(kinds.get("window", 0)),
                 "late_rows": int(kinds.get("late", 0)),
                 "retried_rows": int(kinds.get("retry", 0)),
+                "swept_rows_found": len(swept),
+                "sweep_slice": f"{sweep.start or 'lowest'} .. {sweep.end or 'window start'}",
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )

@@ -34,6 +34,7 @@ class ProcessingSettings(dg.ConfigurableResource):
     chunk_size: int | None = None
     partition_width: int | None = None
     late_row_lookback: int | None = None
+    sweep_rows: int | None = None
     retry_limit: int | None = None
     retry_batch: int | None = None
     retry_interval_seconds: int | None = None

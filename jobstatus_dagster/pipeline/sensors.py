@@ -7,6 +7,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from jobstatus_dagster.config import Settings
 from jobstatus_dagster.io.sources import Backlog, inspect_backlog
+from jobstatus_dagster.io.writer import advance_sweep
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.partitions import (
@@ -84,15 +85,22 @@ def plan_next_run(
 
 
 def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Settings) -> Backlog:
+    """What is there to process. A clean slice of the history sweep is passed over here, so
+    the sweep keeps going round while no run is needed (R19 for rows far below the marker)."""
     with jobmanager.engine.connect() as conn:
-        return inspect_backlog(
+        backlog = inspect_backlog(
             conn,
             source_type,
             chunk_size=settings.chunk_size,
             lookback=settings.late_row_lookback,
             retry_limit=settings.retry_limit,
             retry_interval=settings.retry_interval_seconds,
+            sweep_rows=settings.sweep_rows,
         )
+        if backlog.clean_sweep is not None:
+            advance_sweep(conn, source_type, backlog.clean_sweep)
+            conn.commit()
+    return backlog
 
 
 def build_source_sensor(
