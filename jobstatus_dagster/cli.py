@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -102,10 +104,29 @@ def process_command(source: str) -> None:
     instance = env.instance()
     failed = False
     for name in SOURCES if source == "both" else (source,):
-        outcome = process_source(defs, instance, name, trigger="cli")
+        with _database_outage(name):
+            outcome = process_source(defs, instance, name, trigger="cli")
         click.echo(outcome.line())
         failed |= not outcome.success
     sys.exit(1 if failed else 0)
+
+
+@contextmanager
+def _database_outage(source: str) -> Iterator[None]:
+    """A database gone mid-run (restart, network) is one line and exit 2, not a traceback; every
+    window either committed whole or not at all (R18), so running again completes the work."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except sa.exc.OperationalError as err:
+        reason = str(err.orig or err).strip().splitlines()[0]
+        click.echo(
+            f"{source}: database unavailable ({reason}); windows already processed stay"
+            " committed, the one in progress is not (R18): run again once the database is back",
+            err=True,
+        )
+        sys.exit(2)
 
 
 @main.command("backfill")
@@ -120,7 +141,8 @@ def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
     if to_marker < from_marker:
         raise click.BadParameter("--to must not be below --from")
     env = _env()
-    outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
+    with _database_outage(source):
+        outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
     for run in outcome.runs:
         state = "ok" if run.success else f"FAILED: {run.error}"
         click.echo(

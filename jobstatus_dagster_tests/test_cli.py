@@ -2,6 +2,7 @@
 
 import json
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -118,3 +119,14 @@ def test_r21_cli_backfill_reports_each_window_and_changes_nothing(pg_admin_uri, 
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.startswith("print_os:0-104 run ") and ", ok" in result.stdout
         assert shop.snapshot() == before and shop.marker() == marker
+
+
+def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> None:
+    """A database that is down (or restarting) mid-way: a clear error, not a traceback (R18)."""
+    urls = fresh_urls(pg_admin_uri)
+    gone = urls.jobmanager.replace(urls.jobmanager.split("?")[0].rsplit("/", 1)[1], "no_such_db")
+    result = cli(replace(urls, jobmanager=gone), tmp_path, "process", "--source", "print_os")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "print_os: database unavailable" in result.stderr
+    assert "no_such_db" in result.stderr
+    assert "Traceback" not in result.stderr
