@@ -185,14 +185,51 @@ def run_cli(urls: DatabaseUrls, home: Path, *args: str, timeout: float = 900, **
     return Completed(result.returncode, result.stdout, result.stderr)
 
 
-def start_cli(urls: DatabaseUrls, home: Path, *args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(  # noqa: S603 - our own venv's console script
-        [JOBSTATUS, *args],
-        env=cli_env(urls, home, **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Started:
+    """A `jobstatus` process running in the background. Its output goes to unnamed temporary
+    files, never to pipes: a pipe nobody reads fills up (64 kB of Dagster log lines) and blocks
+    the process in a logging call, so a kill or a database stop "at a random moment" would
+    always land on that same blocked write."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in output()
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in output()
+        self.popen = subprocess.Popen(  # noqa: S603 - our own venv's console script
+            args, env=env, stdout=self._out, stderr=self._err, text=True
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Wait for the end (TimeoutExpired as Popen's), then its stdout and stderr."""
+        self.popen.wait(timeout)
+        return self.output()
+
+    def output(self) -> tuple[str, str]:
+        texts = []
+        for f in (self._out, self._err):
+            if f.closed:
+                texts.append("")
+                continue
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+        return texts[0], texts[1]
+
+
+def start_cli(urls: DatabaseUrls, home: Path, *args: str, **env: str) -> Started:
+    return Started([JOBSTATUS, *args], cli_env(urls, home, **env))
 
 
 def process_clean(urls: DatabaseUrls, home: Path, source: str = "both", **env: str) -> Completed:

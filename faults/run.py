@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", type=int, default=25, help="backlog of scenarios 2 and 5 (125 ≈ 100k events)"
     )
+    parser.add_argument(
+        "--small-scale",
+        type=int,
+        default=1,
+        help="backlog of scenarios 1, 3, 4, 6, 7 and 8 (1 ≈ 800 print events, several windows)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--scenarios", nargs="*", default=None, help="numbers 1-8 (default: all)")
     args = parser.parse_args(argv)
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = all_scenarios()
     chosen = args.scenarios or sorted(scenarios)
     cluster = Cluster()
-    suite = Suite(cluster, seed=args.seed, scale=args.scale)
+    suite = Suite(cluster, seed=args.seed, scale=args.scale, small_scale=args.small_scale)
     results: list[Result] = []
     started = time.monotonic()
     try:

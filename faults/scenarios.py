@@ -19,6 +19,7 @@ from faults.harness import (
     Cluster,
     InProcess,
     Result,
+    counts,
     engine,
     make_backlog,
     process_clean,
@@ -128,16 +129,15 @@ def kill_at_each_stage(
                     **suite.chunks,
                 )
                 result.runs += 1
-                result.kills += killed.killed
+                if killed.killed:
+                    result.kills += 1
+                else:
+                    result.notes.append(f"{point}/{other}: not killed (rc {killed.returncode})")
                 process_clean(urls, home, **suite.chunks)
                 result.runs += 1
                 sub = Result("")
                 finish(suite, sub, urls, control)
-                result.rows_in, result.applied = sub.rows_in, sub.applied
-                result.duplicates += sub.duplicates
-                result.lost += sub.lost
-                result.equal = sub.equal if result.equal is None else result.equal and sub.equal
-                result.notes += [f"{point}/{source}: {n}" for n in sub.notes]
+                _merge(result, sub, f"{point}/{source}")
     return result
 
 
@@ -146,50 +146,46 @@ RANDOM_CHUNKS = {"JOBSTATUS_CHUNK_SIZE": "2000"}
 
 
 def random_kills(suite: Suite, kills: int = 10, seed: int = 11) -> Result:
+    """``kills`` SIGKILLs of `jobstatus process --source both`, restarting each time, then one
+    clean run. Each kill is armed once the processed share of the rows reaches a target drawn in
+    (done, done + 2 x (95 % - done) / kills left) and this run has committed at least one window,
+    then fires 0-4 s later: at a random stage of some window, spread over the whole backlog,
+    never on a run with nothing left to do."""
     result = Result(f"2 random SIGKILLs (scale {suite.scale})")
     rng = random.Random(seed)
     with timed(result):
         control = suite.control(suite.scale, **RANDOM_CHUNKS)
-        work = suite.control_seconds(suite.scale, **RANDOM_CHUNKS)
         urls = suite.clone(suite.scale, "random")
         home = suite.cluster.home()
-        startup = _startup_seconds(suite, home)
-        # Kills land between process start-up and well inside the remaining work.
-        while result.kills < kills:
+        moments = []
+        for k in range(kills):
+            done = counts(urls)
+            share = done.applied / max(1, done.rows_in)
+            target = share + rng.uniform(0, 2) * max(0.0, 0.95 - share) / (kills - k)
             proc = start_cli(urls, home, "process", "--source", "both", **RANDOM_CHUNKS)
             result.runs += 1
-            delay = startup * rng.uniform(0.3, 1.0) + rng.uniform(0, max(2.0, work / 4))
-            try:
-                proc.wait(delay)
-            except Exception:  # noqa: BLE001 - TimeoutExpired: still running, as intended
+            started = time.monotonic()
+            reached = _wait_for_progress(urls, proc, target, after_commit=True)
+            time.sleep(rng.uniform(0, 4))
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
                 result.kills += 1
-            else:
-                if proc.returncode != 0:
-                    result.notes.append(f"run failed without a kill: {proc.stderr.read()[-800:]}")
-            proc.stdout.close()
-            proc.stderr.close()
-            if result.runs > kills * 4:
-                result.notes.append("gave up reaching the kill count: runs end too quickly")
+                moments.append(f"{time.monotonic() - started:.0f}s/{reached:.0%}")
+            elif proc.returncode != 0:
+                result.notes.append(f"run failed without a kill: {proc.output()[1][-800:]}")
+            proc.output()  # closes the output files
+            if reached >= 1:
+                result.notes.append(f"the backlog was done before kill {result.kills + 1}")
                 break
+        result.notes.append(
+            "kills (seconds after start / share of rows processed when the kill was armed): "
+            + ", ".join(moments)
+        )
         process_clean(urls, home, **RANDOM_CHUNKS)
         result.runs += 1
         finish(suite, result, urls, control)
     return result
-
-
-def _startup_seconds(suite: Suite, home: Path) -> float:
-    """How long `jobstatus process` takes with nothing to do (imports, instance, queries)."""
-    urls = suite.cluster.fresh("startup")
-    from jobstatus_dagster.db import migrate
-
-    migrate(urls, baseline=True)
-    started = time.monotonic()
-    run_cli(urls, home, "process")
-    took = time.monotonic() - started
-    suite.cluster.drop(urls)
-    return took
 
 
 # ----- 3. concurrent processors -----------------------------------------------------------------
@@ -441,39 +437,89 @@ def out_of_order_commits(
 
 
 # ----- 5. database restart ----------------------------------------------------------------------
-def database_restart(suite: Suite, restarts: int = 2, seed: int = 3) -> Result:
+def database_restart(suite: Suite, restarts: int = 3, seed: int = 3) -> Result:
+    """Each restart on its own clone, so every one lands under a run with work left (one clone
+    for all would leave nothing for the second run once the first retried to the end). The server
+    is stopped (``pg_ctl -m fast``) once the run has applied about 10-30 %, 35-60 % or 60-85 % of
+    the rows (plus up to 3 s, so inside a window), and restarted two seconds later; the run may
+    fail or retry, then one clean run must reach the control's state."""
     result = Result(f"5 database restart mid-run (scale {suite.scale})")
     rng = random.Random(seed)
+    slices = ((0.1, 0.3), (0.35, 0.6), (0.6, 0.85))
     with timed(result):
         control = suite.control(suite.scale, **RANDOM_CHUNKS)
-        work = suite.control_seconds(suite.scale, **RANDOM_CHUNKS)
-        urls = suite.clone(suite.scale, "restart")
-        home = suite.cluster.home()
-        startup = _startup_seconds(suite, home)
-        for _ in range(restarts):
+        for n in range(restarts):
+            urls = suite.clone(suite.scale, f"restart{n}")
+            home = suite.cluster.home()
+            target = rng.uniform(*slices[n % len(slices)])
             proc = start_cli(urls, home, "process", "--source", "both", **RANDOM_CHUNKS)
             result.runs += 1
-            time.sleep(startup + rng.uniform(0.5, max(1.0, work / 3)))
+            started = time.monotonic()
+            reached = _wait_for_progress(urls, proc, target)
+            time.sleep(rng.uniform(0, 3))
             running = proc.poll() is None
+            stopped_at = time.monotonic() - started
             suite.cluster.stop_server()
             time.sleep(2)
             suite.cluster.start_server()
             try:
-                out, err = proc.communicate(timeout=600)
+                out, err = proc.communicate(timeout=900)
             except Exception:  # noqa: BLE001 - TimeoutExpired: a hung run is a finding
                 proc.kill()
                 out, err = proc.communicate()
-                result.notes.append("a run hung after the database restart (killed after 600 s)")
+                result.notes.append(f"#{n}: run hung after the database restart (killed at 900 s)")
                 result.equal = False
             result.kills += running  # the server went away under a running process
+            failed = [line for line in out.splitlines() if "FAILED" in line] or [
+                line for line in err.splitlines() if line.strip()
+            ][-1:]
             result.notes.append(
-                f"restart while {'running' if running else 'already done'}: run exit {proc.returncode}"
-                + (f" ({(out.strip().splitlines() or [''])[-1][:200]})" if proc.returncode else "")
+                f"#{n}: stop at {stopped_at:.0f} s, {reached:.0%} applied"
+                f" ({'running' if running else 'already done'}): run exit {proc.returncode}"
+                + (f" ({failed[0][-300:]})" if failed else "")
             )
-        process_clean(urls, home, **RANDOM_CHUNKS)
-        result.runs += 1
-        finish(suite, result, urls, control)
+            if proc.returncode not in (0, 1):
+                result.notes.append(f"#{n}: stderr tail: {err[-600:]}")
+            process_clean(urls, home, **RANDOM_CHUNKS)
+            result.runs += 1
+            sub = Result("")
+            finish(suite, sub, urls, control)
+            _merge(result, sub, f"#{n}")
     return result
+
+
+def _wait_for_progress(
+    urls: DatabaseUrls, proc, share: float, poll: float = 0.5, after_commit: bool = False
+) -> float:
+    """Until ``share`` of the source rows are processed (``after_commit``: and this run has
+    committed a window) or the process ends; the share reached."""
+    rows_in = max(1, counts(urls).rows_in)
+    eng = engine(urls.jobmanager, poolclass=sa.pool.NullPool)
+    first = None
+    try:
+        while True:
+            with eng.connect() as conn:
+                applied = conn.execute(sa.text("SELECT count(*) FROM processed_source_rows"))
+                done = applied.scalar_one()
+            first = done if first is None else first
+            reached = done / rows_in
+            if proc.poll() is not None or (
+                reached >= share and (done > first or not after_commit or done >= rows_in)
+            ):
+                return reached
+            time.sleep(poll)
+    finally:
+        eng.dispose()
+
+
+def _merge(into: Result, sub: Result, label: str) -> None:
+    """Add one clone's measurements (its own rows in/applied) to a scenario's row."""
+    into.rows_in, into.applied = sub.rows_in, sub.applied
+    into.duplicates += sub.duplicates
+    into.lost += sub.lost
+    if sub.equal is not None:
+        into.equal = sub.equal if into.equal is None else into.equal and sub.equal
+    into.notes += [f"{label}: {n}" for n in sub.notes]
 
 
 # ----- 6. late data -----------------------------------------------------------------------------
