@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -142,17 +143,53 @@ def run_cli(
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen([JOBSTATUS, *args], env=full_env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak = _PeakRss(proc.pid)
+        _, status, _usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        run = CliRun(seconds, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read())
+        run = CliRun(seconds, peak.stop() / 1024, proc.returncode, out.read(), err.read())
     if run.returncode != 0:
         raise RuntimeError(
             f"jobstatus {' '.join(args)} failed ({run.returncode}):\n{run.stderr[-3000:]}"
         )
     return run
+
+
+class _PeakRss:
+    """The child's own peak RSS (VmHWM, KiB), polled while it runs.
+
+    Not wait4's ru_maxrss: on Linux a child's recorded peak starts from its parent's RSS at
+    fork/exec, so it reported the bench process's size whenever that was larger (the first
+    session's 414/530 MiB "product" peaks were the bench's own memory).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.kib = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        self.kib = max(self.kib, int(line.split()[1]))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _poll(self) -> None:
+        while not self._done.is_set() and self._read():
+            self._done.wait(0.05)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.kib
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
