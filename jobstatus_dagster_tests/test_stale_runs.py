@@ -305,3 +305,8 @@ def test_dagster_yaml_enables_run_monitoring(
         assert configured.run_monitoring_max_resume_run_attempts == 0
         assert 0 < configured.run_monitoring_start_timeout_seconds <= 600
         assert configured.run_monitoring_max_runtime_seconds >= 3600
+        # bench/latency.py: the queue is checked every second, dequeues on threads.
+        coordinator = configured.run_coordinator
+        assert coordinator.dequeue_interval_seconds == 1 and coordinator.dequeue_use_threads
+        limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limits  # one run per source still holds
