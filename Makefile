@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The benchmarks of bench/README.md (by hand, not part of `make test`; about 30 minutes).
+# The benchmarks of bench/README.md (by hand, not part of `make test`; about 40 minutes).
 # BENCH_LARGE=0 skips the 1,000,000-event memory run and the 500,000-event history.
 BENCH_LARGE ?= 1
 bench: $(STAMP)
@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overhead --repeat 5
 	$(BIN)/python -m bench.history --explain --history 100000 $(if $(filter 1,$(BENCH_LARGE)),500000,200000)
 	$(BIN)/python -m bench.memory --events 100000 $(if $(filter 1,$(BENCH_LARGE)),1000000,300000)
+	$(BIN)/python -m bench.latency --duration 300
 
 clean:
 	rm -rf $(VENV) .jobstatus
