@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from jobstatus_dagster.db import (
     start_embedded,
     to_sqlalchemy_url,
 )
+from jobstatus_dagster_tests.processes import cli_env as test_cli_env
 from jobstatus_dagster_tests.shop import STATE_SQL
 
 JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
@@ -148,18 +148,8 @@ def engine(libpq_url: str, **kwargs) -> sa.Engine:
 
 # ----- processes ------------------------------------------------------------------------------
 def cli_env(urls: DatabaseUrls, home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
-        "JOBSTATUS_LOGS_URL": urls.logs,
-        "JOBSTATUS_DAGSTER_URL": urls.dagster,
-        "JOBSTATUS_HOME": str(home),
-        "PYTHONWARNINGS": "ignore",
-        **NO_RETRY,
-        **extra,
-    }
-    env.pop("DAGSTER_HOME", None)
-    return env
+    """The tests' CLI environment, quiet and with retries paced out of the way."""
+    return test_cli_env(urls, home, PYTHONWARNINGS="ignore", **{**NO_RETRY, **extra})
 
 
 @dataclass
