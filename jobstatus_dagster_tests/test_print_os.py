@@ -331,3 +331,28 @@ def test_r20_huge_and_hostile_values_are_recorded_not_crashed(shop: Shop, instan
     assert shop.failures(good, "bad_file_id")[0]["subject"].startswith("FILE_1_Labex_999")
     assert shop.job_print_row(job, "1")["status"] == "completed"
     assert shop.scalar(shop.jm, "SELECT count(*) FROM jobs") > 0
+
+
+def test_r9_files_of_jobs_probe_the_index_whatever_share_of_the_mapping(shop: Shop) -> None:
+    """R9's lookup of every file of a window's jobs goes through the expression index even when
+    those jobs hold most of the mapping: a full scan runs the file-id regex on every row of the
+    shop (bench/README.md, third session). The planner hint ends with the lookup."""
+    from jobstatus_dagster.io.sources import load_files_of_jobs
+
+    jobs = [shop.add_job() for _ in range(40)]
+    for job in jobs:
+        shop.map_files(f"{job}-A", files(job, "1", 1, 2, 3), with_op_row=False)
+    shop.execute(shop.logs, "ANALYZE imposition_file_mapping")
+    with shop.logs.connect() as conn:
+        found = load_files_of_jobs(conn, jobs)
+        scans = conn.execute(
+            sa.text(
+                "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'imposition_file_mapping'"
+            )
+        ).one()
+        seqscan_after = conn.execute(sa.text("SHOW enable_seqscan")).scalar()
+    assert len(found) == 3 * len(jobs)
+    assert set(found["file_id"]) == {f for job in jobs for f in files(job, "1", 1, 2, 3)}
+    assert (scans.seq_scan, scans.idx_scan > 0) == (0, True)
+    assert seqscan_after == "on"
