@@ -81,19 +81,16 @@ def build_history(urls, home: Path, chunk: int) -> float:
     bigger windows to get there sooner); returns seconds."""
     import dagster as dg
 
-    from jobstatus_dagster.db import to_sqlalchemy_url
     from jobstatus_dagster.definitions import build_definitions
     from jobstatus_dagster.pipeline.resources import ProcessingSettings
-    from jobstatus_dagster.pipeline.runner import process_source
+    from jobstatus_dagster.pipeline.runner import instance_overrides, process_source
 
     settings = ProcessingSettings(chunk_size=chunk, partition_width=max(10_000, chunk))
     defs = build_definitions(urls.jobmanager, urls.logs, processing=settings)
     (home / "history").mkdir(parents=True)
-    storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
     started = time.perf_counter()
     with dg.instance_for_test(
-        temp_dir=str(home / "history"),
-        overrides={"storage": {"postgres": {"postgres_url": storage}}},
+        temp_dir=str(home / "history"), overrides=instance_overrides(urls.dagster)
     ) as instance:
         outcome = process_source(defs, instance, "print_os", trigger="backfill")
     log(outcome.line())

@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import dagster as dg
 
-    from jobstatus_dagster.db import to_sqlalchemy_url
     from jobstatus_dagster.definitions import build_definitions
-    from jobstatus_dagster.pipeline.runner import process_source
+    from jobstatus_dagster.pipeline.runner import instance_overrides, process_source
 
     results: dict[str, list[float]] = {}
     rss: dict[str, float] = {}
@@ -61,13 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         urls, _ = demo_shop(server, args.scale)
         home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
         defs = build_definitions(urls.jobmanager, urls.logs)
-        storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
         (home / "inproc").mkdir(parents=True)
         with (
             engines(urls) as (jm, _lg),
             dg.instance_for_test(
-                temp_dir=str(home / "inproc"),
-                overrides={"storage": {"postgres": {"postgres_url": storage}}},
+                temp_dir=str(home / "inproc"), overrides=instance_overrides(urls.dagster)
             ) as instance,
         ):
             log("processing the backlog once (in process)")

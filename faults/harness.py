@@ -387,14 +387,10 @@ class InProcess:
 
         from jobstatus_dagster.definitions import build_definitions
         from jobstatus_dagster.pipeline.resources import ProcessingSettings
+        from jobstatus_dagster.pipeline.runner import instance_overrides
 
         self._scope = dg.instance_for_test(
-            temp_dir=str(home),
-            overrides={
-                "storage": {
-                    "postgres": {"postgres_url": to_sqlalchemy_url(urls.dagster, "psycopg2")}
-                }
-            },
+            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
         )
         self.instance = self._scope.__enter__()
         processing.setdefault("retry_interval_seconds", 10**8)

@@ -212,8 +212,8 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
     import schemathesis
 
     from jobstatus_dagster.api import create_app
-    from jobstatus_dagster.db import to_sqlalchemy_url
     from jobstatus_dagster.definitions import build_definitions
+    from jobstatus_dagster.pipeline.runner import instance_overrides
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -225,9 +225,8 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
         control = suite.control(suite.small_scale)
         urls = suite.clone(suite.small_scale, "api")
         home = suite.cluster.home()
-        storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
         with dg.instance_for_test(
-            temp_dir=str(home), overrides={"storage": {"postgres": {"postgres_url": storage}}}
+            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
         ) as instance:
             import os
 

@@ -227,21 +227,20 @@ def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
     import dagster as dg
 
     from jobstatus_dagster.api import create_app
-    from jobstatus_dagster.db import to_sqlalchemy_url
     from jobstatus_dagster.definitions import build_definitions
     from jobstatus_dagster.pipeline.resources import ProcessingSettings
+    from jobstatus_dagster.pipeline.runner import instance_overrides
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
     time.sleep(1.0)  # let the CLIs get going
     old = os.environ.get("JOBSTATUS_RETRY_INTERVAL_SECONDS")
     os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
     try:
         with dg.instance_for_test(
-            temp_dir=str(home), overrides={"storage": {"postgres": {"postgres_url": storage}}}
+            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
         ) as instance:
             defs = build_definitions(
                 urls.jobmanager, urls.logs, processing=ProcessingSettings(chunk_size=250)

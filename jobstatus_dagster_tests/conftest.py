@@ -16,6 +16,7 @@ from jobstatus_dagster.db import (
     start_embedded,
     to_sqlalchemy_url,
 )
+from jobstatus_dagster.pipeline.runner import instance_overrides
 from jobstatus_dagster_tests.shop import Shop
 
 
@@ -44,10 +45,9 @@ def urls(pg_admin_uri: str) -> DatabaseUrls:
 @pytest.fixture(scope="module")
 def instance(urls: DatabaseUrls, tmp_path_factory: pytest.TempPathFactory):
     """A real DagsterInstance on Postgres storage (dagster-postgres, psycopg2 driver)."""
-    storage_url = to_sqlalchemy_url(urls.dagster, "psycopg2")
     with dg.instance_for_test(
         temp_dir=str(tmp_path_factory.mktemp("dagster_home")),
-        overrides={"storage": {"postgres": {"postgres_url": storage_url}}},
+        overrides=instance_overrides(urls.dagster),
     ) as inst:
         yield inst
 

@@ -66,17 +66,15 @@ def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> No
 def test_cli_process_runs_are_in_the_dagster_instance(pg_admin_uri, tmp_path) -> None:
     import dagster as dg
 
-    from jobstatus_dagster.db import to_sqlalchemy_url
+    from jobstatus_dagster.pipeline.runner import instance_overrides
 
     urls = fresh_urls(pg_admin_uri)
     migrate(urls, baseline=True)
     with Shop(urls) as shop:
         fill_small_backlog(shop)
     assert cli(urls, tmp_path, "process", "--source", "print_os").returncode == 0
-    storage = to_sqlalchemy_url(urls.dagster, "psycopg2")
     with dg.instance_for_test(
-        temp_dir=str(tmp_path),
-        overrides={"storage": {"postgres": {"postgres_url": storage}}},
+        temp_dir=str(tmp_path), overrides=instance_overrides(urls.dagster)
     ) as instance:
         runs = instance.get_runs(dg.RunsFilter(tags={"jobstatus/trigger": "cli"}))
         assert [r.job_name for r in runs] == ["process_print_os"]

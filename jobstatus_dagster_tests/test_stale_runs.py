@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from jobstatus_dagster.api import STALE_RUNS_HEADER, create_app
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
@@ -310,3 +311,13 @@ def test_dagster_yaml_enables_run_monitoring(
         assert coordinator.dequeue_interval_seconds == 1 and coordinator.dequeue_use_threads
         limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limits  # one run per source still holds
+        # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
+        # held a finished run 60 s; instances built in code (tests, bench, faults) match.
+        from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
+
+        from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS, instance_overrides
+
+        assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
+        assert instance_overrides(urls.dagster)["compute_logs"] == NO_COMPUTE_LOGS
+        declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())["compute_logs"]
+        assert declared == NO_COMPUTE_LOGS

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import sqlalchemy as sa
 
+from jobstatus_dagster.db import to_sqlalchemy_url
 from jobstatus_dagster.io.sources import SOURCE_TABLES
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, bucket_bounds
@@ -51,6 +52,23 @@ class SourceOutcome:
         if failed:
             text += f"; FAILED {failed[0].window} in run {failed[0].run_id}: {failed[0].error}"
         return text
+
+
+# dagster.yaml's `compute_logs`: no stdout/stderr capture. Every op logs through context.log into
+# the event log (the UI's run view); capture cost a `tail` and a watcher process per stream and
+# run, and its teardown (terminate, then wait up to 30 s per process) once held a run 60 s after
+# its last step (CI, third session).
+NO_COMPUTE_LOGS = {
+    "module": "dagster._core.storage.noop_compute_log_manager",
+    "class": "NoOpComputeLogManager",
+}
+
+
+def instance_overrides(dagster_url: str) -> dict:
+    """dagster.yaml's settings that matter in process, for instances built in code (tests,
+    benchmarks, the fault suite): Postgres storage (psycopg2, see db.py) and no log capture."""
+    storage_url = to_sqlalchemy_url(dagster_url, "psycopg2")
+    return {"storage": {"postgres": {"postgres_url": storage_url}}, "compute_logs": NO_COMPUTE_LOGS}
 
 
 def pool_storage_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
