@@ -1,11 +1,14 @@
 """The print-OS sensor: skip reasons, windows, run keys, one run per source at a time (§6)."""
 
+import json
+import time
 from dataclasses import dataclass
 
 import dagster as dg
 
 from jobstatus_dagster.pipeline.partitions import bucket_key
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.sensors import SENSOR_LOOP_SECONDS
 from jobstatus_dagster_tests.shop import Shop
 
 WINDOW_0 = {
@@ -26,20 +29,24 @@ def window_config(request) -> dict:
 class Tick:
     run_requests: list[dg.RunRequest]
     skip_message: str | None
+    cursor: str | None = None  # the cursor the tick leaves (None: unchanged)
 
 
-def evaluate(shop: Shop, instance: dg.DagsterInstance, **processing) -> Tick:
+def evaluate(
+    shop: Shop, instance: dg.DagsterInstance, cursor: str | None = None, **processing
+) -> Tick:
     """One tick, as the daemon would evaluate it (the sensor function with its resources)."""
     sensor = shop.definitions().resolve_sensor_def("print_os_sensor")
     resources = {
         "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
         "processing": ProcessingSettings(**processing),
     }
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         result = sensor(context)
     if isinstance(result, dg.SkipReason):
         return Tick([], result.skip_message)
-    return Tick(list(result.run_requests), None)
+    skipped = result.skip_reason.skip_message if result.skip_reason else None
+    return Tick(list(result.run_requests or []), skipped, result.cursor)
 
 
 def test_sensor_skips_with_the_current_marker_when_nothing_is_new(shop: Shop, instance) -> None:
@@ -106,6 +113,50 @@ def test_sensor_gives_a_failed_window_a_fresh_run_key(shop: Shop, instance) -> N
     second = evaluate(shop, instance).run_requests[0]
     assert second.tags["jobstatus/window"] == first.tags["jobstatus/window"]
     assert second.run_key != first.run_key
+
+
+def next_check(tick: Tick) -> float:
+    return json.loads(tick.cursor)["next_check"]
+
+
+def test_sensor_looks_once_per_interval_and_straight_after_a_run_while_catching_up(
+    shop: Shop, instance
+) -> None:
+    """The sensor ticks every daemon loop (5 s) but looks at the source once per interval, except
+    while a backlog remains: then the next window launches as soon as the source is free, instead
+    of an interval later (bench/README.md §4: catch-up and in-flight skips)."""
+    sensor = shop.definitions().resolve_sensor_def("print_os_sensor")
+    assert sensor.minimum_interval_seconds == SENSOR_LOOP_SECONDS
+    interval = 30  # build_definitions' default
+
+    # Before the next look is due: skip without looking (no run even though rows are waiting).
+    shop.print_event("IMP-C", "PRINTED")
+    later = json.dumps({"next_check": time.time() + 20})
+    waiting = evaluate(shop, instance, cursor=later)
+    assert waiting.run_requests == [] and "in 20 s" in waiting.skip_message
+
+    # Catching up: 5 new rows, chunk 2 -> the window leaves rows behind, so the next look is now.
+    for _ in range(4):
+        shop.print_event("IMP-C", "PRINTED")
+    before = time.time()
+    first = evaluate(shop, instance, cursor=None, chunk_size=2)
+    assert len(first.run_requests) == 1
+    assert before <= next_check(first) <= time.time()
+    job = shop.definitions().resolve_job_def("process_print_os")
+    request = first.run_requests[0]
+    assert job.execute_in_process(run_config=request.run_config, instance=instance).success
+
+    # The window that takes the rest: the next look is one interval away (less half a loop).
+    last = evaluate(shop, instance, cursor=first.cursor, chunk_size=10)
+    assert len(last.run_requests) == 1
+    assert next_check(last) >= time.time() + interval - SENSOR_LOOP_SECONDS
+    request = last.run_requests[0]
+    assert job.execute_in_process(run_config=request.run_config, instance=instance).success
+
+    # Nothing new: the same interval; an unreadable cursor means "look now".
+    idle = evaluate(shop, instance, cursor="not json")
+    assert idle.run_requests == [] and "nothing past" in idle.skip_message
+    assert next_check(idle) >= time.time() + interval - SENSOR_LOOP_SECONDS
 
 
 def test_definitions_load(shop: Shop) -> None:

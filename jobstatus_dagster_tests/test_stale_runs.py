@@ -319,5 +319,11 @@ def test_dagster_yaml_enables_run_monitoring(
 
         assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
         assert instance_overrides(urls.dagster)["compute_logs"] == NO_COMPUTE_LOGS
+        # Sensors tick every 5 s: a day of skipped ticks is enough history.
+        from dagster._core.definitions.run_request import InstigatorType
+        from dagster._core.scheduler.instigation import TickStatus
+
+        retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
+        assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
         declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())["compute_logs"]
         assert declared == NO_COMPUTE_LOGS

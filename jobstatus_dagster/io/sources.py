@@ -220,6 +220,7 @@ class Backlog:
     due_retries: int
     retry_signature: str  # changes with every attempt, so a sensor run key is never reused
     clean_sweep: Sweep | None = None  # the next sweep slice, when it holds nothing to process
+    next_rows: int = 0  # rows in the next chunk past the marker (chunk_size: maybe more behind)
 
 
 def inspect_backlog(
@@ -235,10 +236,10 @@ def inspect_backlog(
     src = SOURCE_TABLES[source_type]
     marker = read_marker(conn, source_type)
     m = src.marker_column
-    next_from, next_to = conn.execute(
+    next_from, next_to, next_rows = conn.execute(
         sa.text(
-            f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table} WHERE {m} > :marker"
-            f" ORDER BY {m} LIMIT :chunk) w"
+            f"SELECT min({m}), max({m}), count(*) FROM (SELECT {m} FROM {src.table}"  # noqa: S608
+            f" WHERE {m} > :marker ORDER BY {m} LIMIT :chunk) w"
         ),
         {"marker": marker, "chunk": chunk_size},
     ).one()
@@ -278,6 +279,7 @@ def inspect_backlog(
         int(due_retries[0]),
         f"{due_retries[0]}x{due_retries[1]}",
         None if swept else sweep,
+        int(next_rows),
     )
 
 

@@ -137,7 +137,7 @@ def process_source(
     swept_below_marker = False
     while True:
         backlog = source_backlog(jobmanager, source_type, settings)
-        planned = plan_next_run(source_type, backlog, settings.partition_width)
+        planned = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
         if planned is None:
             break
         if planned.from_marker == planned.to_marker:
