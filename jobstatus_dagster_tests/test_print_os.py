@@ -317,6 +317,8 @@ def test_r21_backfill_never_moves_the_marker_backwards(shop: Shop, instance) -> 
     assert shop.marker() == marker
     assert shop.job_print_row(job, "1")["notes"] == "1 of 2 files printed"
     assert shop.job_operations_json(job) == {"print": False}
+    # R17/R21: the event's audit row is refreshed to the corrected counts, not added to.
+    assert [(a["printed_count"], a["total_count"]) for a in shop.audit(job)] == [(1, 2)]
 
 
 def test_r20_huge_and_hostile_values_are_recorded_not_crashed(shop: Shop, instance) -> None:
