@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,55 @@ def scalar(url: str, query: str, **params: object):
             return conn.execute(sa.text(query), params).scalar()
     finally:
         engine.dispose()
+
+
+_DURATION = re.compile(r"^\S+ \S+ \S+ \[\d+\] (\S+) LOG:  duration: ([0-9.]+) ms")
+
+
+class StatementTime:
+    """Server time of every statement, per database, read from the server's own log.
+
+    Turns on ``log_min_duration_statement = 0`` (with the database in each line) for the whole
+    server; ``since_mark`` sums the durations logged after the last ``mark``. Logging every
+    statement costs the product a few per cent of its wall time, so runs measured this way are
+    not the throughput figures. Parse, bind and execute are logged apart; their sum is the
+    statement's server time.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.log_file = server.folder / "pgdata" / "log"
+        self.admin_uri = server.admin_uri
+        self._settings("0", "'%m [%p] %d '")
+        self._offset = 0
+
+    def _settings(self, duration: str, prefix: str) -> None:
+        engine = sa.create_engine(to_sqlalchemy_url(self.admin_uri), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(f"ALTER SYSTEM SET log_min_duration_statement = {duration}"))
+                conn.execute(sa.text(f"ALTER SYSTEM SET log_line_prefix = {prefix}"))
+                conn.execute(sa.text("SELECT pg_reload_conf()"))
+        finally:
+            engine.dispose()
+        time.sleep(0.5)  # the reload reaches every backend at its next command
+
+    def mark(self) -> None:
+        self._offset = self.log_file.stat().st_size
+
+    def since_mark(self) -> dict[str, float]:
+        """Seconds per database name since the last mark."""
+        totals: dict[str, float] = {}
+        with self.log_file.open("rb") as log_file:
+            log_file.seek(self._offset)
+            for raw in log_file:
+                match = _DURATION.match(raw.decode("utf-8", "replace"))
+                if match:
+                    totals[match[1]] = totals.get(match[1], 0.0) + float(match[2]) / 1000
+        return totals
+
+
+def database_name(url: str) -> str:
+    return sa.engine.make_url(to_sqlalchemy_url(url)).database
 
 
 @dataclass

@@ -10,6 +10,11 @@ limit, on the same demo shop.
    COPY + one UPDATE/INSERT … FROM per target table.
 4. Reference: the first ``--reference-events`` rows of each source, row at a time on copy 2,
    extrapolated to the whole backlog.
+
+``--db-time`` also logs every statement's server time (product and limit) and prints where the
+product's own SQL alone would put the ratios if its Python and Dagster cost nothing: the
+ceiling of what any speed-up outside the database can reach. Its throughput table then includes
+the logging's cost; take throughput figures from a run without it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,17 @@ import tempfile
 from pathlib import Path
 
 from bench import baselines
-from bench.common import demo_shop, embedded_server, log, machine_line, print_table, run_cli, scalar
+from bench.common import (
+    StatementTime,
+    database_name,
+    demo_shop,
+    embedded_server,
+    log,
+    machine_line,
+    print_table,
+    run_cli,
+    scalar,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         "--sources", nargs="+", default=["print_os", "scanner"], choices=["print_os", "scanner"]
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp Postgres folder")
+    parser.add_argument(
+        "--db-time", action="store_true", help="also sum every statement's server time"
+    )
     args = parser.parse_args(argv)
     env = {"JOBSTATUS_CHUNK_SIZE": str(args.chunk_size)} if args.chunk_size else {}
     if args.partition_width:
@@ -52,14 +70,18 @@ def main(argv: list[str] | None = None) -> None:
         mappings = scalar(urls.logs, "SELECT count(*) FROM imposition_file_mapping")
         log(f"{jobs} jobs, {mappings} mappings, {sizes} rows; generated in {generated:.1f} s")
 
-        rows = []
+        rows, db_rows = [], []
+        statements = StatementTime(server) if args.db_time else None
         before = baselines.snapshot(limit_urls.jobmanager, limit_urls.logs)
         home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
         for source, label in (("print_os", "print events"), ("scanner", "scans")):
             if source not in args.sources:
                 continue
             log(f"product: jobstatus process --source {source}")
+            if statements:
+                statements.mark()
             run = run_cli(urls, home, "process", "--source", source, env=env)
+            product_sql = statements.since_mark() if statements else {}
             log(run.stdout.strip())
             after = baselines.snapshot(urls.jobmanager, urls.logs)
             delta = baselines.changes(before, after)
@@ -67,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
             changed_rows = sum(blob.count(b"\n") for blob in delta.values())
 
             log(f"write limit: {changed_rows} row changes")
+            if statements:
+                statements.mark()
             limit_s, _ = baselines.apply_changes(limit_urls.jobmanager, limit_urls.logs, delta)
+            limit_sql = statements.since_mark() if statements else {}
 
             log(f"reference: first {args.reference_events} {label}, row at a time")
             reference = (
@@ -77,6 +102,28 @@ def main(argv: list[str] | None = None) -> None:
                 reference_urls.jobmanager, reference_urls.logs, args.reference_events
             )
             n = sizes[source]
+            if statements:
+                own = sum(
+                    product_sql.get(database_name(u), 0.0) for u in (urls.jobmanager, urls.logs)
+                )
+                floor = sum(
+                    limit_sql.get(database_name(u), 0.0)
+                    for u in (limit_urls.jobmanager, limit_urls.logs)
+                )
+                reference_total = n * reference_s / done
+                db_rows.append(
+                    (
+                        label,
+                        run.seconds,
+                        own,
+                        product_sql.get(database_name(urls.dagster), 0.0),
+                        limit_s,
+                        floor,
+                        reference_total,
+                        limit_s / own,
+                        reference_total / own,
+                    )
+                )
             product_rate = n / run.seconds
             limit_rate = n / limit_s
             reference_rate = done / reference_s
@@ -120,6 +167,28 @@ def main(argv: list[str] | None = None) -> None:
         ],
         rows,
     )
+
+    if db_rows:
+        print_table(
+            "database time",
+            [
+                "source",
+                "product s (logged)",
+                "product SQL s",
+                "Dagster storage SQL s",
+                "limit s",
+                "limit SQL s",
+                "reference s (extrap.)",
+                "product/limit at most",
+                "product/reference at most",
+            ],
+            db_rows,
+        )
+        print(
+            "product SQL: server time of the product's statements on its own databases (reads,"
+            " temp tables, writes, commits); 'at most': the ratio if the product's Python and"
+            " Dagster took no time at all"
+        )
 
 
 if __name__ == "__main__":

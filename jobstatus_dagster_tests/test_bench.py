@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     "throughput": (
         "backlog throughput",
-        ["--scale", "1", "--reference-events", "20", "--sources", "print_os"],
+        ["--scale", "1", "--reference-events", "20", "--sources", "print_os", "--db-time"],
     ),
     "overhead": ("per-run overhead", ["--scale", "1", "--repeat", "1"]),
     "memory": ("memory bound", ["--events", "400"]),
