@@ -133,8 +133,15 @@ class StatementTime:
     def __init__(self, server: Server) -> None:
         self.log_file = server.folder / "pgdata" / "log"
         self.admin_uri = server.admin_uri
-        self._settings("0", "'%m [%p] %d '")
         self._offset = 0
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop logging (the row-at-a-time reference: its many small statements would slow)."""
+        self._settings("-1", "'%m [%p] %d '")
+
+    def resume(self) -> None:
+        self._settings("0", "'%m [%p] %d '")
 
     def _settings(self, duration: str, prefix: str) -> None:
         engine = sa.create_engine(to_sqlalchemy_url(self.admin_uri), isolation_level="AUTOCOMMIT")

@@ -98,9 +98,13 @@ def main(argv: list[str] | None = None) -> None:
             reference = (
                 baselines.reference_print if source == "print_os" else baselines.reference_scans
             )
+            if statements:
+                statements.pause()
             done, reference_s = reference(
                 reference_urls.jobmanager, reference_urls.logs, args.reference_events
             )
+            if statements:
+                statements.resume()
             n = sizes[source]
             if statements:
                 own = sum(
