@@ -126,7 +126,7 @@ def test_sensor_looks_once_per_interval_and_straight_after_a_run_while_catching_
     while a backlog remains: then the next window launches as soon as the source is free, instead
     of an interval later (bench/README.md §4: catch-up and in-flight skips)."""
     sensor = shop.definitions().resolve_sensor_def("print_os_sensor")
-    assert sensor.minimum_interval_seconds == SENSOR_LOOP_SECONDS
+    assert sensor.minimum_interval_seconds < SENSOR_LOOP_SECONDS  # a tick every daemon loop
     interval = 30  # build_definitions' default
 
     # Before the next look is due: skip without looking (no run even though rows are waiting).

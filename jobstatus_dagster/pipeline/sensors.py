@@ -112,9 +112,12 @@ def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Set
     return backlog
 
 
-# The sensor daemon evaluates sensors at most this often: the sensor ticks this often and keeps
-# its own cadence (the interval) in its cursor, so a launch is never a whole interval late.
+# The sensor daemon evaluates sensors once per loop of this length: the sensor ticks every loop
+# and keeps its own cadence (the interval) in its cursor, so a launch is never a whole interval
+# late. Its minimum interval is below the loop: at exactly 5 s, a loop that came round a little
+# early skipped the sensor, and ticks came 5 and 10 s apart (bench/latency.py: 7.5-9.5 s).
 SENSOR_LOOP_SECONDS = 5
+SENSOR_MINIMUM_INTERVAL_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def build_source_sensor(
     @dg.sensor(
         name=f"{source_type}_sensor",
         job=job,
-        minimum_interval_seconds=min(SENSOR_LOOP_SECONDS, interval_seconds),
+        minimum_interval_seconds=min(SENSOR_MINIMUM_INTERVAL_SECONDS, interval_seconds),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Launches {job.name} for the next window past the {source_type} marker: looks every"
