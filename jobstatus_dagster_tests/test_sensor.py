@@ -29,7 +29,7 @@ def window_config(request) -> dict:
 class Tick:
     run_requests: list[dg.RunRequest]
     skip_message: str | None
-    cursor: str | None = None  # the cursor the tick leaves (None: unchanged)
+    cursor: str | None = None  # the cursor the tick leaves
 
 
 def evaluate(
@@ -43,10 +43,9 @@ def evaluate(
     }
     with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         result = sensor(context)
-    if isinstance(result, dg.SkipReason):
-        return Tick([], result.skip_message)
-    skipped = result.skip_reason.skip_message if result.skip_reason else None
-    return Tick(list(result.run_requests or []), skipped, result.cursor)
+        if isinstance(result, dg.SkipReason):
+            return Tick([], result.skip_message, context.cursor)
+    return Tick(list(result.run_requests), None, result.cursor)
 
 
 def test_sensor_skips_with_the_current_marker_when_nothing_is_new(shop: Shop, instance) -> None:

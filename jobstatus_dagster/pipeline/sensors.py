@@ -188,9 +188,9 @@ def build_source_sensor(
         backlog = source_backlog(jobmanager, source_type, settings)
         planned = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
         if planned is None:
-            return dg.SensorResult(
-                skip_reason=f"{recovered}nothing past the {source_type} marker {backlog.marker}",
-                cursor=SensorCadence.after(now, interval_seconds),
+            context.update_cursor(SensorCadence.after(now, interval_seconds))
+            return dg.SkipReason(
+                f"{recovered}nothing past the {source_type} marker {backlog.marker}"
             )
         # A run key is never reused; a failed window gets a fresh key per attempt.
         attempts = context.instance.get_runs_count(
