@@ -1,5 +1,6 @@
 """The `jobstatus` command: set up, demo, process, inspect, and run everything."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -238,6 +239,11 @@ def _raise_keyboard_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
+        os.killpg(pgid, sig)
+
+
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
 @click.option("--api-port", default=8000, show_default=True, help="HTTP API port.")
@@ -269,6 +275,10 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
     if not configured:
         click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
+    # Started in the background of a script, SIGINT arrives ignored, and an ignored signal stays
+    # ignored in every child: dagster dev would not stop on the SIGINT sent below, and Dagster
+    # maps SIGTERM to the SIGINT handler, so its run workers' helpers would ignore SIGTERM too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     dagster = subprocess.Popen(  # noqa: S603 - our own venv's dagster
         [
             str(Path(sys.executable).with_name("dagster")),
@@ -281,6 +291,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
             str(port),
         ],
         cwd=env.dagster_home,  # beside its dagster.yaml; the workspace path is absolute
+        start_new_session=True,  # its own group: webserver, daemon, code servers, run workers
     )
     # SIGTERM (a service manager, `timeout`) stops everything like Ctrl-C does, so neither
     # dagster dev nor the embedded server is left running.
@@ -292,8 +303,9 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         try:
             dagster.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            dagster.kill()
+            _signal_group(dagster.pid, signal.SIGKILL)
     finally:
+        _signal_group(dagster.pid, signal.SIGTERM)  # whatever dagster dev left behind
         stop.set()
         api.should_exit = True
         time.sleep(0.1)
