@@ -123,27 +123,42 @@ _DURATION = re.compile(r"^\S+ \S+ \S+ \[\d+\] (\S+) LOG:  duration: ([0-9.]+) ms
 class StatementTime:
     """Server time of every statement, per database, read from the server's own log.
 
-    Turns on ``log_min_duration_statement = 0`` (with the database in each line) for the whole
-    server; ``since_mark`` sums the durations logged after the last ``mark``. Logging every
+    Enabled, it turns on ``log_min_duration_statement = 0`` (with the database in each line)
+    for the whole server; ``measure`` sums the durations logged inside it. Logging every
     statement costs the product a few per cent of its wall time, so runs measured this way are
     not the throughput figures. Parse, bind and execute are logged apart; their sum is the
-    statement's server time.
+    statement's server time. Disabled, it does nothing and measures nothing.
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, enabled: bool) -> None:
         self.log_file = server.folder / "pgdata" / "log"
         self.admin_uri = server.admin_uri
-        self._offset = 0
-        self.resume()
+        self.enabled = enabled
+        if enabled:
+            self._settings("0")
 
-    def pause(self) -> None:
-        """Stop logging (the row-at-a-time reference: its many small statements would slow)."""
-        self._settings("-1", "'%m [%p] %d '")
+    @contextmanager
+    def measure(self) -> Iterator[dict[str, float]]:
+        """Seconds per database name of the statements logged inside the block (on exit)."""
+        totals: dict[str, float] = {}
+        offset = self.log_file.stat().st_size if self.enabled else 0
+        yield totals
+        if self.enabled:
+            totals.update(self._since(offset))
 
-    def resume(self) -> None:
-        self._settings("0", "'%m [%p] %d '")
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No logging inside (the row-at-a-time reference: its many small statements would
+        slow)."""
+        if self.enabled:
+            self._settings("-1")
+        try:
+            yield
+        finally:
+            if self.enabled:
+                self._settings("0")
 
-    def _settings(self, duration: str, prefix: str) -> None:
+    def _settings(self, duration: str, prefix: str = "'%m [%p] %d '") -> None:
         engine = sa.create_engine(to_sqlalchemy_url(self.admin_uri), isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
@@ -154,14 +169,10 @@ class StatementTime:
             engine.dispose()
         time.sleep(0.5)  # the reload reaches every backend at its next command
 
-    def mark(self) -> None:
-        self._offset = self.log_file.stat().st_size
-
-    def since_mark(self) -> dict[str, float]:
-        """Seconds per database name since the last mark."""
+    def _since(self, offset: int) -> dict[str, float]:
         totals: dict[str, float] = {}
         with self.log_file.open("rb") as log_file:
-            log_file.seek(self._offset)
+            log_file.seek(offset)
             for raw in log_file:
                 match = _DURATION.match(raw.decode("utf-8", "replace"))
                 if match:

@@ -71,17 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{jobs} jobs, {mappings} mappings, {sizes} rows; generated in {generated:.1f} s")
 
         rows, db_rows = [], []
-        statements = StatementTime(server) if args.db_time else None
+        statements = StatementTime(server, enabled=args.db_time)
         before = baselines.snapshot(limit_urls.jobmanager, limit_urls.logs)
         home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
         for source, label in (("print_os", "print events"), ("scanner", "scans")):
             if source not in args.sources:
                 continue
             log(f"product: jobstatus process --source {source}")
-            if statements:
-                statements.mark()
-            run = run_cli(urls, home, "process", "--source", source, env=env)
-            product_sql = statements.since_mark() if statements else {}
+            with statements.measure() as product_sql:
+                run = run_cli(urls, home, "process", "--source", source, env=env)
             log(run.stdout.strip())
             after = baselines.snapshot(urls.jobmanager, urls.logs)
             delta = baselines.changes(before, after)
@@ -89,24 +87,19 @@ def main(argv: list[str] | None = None) -> None:
             changed_rows = sum(blob.count(b"\n") for blob in delta.values())
 
             log(f"write limit: {changed_rows} row changes")
-            if statements:
-                statements.mark()
-            limit_s, _ = baselines.apply_changes(limit_urls.jobmanager, limit_urls.logs, delta)
-            limit_sql = statements.since_mark() if statements else {}
+            with statements.measure() as limit_sql:
+                limit_s, _ = baselines.apply_changes(limit_urls.jobmanager, limit_urls.logs, delta)
 
             log(f"reference: first {args.reference_events} {label}, row at a time")
             reference = (
                 baselines.reference_print if source == "print_os" else baselines.reference_scans
             )
-            if statements:
-                statements.pause()
-            done, reference_s = reference(
-                reference_urls.jobmanager, reference_urls.logs, args.reference_events
-            )
-            if statements:
-                statements.resume()
+            with statements.paused():
+                done, reference_s = reference(
+                    reference_urls.jobmanager, reference_urls.logs, args.reference_events
+                )
             n = sizes[source]
-            if statements:
+            if args.db_time:
                 own = sum(
                     product_sql.get(database_name(u), 0.0) for u in (urls.jobmanager, urls.logs)
                 )

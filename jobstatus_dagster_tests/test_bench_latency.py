@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jobstatus_dagster_tests.processes import live_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = ["--scale", "1", "--duration", "3", "--rate", "1", "--interval", "2", "--drain", "120"]
@@ -27,18 +29,11 @@ def _table(stdout: str, title: str) -> list[list[str]]:
 
 def _daemons_of(marker: str) -> list[int]:
     """Processes still running whose environment names this run's DAGSTER_HOME marker."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"dagster" in cmdline and marker.encode() in environ:
-            alive.append(int(entry.name))
-    return alive
+    return [
+        pid
+        for pid, cmdline, environ in live_processes()
+        if b"dagster" in cmdline and marker.encode() in environ
+    ]
 
 
 def test_latency_bench_measures_every_row(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ import json
 import signal
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,14 @@ from jobstatus_dagster.db import migrate
 from jobstatus_dagster.faults import CRASH_POINTS
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.conftest import fresh_urls
-from jobstatus_dagster_tests.processes import JOBSTATUS, cli, cli_env
+from jobstatus_dagster_tests.processes import (
+    JOBSTATUS,
+    cli,
+    cli_env,
+    free_port,
+    live_processes,
+    port_open,
+)
 from jobstatus_dagster_tests.shop import Shop
 
 
@@ -133,15 +139,11 @@ def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> 
 
 
 def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue  # gone meanwhile, or not a process
-        if text in cmdline:
-            found.append(f"{proc.name}: {cmdline[:120]}")
-    return found
+    return [
+        f"{pid}: {cmdline[:120]!r}"
+        for pid, cmdline, _ in live_processes()
+        if text.encode() in cmdline
+    ]
 
 
 def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
@@ -150,16 +152,11 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
     stopped by a service manager's SIGTERM: dagster dev, webserver, daemon and code servers all
     exit, none is left orphaned (second session: code servers were)."""
-    import socket
     import time
 
     urls = fresh_urls(pg_admin_uri)
     home = tmp_path / "home"
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = [free_port(), free_port()]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` does in a script
     try:
         dev = subprocess.Popen(
@@ -174,7 +171,7 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if len(_processes_mentioning(str(home))) >= 3 and _port_open(ports[0]):
+            if len(_processes_mentioning(str(home))) >= 3 and port_open(ports[0]):
                 break
             assert dev.poll() is None, "jobstatus dev exited on its own"
             time.sleep(1)
@@ -188,10 +185,3 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
     finally:
         if dev.poll() is None:
             dev.kill()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0

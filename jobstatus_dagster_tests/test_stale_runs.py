@@ -18,10 +18,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.scheduler.instigation import TickStatus
+from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
 from jobstatus_dagster.api import STALE_RUNS_HEADER, create_app
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS, instance_overrides
 from jobstatus_dagster.pipeline.sensors import IN_FLIGHT, PlannedRun
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
@@ -313,16 +317,9 @@ def test_dagster_yaml_enables_run_monitoring(
         assert limits  # one run per source still holds
         # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
         # held a finished run 60 s; instances built in code (tests, bench, faults) match.
-        from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
-
-        from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS, instance_overrides
-
         assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
         assert instance_overrides(urls.dagster)["compute_logs"] == NO_COMPUTE_LOGS
         # Sensors tick every 5 s: a day of skipped ticks is enough history.
-        from dagster._core.definitions.run_request import InstigatorType
-        from dagster._core.scheduler.instigation import TickStatus
-
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
         assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
         declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())["compute_logs"]

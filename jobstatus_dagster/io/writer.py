@@ -290,8 +290,8 @@ def write_jobmanager(
     # (1.2 s per scan window at 850,000 audit rows, bench/README.md, third session).
     reprocessed = conn.execute(
         sa.text(
-            "SELECT count(*) FROM tmp_processed p JOIN processed_source_rows r"
-            " ON r.source_type = :source_type AND r.source_id = p.source_id"
+            "SELECT EXISTS (SELECT 1 FROM tmp_processed p JOIN processed_source_rows r"
+            " ON r.source_type = :source_type AND r.source_id = p.source_id)"
         ),
         params,
     ).scalar_one()
