@@ -15,6 +15,7 @@ from jobstatus_dagster.core.print_status import (
     print_status,
     validate_events,
 )
+from jobstatus_dagster.core.projection import project_impositions
 
 NOW = datetime(2026, 11, 28, 12, 0)
 
@@ -85,16 +86,19 @@ def test_r10_r11_plan_from_frames() -> None:
         failures,
         raw[["source_id", "marker", "kind"]],
     )
-    audit = plan.audit.set_index("source_id")
+    audit = plan.attributions.set_index("source_id")
     # After event 1 both of A's files are aborted; after 2 the reprint printed file 2.
     assert audit.loc[1, ["printed_count", "aborted_count", "total_count"]].tolist() == [0, 2, 3]
     assert audit.loc[2, ["printed_count", "aborted_count"]].tolist() == [1, 1]
     assert audit.loc[3, "status"] == "partial"  # file 3 (imposition C) never printed
-    (job_op,) = plan.job_ops.itertuples()
-    assert (job_op.status, job_op.notes) == ("partial", "2 of 3 files printed")
+    (state,) = plan.print_state.itertuples()
+    assert (state.status, state.notes, state.highest) == ("partial", "2 of 3 files printed", True)
     # R14: the missing event time became the processing time and is the latest event.
-    assert job_op.source_id == 3 and job_op.event_time == NOW + timedelta(hours=1)
-    imposition = plan.imposition_ops.set_index("imposition_id")
+    assert state.source_id == 3 and state.event_time == NOW + timedelta(hours=1)
+    touched = plan.imposition_attributions[["imposition_id", "operation"]]
+    imposition, withdrawn = project_impositions(touched, plan.imposition_attributions)
+    imposition = imposition.set_index("imposition_id")
+    assert withdrawn.empty
     assert imposition.loc["A", "status"] == "completed" and imposition.loc["A", "source_id"] == 3
 
 

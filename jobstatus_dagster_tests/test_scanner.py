@@ -68,9 +68,10 @@ def test_r6_job_in_two_runlists_uses_the_one_printed_last_and_says_so(shop: Shop
     early, late = imposition(shop, f"{a}-E", b), imposition(shop, f"{a}-L", c)
     shop.plan_runlist(f"RL-{a}-Z", [shared, early])  # greatest id, but printed earlier
     shop.plan_runlist(f"RL-{a}-A", [shared, late])
-    shop.print_event(early, "PRINTED", marker=shop.marker() + 500_000)
-    shop.print_event(late, "PRINTED", marker=shop.marker() + 500_001)
-    shop.scan(f"{a}_1", ["coating"])
+    # R6: only print rows at or before the scan's time count.
+    shop.print_event(early, "PRINTED", marker=shop.marker() + 500_000, at=T0)
+    shop.print_event(late, "PRINTED", marker=shop.marker() + 500_001, at=T0)
+    shop.scan(f"{a}_1", ["coating"], at=T0 + timedelta(hours=1))
     run_scanner(shop, instance)
     assert shop.job_op_row(c, "1", "op003")["status"] == "completed"
     assert shop.job_op_row(b, "1", "op003")["status"] is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pandas as pd
 
@@ -12,21 +14,12 @@ SCANNER = "scanner"
 MARKER_TYPES = {PRINT_OS: "print_os", SCANNER: "scanned_codes"}
 
 # Columns of each frame of an UpdatePlan; the writer relies on them.
-TARGET_COLUMNS = [
-    "status",
-    "event_time",
+# An attribution: what one source row says about one key (R22). The audit holds the job-version
+# ones, imposition_status_updates the imposition ones; targets are projected from them.
+ATTRIBUTION_COLUMNS = [
     "source_type",
     "source_id",
-    "notes",
-    "precedence",
-    "state_based",
-]
-IMPOSITION_OP_COLUMNS = ["imposition_id", "operation", *TARGET_COLUMNS]
-JOB_OP_COLUMNS = ["job_id", "version_tag", "operation", *TARGET_COLUMNS]
-JOB_STATE_COLUMNS = ["job_id", "operation", "value", "version_tag", *TARGET_COLUMNS]
-AUDIT_COLUMNS = [
-    "source_type",
-    "source_id",
+    "marker",
     "job_id",
     "version_tag",
     "operation",
@@ -34,16 +27,58 @@ AUDIT_COLUMNS = [
     "printed_count",
     "aborted_count",
     "total_count",
+    "evidence_notes",
+    "event_time",
+    "own",  # False: a print row outside the window whose counts are refreshed, never inserted
+]
+IMPOSITION_ATTRIBUTION_COLUMNS = [
+    "source_type",
+    "source_id",
+    "marker",
+    "imposition_id",
+    "operation",
+    "status",
+    "event_time",
+    "evidence_notes",
+]
+PRINT_STATE_COLUMNS = [
+    "job_id",
+    "version_tag",
+    "status",
+    "printed_count",
+    "aborted_count",
+    "total_count",
+    "highest",
     "notes",
     "event_time",
-    "precedence",
-    "state_based",
+    "source_id",
+]
+TARGET_COLUMNS = ["status", "event_time", "source_type", "source_id", "notes"]
+IMPOSITION_OP_COLUMNS = ["imposition_id", "operation", *TARGET_COLUMNS]
+JOB_OP_COLUMNS = ["job_id", "version_tag", "operation", *TARGET_COLUMNS]
+JOB_STATE_COLUMNS = ["job_id", "operation", "value", "version_tag", "precedence", *TARGET_COLUMNS]
+AUDIT_VERDICT_COLUMNS = [
+    "source_type",
+    "source_id",
+    "job_id",
+    "version_tag",
+    "operation",
+    "applied",
+    "notes",
 ]
 FAILURE_COLUMNS = ["source_type", "source_id", "reason", "subject", "detail", "retryable"]
 PROCESSED_COLUMNS = ["source_id", "marker", "kind"]  # kind: window | late | retry
 
 # R20: data that may arrive late; retried on later runs.
-RETRYABLE_REASONS = frozenset({"unmapped_imposition", "unrecognised_code", "missing_job"})
+RETRYABLE_REASONS = frozenset(
+    {
+        "unmapped_imposition",
+        "unrecognised_code",
+        "missing_job",
+        "missing_operation_row",
+        "unmapped_operation",
+    }
+)
 
 
 def precedence(source_type: str, operation: str) -> int:
@@ -127,22 +162,39 @@ class Window:
 
 @dataclass
 class UpdatePlan:
-    """Everything one run will write, computed before any write (so a bad row never half-writes)."""
+    """Everything one run will write, computed before any write (so a bad row never half-writes).
+
+    ``attributions`` define what the window's own rows attribute (their previous attributions
+    not in it are withdrawn); ``print_jobs`` are the jobs whose PrintOS print state
+    ``print_state`` replaces. ``generation`` is the processing generation the plan was read at
+    (R24); ``replan`` makes the same plan again from what is committed now.
+    """
 
     window: Window
-    imposition_ops: pd.DataFrame = field(default_factory=lambda: empty(IMPOSITION_OP_COLUMNS))
-    job_ops: pd.DataFrame = field(default_factory=lambda: empty(JOB_OP_COLUMNS))
-    job_state: pd.DataFrame = field(default_factory=lambda: empty(JOB_STATE_COLUMNS))
-    audit: pd.DataFrame = field(default_factory=lambda: empty(AUDIT_COLUMNS))
+    attributions: pd.DataFrame = field(default_factory=lambda: empty(ATTRIBUTION_COLUMNS))
+    imposition_attributions: pd.DataFrame = field(
+        default_factory=lambda: empty(IMPOSITION_ATTRIBUTION_COLUMNS)
+    )
+    print_state: pd.DataFrame = field(default_factory=lambda: empty(PRINT_STATE_COLUMNS))
+    print_jobs: list[str] = field(default_factory=list)
     failures: pd.DataFrame = field(default_factory=lambda: empty(FAILURE_COLUMNS))
     processed: pd.DataFrame = field(default_factory=lambda: empty(PROCESSED_COLUMNS))
+    processing_time: datetime | None = None  # R14: recorded as the rows' first processing
+    generation: int = -1
+    replan: Callable[[], UpdatePlan] | None = None
 
     def summary(self) -> dict[str, int]:
+        own = (
+            self.attributions[self.attributions["own"].astype(bool)]
+            if len(self.attributions)
+            else self.attributions
+        )
         return {
             "rows_read": len(self.processed),
-            "imposition_updates": len(self.imposition_ops),
-            "job_version_updates": len(self.job_ops),
-            "jobs_updated": int(self.job_state["job_id"].nunique()) if len(self.job_state) else 0,
-            "audit_rows": len(self.audit),
+            "attributions": len(own),
+            "imposition_attributions": len(self.imposition_attributions),
+            "job_versions": len(own[["job_id", "version_tag"]].drop_duplicates())
+            if len(own)
+            else 0,
             "failures": len(self.failures),
         }

@@ -14,23 +14,19 @@ import pandas as pd
 
 from jobstatus_dagster.core.identifiers import highest_versions, parse_file_ids
 from jobstatus_dagster.core.plan import (
-    AUDIT_COLUMNS,
+    ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
-    IMPOSITION_OP_COLUMNS,
-    JOB_OP_COLUMNS,
-    JOB_STATE_COLUMNS,
+    IMPOSITION_ATTRIBUTION_COLUMNS,
     PRINT,
     PRINT_OS,
+    PRINT_STATE_COLUMNS,
     UpdatePlan,
     Window,
     failure_rows,
-    keep_winners,
-    precedence,
 )
 
 PRINTED, ABORTED = "PRINTED", "ABORTED"
 IMPOSITION_STATUS = {PRINTED: "completed", ABORTED: "aborted"}  # R13
-PRINT_PRECEDENCE = precedence(PRINT_OS, PRINT)
 
 
 def normalise_status(raw: pd.Series) -> pd.Series:
@@ -187,6 +183,36 @@ def _counts_at(points: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
+def _older_notes(pairs: pd.DataFrame) -> pd.Series:
+    """R23: "older than" notes from the (marker, id) order alone: an event whose time is before
+    that of an event of the same job version ahead of it in that order."""
+    ranked = (
+        pairs[["event_time", "seq"]]
+        .drop_duplicates()
+        .sort_values(["event_time", "seq"], kind="stable")
+        .reset_index(drop=True)
+    )
+    ranked["_rank"] = np.arange(len(ranked), dtype="int64")
+    frame = (
+        pairs.reset_index()
+        .merge(ranked, on=["event_time", "seq"])
+        .sort_values(["job_id", "version_tag", "seq"], kind="stable")
+    )
+    best = frame.groupby(["job_id", "version_tag"], sort=False)["_rank"].transform(
+        lambda s: s.cummax().shift(1)
+    )
+    by_rank = frame.drop_duplicates("_rank").set_index("_rank")
+    best = best.fillna(-1).astype("int64")
+    older = (best >= 0) & (best.map(by_rank["event_time"]) > frame["event_time"])
+    note = pd.Series("", index=frame.index, dtype="object")
+    note[older] = (
+        "; older than print OS #"
+        + best[older].map(by_rank["source_id"]).astype("string")
+        + ", ahead of it in marker order: state recomputed from the whole history"
+    )
+    return pd.Series(note.to_numpy(), index=frame["index"].to_numpy()).reindex(pairs.index)
+
+
 def compute_print_plan(
     window: Window,
     events: pd.DataFrame,
@@ -196,12 +222,13 @@ def compute_print_plan(
     failures: pd.DataFrame,
     loaded: pd.DataFrame,
 ) -> UpdatePlan:
-    """Everything to write for one window of print events.
+    """Everything one window of print events attributes, and the print state of every version
+    of every job it reaches now or reached before (R11, R22).
 
     events: valid events of the window (source_id, imposition_id, status, marker, event_time, kind).
-    event_files: their files (source_id, imposition_id, file_id, job_id, version_tag).
-    job_files: every file of every version of the touched jobs (job_id, version_tag, file_id,
-        imposition_id), over all impositions (R9).
+    event_files: their files today (source_id, imposition_id, file_id, job_id, version_tag).
+    job_files: every file of every version of the jobs the window reaches now or reached
+        before (job_id, version_tag, file_id, imposition_id), over all impositions (R9).
     history: valid print events of those impositions up to the horizon (same columns as events).
     loaded: every row the run read (source_id, marker, kind), valid or not.
     """
@@ -220,70 +247,43 @@ def compute_print_plan(
         loaded[["source_id", "marker", "kind"]].drop_duplicates("source_id").reset_index(drop=True)
     )
 
-    # R13: each imposition's own print row takes its latest event's status.
-    imposition_rows = events.assign(
+    # R13: each event attributes its status to its own imposition's print row.
+    plan.imposition_attributions = events.assign(
+        source_type=PRINT_OS,
         operation=PRINT,
         status=events["status"].map(IMPOSITION_STATUS),
-        source_type=PRINT_OS,
-        notes="PrintOS "
+        evidence_notes="PrintOS "
         + events["status"].str.lower()
         + " (marker "
         + events["marker"].astype("string")
         + ")",
-        precedence=PRINT_PRECEDENCE,
-        state_based=False,
-    )
-    plan.imposition_ops = keep_winners(
-        imposition_rows[IMPOSITION_OP_COLUMNS], ["imposition_id", "operation"]
-    )
+    )[IMPOSITION_ATTRIBUTION_COLUMNS].reset_index(drop=True)
 
-    if event_files.empty:
+    plan.print_jobs = sorted(set(job_files["job_id"]) | set(event_files["job_id"]))
+    if job_files.empty:
         return plan
 
     files = _file_first_events(job_files, history)
-    touched = event_files[["source_id", "job_id", "version_tag"]].drop_duplicates()
-    touched = touched.merge(events[["source_id", "seq", "event_time", "kind"]], on="source_id")
-
-    # Audit (R17): one row per (event, job version), counts as they stood right after the event.
-    per_event = _counts_at(
-        touched[["job_id", "version_tag", "source_id"]].assign(point_seq=touched["seq"]), files
-    ).merge(
-        touched[["source_id", "job_id", "version_tag", "event_time", "kind"]],
-        on=["source_id", "job_id", "version_tag"],
-    )
-
-    # Current state of every version of every touched job: counts over the whole history (R11).
-    versions = files[["job_id", "version_tag"]].drop_duplicates()
-    version_hist = (
+    # Every (job version, event) pair of the reached jobs' history: the audit rows (R17), with
+    # the counts as they stood right after the event in (marker, id) order (R23).
+    pairs = (
         job_files[["job_id", "version_tag", "imposition_id"]]
         .drop_duplicates()
-        .merge(history[["imposition_id", "source_id", "event_time", "seq"]], on="imposition_id")
-        .sort_values(["event_time", "seq"], kind="stable")
-        .groupby(["job_id", "version_tag"])
-        .tail(1)[["job_id", "version_tag", "source_id", "event_time"]]
+        .merge(history[["imposition_id", "source_id", "seq", "marker", "event_time"]])
+        .drop(columns="imposition_id")
+        .drop_duplicates(["job_id", "version_tag", "source_id"])
+        .reset_index(drop=True)
     )
-    current = _counts_at(versions.assign(point_seq=np.inf), files).drop(columns="point_seq")
-    current = current.merge(version_hist, on=["job_id", "version_tag"], how="left")
-
-    late = per_event["kind"].isin(["late", "retry"])
-    newer = per_event.merge(
-        current[["job_id", "version_tag", "source_id", "event_time"]],
-        on=["job_id", "version_tag"],
-        how="left",
-        suffixes=("", "_latest"),
-    )
-    older = late & (newer["event_time_latest"] > newer["event_time"])
-    notes = per_event["notes"].where(
-        ~older,
-        per_event["notes"]
-        + "; late event older than print OS #"
-        + newer["source_id_latest"].astype("string")
-        + ": state recomputed from the whole history",
-    )
-    plan.audit = pd.DataFrame(
+    per_event = _counts_at(
+        pairs[["job_id", "version_tag", "source_id", "seq"]].rename(columns={"seq": "point_seq"}),
+        files,
+    ).merge(pairs, on=["job_id", "version_tag", "source_id"])
+    own = per_event["source_id"].isin(events["source_id"])
+    plan.attributions = pd.DataFrame(
         {
             "source_type": PRINT_OS,
             "source_id": per_event["source_id"],
+            "marker": per_event["marker"],
             "job_id": per_event["job_id"],
             "version_tag": per_event["version_tag"],
             "operation": PRINT,
@@ -291,45 +291,37 @@ def compute_print_plan(
             "printed_count": per_event["printed"],
             "aborted_count": per_event["aborted"],
             "total_count": per_event["total"],
-            "notes": notes,
+            "evidence_notes": per_event["notes"] + _older_notes(per_event),
             "event_time": per_event["event_time"],
-            "precedence": PRINT_PRECEDENCE,
-            "state_based": True,
+            "own": own.to_numpy(),
         }
-    )[AUDIT_COLUMNS]
+    )[ATTRIBUTION_COLUMNS]
 
-    # job_operations print rows of the versions this window touched (R11, R14).
-    touched_versions = current.merge(
-        touched[["job_id", "version_tag"]].drop_duplicates(), on=["job_id", "version_tag"]
+    # The print state of every version of the reached jobs (R11), over the whole history;
+    # a job no event reaches any more keeps no state (R22b).
+    versions = files[["job_id", "version_tag"]].drop_duplicates()
+    current = _counts_at(versions.assign(point_seq=np.inf), files).drop(columns="point_seq")
+    # R14: the row cites the latest event of the kind that makes its status (a PRINTED one
+    # for completed or partial, an ABORTED one for aborted), not merely the latest event.
+    driving = current[["job_id", "version_tag", "status"]].assign(
+        kind=current["status"].map({"completed": PRINTED, "partial": PRINTED, "aborted": ABORTED})
     )
-    touched_versions = touched_versions[touched_versions["status"].notna()]
-    plan.job_ops = touched_versions.assign(
-        operation=PRINT, source_type=PRINT_OS, precedence=PRINT_PRECEDENCE, state_based=True
-    )[JOB_OP_COLUMNS].reset_index(drop=True)
-
-    # jobs.operations.print (R12): true only when the job's highest version is completed.
-    touched_jobs = touched[["job_id"]].drop_duplicates()
-    highest = highest_versions(versions.merge(touched_jobs, on="job_id"))
-    job_rows = highest.merge(current, on=["job_id", "version_tag"], how="left")
-    job_latest = (
-        current.dropna(subset=["event_time"])
-        .sort_values(["event_time", "source_id"], kind="stable")
-        .groupby("job_id")
-        .tail(1)[["job_id", "source_id", "event_time"]]
+    latest = (
+        pairs.merge(history[["source_id", "status"]].rename(columns={"status": "kind"}))
+        .merge(driving[["job_id", "version_tag", "kind"]], on=["job_id", "version_tag", "kind"])
+        .sort_values(["event_time", "seq"], kind="stable")
+        .groupby(["job_id", "version_tag"])
+        .tail(1)[["job_id", "version_tag", "source_id", "event_time"]]
     )
-    job_rows = job_rows.drop(columns=["source_id", "event_time"]).merge(job_latest, on="job_id")
-    value = job_rows["status"] == "completed"
-    version_note = "version " + job_rows["version_tag"] + ": "
-    job_rows = job_rows.assign(
-        value=value.fillna(False).astype(bool),
-        status=job_rows["status"].fillna("not_printed"),
-        notes=(version_note + job_rows["notes"]).where(
-            job_rows["status"].notna(), version_note + "not printed yet (" + job_rows["notes"] + ")"
-        ),
-        operation=PRINT,
-        source_type=PRINT_OS,
-        precedence=PRINT_PRECEDENCE,
-        state_based=True,
-    )
-    plan.job_state = job_rows[JOB_STATE_COLUMNS].reset_index(drop=True)
+    current = current.merge(latest, on=["job_id", "version_tag"], how="left")
+    reached = current.loc[current["status"].notna(), "job_id"].unique()
+    current = current[current["job_id"].isin(reached)]
+    highest = highest_versions(current[["job_id", "version_tag"]]).assign(highest=True)
+    current = current.merge(highest, on=["job_id", "version_tag"], how="left")
+    plan.print_state = current.assign(
+        highest=current["highest"].fillna(False).astype(bool),
+        printed_count=current["printed"],
+        aborted_count=current["aborted"],
+        total_count=current["total"],
+    )[PRINT_STATE_COLUMNS].reset_index(drop=True)
     return plan

@@ -11,17 +11,13 @@ import pandas as pd
 
 from jobstatus_dagster.core.identifiers import parse_file_ids
 from jobstatus_dagster.core.plan import (
-    AUDIT_COLUMNS,
+    ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
-    IMPOSITION_OP_COLUMNS,
-    JOB_OP_COLUMNS,
-    JOB_STATE_COLUMNS,
+    IMPOSITION_ATTRIBUTION_COLUMNS,
     SCANNER,
     UpdatePlan,
     Window,
     failure_rows,
-    keep_winners,
-    precedence,
 )
 
 # R5: <job_id>_<version_tag>, job id as in R4 (two digit groups).
@@ -267,33 +263,27 @@ def compute_scan_plan(
         .merge(operations, on="source_id")
     )
 
-    def target_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    def attributed(frame: pd.DataFrame) -> pd.DataFrame:
         info = scan_info.loc[frame["source_id"]]
         via = ("; via runlist " + frame["runlist_id"].astype("string")).fillna("")
         chosen = ("; " + frame["note"].astype("string")).fillna("") if "note" in frame else ""
         return frame.assign(
+            source_type=SCANNER,
+            marker=info["marker"].to_numpy(),
             status="completed",
             event_time=info["event_time"].to_numpy(),
-            source_type=SCANNER,
-            notes=(info["note"].to_numpy() + via + chosen),
-            precedence=[precedence(SCANNER, op) for op in frame["operation"]],
-            state_based=False,
+            evidence_notes=(info["note"].to_numpy() + via + chosen),
+            printed_count=pd.NA,
+            aborted_count=pd.NA,
+            total_count=pd.NA,
+            own=True,
         )
 
-    if not imposition_targets.empty:
-        plan.imposition_ops = keep_winners(
-            target_frame(imposition_targets)[IMPOSITION_OP_COLUMNS], ["imposition_id", "operation"]
-        )
-    if job_targets.empty:
-        plan.failures = pd.concat(extra_failures, ignore_index=True)[FAILURE_COLUMNS]
-        return plan
-    targets = target_frame(job_targets)
-    plan.job_ops = keep_winners(targets[JOB_OP_COLUMNS], ["job_id", "version_tag", "operation"])
-    plan.job_state = keep_winners(
-        targets.assign(value=True)[JOB_STATE_COLUMNS], ["job_id", "operation"]
-    )
-    plan.audit = targets.assign(printed_count=pd.NA, aborted_count=pd.NA, total_count=pd.NA)[
-        AUDIT_COLUMNS
-    ].reset_index(drop=True)
     plan.failures = pd.concat(extra_failures, ignore_index=True)[FAILURE_COLUMNS]
+    if not imposition_targets.empty:
+        plan.imposition_attributions = attributed(imposition_targets)[
+            IMPOSITION_ATTRIBUTION_COLUMNS
+        ].drop_duplicates(["source_id", "imposition_id", "operation"])
+    if not job_targets.empty:
+        plan.attributions = attributed(job_targets)[ATTRIBUTION_COLUMNS].reset_index(drop=True)
     return plan

@@ -14,6 +14,12 @@ import sqlalchemy as sa
 from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
 from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
 
+# R14: where a row has no time of its own, the time it was first processed, recorded once.
+_FIRST_PROCESSED = (
+    "(SELECT r.processed_at FROM processed_source_rows r"
+    " WHERE r.source_type = '{0}' AND r.source_id = p.{1})"
+)
+
 
 @dataclass(frozen=True)
 class SourceTable:
@@ -33,7 +39,8 @@ SOURCE_TABLES = {
         "id",
         "marker",
         "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
-        " p.job_complete_time AS event_time",
+        f" COALESCE(p.job_complete_time, p.created_at, {_FIRST_PROCESSED.format(PRINT_OS, 'id')})"
+        " AS event_time",
     ),
     SCANNER: SourceTable(
         SCANNER,
@@ -41,7 +48,8 @@ SOURCE_TABLES = {
         "scan_id",
         "scan_id",
         "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
-        " p.scanned_at AS event_time, p.operations::text AS operations_json, p.machine_id AS machine_id",
+        f" COALESCE(p.scanned_at, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')}) AS event_time,"
+        " p.operations::text AS operations_json, p.machine_id AS machine_id",
     ),
 }
 
@@ -328,9 +336,10 @@ def load_print_history(
     """Print events of these impositions with marker ≤ horizon (R11's whole history)."""
     return pd.read_sql(
         sa.text(
-            "SELECT id AS source_id, name AS imposition_id, status, marker,"
-            ' job_complete_time AS event_time FROM "print OS"'
-            " WHERE name = ANY(:ids) AND marker <= :horizon"
+            "SELECT p.id AS source_id, p.name AS imposition_id, p.status, p.marker,"
+            " COALESCE(p.job_complete_time, p.created_at,"
+            f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time"
+            ' FROM "print OS" p WHERE p.name = ANY(:ids) AND p.marker <= :horizon'
         ),
         conn,
         params={"ids": list(imposition_ids), "horizon": horizon},
@@ -384,3 +393,39 @@ def load_max_print_markers(conn: sa.Connection, imposition_ids: list[str]) -> pd
         params={"ids": list(imposition_ids)},
         dtype={"imposition_id": "string"},
     )
+
+
+def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
+    """Every print row of these impositions, whatever its status (R6): (imposition_id, marker,
+    complete_time); the scan's choice keeps those at or before its own time."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT name AS imposition_id, marker,"
+            " COALESCE(job_complete_time, created_at) AS complete_time"
+            ' FROM "print OS" WHERE name = ANY(:ids) AND marker IS NOT NULL'
+        ),
+        conn,
+        params={"ids": list(imposition_ids)},
+        dtype={"imposition_id": "string"},
+    )
+
+
+def load_attributed_versions(
+    conn: sa.Connection, source_type: str, source_ids: list[int]
+) -> pd.DataFrame:
+    """The job versions these source rows are attributed to now (R22: a re-processed row
+    recomputes what it reached before as well as what it reaches today)."""
+    return pd.read_sql(
+        sa.text(
+            "SELECT DISTINCT job_id, version_tag FROM job_status_updates"
+            " WHERE source_type = :t AND source_id = ANY(:ids) AND withdrawn_at IS NULL"
+        ),
+        conn,
+        params={"t": source_type, "ids": list(source_ids)},
+        dtype={"job_id": "string", "version_tag": "string"},
+    )
+
+
+def read_generation(conn: sa.Connection) -> int:
+    """R24: the processing generation; every write moves it on."""
+    return int(conn.execute(sa.text("SELECT generation FROM processing_generation")).scalar_one())

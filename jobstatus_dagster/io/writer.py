@@ -1,8 +1,11 @@
 """Applying an UpdatePlan: logs first, then one jobmanager transaction (R18).
 
-Every statement is set-based over a temp table filled by COPY, so a run costs a fixed
-number of round trips whatever its size. Every write is an upsert or guarded UPDATE keyed
-by its source (R15, R17), so re-running a window after a crash at any point repairs it.
+Under one lock for every writer (R19, R24) the write gathers the whole evidence of every key
+the plan touches, now or before (its rows' previous attributions), projects the targets from it
+(core.projection) and writes them: values that no evidence supports any more are withdrawn to
+what the row held before jobstatus first wrote it (R22b). A plan made before another writer
+committed is made again under the lock (R24). Every statement is set-based over a temp table
+filled by COPY, and every write is keyed by its source, so re-running repairs a crash (R18).
 """
 
 from __future__ import annotations
@@ -14,32 +17,53 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.plan import FAILURE_COLUMNS, MARKER_TYPES, Sweep, UpdatePlan
+from jobstatus_dagster.core.plan import (
+    ATTRIBUTION_COLUMNS,
+    FAILURE_COLUMNS,
+    IMPOSITION_ATTRIBUTION_COLUMNS,
+    MARKER_TYPES,
+    PRINT,
+    PRINT_STATE_COLUMNS,
+    SCANNER,
+    Sweep,
+    UpdatePlan,
+    empty,
+    failure_rows,
+)
+from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
-from jobstatus_dagster.io.sources import load_operation_codes
+from jobstatus_dagster.io.sources import load_operation_codes, read_generation
 
-# R15 rank of what a row already holds, for operation name column `op` and writer column `by`.
-_HELD_RANK = (
-    "CASE WHEN {by} IS NULL THEN -1 WHEN ({op} = 'print') = ({by} = 'print_os') THEN 1 ELSE 0 END"
-)
-# A new write wins over what is held (R15); state-based writes skip the event-time guard.
-_WINS = (
-    "({new}.precedence > {held_rank} OR ({new}.precedence = {held_rank} AND ({new}.state_based"
-    " OR ({new}.event_time, {new}.source_id) >= (COALESCE({held}.{time}, '-infinity'::timestamp),"
-    " COALESCE({held}.source_id, -1)))))"
-)
-
-_TARGET_TEMP_COLUMNS = """
-    status text, event_time timestamp, source_type text, source_id bigint, notes text,
-    precedence int, state_based boolean"""
+# One lock for every writer of the targets, whatever the source: both sources write
+# job_operations, jobs.operations and the audit (R19, R24). Held to the jobmanager commit.
+WRITER_LOCK = 7_316_052_209
 
 _TEMP_TABLES = {
-    "tmp_imposition_ops": f"imposition_id text, operation text, operation_id text, {_TARGET_TEMP_COLUMNS}",
-    "tmp_job_ops": f"job_id text, version_tag text, operation text, operation_id text, {_TARGET_TEMP_COLUMNS}",
-    "tmp_job_state": f"job_id text, operation text, value boolean, version_tag text, {_TARGET_TEMP_COLUMNS}",
-    "tmp_audit": """source_type text, source_id bigint, job_id text, version_tag text, operation text,
-        status text, printed_count int, aborted_count int, total_count int, notes text,
-        event_time timestamp, precedence int, state_based boolean""",
+    "tmp_attributions": """source_type text, source_id bigint, marker bigint, job_id text,
+        version_tag text, operation text, status text, printed_count int, aborted_count int,
+        total_count int, evidence_notes text, event_time timestamp, own boolean,
+        applied boolean, notes text""",
+    "tmp_imposition_attributions": """source_type text, source_id bigint, marker bigint,
+        imposition_id text, operation text, status text, event_time timestamp,
+        evidence_notes text""",
+    "tmp_withdrawn": "source_id bigint, job_id text, version_tag text, operation text",
+    "tmp_imposition_withdrawn": "source_id bigint, imposition_id text, operation text",
+    "tmp_verdicts": """source_type text, source_id bigint, job_id text, version_tag text,
+        operation text, applied boolean, notes text""",
+    "tmp_print_state": """job_id text, version_tag text, status text, printed_count int,
+        aborted_count int, total_count int, highest boolean, notes text,
+        event_time timestamp, source_id bigint""",
+    "tmp_print_jobs": "job_id text",
+    "tmp_job_state": """job_id text, operation text, value boolean, version_tag text,
+        precedence int, status text, event_time timestamp, source_type text, source_id bigint,
+        notes text""",
+    "tmp_job_state_withdrawn": "job_id text, operation text",
+    "tmp_imposition_ops": """imposition_id text, operation text, operation_id text, status text,
+        event_time timestamp, source_type text, source_id bigint, notes text""",
+    "tmp_job_ops": """job_id text, version_tag text, operation text, operation_id text,
+        status text, event_time timestamp, source_type text, source_id bigint, notes text""",
+    "tmp_imposition_ops_withdrawn": "imposition_id text, operation text, operation_id text",
+    "tmp_job_ops_withdrawn": "job_id text, version_tag text, operation text, operation_id text",
     "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
     "tmp_processed": "source_id bigint, marker bigint, kind text",
 }
@@ -51,11 +75,14 @@ class WriteReport:
 
     marker_before: int = 0
     marker_after: int = 0
+    replanned: int = 0
     imposition_rows_updated: int = 0
     job_operation_rows_updated: int = 0
+    rows_withdrawn: int = 0
     job_states_changed: int = 0
     jobs_updated: int = 0
     audit_rows_written: int = 0
+    attributions_withdrawn: int = 0
     failures_recorded: int = 0
     failures_resolved: int = 0
     rows_marked_processed: int = 0
@@ -133,32 +160,183 @@ def _copy_into(
             cur.execute(f"ANALYZE {table}")
 
 
+def _read(conn: sa.Connection, sql: str, **params: object) -> pd.DataFrame:
+    return pd.read_sql(sa.text(sql), conn, params=params)
+
+
+@dataclass
+class Evidence:
+    """The current attributions of the plan's rows and the whole evidence of the keys touched."""
+
+    own: pd.DataFrame  # the plan's attributions of its own rows
+    withdrawn: pd.DataFrame  # previous attributions of its rows that it no longer makes
+    imposition_withdrawn: pd.DataFrame
+    touched_versions: pd.DataFrame  # job_id, version_tag, operation
+    touched_impositions: pd.DataFrame  # imposition_id, operation
+    scanner: pd.DataFrame  # scanner attributions of every touched (job, operation)
+    impositions: pd.DataFrame  # attributions of every touched (imposition, operation)
+    print_state: pd.DataFrame  # PrintOS print state of every version of the touched jobs
+
+
+def _minus(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if frame.empty or other.empty:
+        return frame.reset_index(drop=True)
+    merged = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
+
+
+_VERSION_KEY = ["job_id", "version_tag", "operation"]
+_ATTRIBUTION_KEY = ["source_id", *_VERSION_KEY]
+_IMPOSITION_KEY = ["source_id", "imposition_id", "operation"]
+
+
+def gather_evidence(conn: sa.Connection, plan: UpdatePlan) -> Evidence:
+    """A fixed number of indexed reads, each bounded by the keys touched, not the history."""
+    source_type = plan.window.source_type
+    ids = plan.processed["source_id"].astype("int64").tolist()
+    attributions = plan.attributions
+    own = attributions[attributions["own"].astype(bool)].reset_index(drop=True)
+    before = _read(
+        conn,
+        "SELECT source_id, job_id, version_tag, operation FROM job_status_updates"
+        " WHERE source_type = :t AND source_id = ANY(:ids) AND withdrawn_at IS NULL",
+        t=source_type,
+        ids=ids,
+    )
+    imposition_before = _read(
+        conn,
+        "SELECT source_id, imposition_id, operation FROM imposition_status_updates"
+        " WHERE source_type = :t AND source_id = ANY(:ids) AND withdrawn_at IS NULL",
+        t=source_type,
+        ids=ids,
+    )
+    withdrawn = _minus(before, own, _ATTRIBUTION_KEY)
+    imposition_withdrawn = _minus(imposition_before, plan.imposition_attributions, _IMPOSITION_KEY)
+
+    old_print = _read(
+        conn,
+        "SELECT job_id, version_tag FROM job_print_state WHERE job_id = ANY(:jobs)",
+        jobs=list(plan.print_jobs),
+    )
+    touched_versions = (
+        pd.concat(
+            [
+                attributions[_VERSION_KEY],
+                before[_VERSION_KEY],
+                plan.print_state[["job_id", "version_tag"]].assign(operation=PRINT),
+                old_print.assign(operation=PRINT),
+            ],
+            ignore_index=True,
+        )
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
+    touched_impositions = (
+        pd.concat(
+            [
+                plan.imposition_attributions[["imposition_id", "operation"]],
+                imposition_before[["imposition_id", "operation"]],
+            ],
+            ignore_index=True,
+        )
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
+
+    job_ops = touched_versions[["job_id", "operation"]].drop_duplicates()
+    scanner = _read(
+        conn,
+        "SELECT u.source_type, u.source_id, u.marker, u.job_id, u.version_tag, u.operation,"
+        " u.status, u.evidence_notes, u.event_time FROM job_status_updates u"
+        " JOIN unnest(CAST(:jobs AS text[]), CAST(:ops AS text[])) k(job_id, operation)"
+        "   ON u.job_id = k.job_id AND u.operation = k.operation"
+        " WHERE u.source_type = :scanner AND u.withdrawn_at IS NULL",
+        jobs=job_ops["job_id"].tolist(),
+        ops=job_ops["operation"].tolist(),
+        scanner=SCANNER,
+    )
+    if source_type == SCANNER:
+        scanner = scanner[~scanner["source_id"].isin(ids)]
+        scanner = pd.concat([scanner, own[scanner.columns]], ignore_index=True)
+    impositions = _read(
+        conn,
+        "SELECT u.source_type, u.source_id, u.marker, u.imposition_id, u.operation, u.status,"
+        " u.event_time, u.evidence_notes FROM imposition_status_updates u"
+        " JOIN unnest(CAST(:imps AS text[]), CAST(:ops AS text[])) k(imposition_id, operation)"
+        "   ON u.imposition_id = k.imposition_id AND u.operation = k.operation"
+        " WHERE u.withdrawn_at IS NULL",
+        imps=touched_impositions["imposition_id"].tolist(),
+        ops=touched_impositions["operation"].tolist(),
+    )
+    impositions = impositions[
+        ~((impositions["source_type"] == source_type) & impositions["source_id"].isin(ids))
+    ]
+    impositions = pd.concat(
+        [impositions, plan.imposition_attributions[IMPOSITION_ATTRIBUTION_COLUMNS]],
+        ignore_index=True,
+    )
+    print_jobs = touched_versions.loc[touched_versions["operation"] == PRINT, "job_id"].unique()
+    print_state = _read(
+        conn,
+        "SELECT job_id, version_tag, status, printed_count, aborted_count, total_count, highest,"
+        " notes, event_time, source_id FROM job_print_state WHERE job_id = ANY(:jobs)",
+        jobs=list(print_jobs),
+    )
+    print_state = pd.concat(
+        [print_state[~print_state["job_id"].isin(plan.print_jobs)], plan.print_state],
+        ignore_index=True,
+    )[PRINT_STATE_COLUMNS]
+    for frame in (scanner, impositions, print_state):
+        frame["event_time"] = pd.to_datetime(frame["event_time"]).astype("datetime64[us]")
+    return Evidence(
+        own=own,
+        withdrawn=withdrawn,
+        imposition_withdrawn=imposition_withdrawn,
+        touched_versions=touched_versions,
+        touched_impositions=touched_impositions,
+        scanner=scanner.reset_index(drop=True),
+        impositions=impositions.reset_index(drop=True),
+        print_state=print_state,
+    )
+
+
 def _with_operation_ids(
     frame: pd.DataFrame, codes: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """R8: attach operation_id; rows whose operation has no code are failures, not writes."""
+    """R8: attach operation_id; a value whose operation has no code yet is a retryable failure
+    (withdrawn keys carry no source, so they yield none)."""
     merged = frame.merge(codes, on="operation", how="left")
     unmapped = merged[merged["operation_id"].isna()]
-    failures = pd.DataFrame(
-        {
-            "source_type": unmapped["source_type"],
-            "source_id": unmapped["source_id"],
-            "reason": "unmapped_operation",
-            "subject": unmapped["operation"],
-            "detail": "operation "
-            + unmapped["operation"].astype("string")
-            + " has no operation_id in operation_codes",
-            "retryable": False,
-        },
-        columns=FAILURE_COLUMNS,
-    )
+    if "source_id" not in frame or unmapped.empty:
+        return merged[merged["operation_id"].notna()].reset_index(drop=True), empty(FAILURE_COLUMNS)
+    failures = failure_rows(
+        unmapped,
+        "",
+        "unmapped_operation",
+        unmapped["operation"],
+        "operation "
+        + unmapped["operation"].astype("string")
+        + " has no operation_id in operation_codes",
+    ).assign(source_type=unmapped["source_type"].to_numpy())
     return merged[merged["operation_id"].notna()].reset_index(drop=True), failures
 
 
-def _update_logs_table(
-    conn: sa.Connection, table: str, temp: str, keys: Sequence[str], frame: pd.DataFrame
-) -> tuple[int, pd.DataFrame]:
-    """Guarded UPDATE of one *_operations table (R15); rows that do not exist are failures (R16)."""
+_TARGET_SET = """completed_at = t.event_time, completed_by = t.source_type,
+               source_id = t.source_id, status = t.status, notes = t.notes"""
+_TARGET_DIFFERS = """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
+              IS DISTINCT FROM ({p}.{time}, {p}.{by}, {p}.source_id, {p}.status, {p}.notes)"""
+
+
+def _project_logs_table(
+    conn: sa.Connection,
+    table: str,
+    row_id: str,
+    keys: Sequence[str],
+    values: pd.DataFrame,
+    withdrawn: pd.DataFrame,
+) -> tuple[int, int, pd.DataFrame]:
+    """One *_operations table: the projected values, and withdrawn keys back to the originals."""
+    short = "imposition_ops" if table == "imposition_operations" else "job_ops"
     columns = [
         *keys,
         "operation",
@@ -168,59 +346,79 @@ def _update_logs_table(
         "source_type",
         "source_id",
         "notes",
-        "precedence",
-        "state_based",
     ]
-    _copy_into(conn, temp, frame, columns)
-    if frame.empty:
-        return 0, pd.DataFrame(columns=FAILURE_COLUMNS)
+    _copy_into(conn, f"tmp_{short}", values, columns)
+    _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
     match = " AND ".join(f"o.{k} = t.{k}" for k in [*keys, "operation_id"])
-    wins = _WINS.format(
-        new="t",
-        held="o",
-        time="completed_at",
-        held_rank=_HELD_RANK.format(by="o.completed_by", op="t.operation"),
-    )
+    # R22b: what the row held before jobstatus first wrote it, kept once.
+    conn.execute(
+        sa.text(f"""
+        INSERT INTO operation_row_originals (table_name, row_id, completed_at, completed_by,
+            source_id, status, notes)
+        SELECT DISTINCT ON (o.{row_id}) '{table}', o.{row_id}, o.completed_at, o.completed_by,
+               o.source_id, o.status, o.notes
+        FROM {table} o JOIN tmp_{short} t ON {match}
+        ON CONFLICT (table_name, row_id) DO NOTHING
+    """)
+    )  # noqa: S608 - constant identifiers
     updated = conn.execute(
         sa.text(f"""
-        UPDATE {table} o SET completed_at = t.event_time, completed_by = t.source_type,
-               source_id = t.source_id, status = t.status, notes = t.notes
-        FROM {temp} t
-        WHERE {match} AND {wins}
-          AND (o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
-              IS DISTINCT FROM (t.event_time, t.source_type, t.source_id, t.status, t.notes)
+        UPDATE {table} o SET {_TARGET_SET}
+        FROM tmp_{short} t
+        WHERE {match} AND {_TARGET_DIFFERS.format(p="t", time="event_time", by="source_type")}
     """)
-    ).rowcount  # noqa: S608 - constant identifiers
+    ).rowcount  # noqa: S608
+    restored = conn.execute(
+        sa.text(f"""
+        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+               source_id = g.source_id, status = g.status, notes = g.notes
+        FROM tmp_{short}_withdrawn t
+        JOIN operation_row_originals g ON g.table_name = '{table}'
+        WHERE {match} AND g.row_id = o.{row_id}
+          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
+    """)
+    ).rowcount  # noqa: S608
     key_list = ", ".join(f"t.{k}" for k in keys)
     missing = pd.read_sql(
         sa.text(f"""
         SELECT t.source_type, t.source_id, concat_ws('/', {key_list}, t.operation) AS subject
-        FROM {temp} t WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {match})
+        FROM tmp_{short} t WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {match})
     """),
         conn,
     )  # noqa: S608
-    failures = missing.assign(
-        reason="missing_operation_row",
-        detail=f"no {table} row for "
-        + missing["subject"].astype("string")
-        + "; not invented (R16)",
-        retryable=False,
-    )[FAILURE_COLUMNS]
-    return int(updated), failures
+    failures = failure_rows(
+        missing,
+        "",
+        "missing_operation_row",
+        missing["subject"],
+        "no " + table + " row for " + missing["subject"].astype("string") + "; not invented (R16)",
+    )
+    failures["source_type"] = missing["source_type"].to_numpy()
+    return int(updated), int(restored), failures
 
 
-def write_logs(conn: sa.Connection, plan: UpdatePlan) -> tuple[WriteReport, pd.DataFrame]:
+def write_logs(conn: sa.Connection, projection: Projection) -> tuple[WriteReport, pd.DataFrame]:
     """imposition_operations and job_operations (logs); returns the failures found on the way."""
     report = WriteReport()
     codes = load_operation_codes(conn).dropna(subset=["operation_id"])
-    imposition_ops, unmapped_a = _with_operation_ids(plan.imposition_ops, codes)
-    job_ops, unmapped_b = _with_operation_ids(plan.job_ops, codes)
-    report.imposition_rows_updated, missing_a = _update_logs_table(
-        conn, "imposition_operations", "tmp_imposition_ops", ["imposition_id"], imposition_ops
+    imposition_ops, unmapped_a = _with_operation_ids(projection.imposition_ops, codes)
+    job_ops, unmapped_b = _with_operation_ids(projection.job_ops, codes)
+    imposition_gone, _ = _with_operation_ids(projection.imposition_ops_withdrawn, codes)
+    job_gone, _ = _with_operation_ids(projection.job_ops_withdrawn, codes)
+    updated_a, restored_a, missing_a = _project_logs_table(
+        conn,
+        "imposition_operations",
+        "imposition_operation_id",
+        ["imposition_id"],
+        imposition_ops,
+        imposition_gone,
     )
-    report.job_operation_rows_updated, missing_b = _update_logs_table(
-        conn, "job_operations", "tmp_job_ops", ["job_id", "version_tag"], job_ops
+    updated_b, restored_b, missing_b = _project_logs_table(
+        conn, "job_operations", "job_operation_id", ["job_id", "version_tag"], job_ops, job_gone
     )
+    report.imposition_rows_updated = updated_a + restored_a
+    report.job_operation_rows_updated = updated_b + restored_b
+    report.rows_withdrawn = restored_a + restored_b
     failures = pd.concat(
         [f for f in (unmapped_a, unmapped_b, missing_a, missing_b) if len(f)]
         or [pd.DataFrame(columns=FAILURE_COLUMNS)],
@@ -250,185 +448,241 @@ def lock_marker(conn: sa.Connection, source_type: str) -> int:
     return int(value)
 
 
+def _audit_rows(evidence: Evidence, projection: Projection) -> pd.DataFrame:
+    """The plan's own attributions with their verdict (R23): PrintOS print rows recompute the
+    state from the whole history and always apply; scans take the projection's verdict."""
+    own = evidence.own.merge(projection.verdicts, on=["source_type", *_ATTRIBUTION_KEY], how="left")
+    printed = own["source_type"] != SCANNER
+    return own.assign(
+        applied=own["applied"].where(~printed, True).fillna(True).astype(bool),
+        notes=own["notes"].where(~printed, own["evidence_notes"]).fillna(own["evidence_notes"]),
+    )
+
+
 def write_jobmanager(
     conn: sa.Connection,
     plan: UpdatePlan,
+    evidence: Evidence,
+    projection: Projection,
     logs_failures: pd.DataFrame,
     run_id: str,
     report: WriteReport,
 ) -> WriteReport:
-    """State, jobs.operations, audit, failures, processed rows and the marker: one transaction."""
+    """Audit, attributions, print state, job state, jobs.operations, failures, processed rows,
+    the marker and the generation: one transaction (R18)."""
     window = plan.window
-    state_cols = [
-        "job_id",
-        "operation",
-        "value",
-        "version_tag",
-        "status",
-        "event_time",
-        "source_type",
-        "source_id",
-        "notes",
-        "precedence",
-        "state_based",
-    ]
-    _copy_into(conn, "tmp_job_state", plan.job_state, state_cols)
-    _copy_into(conn, "tmp_audit", plan.audit, list(plan.audit.columns))
+    params = {"run_id": run_id, "source_type": window.source_type}
+    audit = pd.concat(
+        [
+            _audit_rows(evidence, projection),
+            plan.attributions[~plan.attributions["own"].astype(bool)].assign(
+                applied=True, notes=lambda f: f["evidence_notes"]
+            ),
+        ],
+        ignore_index=True,
+    )
+    _copy_into(conn, "tmp_attributions", audit, [*ATTRIBUTION_COLUMNS, "applied", "notes"])
+    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY)
+    _copy_into(
+        conn,
+        "tmp_imposition_attributions",
+        plan.imposition_attributions,
+        IMPOSITION_ATTRIBUTION_COLUMNS,
+    )
+    _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
+    _copy_into(conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns))
+    _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
+    _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
+    _copy_into(conn, "tmp_job_state", projection.job_state, list(projection.job_state.columns))
+    _copy_into(
+        conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
+    )
+
+    # R17: one audit row per (source, job version, operation); re-processing updates it.
+    written = conn.execute(
+        sa.text("""
+        INSERT INTO job_status_updates AS u (source_type, source_id, marker, job_id, version_tag,
+            operation, status, printed_count, aborted_count, total_count, applied, notes,
+            evidence_notes, event_time, run_id)
+        SELECT source_type, source_id, marker, job_id, version_tag, operation, status,
+               printed_count, aborted_count, total_count, applied, notes, evidence_notes,
+               event_time, :run_id
+        FROM tmp_attributions WHERE own
+        ON CONFLICT ON CONSTRAINT job_status_updates_source_key DO UPDATE SET
+            status = excluded.status, printed_count = excluded.printed_count,
+            aborted_count = excluded.aborted_count, total_count = excluded.total_count,
+            applied = excluded.applied, notes = excluded.notes, marker = excluded.marker,
+            evidence_notes = excluded.evidence_notes, event_time = excluded.event_time,
+            withdrawn_at = NULL, processed_at = now(), run_id = excluded.run_id
+        WHERE (u.status, u.printed_count, u.aborted_count, u.total_count, u.applied, u.notes,
+               u.marker, u.evidence_notes, u.event_time, u.withdrawn_at)
+              IS DISTINCT FROM (excluded.status, excluded.printed_count, excluded.aborted_count,
+               excluded.total_count, excluded.applied, excluded.notes, excluded.marker,
+               excluded.evidence_notes, excluded.event_time, NULL)
+    """),
+        params,
+    ).rowcount
+    # Print rows outside the window: counts as they now stand after each event (R23).
+    written += conn.execute(
+        sa.text("""
+        UPDATE job_status_updates u SET status = a.status, printed_count = a.printed_count,
+            aborted_count = a.aborted_count, total_count = a.total_count, notes = a.notes,
+            evidence_notes = a.evidence_notes, event_time = a.event_time, marker = a.marker,
+            processed_at = now(), run_id = :run_id
+        FROM tmp_attributions a
+        WHERE NOT a.own AND u.source_type = a.source_type AND u.source_id = a.source_id
+          AND u.job_id = a.job_id AND u.version_tag = a.version_tag
+          AND u.operation = a.operation AND u.withdrawn_at IS NULL
+          AND (u.status, u.printed_count, u.aborted_count, u.total_count, u.notes,
+               u.evidence_notes, u.event_time, u.marker)
+              IS DISTINCT FROM (a.status, a.printed_count, a.aborted_count, a.total_count,
+               a.notes, a.evidence_notes, a.event_time, a.marker)
+    """),
+        params,
+    ).rowcount
+    # R22b: the audit keeps a withdrawn attribution and says when and why.
+    report.attributions_withdrawn = conn.execute(
+        sa.text("""
+        UPDATE job_status_updates u SET withdrawn_at = now(), run_id = :run_id,
+            notes = concat_ws('; ', u.notes,
+                'withdrawn: re-processing no longer attributes it to this job version')
+        FROM tmp_withdrawn w
+        WHERE u.source_type = :source_type AND u.source_id = w.source_id
+          AND u.job_id = w.job_id AND u.version_tag = w.version_tag
+          AND u.operation = w.operation AND u.withdrawn_at IS NULL
+    """),
+        params,
+    ).rowcount
+    # R23: later scans of the same keys may change verdict when an earlier one arrives late.
+    written += conn.execute(
+        sa.text("""
+        UPDATE job_status_updates u SET applied = v.applied, notes = v.notes,
+            processed_at = now(), run_id = :run_id
+        FROM tmp_verdicts v
+        WHERE u.source_type = v.source_type AND u.source_id = v.source_id
+          AND u.job_id = v.job_id AND u.version_tag = v.version_tag
+          AND u.operation = v.operation AND u.withdrawn_at IS NULL
+          AND (u.applied, u.notes) IS DISTINCT FROM (v.applied, v.notes)
+    """),
+        params,
+    ).rowcount
+    report.audit_rows_written = written
+
+    conn.execute(
+        sa.text("""
+        INSERT INTO imposition_status_updates AS u (source_type, source_id, marker,
+            imposition_id, operation, status, event_time, evidence_notes, notes, run_id)
+        SELECT source_type, source_id, marker, imposition_id, operation, status, event_time,
+               evidence_notes, evidence_notes, :run_id
+        FROM tmp_imposition_attributions
+        ON CONFLICT ON CONSTRAINT imposition_status_updates_source_key DO UPDATE SET
+            status = excluded.status, marker = excluded.marker,
+            event_time = excluded.event_time, evidence_notes = excluded.evidence_notes,
+            notes = excluded.notes, withdrawn_at = NULL, processed_at = now(),
+            run_id = excluded.run_id
+        WHERE (u.status, u.marker, u.event_time, u.evidence_notes, u.withdrawn_at)
+              IS DISTINCT FROM (excluded.status, excluded.marker, excluded.event_time,
+               excluded.evidence_notes, NULL)
+    """),
+        params,
+    )
+    report.attributions_withdrawn += conn.execute(
+        sa.text("""
+        UPDATE imposition_status_updates u SET withdrawn_at = now(), run_id = :run_id,
+            notes = concat_ws('; ', u.notes,
+                'withdrawn: re-processing no longer attributes it to this imposition')
+        FROM tmp_imposition_withdrawn w
+        WHERE u.source_type = :source_type AND u.source_id = w.source_id
+          AND u.imposition_id = w.imposition_id AND u.operation = w.operation
+          AND u.withdrawn_at IS NULL
+    """),
+        params,
+    ).rowcount
+
+    # R11/R12: PrintOS's print state of the reached jobs, replaced as a whole per job.
+    conn.execute(
+        sa.text("""
+        DELETE FROM job_print_state s USING tmp_print_jobs j
+        WHERE s.job_id = j.job_id AND NOT EXISTS (SELECT 1 FROM tmp_print_state t
+            WHERE t.job_id = s.job_id AND t.version_tag = s.version_tag)
+    """)
+    )
+    conn.execute(
+        sa.text("""
+        INSERT INTO job_print_state AS s (job_id, version_tag, status, printed_count,
+            aborted_count, total_count, highest, notes, event_time, source_id)
+        SELECT job_id, version_tag, status, printed_count, aborted_count, total_count, highest,
+               notes, event_time, source_id FROM tmp_print_state
+        ON CONFLICT (job_id, version_tag) DO UPDATE SET status = excluded.status,
+            printed_count = excluded.printed_count, aborted_count = excluded.aborted_count,
+            total_count = excluded.total_count, highest = excluded.highest,
+            notes = excluded.notes, event_time = excluded.event_time,
+            source_id = excluded.source_id, updated_at = now()
+        WHERE (s.status, s.printed_count, s.aborted_count, s.total_count, s.highest, s.notes,
+               s.event_time, s.source_id)
+              IS DISTINCT FROM (excluded.status, excluded.printed_count, excluded.aborted_count,
+               excluded.total_count, excluded.highest, excluded.notes, excluded.event_time,
+               excluded.source_id)
+    """)
+    )
+
+    # R15 state per (job, operation) as projected; jobs.operations is its projection.
+    changed = conn.execute(
+        sa.text("""
+        INSERT INTO job_operation_state AS s (job_id, operation, value, status, version_tag,
+            precedence, state_based, event_time, source_type, source_id, notes)
+        SELECT job_id, operation, value, status, version_tag, precedence, false, event_time,
+               source_type, source_id, notes FROM tmp_job_state
+        ON CONFLICT (job_id, operation) DO UPDATE SET value = excluded.value,
+            status = excluded.status, version_tag = excluded.version_tag,
+            precedence = excluded.precedence, event_time = excluded.event_time,
+            source_type = excluded.source_type, source_id = excluded.source_id,
+            notes = excluded.notes, updated_at = now()
+        WHERE (s.value, s.status, s.version_tag, s.precedence, s.event_time, s.source_type,
+               s.source_id, s.notes) IS DISTINCT FROM (excluded.value, excluded.status,
+               excluded.version_tag, excluded.precedence, excluded.event_time,
+               excluded.source_type, excluded.source_id, excluded.notes)
+    """)
+    ).rowcount
+    changed += conn.execute(
+        sa.text("""
+        DELETE FROM job_operation_state s USING tmp_job_state_withdrawn w
+        WHERE s.job_id = w.job_id AND s.operation = w.operation
+    """)
+    ).rowcount
+    report.job_states_changed = changed
+    report.jobs_updated = conn.execute(
+        sa.text("""
+        UPDATE jobs j SET operations = (COALESCE(j.operations, '{}'::jsonb) - p.removed) || p.ops
+        FROM (SELECT job_id,
+                     COALESCE(jsonb_object_agg(operation, value)
+                              FILTER (WHERE value IS NOT NULL), '{}'::jsonb) AS ops,
+                     COALESCE(array_agg(operation) FILTER (WHERE value IS NULL), '{}') AS removed
+              FROM (SELECT job_id, operation, value FROM tmp_job_state
+                    UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
+              GROUP BY job_id) p
+        WHERE j.job_id = p.job_id
+          AND (COALESCE(j.operations, '{}'::jsonb) - p.removed) || p.ops
+              IS DISTINCT FROM COALESCE(j.operations, '{}'::jsonb)
+    """)
+    ).rowcount
+
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
     # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
     failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
     failures["detail"] = failures["detail"].astype("string").str.slice(0, 2000)
     _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS, analyze=True)
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"], analyze=True)
-    params = {"run_id": run_id, "source_type": window.source_type}
-
-    # R17 audit. A row already written keeps its verdict (`applied`, decided against the state
-    # held when its event was first processed, R15); re-processing refreshes only its counts
-    # (R21: a corrected mapping). New rows get their verdict now. Audit rows exist only for
-    # source rows processed before (same transaction as processed_source_rows), so a window of
-    # new rows skips the refresh: its join read the whole audit, growing with the history
-    # (1.2 s per scan window at 850,000 audit rows, bench/README.md, third session).
-    reprocessed = conn.execute(
-        sa.text(
-            "SELECT EXISTS (SELECT 1 FROM tmp_processed p JOIN processed_source_rows r"
-            " ON r.source_type = :source_type AND r.source_id = p.source_id)"
-        ),
-        params,
-    ).scalar_one()
-    refreshed = 0
-    if reprocessed:
-        refreshed = conn.execute(
-            sa.text("""
-        UPDATE job_status_updates u SET status = a.status, printed_count = a.printed_count,
-            aborted_count = a.aborted_count, total_count = a.total_count,
-            notes = CASE WHEN u.applied THEN a.notes ELSE u.notes END,
-            event_time = a.event_time, processed_at = now(), run_id = :run_id
-        FROM tmp_audit a
-        WHERE u.source_type = a.source_type AND u.source_id = a.source_id
-          AND u.job_id = a.job_id AND u.version_tag = a.version_tag AND u.operation = a.operation
-          AND (u.status, u.printed_count, u.aborted_count, u.total_count, u.event_time,
-               CASE WHEN u.applied THEN a.notes ELSE u.notes END)
-              IS DISTINCT FROM (a.status, a.printed_count, a.aborted_count, a.total_count,
-                                a.event_time, u.notes)
-    """),
-            params,
-        ).rowcount
-    wins = _WINS.format(new="a", held="s", time="event_time", held_rank="s.precedence")
-    inserted = conn.execute(
-        sa.text(f"""
-        INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag, operation,
-            status, printed_count, aborted_count, total_count, applied, notes, event_time, run_id)
-        SELECT a.source_type, a.source_id, a.job_id, a.version_tag, a.operation, a.status,
-               a.printed_count, a.aborted_count, a.total_count, applied,
-               CASE WHEN applied THEN a.notes ELSE concat_ws('; ', a.notes, 'not applied: '
-                    || s.source_type || ' #' || s.source_id || ' at ' || s.event_time
-                    || ' holds ' || a.operation) END,
-               a.event_time, :run_id
-        FROM tmp_audit a
-        LEFT JOIN job_operation_state s ON s.job_id = a.job_id AND s.operation = a.operation
-        CROSS JOIN LATERAL (SELECT s.job_id IS NULL OR {wins} AS applied) w
-        ON CONFLICT ON CONSTRAINT job_status_updates_source_key DO NOTHING
-    """),
-        params,
-    ).rowcount
-    report.audit_rows_written = refreshed + inserted
-
-    # R15 state per (job, operation); jobs.operations is its projection.
-    held_wins = _WINS.format(new="excluded", held="s", time="event_time", held_rank="s.precedence")
-    report.job_states_changed = conn.execute(
-        sa.text(f"""
-        INSERT INTO job_operation_state AS s (job_id, operation, value, status, version_tag,
-            precedence, state_based, event_time, source_type, source_id, notes)
-        SELECT DISTINCT ON (job_id, operation) job_id, operation, value, status, version_tag,
-               precedence, state_based, event_time, source_type, source_id, notes
-        FROM tmp_job_state
-        ORDER BY job_id, operation, precedence DESC, event_time DESC, source_id DESC,
-                 version_tag DESC
-        ON CONFLICT (job_id, operation) DO UPDATE SET value = excluded.value,
-            status = excluded.status, version_tag = excluded.version_tag,
-            precedence = excluded.precedence, state_based = excluded.state_based,
-            event_time = excluded.event_time, source_type = excluded.source_type,
-            source_id = excluded.source_id, notes = excluded.notes, updated_at = now()
-        WHERE {held_wins}
-          AND (s.value, s.status, s.version_tag, s.precedence, s.event_time, s.source_type,
-               s.source_id, s.notes) IS DISTINCT FROM (excluded.value, excluded.status,
-               excluded.version_tag, excluded.precedence, excluded.event_time,
-               excluded.source_type, excluded.source_id, excluded.notes)
-    """)
-    ).rowcount  # noqa: S608
-
-    report.jobs_updated = conn.execute(
-        sa.text("""
-        UPDATE jobs j SET operations = COALESCE(j.operations, '{}'::jsonb) || p.ops
-        FROM (SELECT s.job_id, jsonb_object_agg(s.operation, s.value) AS ops
-              FROM job_operation_state s
-              WHERE s.job_id IN (SELECT job_id FROM tmp_job_state)
-              GROUP BY s.job_id) p
-        WHERE j.job_id = p.job_id AND NOT (COALESCE(j.operations, '{}'::jsonb) @> p.ops)
-    """)
-    ).rowcount
-
-    # R16/R20: a job absent from jobs is skipped there and recorded, retryably (it may arrive).
-    conn.execute(
-        sa.text("""
-        INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
-        SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
-               'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
-        FROM tmp_audit a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
-    """)
-    )
-
-    # A failure is re-counted only when its row came back as a retry (R20): re-processing a
-    # window or a backfill that meets the same failure changes nothing (R17, R21).
-    updated = conn.execute(
-        sa.text("""
-        UPDATE processing_failures f SET
-            attempts = f.attempts + t.is_retry::int,
-            last_attempt_at = CASE WHEN t.is_retry THEN now() ELSE f.last_attempt_at END,
-            detail = t.detail, retryable = t.retryable, resolved_at = NULL, run_id = :run_id
-        FROM (SELECT DISTINCT ON (x.source_type, x.source_id, x.reason, COALESCE(x.subject, ''))
-                     x.source_type, x.source_id, x.reason, COALESCE(x.subject, '') AS subject,
-                     x.detail, x.retryable, COALESCE(p.kind = 'retry', false) AS is_retry
-              FROM tmp_failures x LEFT JOIN tmp_processed p ON p.source_id = x.source_id) t
-        WHERE f.source_type = t.source_type AND f.source_id = t.source_id
-          AND f.reason = t.reason AND f.subject = t.subject
-          AND (t.is_retry OR f.resolved_at IS NOT NULL
-               OR (f.detail, f.retryable) IS DISTINCT FROM (t.detail, t.retryable))
-    """),
-        params,
-    ).rowcount
-    inserted = conn.execute(
-        sa.text("""
-        INSERT INTO processing_failures (source_type, source_id, reason, subject, detail,
-            retryable, run_id)
-        SELECT DISTINCT ON (source_type, source_id, reason, COALESCE(subject, ''))
-               source_type, source_id, reason, COALESCE(subject, ''), detail, retryable, :run_id
-        FROM tmp_failures
-        ON CONFLICT ON CONSTRAINT processing_failures_key DO NOTHING
-    """),
-        params,
-    ).rowcount
-    report.failures_recorded = updated + inserted
-
-    # R20: a processed row's open failures that did not recur are resolved, not deleted.
-    report.failures_resolved = conn.execute(
-        sa.text("""
-        UPDATE processing_failures f SET resolved_at = now(), run_id = :run_id
-        WHERE f.source_type = :source_type AND f.resolved_at IS NULL
-          AND f.source_id IN (SELECT source_id FROM tmp_processed)
-          AND NOT EXISTS (SELECT 1 FROM tmp_failures t WHERE t.source_id = f.source_id
-                          AND t.reason = f.reason AND COALESCE(t.subject, '') = f.subject)
-    """),
-        params,
-    ).rowcount
+    write_failures(conn, params, report)
 
     report.rows_marked_processed = conn.execute(
         sa.text("""
-        INSERT INTO processed_source_rows (source_type, source_id, marker, run_id)
-        SELECT :source_type, source_id, marker, :run_id FROM tmp_processed
+        INSERT INTO processed_source_rows (source_type, source_id, marker, run_id, processed_at)
+        SELECT :source_type, source_id, marker, :run_id, CAST(:processing_time AS timestamp)
+        FROM tmp_processed
         ON CONFLICT (source_type, source_id) DO NOTHING
     """),
-        params,
+        {**params, "processing_time": plan.processing_time},
     ).rowcount
 
     if window.sweep is not None:
@@ -455,7 +709,66 @@ def write_jobmanager(
             {"t": MARKER_TYPES[window.source_type]},
         ).scalar_one()
     )
+    conn.execute(sa.text("UPDATE processing_generation SET generation = generation + 1"))
     return report
+
+
+def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> None:
+    """R16/R20: failures of this run recorded, those of its rows that did not recur resolved."""
+    # A job absent from jobs is skipped there and recorded, retryably (it may arrive).
+    conn.execute(
+        sa.text("""
+        INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
+        SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
+               'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
+        FROM tmp_attributions a
+        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
+    """)
+    )
+    # A failure is re-counted only when its row came back as a retry (R20): re-processing a
+    # window or a backfill that meets the same failure changes nothing (R17, R21).
+    updated = conn.execute(
+        sa.text("""
+        UPDATE processing_failures f SET
+            attempts = f.attempts + t.is_retry::int,
+            last_attempt_at = CASE WHEN t.is_retry THEN now() ELSE f.last_attempt_at END,
+            detail = t.detail, retryable = t.retryable, resolved_at = NULL, run_id = :run_id
+        FROM (SELECT DISTINCT ON (x.source_type, x.source_id, x.reason, COALESCE(x.subject, ''))
+                     x.source_type, x.source_id, x.reason, COALESCE(x.subject, '') AS subject,
+                     x.detail, x.retryable, COALESCE(p.kind = 'retry', false) AS is_retry
+              FROM tmp_failures x LEFT JOIN tmp_processed p ON p.source_id = x.source_id
+                   AND x.source_type = :source_type) t
+        WHERE f.source_type = t.source_type AND f.source_id = t.source_id
+          AND f.reason = t.reason AND f.subject = t.subject
+          AND (t.is_retry OR f.resolved_at IS NOT NULL
+               OR (f.detail, f.retryable) IS DISTINCT FROM (t.detail, t.retryable))
+    """),
+        params,
+    ).rowcount
+    inserted = conn.execute(
+        sa.text("""
+        INSERT INTO processing_failures (source_type, source_id, reason, subject, detail,
+            retryable, run_id)
+        SELECT DISTINCT ON (source_type, source_id, reason, COALESCE(subject, ''))
+               source_type, source_id, reason, COALESCE(subject, ''), detail, retryable, :run_id
+        FROM tmp_failures
+        ON CONFLICT ON CONSTRAINT processing_failures_key DO NOTHING
+    """),
+        params,
+    ).rowcount
+    report.failures_recorded = updated + inserted
+    # R20: a processed row's open failures that did not recur are resolved, not deleted.
+    report.failures_resolved = conn.execute(
+        sa.text("""
+        UPDATE processing_failures f SET resolved_at = now(), run_id = :run_id
+        WHERE f.source_type = :source_type AND f.resolved_at IS NULL
+          AND f.source_id IN (SELECT source_id FROM tmp_processed)
+          AND NOT EXISTS (SELECT 1 FROM tmp_failures t WHERE t.source_id = f.source_id
+                          AND t.source_type = f.source_type
+                          AND t.reason = f.reason AND COALESCE(t.subject, '') = f.subject)
+    """),
+        params,
+    ).rowcount
 
 
 def advance_sweep(conn: sa.Connection, source_type: str, sweep: Sweep) -> bool:
@@ -496,15 +809,32 @@ def advance_to(plan: UpdatePlan) -> int:
 def write_plan(
     jobmanager: sa.Engine, logs: sa.Engine, plan: UpdatePlan, run_id: str
 ) -> WriteReport:
-    """R18: logs commit first, then one jobmanager transaction; the marker lock spans both."""
+    """R18: logs commit first, then one jobmanager transaction; the writers' lock spans both.
+
+    R24: a plan read at an older generation than the one found under the lock is made again,
+    under the lock, before anything is written.
+    """
     transient_point("write")
     with jobmanager.connect() as jm, jm.begin():
+        jm.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITER_LOCK})
         marker_before = lock_marker(jm, plan.window.source_type)
+        replanned = 0
+        if plan.generation != read_generation(jm) and plan.replan is not None:
+            plan, replanned = plan.replan(), 1
+        evidence = gather_evidence(jm, plan)
+        projection = project(
+            evidence.touched_versions,
+            evidence.touched_impositions,
+            evidence.scanner,
+            evidence.impositions,
+            evidence.print_state,
+        )
         with logs.begin() as lg:
-            report, logs_failures = write_logs(lg, plan)
+            report, logs_failures = write_logs(lg, projection)
         crash_point("after_logs_commit")
         report.marker_before = marker_before
-        write_jobmanager(jm, plan, logs_failures, run_id, report)
+        report.replanned = replanned
+        write_jobmanager(jm, plan, evidence, projection, logs_failures, run_id, report)
         crash_point("before_jobmanager_commit")
     crash_point("after_jobmanager_commit")
     return report

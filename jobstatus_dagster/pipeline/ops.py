@@ -6,10 +6,18 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
+from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import UpdatePlan, Window
 from jobstatus_dagster.faults import crash_point
-from jobstatus_dagster.io.sources import load_sweep, load_window, next_sweep, read_marker
+from jobstatus_dagster.io.sources import (
+    load_sweep,
+    load_window,
+    next_sweep,
+    read_generation,
+    read_marker,
+)
 from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.partitions import key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
@@ -51,11 +59,51 @@ class LoadedWindow:
     rows: pd.DataFrame
     horizon: int  # history is read up to here: never behind the marker (R21)
     processing_time: datetime
+    generation: int  # R24: read before anything else; the write re-plans if it moved on
+    swept: int = 0
+    marker: int = 0
 
 
 def utc_now() -> datetime:
     """Naive UTC, matching the shop's TIMESTAMP columns."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def load_window_rows(
+    engine: sa.Engine, window: Window, settings: Settings, processing_time: datetime | None = None
+) -> LoadedWindow:
+    """Window rows, late rows committed out of order (R19) and due retries (R20). A window
+    without a sweep slice takes the next one; a re-plan passes the slice it had."""
+    source_type = window.source_type
+    with transient_errors(window), engine.connect() as conn:
+        generation = read_generation(conn)
+        marker = read_marker(conn, source_type)
+        rows = load_window(
+            conn,
+            window,
+            lookback=settings.late_row_lookback,
+            late_limit=settings.chunk_size,
+            retry_limit=settings.retry_limit,
+            retry_batch=settings.retry_batch,
+            retry_interval=settings.retry_interval_seconds,
+        )
+        # R19 whatever the marker: a bounded slice of the history, never-processed rows.
+        sweep = window.sweep or next_sweep(
+            conn, source_type, window.from_marker, settings.sweep_rows
+        )
+        swept = load_sweep(conn, source_type, sweep, window.from_marker, settings.sweep_rows)
+    if len(swept):
+        rows = pd.concat([rows, swept], ignore_index=True)
+        rows = rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
+    return LoadedWindow(
+        replace(window, sweep=sweep),
+        rows,
+        max(marker, window.to_marker),
+        processing_time or utc_now(),
+        generation,
+        len(swept),
+        marker,
+    )
 
 
 def build_load_op(source_type: str) -> dg.OpDefinition:
@@ -72,44 +120,28 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
         processing: ProcessingSettings,
     ) -> LoadedWindow:
         """Window rows, late rows committed out of order (R19) and due retries (R20)."""
-        settings = processing.resolved()
         partition_key = context.partition_key if context.has_partition_key else None
         window = resolve_window(source_type, config, partition_key)
         started = time.perf_counter()
-        with transient_errors(window), jobmanager.engine.connect() as conn:
-            marker = read_marker(conn, source_type)
-            rows = load_window(
-                conn,
-                window,
-                lookback=settings.late_row_lookback,
-                late_limit=settings.chunk_size,
-                retry_limit=settings.retry_limit,
-                retry_batch=settings.retry_batch,
-                retry_interval=settings.retry_interval_seconds,
-            )
-            # R19 whatever the marker: a bounded slice of the history, never-processed rows.
-            sweep = next_sweep(conn, source_type, window.from_marker, settings.sweep_rows)
-            swept = load_sweep(conn, source_type, sweep, window.from_marker, settings.sweep_rows)
-        if len(swept):
-            rows = pd.concat([rows, swept], ignore_index=True)
-            rows = rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
-        window = replace(window, sweep=sweep)
-        kinds = rows["kind"].value_counts()
+        loaded = load_window_rows(jobmanager.engine, window, processing.resolved())
+        sweep = loaded.window.sweep
+        kinds = loaded.rows["kind"].value_counts()
         context.add_output_metadata(
             {
                 "window": window.label,
-                "marker_at_start": marker,
-                "rows_read": len(rows),
+                "marker_at_start": loaded.marker,
+                "generation": loaded.generation,
+                "rows_read": len(loaded.rows),
                 "window_rows": int(kinds.get("window", 0)),
                 "late_rows": int(kinds.get("late", 0)),
                 "retried_rows": int(kinds.get("retry", 0)),
-                "swept_rows_found": len(swept),
+                "swept_rows_found": loaded.swept,
                 "sweep_slice": f"{sweep.start or 'lowest'} .. {sweep.end or 'window start'}",
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
         crash_point("after_load")
-        return LoadedWindow(window, rows, max(marker, window.to_marker), utc_now())
+        return loaded
 
     return _load
 

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
+from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.identifiers import parse_file_ids
 from jobstatus_dagster.core.plan import SCANNER, UpdatePlan, Window, failure_rows
 from jobstatus_dagster.core.print_status import as_event_time
@@ -19,13 +21,18 @@ from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import (
     load_files_of_jobs,
     load_mapping_for_impositions,
-    load_max_print_markers,
     load_operation_codes,
+    load_print_rows,
     load_runlist_paths,
     load_runlists_of_impositions,
 )
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
-from jobstatus_dagster.pipeline.ops import LoadedWindow, build_load_op, write_updates
+from jobstatus_dagster.pipeline.ops import (
+    LoadedWindow,
+    build_load_op,
+    load_window_rows,
+    write_updates,
+)
 from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
@@ -44,19 +51,30 @@ class ResolvedScanWindow:
     failures: pd.DataFrame
     customer: str
     loaded: pd.DataFrame
+    stats: dict[str, int]
 
 
-@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
-def resolve_scan_window(
-    context: dg.OpExecutionContext,
-    loaded: LoadedWindow,
-    jobmanager: PostgresDatabase,
-    logs: PostgresDatabase,
-    processing: ProcessingSettings,
+def _runlist_scores(
+    candidates: pd.DataFrame, scans: pd.DataFrame, paths: pd.DataFrame, prints: pd.DataFrame
+) -> pd.DataFrame:
+    """R6: per (scan, runlist) the highest print marker among the runlist's impositions' rows
+    at or before the scan's time (NA: none), so the choice is a function of the data."""
+    rows = (
+        candidates.merge(scans[["source_id", "event_time"]], on="source_id")
+        .merge(paths, on="runlist_id")
+        .merge(prints, on="imposition_id")
+    )
+    rows = rows[pd.to_datetime(rows["complete_time"]) <= rows["event_time"]]
+    best = rows.groupby(["source_id", "runlist_id"], as_index=False)["marker"].max()
+    return candidates.merge(
+        best.rename(columns={"marker": "max_marker"}), on=["source_id", "runlist_id"], how="left"
+    )
+
+
+def resolve_scan(
+    loaded: LoadedWindow, jobmanager: sa.Engine, logs: sa.Engine, customer: str
 ) -> ResolvedScanWindow:
     """Codes → runlist or job (R5, R6) → impositions → files → job versions; operations (R7)."""
-    started = time.perf_counter()
-    customer = processing.resolved().file_customer
     rows = loaded.rows
     scans = rows.assign(
         code_text=rows["code_text"].astype("string").str.strip(),
@@ -66,7 +84,7 @@ def resolve_scan_window(
     failures = [failure_rows(scans[no_code], SCANNER, "missing_code", "", "scan has no code_text")]
     scans = scans[~no_code].reset_index(drop=True)
 
-    with transient_errors(loaded.window), logs.engine.connect() as conn:
+    with transient_errors(loaded.window), logs.connect() as conn:
         known = set(load_operation_codes(conn)["operation"].dropna())
         codes = scans["code_text"].unique().tolist()
         runlist_paths = load_runlist_paths(conn, codes)
@@ -104,18 +122,13 @@ def resolve_scan_window(
         all_paths = pd.concat(
             [runlist_paths, load_runlist_paths(conn, candidate_runlists)], ignore_index=True
         ).drop_duplicates()
-    # R6: among several runlists, the one whose impositions printed last.
+    # R6: among several runlists, the one whose impositions printed last before the scan.
     ambiguous = candidates[candidates.duplicated("source_id", keep=False)]
     if not ambiguous.empty:
         paths = all_paths[all_paths["runlist_id"].isin(ambiguous["runlist_id"])]
-        with transient_errors(loaded.window), jobmanager.engine.connect() as conn:
-            markers = load_max_print_markers(conn, paths["imposition_id"].unique().tolist())
-        runlist_marker = (
-            paths.merge(markers, on="imposition_id", how="left")
-            .groupby("runlist_id", as_index=False)["max_marker"]
-            .max()
-        )
-        candidates = candidates.merge(runlist_marker, on="runlist_id", how="left")
+        with transient_errors(loaded.window), jobmanager.connect() as conn:
+            prints = load_print_rows(conn, paths["imposition_id"].unique().tolist())
+        candidates = _runlist_scores(candidates, scans, paths, prints)
     else:
         candidates = candidates.assign(max_marker=pd.NA)
     chosen = choose_runlists(candidates)
@@ -126,14 +139,14 @@ def resolve_scan_window(
     single_jobs = job_scans[~job_scans["source_id"].isin(chosen["source_id"])]
 
     paths = all_paths[all_paths["runlist_id"].isin(scan_runlists["runlist_id"])]
-    with transient_errors(loaded.window), logs.engine.connect() as conn:
+    with transient_errors(loaded.window), logs.connect() as conn:
         mapping = load_mapping_for_impositions(conn, paths["imposition_id"].unique().tolist())
     runlist_files = paths.merge(mapping, on="imposition_id", how="left")
 
     valid = scans[scans["code_kind"] != "unrecognised"]
     operations, op_failures = scan_operations(valid, known)
     failures.append(op_failures)
-    resolved = ResolvedScanWindow(
+    return ResolvedScanWindow(
         window=loaded.window,
         scans=valid[["source_id", "marker", "code_text", "event_time", "machine_id"]],
         operations=operations,
@@ -143,28 +156,31 @@ def resolve_scan_window(
         failures=pd.concat([f for f in failures if len(f)] or failures[:1], ignore_index=True),
         customer=customer,
         loaded=rows[["source_id", "marker", "kind"]],
-    )
-    context.add_output_metadata(
-        {
+        stats={
             "scans": len(rows),
             "runlist_scans": int((scans["code_kind"] == "runlist").sum()),
             "job_scans": int((scans["code_kind"] == "job").sum()),
             "job_scans_widened_to_runlist": len(chosen),
             "unrecognised": len(unknown),
-            "failures": len(resolved.failures),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
+        },
     )
-    crash_point("after_resolve")
-    return resolved
 
 
-@dg.op(tags={"kind": "pandas"})
-def compute_scan_updates(
-    context: dg.OpExecutionContext, resolved: ResolvedScanWindow
+def plan_scans(
+    loaded: LoadedWindow, jobmanager: sa.Engine, logs: sa.Engine, settings: Settings
 ) -> UpdatePlan:
-    """Operation updates per scan, job version and imposition, with precedence (R15). Pure."""
-    started = time.perf_counter()
+    """Resolve and compute one loaded window; the plan can make itself again (R24)."""
+    resolved = resolve_scan(loaded, jobmanager, logs, settings.file_customer)
+    return finish_scan_plan(resolved, loaded, jobmanager, logs, settings)
+
+
+def finish_scan_plan(
+    resolved: ResolvedScanWindow,
+    loaded: LoadedWindow,
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    settings: Settings,
+) -> UpdatePlan:
     plan = compute_scan_plan(
         resolved.window,
         resolved.scans,
@@ -176,6 +192,56 @@ def compute_scan_updates(
         resolved.customer,
     )
     plan.processed = resolved.loaded  # every row read, including those that only failed (R20)
+    plan.generation = loaded.generation
+    plan.processing_time = loaded.processing_time
+
+    def replan() -> UpdatePlan:
+        again = load_window_rows(jobmanager, loaded.window, settings, loaded.processing_time)
+        return plan_scans(again, jobmanager, logs, settings)
+
+    plan.replan = replan
+    return plan
+
+
+@dataclass(frozen=True)
+class ScanWork:
+    """What the resolve op hands to the compute op."""
+
+    resolved: ResolvedScanWindow
+    loaded: LoadedWindow
+    jobmanager: sa.Engine
+    logs: sa.Engine
+    settings: Settings
+
+
+@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
+def resolve_scan_window(
+    context: dg.OpExecutionContext,
+    loaded: LoadedWindow,
+    jobmanager: PostgresDatabase,
+    logs: PostgresDatabase,
+    processing: ProcessingSettings,
+) -> ScanWork:
+    """Codes → runlist or job (R5, R6) → impositions → files → job versions; operations (R7)."""
+    started = time.perf_counter()
+    settings = processing.resolved()
+    resolved = resolve_scan(loaded, jobmanager.engine, logs.engine, settings.file_customer)
+    context.add_output_metadata(
+        {
+            **resolved.stats,
+            "failures": len(resolved.failures),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    crash_point("after_resolve")
+    return ScanWork(resolved, loaded, jobmanager.engine, logs.engine, settings)
+
+
+@dg.op(tags={"kind": "pandas"})
+def compute_scan_updates(context: dg.OpExecutionContext, work: ScanWork) -> UpdatePlan:
+    """Operation attributions per scan, job version and imposition (R5–R8, R15). Pure."""
+    started = time.perf_counter()
+    plan = finish_scan_plan(work.resolved, work.loaded, work.jobmanager, work.logs, work.settings)
     context.add_output_metadata(
         {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
     )

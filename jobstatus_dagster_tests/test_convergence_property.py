@@ -1,0 +1,44 @@
+"""R22–R24 as a property: random small shops, random schedules (windows, out-of-order commits,
+backfills, stale plans writing after newer ones, crashes, reference corrections); the state
+always ends equal to a from-scratch run and re-running changes nothing. A small budget here;
+`make faults` scenario 9 runs a large one."""
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobstatus_dagster.config import load_settings
+from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_dagster_tests.convergence import Env, check_schedule, schedules, shops
+
+EXAMPLES = int(os.environ.get("JOBSTATUS_CONVERGENCE_EXAMPLES", "12"))
+
+
+@pytest.fixture(scope="module")
+def env(urls: DatabaseUrls) -> Iterator[Env]:
+    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
+    logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
+    tuned = load_settings().model_copy(
+        update={"chunk_size": 3, "retry_interval_seconds": 0, "late_row_lookback": 4}
+    )
+    yield Env(jm, logs, tuned)
+    jm.dispose()
+    logs.dispose()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(data=st.data())
+def test_r22_state_is_a_function_of_the_data_whatever_the_schedule(env: Env, data) -> None:
+    shop = data.draw(shops())
+    steps = data.draw(schedules(shop))
+    problems = check_schedule(env, shop, steps)
+    assert not problems, "\n".join(problems[:40])
