@@ -1,13 +1,17 @@
 """R4 file ids and R12 version order: pure, with property-based checks."""
 
 import pandas as pd
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jobstatus_dagster.core.identifiers import (
+    FILE_JOB_SQL,
+    ID_WHITESPACE,
     highest_versions,
     parse_file_id,
     parse_file_ids,
+    trim_ids,
     version_sort_key,
 )
 
@@ -28,11 +32,63 @@ def test_r4_non_matching_ids_are_not_guessed() -> None:
         "FILE_1_Labex_46a4_5889",
         "file_1_Labex_4604_5889",
         "FILE__Labex_4604_5889",
-        " FILE_1_Labex_4604_5889",
+        "FILE_1_Labex_4604_5889\x0b",  # not whitespace R4 trims (SQL's btrim keeps it too)
         "garbage.pdf",
         "",
     ]:
         assert parse_file_id(bad) is None, bad
+
+
+def test_r4_surrounding_whitespace_is_trimmed_and_trailing_newline_is_not_special() -> None:
+    for spelling in (
+        "FILE_1_Labex_1001_2001\n",
+        " FILE_1_Labex_1001_2001",
+        "\tFILE_1_Labex_1001_2001\r\n",
+    ):
+        assert parse_file_id(spelling) == ("1001_2001", "1"), repr(spelling)
+    parsed = parse_file_ids(pd.Series(["FILE_1_Labex_1001_2001\n", "FILE_1_Labex_1001_2001"]))
+    assert parsed["job_id"].tolist() == ["1001_2001", "1001_2001"]
+    # Inside the id, whitespace still makes it another id (or a malformed one).
+    assert parse_file_id("FILE_1_Labex_1001_2001\nx") is None
+    assert trim_ids(pd.Series([" a\t", None, "\r\nb \n"])).tolist() == ["a", pd.NA, "b"]
+
+
+whitespace = st.text(alphabet=ID_WHITESPACE, max_size=3)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            whitespace,
+            st.from_regex(
+                r"FILE_[0-9a-z ]{1,3}_Labex_[0-9]{1,4}_[0-9]{1,4}(_[a-z0-9_ \n]{0,4})?",
+                fullmatch=True,
+            ),
+            whitespace,
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_r4_python_and_sql_extract_the_same_job_from_padded_ids(
+    engines: tuple[sa.Engine, sa.Engine], padded: list[tuple[str, str, str]]
+) -> None:
+    """R4 in Python and SQL: the same job id for any padding (FILE_JOB_SQL is indexed, R9)."""
+    ids = [before + core + after for before, core, after in padded]
+    with engines[1].connect() as conn:
+        sql_jobs = (
+            conn.execute(
+                sa.text(
+                    f"SELECT {FILE_JOB_SQL.replace(':', chr(92) + ':')}"
+                    " FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS t(file_id, n) ORDER BY n"
+                ),
+                {"ids": ids},
+            )
+            .scalars()
+            .all()
+        )
+    python_jobs = [None if pd.isna(j) else j for j in parse_file_ids(pd.Series(ids))["job_id"]]
+    assert python_jobs == sql_jobs
 
 
 def test_r4_customer_token_is_configurable() -> None:

@@ -4,6 +4,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.pipeline.runner import execute_window
@@ -33,6 +34,59 @@ def test_r11_job_completes_when_second_imposition_prints(shop: Shop, instance) -
     assert shop.job_operations_json(job) == {"print": True}
     counts = [(a["printed_count"], a["total_count"], a["status"]) for a in shop.audit(job)]
     assert counts == [(2, 3, "partial"), (3, 3, "completed")]
+
+
+@pytest.mark.parametrize("spelling", ["{}\n", " {}\r\n", "{}\t"])
+def test_r4_file_id_with_surrounding_whitespace_counts_like_any_other(
+    shop: Shop, instance, spelling: str
+) -> None:
+    """R4: a mapped file id differing only by surrounding whitespace is the same file id in the
+    Python parser and in the SQL lookup of a job's files, so the job has two files, not one."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    shop.map_files(f"{job}-A", [spelling.format(f"FILE_1_Labex_{job}")])
+    shop.map_files(f"{job}-B", files(job, "1", 2))
+    first, _ = shop.print_event(f"{job}-B", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("partial", "1 of 2 files printed")
+
+    second, _ = shop.print_event(f"{job}-A", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")
+    assert shop.job_operations_json(job) == {"print": True}
+    assert shop.failures(first) == [] and shop.failures(second) == []
+
+
+@pytest.mark.parametrize(
+    ("printed_as", "mapped_as"),
+    [("{}-J ", "{}-J"), ("{}-J", "{}-J\t"), (" {}-J\r\n", "{}-J \n")],
+)
+def test_r4_imposition_name_with_surrounding_whitespace_is_one_imposition(
+    shop: Shop, instance, printed_as: str, mapped_as: str
+) -> None:
+    """R4: "print OS".name 'IMP-J ' and mapping 'IMP-J\t' are imposition IMP-J for the event,
+    the mapping lookup and the history lookup alike, so the job completes when its second
+    imposition prints in a later run (R11), instead of staying partial."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    name = f"{job}-J"
+    shop.map_files(mapped_as.format(job), files(job, "1", 1), with_op_row=False)
+    shop.add_imposition_operation(name)
+    shop.map_files(f"{job}-K", files(job, "1", 2))
+    first, _ = shop.print_event(printed_as.format(job), "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("partial", "1 of 2 files printed")
+
+    second, _ = shop.print_event(f"{job}-K", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")
+    assert shop.job_operations_json(job) == {"print": True}
+    assert shop.imposition_print_row(name)["status"] == "completed"
+    assert shop.failures(first) == [] and shop.failures(second) == []
 
 
 def test_r9_r10_reprinted_file_counts_once_and_printed_beats_aborted(shop: Shop, instance) -> None:

@@ -52,6 +52,18 @@ def test_r5_runlist_scan_updates_every_job_and_imposition_of_the_runlist(
         assert shop.imposition_op_row(name, "op003")["status"] == "completed"
 
 
+def test_r4_runlist_and_imposition_ids_compare_trimmed(shop: Shop, instance) -> None:
+    """R4: planner rows 'RL-x\n' / ' I\t' are runlist RL-x and imposition I for the scan."""
+    job = planned_job(shop)
+    name = imposition(shop, f"{job}-T", job)
+    shop.plan_runlist(f"RL-{job}-T\n", [f" {name}\t"])
+    scan_id = shop.scan(f"RL-{job}-T", ["coating"])
+    run_scanner(shop, instance)
+    assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+    assert shop.imposition_op_row(name, "op003")["status"] == "completed"
+    assert shop.failures(scan_id) == []
+
+
 def test_r6_job_scan_widens_to_its_runlist(shop: Shop, instance) -> None:
     a, b = planned_job(shop), planned_job(shop)
     shop.plan_runlist(f"RL-{a}", [imposition(shop, f"{a}-I1", a), imposition(shop, f"{a}-I2", b)])

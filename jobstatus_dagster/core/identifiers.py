@@ -7,26 +7,56 @@ import re
 import numpy as np
 import pandas as pd
 
+# R4: identifiers read from any table compare after trimming exactly these characters, in Python
+# (``trim_id``/``trim_ids``) and in SQL (``trimmed_sql``). Python's bare ``str.strip()`` would
+# also drop other Unicode whitespace that SQL keeps, and the two sides would disagree.
+ID_WHITESPACE = " \t\n\r"
+_SQL_ID_WHITESPACE = r"E' \t\n\r'"
+
 # R4: FILE_<version_tag>_<customer>_<job_id>[_<extra>], job id = two digit groups joined by "_".
 # Bounded lengths: an absurd id is recorded as not matching rather than carried into keys.
+# Matched with fullmatch on the trimmed id: "$" would also match before a trailing newline.
 _FILE_ID = (
-    r"^FILE_(?P<version_tag>[^_]{{1,40}})_(?P<customer>{customer})"
-    r"_(?P<job_id>[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?$"
+    r"FILE_(?P<version_tag>[^_]{{1,40}})_(?P<customer>{customer})"
+    r"_(?P<job_id>[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?"
 )
 
-# The same extraction as an SQL expression; the logs migration indexes exactly this text (R9).
-FILE_JOB_SQL = "substring(file_id from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')"
+
+def trimmed_sql(column: str) -> str:
+    """R4: ``column`` trimmed as ``trim_ids`` trims; the migrations index exactly this text, so
+    a lookup must use it verbatim to reach its index."""
+    return f"btrim({column}, {_SQL_ID_WHITESPACE})"
+
+
+# The same extraction as an SQL expression, on the trimmed id (R4); the logs migration
+# 0002_trimmed_identifiers indexes exactly this text (R9).
+FILE_JOB_SQL = (
+    f"substring({trimmed_sql('file_id')} from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')"
+)
 
 _NUMERIC = re.compile(r"^[0-9]+$")
 
 
+def trim_id(value: str) -> str:
+    """R4: one identifier without its surrounding whitespace."""
+    return value.strip(ID_WHITESPACE)
+
+
+def trim_ids(values: pd.Series) -> pd.Series:
+    """R4: identifiers (any dtype, NA kept) as trimmed strings."""
+    return values.astype("string").str.strip(ID_WHITESPACE)
+
+
 def file_id_regex(customer: str) -> re.Pattern[str]:
+    """R4's pattern for ``customer``; use ``fullmatch`` on a trimmed id."""
     return re.compile(_FILE_ID.format(customer=re.escape(customer)), re.DOTALL)
 
 
 def parse_file_id(file_id: str, customer: str = "Labex") -> tuple[str, str] | None:
     """``(job_id, version_tag)`` of one file id, or None when it does not match R4."""
-    match = file_id_regex(customer).match(file_id) if isinstance(file_id, str) else None
+    if not isinstance(file_id, str):
+        return None
+    match = file_id_regex(customer).fullmatch(trim_id(file_id))
     return (match["job_id"], match["version_tag"]) if match else None
 
 
@@ -35,9 +65,9 @@ def parse_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame
 
     Each distinct id is matched once: a window repeats the same files many times.
     """
-    codes, uniques = pd.factorize(file_ids.astype("string"), use_na_sentinel=True)
+    codes, uniques = pd.factorize(trim_ids(file_ids), use_na_sentinel=True)
     pattern = file_id_regex(customer)
-    matches = [pattern.match(u) for u in uniques]
+    matches = [pattern.fullmatch(u) for u in uniques]
     # The trailing None is what code -1 (a missing id) picks.
     job_ids = np.array([m["job_id"] if m else None for m in matches] + [None], dtype=object)
     tags = np.array([m["version_tag"] if m else None for m in matches] + [None], dtype=object)

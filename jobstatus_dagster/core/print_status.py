@@ -12,7 +12,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from jobstatus_dagster.core.identifiers import highest_versions, parse_file_ids
+from jobstatus_dagster.core.identifiers import highest_versions, parse_file_ids, trim_ids
 from jobstatus_dagster.core.plan import (
     AUDIT_COLUMNS,
     FAILURE_COLUMNS,
@@ -71,7 +71,7 @@ def validate_events(
     """
     raw_status = events["status"].astype("string").fillna("NULL")
     events = events.assign(
-        imposition_id=events["imposition_id"].astype("string").str.strip(),
+        imposition_id=trim_ids(events["imposition_id"]),  # R4: as the SQL lookups trim
         status=normalise_status(events["status"]),
         event_time=as_event_time(events["event_time"], processing_time),
     )

@@ -24,8 +24,9 @@ from jobstatus_dagster.core.plan import (
     precedence,
 )
 
-# R5: <job_id>_<version_tag>, job id as in R4 (two digit groups).
-JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})$")
+# R5: <job_id>_<version_tag>, job id as in R4 (two digit groups). \Z, not $: "$" also matches
+# before a trailing newline (R4: codes are trimmed first, and compared whole).
+JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})\Z")
 _SEPARATORS = re.compile(r"[\s\-]+")
 _TRUE_WORDS = frozenset({"true", "yes", "y", "1", "done", "completed", "ok"})
 
