@@ -9,6 +9,7 @@ from jobstatus_dagster.core.identifiers import (
     FILE_JOB_SQL,
     ID_WHITESPACE,
     highest_versions,
+    normalise_operation_codes,
     parse_file_id,
     parse_file_ids,
     trim_ids,
@@ -132,3 +133,36 @@ def test_r12_numeric_highest_is_the_max_number(tags: list[str]) -> None:
     frame = pd.DataFrame({"job_id": "1_1", "version_tag": tags})
     (highest,) = highest_versions(frame)["version_tag"]
     assert int(highest) == max(int(t) for t in tags)
+
+
+def test_r8_operation_codes_are_normalised_and_one_per_name() -> None:
+    rows = [
+        ("Die Cut", "op010"),
+        ("die-cut", None),  # collides with 'Die Cut': the row with a code wins
+        ("Kiss Cut", None),
+        ("kiss_cut", "op006"),
+        ("print ", " op001\n"),  # R4: codes are trimmed too
+        ("Coating", "op099"),
+        ("coating", "op003"),  # both have codes: the row spelled normalised wins
+        ("backscore", ""),  # an empty code is no code
+        ("---", "op777"),  # normalises to nothing: not an operation
+    ]
+    codes = normalise_operation_codes(
+        pd.DataFrame(rows, columns=["operation", "operation_id"]).astype("string")
+    )
+    expected = {
+        "backscore": None,
+        "coating": "op003",
+        "die_cut": "op010",
+        "kiss_cut": "op006",
+        "print": "op001",
+    }
+    assert {
+        name: (None if pd.isna(code) else code) for name, code in codes.itertuples(index=False)
+    } == expected
+    assert codes["operation"].is_unique
+    # The same table in any row order gives the same codes (R23).
+    shuffled = normalise_operation_codes(
+        pd.DataFrame(rows[::-1], columns=["operation", "operation_id"]).astype("string")
+    )
+    pd.testing.assert_frame_equal(shuffled, codes)

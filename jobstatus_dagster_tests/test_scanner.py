@@ -186,6 +186,32 @@ def test_r8_the_shop_maps_an_operation_by_editing_the_table(urls, instance) -> N
             )
 
 
+def test_r8_operation_codes_names_are_normalised_like_scanned_names(urls, instance) -> None:
+    """R8: the shop's rows 'Die Cut' → op010 (and a code-less 'DIE-CUT') mean die_cut, so scans
+    of "Die Cut" and "die-cut" update the op010 rows instead of failing as unknown."""
+    with Shop(urls) as shop:
+        job = planned_job(shop)
+        shop.add_job_operation(job, "1", "op010")
+        shop.execute(
+            shop.logs,
+            "INSERT INTO operation_codes (operation, operation_id)"
+            " VALUES ('Die Cut', 'op010'), ('DIE-CUT', NULL)",
+        )
+        try:
+            first = shop.scan(f"{job}_1", {"Die Cut": True}, at=T0)
+            second = shop.scan(f"{job}_1", ["die-cut"], at=T0 + timedelta(hours=1))
+            run_scanner(shop, instance)
+            row = shop.job_op_row(job, "1", "op010")
+            assert (row["status"], row["source_id"]) == ("completed", second)
+            assert shop.job_operations_json(job) == {"die_cut": True}
+            assert shop.failures(first) == [] and shop.failures(second) == []
+        finally:
+            shop.execute(
+                shop.logs,
+                "DELETE FROM operation_codes WHERE operation IN ('Die Cut', 'DIE-CUT')",
+            )
+
+
 def test_r15_scanner_print_never_overrides_print_os(shop: Shop, instance) -> None:
     job = planned_job(shop)
     shop.map_files(f"{job}-P", [f"FILE_1_Labex_{job}_1", f"FILE_1_Labex_{job}_2"])

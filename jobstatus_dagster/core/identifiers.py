@@ -35,6 +35,7 @@ FILE_JOB_SQL = (
 )
 
 _NUMERIC = re.compile(r"^[0-9]+$")
+_SEPARATORS = re.compile(r"[\s\-]+")
 
 
 def trim_id(value: str) -> str:
@@ -77,6 +78,44 @@ def parse_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame
             "version_tag": pd.array(tags[codes], dtype="string"),
         },
         index=file_ids.index,
+    )
+
+
+def normalise_operation(name: str) -> str:
+    """R7: lower case, spaces and hyphens to "_" ("Kiss Cut" → "kiss_cut"). Shared by scans and
+    operation_codes (R8), so a name means the same on both sides."""
+    return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
+
+
+def normalise_operation_codes(codes: pd.DataFrame) -> pd.DataFrame:
+    """R8: operation_codes rows (operation, operation_id) → one row per normalised name (R7),
+    codes trimmed (R4; empty means no code). Where rows collide ('Die Cut', 'die-cut'), one with a
+    code wins, then the row already spelled normalised, then the lowest code: a function of the
+    table alone (R23), and never two codes for one name in the writer's join."""
+    raw = codes["operation"].astype("string")
+    names = pd.Series(
+        [normalise_operation(n) if isinstance(n, str) else None for n in raw],
+        index=codes.index,
+        dtype="string",
+    )
+    ids = trim_ids(codes["operation_id"])
+    ids = ids.where(ids != "")
+    ranked = pd.DataFrame(
+        {
+            "operation": names,
+            "operation_id": ids,
+            "_no_code": ids.isna().astype(bool),
+            "_respelled": (names != raw).fillna(True).astype(bool),
+        }
+    )
+    ranked = ranked[names.notna() & (names != "")]
+    ranked = ranked.sort_values(
+        ["operation", "_no_code", "_respelled", "operation_id"], kind="stable", na_position="last"
+    )
+    return (
+        ranked.drop_duplicates("operation")[["operation", "operation_id"]]
+        .sort_values("operation")
+        .reset_index(drop=True)
     )
 
 

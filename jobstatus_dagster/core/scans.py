@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.identifiers import normalise_operation, parse_file_ids
 from jobstatus_dagster.core.plan import (
     AUDIT_COLUMNS,
     FAILURE_COLUMNS,
@@ -27,13 +27,7 @@ from jobstatus_dagster.core.plan import (
 # R5: <job_id>_<version_tag>, job id as in R4 (two digit groups). \Z, not $: "$" also matches
 # before a trailing newline (R4: codes are trimmed first, and compared whole).
 JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})\Z")
-_SEPARATORS = re.compile(r"[\s\-]+")
 _TRUE_WORDS = frozenset({"true", "yes", "y", "1", "done", "completed", "ok"})
-
-
-def normalise_operation(name: str) -> str:
-    """R7: lower case, spaces and hyphens to "_" ("Kiss Cut" → "kiss_cut")."""
-    return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
 
 
 def _truthy(value: Any) -> bool:

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.identifiers import FILE_JOB_SQL, trim_id, trimmed_sql
+from jobstatus_dagster.core.identifiers import (
+    FILE_JOB_SQL,
+    normalise_operation_codes,
+    trim_id,
+    trimmed_sql,
+)
 from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
 
 
@@ -354,11 +359,15 @@ def load_print_history(
 
 
 def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
-    """operation name → operation_id (R8); operation_id NA where the shop has not assigned one."""
-    return pd.read_sql(
-        sa.text("SELECT operation, operation_id FROM operation_codes"),
-        conn,
-        dtype={"operation": "string", "operation_id": "string"},
+    """operation name → operation_id (R8), one row per name normalised like scanned names (R7):
+    the shop's row 'Die Cut' matches a scan of "die-cut". operation_id trimmed (R4), NA where
+    the shop has not assigned one."""
+    return normalise_operation_codes(
+        pd.read_sql(
+            sa.text("SELECT operation, operation_id FROM operation_codes"),
+            conn,
+            dtype={"operation": "string", "operation_id": "string"},
+        )
     )
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER
-from jobstatus_dagster.io.sources import SOURCE_TABLES
+from jobstatus_dagster.io.sources import SOURCE_TABLES, load_operation_codes
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -128,14 +128,16 @@ def print_flag_agrees_with_job_operations(
             conn,
         )
     with logs.engine.connect() as conn:
+        # R8: the print code as the writer reads it (names normalised, codes trimmed).
+        codes = load_operation_codes(conn)
+        print_ids = codes.loc[codes["operation"] == "print", "operation_id"].dropna().tolist()
         rows = pd.read_sql(
             sa.text(
                 "SELECT o.job_id, o.version_tag, o.status FROM job_operations o"
-                " JOIN operation_codes c ON c.operation_id = o.operation_id"
-                " WHERE c.operation = 'print' AND o.job_id = ANY(:jobs)"
+                " WHERE o.operation_id = ANY(:codes) AND o.job_id = ANY(:jobs)"
             ),
             conn,
-            params={"jobs": states["job_id"].unique().tolist()},
+            params={"codes": print_ids, "jobs": states["job_id"].unique().tolist()},
         )
     merged = states.merge(rows, on=["job_id", "version_tag"], how="left")
     flag_differs = merged["flag"].fillna(False) != merged["value"]
