@@ -7,12 +7,20 @@ from hypothesis import strategies as st
 
 from jobstatus_dagster.core.identifiers import (
     FILE_JOB_SQL,
+    FOREIGN,
     ID_WHITESPACE,
+    MALFORMED,
+    OURS,
+    classify_file_ids,
+    file_id_sql_patterns,
+    foreign_file_failures,
     highest_versions,
     normalise_operation_codes,
     parse_file_id,
     parse_file_ids,
+    trim_id,
     trim_ids,
+    trimmed_sql,
     version_sort_key,
 )
 
@@ -166,3 +174,73 @@ def test_r8_operation_codes_are_normalised_and_one_per_name() -> None:
         pd.DataFrame(rows[::-1], columns=["operation", "operation_id"]).astype("string")
     )
     pd.testing.assert_frame_equal(shuffled, codes)
+
+
+def test_r20_file_ids_are_ours_foreign_or_malformed() -> None:
+    ids = {
+        "FILE_1_Labex_4604_5889_80": OURS,
+        " FILE_2_Labex_4604_5889\n": OURS,
+        "FILE_1_Acme_4604_5889": FOREIGN,
+        "FILE_1_Other_12_34_5": FOREIGN,
+        "FILE_1_labex_4604_5889": MALFORMED,  # our token but for case: likely ours, mistyped
+        "FILE_X_Other_abc": MALFORMED,
+        "FILE_2_Labex_12345": MALFORMED,
+        "garbage.pdf": MALFORMED,
+        "": MALFORMED,
+    }
+    series = pd.Series([*ids, None], dtype="object")
+    assert classify_file_ids(series, "Labex").tolist() == [*ids.values(), MALFORMED]
+    assert classify_file_ids(pd.Series(["FILE_1_Labex_1_2"]), "Acme").tolist() == [FOREIGN]
+
+
+def test_r20_foreign_failures_are_one_per_file_id_whatever_the_events() -> None:
+    ids = pd.Series(["FILE_1_Acme_1_2", "FILE_1_Acme_1_2 ", "garbage", "FILE_1_Labex_1_2"] * 3)
+    failures = foreign_file_failures(ids, "Labex")
+    assert failures[["source_type", "source_id", "reason", "subject", "retryable"]].to_dict(
+        "records"
+    ) == [
+        {
+            "source_type": "imposition_file_mapping",
+            "source_id": 0,
+            "reason": "foreign_file",
+            "subject": "FILE_1_Acme_1_2",
+            "retryable": False,
+        }
+    ]
+    assert foreign_file_failures(pd.Series([], dtype="string"), "Labex").empty
+
+
+file_like = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(
+        r"\s?FILE_[0-9a-z ]{1,3}_[A-Za-z]{1,6}_[0-9]{1,3}_[0-9]{1,3}(_[a-z\n]{0,3})?\s?",
+        fullmatch=True,
+    ),
+)
+
+
+@given(st.lists(file_like, min_size=1, max_size=20))
+def test_r4_r20_sql_patterns_classify_like_python(
+    engines: tuple[sa.Engine, sa.Engine], values: list[str]
+) -> None:
+    """The data-quality check (SQL) and the processors (Python) agree on what is ours and what
+    is well-formed, on trimmed ids."""
+    values = [v.replace("\x00", "") for v in values]  # Postgres text holds no NUL
+    ours, anyone = file_id_sql_patterns("Labex")
+    with engines[1].connect() as conn:
+        matched = conn.execute(
+            sa.text(
+                f"SELECT {trimmed_sql('v')} ~ :ours, {trimmed_sql('v')} ~ :anyone"
+                " FROM unnest(CAST(:values AS text[])) WITH ORDINALITY AS t(v, n) ORDER BY n"
+            ),
+            {"values": values, "ours": ours, "anyone": anyone},
+        ).all()
+    kinds = classify_file_ids(pd.Series(values), "Labex").tolist()
+    for value, kind, (is_ours, well_formed) in zip(values, kinds, matched, strict=True):
+        if kind == OURS:
+            assert is_ours and well_formed, value
+        elif kind == FOREIGN:
+            assert well_formed and not is_ours, value
+        else:  # malformed: not well-formed, or our token but for case (the check compares lower)
+            token = trim_id(value).split("_")[2] if well_formed else ""
+            assert not is_ours and (not well_formed or token.casefold() == "labex"), value

@@ -212,10 +212,11 @@ def test_r16_missing_rows_not_invented_and_missing_job_recorded(shop: Shop, inst
     assert (
         shop.scalar(shop.logs, "SELECT count(*) FROM job_operations WHERE job_id = :j", j=job) == 0
     )
-    reasons = {(f["reason"], f["subject"], f["retryable"]) for f in shop.failures(source_id)}
-    assert ("missing_operation_row", f"{job}/1/print", False) in reasons
-    assert ("missing_operation_row", f"{job}-A/print", False) in reasons
-    assert ("missing_job", ghost, True) in reasons
+    reasons = {(f["reason"], f["subject"]) for f in shop.failures(source_id)}
+    assert ("missing_operation_row", f"{job}/1/print") in reasons
+    assert ("missing_operation_row", f"{job}-A/print") in reasons
+    assert ("missing_job", ghost) in reasons
+    assert shop.failures(source_id, "missing_job")[0]["retryable"] is True
     # jobs.operations and the audit are still written for the job that exists...
     assert shop.job_operations_json(job) == {"print": True}
     assert len(shop.audit(job)) == 1
@@ -264,7 +265,8 @@ def test_r20_bad_rows_recorded_and_batch_continues(shop: Shop, instance) -> None
 
     assert shop.job_print_row(job, "1")["status"] == "completed"
     bad_files = {f["subject"] for f in shop.failures(good, "bad_file_id")}
-    assert bad_files == {"FILE_1_Other_12_34_5", "garbage.pdf"}
+    assert bad_files == {"garbage.pdf"}  # another customer's id is not malformed (R20)
+    assert [f["subject"] for f in shop.failures(0, "foreign_file")] == ["FILE_1_Other_12_34_5"]
     assert shop.failures(unmapped, "unmapped_imposition")[0]["retryable"] is True
     assert shop.failures(paused, "unknown_status")[0]["subject"] == "PAUSED"
     assert shop.failures(nameless, "missing_imposition_id")[0]["retryable"] is False
@@ -412,3 +414,31 @@ def test_r9_files_of_jobs_probe_the_index_whatever_share_of_the_mapping(shop: Sh
     assert set(found["file_id"]) == {f for job in jobs for f in files(job, "1", 1, 2, 3)}
     assert (scans.seq_scan, scans.idx_scan > 0) == (0, True)
     assert seqscan_after == "on"
+
+
+def test_r20_foreign_file_is_recorded_once_per_file_id_not_per_event(shop: Shop, instance) -> None:
+    """R20: FILE_1_Acme_… is well-formed but not ours: not a bad_file_id per event, one
+    foreign_file row for the file id, however many events, windows and re-runs meet it; and it
+    is not one of the job's files (R9)."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    foreign = f"FILE_1_Acme_{job}"
+    shop.map_files(f"{job}-A", [*files(job, "1", 1), foreign])
+    shop.map_files(f"{job}-B", [*files(job, "1", 2), f"{foreign}\n"])
+    first, marker = shop.print_event(f"{job}-A", "PRINTED")
+    again, _ = shop.print_event(f"{job}-A", "PRINTED")
+    shop.process(instance)
+    last, _ = shop.print_event(f"{job}-B", "PRINTED")
+    shop.process(instance)
+    job_def = shop.definitions().resolve_job_def("process_print_os")
+    rerun = execute_window(job_def, instance, PlannedRun("print_os", marker - 1, marker, "t"), "t")
+    assert rerun.success, rerun.error
+
+    recorded = [f for f in shop.failures(reason="foreign_file") if f["subject"] == foreign]
+    assert [
+        (f["source_type"], f["source_id"], f["retryable"], f["attempts"], f["resolved_at"])
+        for f in recorded
+    ] == [("imposition_file_mapping", 0, False, 1, None)]
+    assert all(shop.failures(event) == [] for event in (first, again, last))
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")

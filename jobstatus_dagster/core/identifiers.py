@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from jobstatus_dagster.core.plan import FOREIGN_FILE, failure_rows
+
 # R4: identifiers read from any table compare after trimming exactly these characters, in Python
 # (``trim_id``/``trim_ids``) and in SQL (``trimmed_sql``). Python's bare ``str.strip()`` would
 # also drop other Unicode whitespace that SQL keeps, and the two sides would disagree.
@@ -16,10 +18,24 @@ _SQL_ID_WHITESPACE = r"E' \t\n\r'"
 # R4: FILE_<version_tag>_<customer>_<job_id>[_<extra>], job id = two digit groups joined by "_".
 # Bounded lengths: an absurd id is recorded as not matching rather than carried into keys.
 # Matched with fullmatch on the trimmed id: "$" would also match before a trailing newline.
-_FILE_ID = (
-    r"FILE_(?P<version_tag>[^_]{{1,40}})_(?P<customer>{customer})"
-    r"_(?P<job_id>[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?"
-)
+# Any customer token: a well-formed id of another customer (R20: not ours, not malformed).
+_ANY_CUSTOMER = "[^_]{1,40}"
+
+# R20: what a file id is to us.
+OURS, FOREIGN, MALFORMED = "ours", "foreign", "malformed"
+FOREIGN_FILE_SOURCE = "imposition_file_mapping"  # where the id was read, not any one event
+
+
+def _file_id_pattern(customer_re: str, *, named: bool) -> str:
+    """R4's shape around a customer regex; Python (named groups) and Postgres ARE alike."""
+
+    def group(name: str) -> str:
+        return f"?P<{name}>" if named else ""
+
+    return (
+        f"FILE_({group('version_tag')}[^_]{{1,40}})_({group('customer')}{customer_re})"
+        f"_({group('job_id')}[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?"
+    )
 
 
 def trimmed_sql(column: str) -> str:
@@ -50,7 +66,19 @@ def trim_ids(values: pd.Series) -> pd.Series:
 
 def file_id_regex(customer: str) -> re.Pattern[str]:
     """R4's pattern for ``customer``; use ``fullmatch`` on a trimmed id."""
-    return re.compile(_FILE_ID.format(customer=re.escape(customer)), re.DOTALL)
+    return re.compile(_file_id_pattern(re.escape(customer), named=True), re.DOTALL)
+
+
+def file_id_sql_patterns(customer: str) -> tuple[str, str]:
+    """R4's patterns as Postgres regexes for a trimmed id (``~``): ``customer``'s, and any
+    customer's. Same semantics as ``file_id_regex`` ('.' matches newlines, '$' only the end)."""
+    return (
+        f"^{_file_id_pattern(re.escape(customer), named=False)}$",
+        f"^{_file_id_pattern(_ANY_CUSTOMER, named=False)}$",
+    )
+
+
+_ANY_FILE_ID = re.compile(_file_id_pattern(_ANY_CUSTOMER, named=True), re.DOTALL)
 
 
 def parse_file_id(file_id: str, customer: str = "Labex") -> tuple[str, str] | None:
@@ -116,6 +144,54 @@ def normalise_operation_codes(codes: pd.DataFrame) -> pd.DataFrame:
         ranked.drop_duplicates("operation")[["operation", "operation_id"]]
         .sort_values("operation")
         .reset_index(drop=True)
+    )
+
+
+def classify_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.Series:
+    """R4/R20, aligned to input: OURS (matches R4 for ``customer``), FOREIGN (well-formed with
+    another customer token: not ours, recorded once per file id as FOREIGN_FILE) or MALFORMED
+    (bad_file_id). A token equal to ours but for case is MALFORMED: most likely our own file
+    mistyped, which a data-quality check should show, not hide."""
+    codes, uniques = pd.factorize(trim_ids(file_ids), use_na_sentinel=True)
+    ours = file_id_regex(customer)
+    kinds = []
+    for value in uniques:
+        if ours.fullmatch(value):
+            kinds.append(OURS)
+            continue
+        match = _ANY_FILE_ID.fullmatch(value)
+        other = match is not None and match["customer"].casefold() != customer.casefold()
+        kinds.append(FOREIGN if other else MALFORMED)
+    labels = np.array([*kinds, MALFORMED], dtype=object)  # code -1 (a missing id) is malformed
+    return pd.Series(labels[codes], index=file_ids.index, dtype="string")
+
+
+def _customer_token(file_id: str) -> str:
+    match = _ANY_FILE_ID.fullmatch(file_id)
+    return match["customer"] if match else ""
+
+
+def foreign_file_failures(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame:
+    """R20: one FOREIGN_FILE failure per distinct foreign id among ``file_ids``, keyed
+    (FOREIGN_FILE_SOURCE, 0, FOREIGN_FILE, file id): whichever event, run or source meets the
+    file, the row is the same, so it is recorded once and never re-counted (R17, R23)."""
+    trimmed = trim_ids(file_ids)
+    foreign = pd.Series(
+        trimmed[classify_file_ids(trimmed, customer) == FOREIGN].dropna().unique(), dtype="string"
+    ).sort_values(ignore_index=True)
+    tokens = foreign.map(_customer_token)
+    return failure_rows(
+        pd.DataFrame({"source_id": 0}, index=foreign.index),
+        FOREIGN_FILE_SOURCE,
+        FOREIGN_FILE,
+        foreign,
+        "file id "
+        + foreign
+        + " belongs to customer "
+        + tokens
+        + ", not "
+        + customer
+        + "; not ours, skipped (R4, R20)",
     )
 
 
