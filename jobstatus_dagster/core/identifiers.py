@@ -51,6 +51,7 @@ FILE_JOB_SQL = (
 )
 
 _NUMERIC = re.compile(r"^[0-9]+$")
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
 _SEPARATORS = re.compile(r"[\s\-]+")
 
 
@@ -193,6 +194,17 @@ def foreign_file_failures(file_ids: pd.Series, customer: str = "Labex") -> pd.Da
         + customer
         + "; not ours, skipped (R4, R20)",
     )
+
+
+def natural_key(text: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """R6's natural order: digit runs compare as numbers, the rest as text ('RL-10' > 'RL-9',
+    '10' > '9'); the text itself breaks what numbers tie ('RL-09', 'RL-9'), so the order is
+    total and a choice made with it is a function of the data (R22)."""
+    parts = _DIGIT_RUNS.split(text)  # digit runs at the odd positions
+    key = tuple(
+        (0, int(part), "") if i % 2 else (1, 0, part) for i, part in enumerate(parts) if part
+    )
+    return key, text
 
 
 def version_sort_key(tag: str) -> tuple[int, int, str]:
