@@ -90,3 +90,29 @@ def test_print_agreement_check_fails_when_jobs_and_job_operations_disagree(
     )
     check = run_checks(good_shop, instance)["print_flag_agrees_with_job_operations"]
     assert not check.passed and "9002_2" in check.metadata["sample"].value
+
+
+def test_r20_other_customers_file_ids_are_not_data_quality_failures(
+    good_shop: Shop, instance
+) -> None:
+    good_shop.execute(
+        good_shop.logs,
+        "INSERT INTO imposition_file_mapping (imposition_id, file_id) VALUES"
+        " ('Q-F', 'FILE_1_Acme_4604_5889'), ('Q-F', E'FILE_1_Labex_9001_1_7\\n')",
+    )
+    good_shop.execute(
+        good_shop.jm,
+        "INSERT INTO processing_failures (source_type, source_id, reason, subject, first_attempt_at)"
+        " VALUES ('imposition_file_mapping', 0, 'foreign_file', 'FILE_1_Acme_4604_5889',"
+        " now() - interval '3 days')",
+    )
+    try:
+        checks = run_checks(good_shop, instance)
+        pattern = checks["file_ids_match_the_pattern"]
+        assert pattern.passed and pattern.metadata["other_customers"].value == 1
+        assert checks["unresolved_failures_are_recent"].passed
+    finally:
+        good_shop.execute(
+            good_shop.logs, "DELETE FROM imposition_file_mapping WHERE imposition_id = 'Q-F'"
+        )
+        good_shop.execute(good_shop.jm, "DELETE FROM processing_failures WHERE source_id = 0")

@@ -1,10 +1,20 @@
 """R1–R3: additive, idempotent migrations, separate from the shop's baseline."""
 
 import re
+from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.db import SQL_DIR, apply_migrations, migrate, to_sqlalchemy_url
+from jobstatus_dagster.io.sources import (
+    load_files_of_jobs,
+    load_mapping_for_impositions,
+    load_print_history,
+    load_print_rows,
+    load_runlist_paths,
+    load_runlists_of_impositions,
+)
 from jobstatus_dagster_tests.conftest import fresh_urls
 
 SHOP_TABLES = (
@@ -107,3 +117,50 @@ def test_r3_marker_is_bigint(urls) -> None:
         ).scalar()
     jm.dispose()
     assert data_type == "bigint"
+
+
+TRIMMED_LOOKUPS = [
+    (
+        "logs",
+        lambda c: load_mapping_for_impositions(c, ["I"]),
+        "imposition_file_mapping_imposition",
+    ),
+    ("logs", lambda c: load_files_of_jobs(c, ["1_2"]), "imposition_file_mapping_job"),
+    ("logs", lambda c: load_runlist_paths(c, ["RL"]), "production_planner_paths_runlist"),
+    (
+        "logs",
+        lambda c: load_runlists_of_impositions(c, ["I"]),
+        "production_planner_paths_imposition",
+    ),
+    ("jm", lambda c: load_print_history(c, ["I"], 10), "print_os_name"),
+    ("jm", lambda c: load_print_rows(c, ["I"]), "print_os_name"),
+]
+
+
+@pytest.mark.parametrize(("database", "load", "index"), TRIMMED_LOOKUPS)
+def test_r4_trimmed_lookups_reach_their_expression_indexes(
+    engines: tuple[sa.Engine, sa.Engine],
+    database: str,
+    load: Callable[[sa.Connection], object],
+    index: str,
+) -> None:
+    """R4: each lookup's trimmed expression is exactly the one the migrations index; a query
+    that differed by a character would silently scan the shop's whole table."""
+    engine = engines[0] if database == "jm" else engines[1]
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "ANY(" in statement:  # the lookup itself, not the dialect's first-connect queries
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.begin() as conn:
+            load(conn)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    ((statement, parameters),) = statements
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters))
+    assert f"idx_{index}_trimmed" in plan, plan

@@ -4,6 +4,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.pipeline.runner import execute_window
@@ -33,6 +34,59 @@ def test_r11_job_completes_when_second_imposition_prints(shop: Shop, instance) -
     assert shop.job_operations_json(job) == {"print": True}
     counts = [(a["printed_count"], a["total_count"], a["status"]) for a in shop.audit(job)]
     assert counts == [(2, 3, "partial"), (3, 3, "completed")]
+
+
+@pytest.mark.parametrize("spelling", ["{}\n", " {}\r\n", "{}\t"])
+def test_r4_file_id_with_surrounding_whitespace_counts_like_any_other(
+    shop: Shop, instance, spelling: str
+) -> None:
+    """R4: a mapped file id differing only by surrounding whitespace is the same file id in the
+    Python parser and in the SQL lookup of a job's files, so the job has two files, not one."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    shop.map_files(f"{job}-A", [spelling.format(f"FILE_1_Labex_{job}")])
+    shop.map_files(f"{job}-B", files(job, "1", 2))
+    first, _ = shop.print_event(f"{job}-B", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("partial", "1 of 2 files printed")
+
+    second, _ = shop.print_event(f"{job}-A", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")
+    assert shop.job_operations_json(job) == {"print": True}
+    assert shop.failures(first) == [] and shop.failures(second) == []
+
+
+@pytest.mark.parametrize(
+    ("printed_as", "mapped_as"),
+    [("{}-J ", "{}-J"), ("{}-J", "{}-J\t"), (" {}-J\r\n", "{}-J \n")],
+)
+def test_r4_imposition_name_with_surrounding_whitespace_is_one_imposition(
+    shop: Shop, instance, printed_as: str, mapped_as: str
+) -> None:
+    """R4: "print OS".name 'IMP-J ' and mapping 'IMP-J\t' are imposition IMP-J for the event,
+    the mapping lookup and the history lookup alike, so the job completes when its second
+    imposition prints in a later run (R11), instead of staying partial."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    name = f"{job}-J"
+    shop.map_files(mapped_as.format(job), files(job, "1", 1), with_op_row=False)
+    shop.add_imposition_operation(name)
+    shop.map_files(f"{job}-K", files(job, "1", 2))
+    first, _ = shop.print_event(printed_as.format(job), "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("partial", "1 of 2 files printed")
+
+    second, _ = shop.print_event(f"{job}-K", "PRINTED")
+    shop.process(instance)
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")
+    assert shop.job_operations_json(job) == {"print": True}
+    assert shop.imposition_print_row(name)["status"] == "completed"
+    assert shop.failures(first) == [] and shop.failures(second) == []
 
 
 def test_r9_r10_reprinted_file_counts_once_and_printed_beats_aborted(shop: Shop, instance) -> None:
@@ -158,14 +212,11 @@ def test_r16_missing_rows_not_invented_and_missing_job_recorded(shop: Shop, inst
     assert (
         shop.scalar(shop.logs, "SELECT count(*) FROM job_operations WHERE job_id = :j", j=job) == 0
     )
-    reasons = {(f["reason"], f["subject"], f["retryable"]) for f in shop.failures(source_id)}
-    assert (
-        "missing_operation_row",
-        f"{job}/1/print",
-        True,
-    ) in reasons  # R20: retryable, the shop may add it
-    assert ("missing_operation_row", f"{job}-A/print", True) in reasons
-    assert ("missing_job", ghost, True) in reasons
+    reasons = {(f["reason"], f["subject"]) for f in shop.failures(source_id)}
+    assert ("missing_operation_row", f"{job}/1/print") in reasons
+    assert ("missing_operation_row", f"{job}-A/print") in reasons
+    assert ("missing_job", ghost) in reasons
+    assert shop.failures(source_id, "missing_job")[0]["retryable"] is True
     # jobs.operations and the audit are still written for the job that exists...
     assert shop.job_operations_json(job) == {"print": True}
     assert len(shop.audit(job)) == 1
@@ -214,7 +265,8 @@ def test_r20_bad_rows_recorded_and_batch_continues(shop: Shop, instance) -> None
 
     assert shop.job_print_row(job, "1")["status"] == "completed"
     bad_files = {f["subject"] for f in shop.failures(good, "bad_file_id")}
-    assert bad_files == {"FILE_1_Other_12_34_5", "garbage.pdf"}
+    assert bad_files == {"garbage.pdf"}  # another customer's id is not malformed (R20)
+    assert [f["subject"] for f in shop.failures(0, "foreign_file")] == ["FILE_1_Other_12_34_5"]
     assert shop.failures(unmapped, "unmapped_imposition")[0]["retryable"] is True
     assert shop.failures(paused, "unknown_status")[0]["subject"] == "PAUSED"
     assert shop.failures(nameless, "missing_imposition_id")[0]["retryable"] is False
@@ -362,3 +414,31 @@ def test_r9_files_of_jobs_probe_the_index_whatever_share_of_the_mapping(shop: Sh
     assert set(found["file_id"]) == {f for job in jobs for f in files(job, "1", 1, 2, 3)}
     assert (scans.seq_scan, scans.idx_scan > 0) == (0, True)
     assert seqscan_after == "on"
+
+
+def test_r20_foreign_file_is_recorded_once_per_file_id_not_per_event(shop: Shop, instance) -> None:
+    """R20: FILE_1_Acme_… is well-formed but not ours: not a bad_file_id per event, one
+    foreign_file row for the file id, however many events, windows and re-runs meet it; and it
+    is not one of the job's files (R9)."""
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    foreign = f"FILE_1_Acme_{job}"
+    shop.map_files(f"{job}-A", [*files(job, "1", 1), foreign])
+    shop.map_files(f"{job}-B", [*files(job, "1", 2), f"{foreign}\n"])
+    first, marker = shop.print_event(f"{job}-A", "PRINTED")
+    again, _ = shop.print_event(f"{job}-A", "PRINTED")
+    shop.process(instance)
+    last, _ = shop.print_event(f"{job}-B", "PRINTED")
+    shop.process(instance)
+    job_def = shop.definitions().resolve_job_def("process_print_os")
+    rerun = execute_window(job_def, instance, PlannedRun("print_os", marker - 1, marker, "t"), "t")
+    assert rerun.success, rerun.error
+
+    recorded = [f for f in shop.failures(reason="foreign_file") if f["subject"] == foreign]
+    assert [
+        (f["source_type"], f["source_id"], f["retryable"], f["attempts"], f["resolved_at"])
+        for f in recorded
+    ] == [("imposition_file_mapping", 0, False, 1, None)]
+    assert all(shop.failures(event) == [] for event in (first, again, last))
+    row = shop.job_print_row(job, "1")
+    assert (row["status"], row["notes"]) == ("completed", "2 of 2 files printed")

@@ -6,7 +6,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobstatus_dagster.core.plan import Window
+from jobstatus_dagster.core.plan import RETRYABLE_REASONS, Window, failure_rows
 from jobstatus_dagster.core.print_status import (
     compute_print_plan,
     count_note,
@@ -119,3 +119,46 @@ def test_r20_hostile_rows_either_validate_or_become_failures(rows: list[tuple]) 
     valid, failures = validate_events(raw, NOW)
     assert set(valid["source_id"]).isdisjoint(failures["source_id"])
     assert set(valid["source_id"]) | set(failures["source_id"]) == set(range(len(rows)))
+
+
+def test_r20_foreign_file_is_recorded_once_per_file_id_malformed_once_per_event() -> None:
+    events = _events(
+        [
+            (11, "A", "PRINTED", 1, NOW),
+            (12, "A", "PRINTED", 2, NOW),
+            (13, "B", "PRINTED", 3, NOW),
+        ]
+    )
+    mapping = pd.DataFrame(
+        {
+            "imposition_id": ["A", "A", "A", "B", "B"],
+            "file_id": [
+                "FILE_1_Labex_1_2_1",
+                "FILE_1_Acme_4604_5889",
+                "garbage.pdf",
+                "FILE_1_Acme_4604_5889\n",  # the same foreign id, padded (R4)
+                "FILE_1_LABEX_1_2_2",  # our token but for case: malformed, not foreign
+            ],
+        }
+    )
+    event_files, failures = expand_to_files(events, mapping, "Labex")
+    assert set(event_files["file_id"]) == {"FILE_1_Labex_1_2_1"}
+    rows = sorted(
+        failures[["source_type", "source_id", "reason", "subject"]].itertuples(index=False)
+    )
+    assert [tuple(r) for r in rows] == [
+        ("imposition_file_mapping", 0, "foreign_file", "FILE_1_Acme_4604_5889"),
+        ("print_os", 11, "bad_file_id", "garbage.pdf"),
+        ("print_os", 12, "bad_file_id", "garbage.pdf"),
+        ("print_os", 13, "bad_file_id", "FILE_1_LABEX_1_2_2"),
+    ]
+    foreign = failures[failures["reason"] == "foreign_file"].iloc[0]
+    assert not foreign["retryable"] and "customer Acme, not Labex" in foreign["detail"]
+
+
+def test_r20_missing_rows_and_operations_without_code_are_retryable() -> None:
+    assert {"missing_operation_row", "unmapped_operation"} <= RETRYABLE_REASONS
+    frame = pd.DataFrame({"source_id": [1, 2, 3]})
+    reasons = pd.Series(["missing_operation_row", "unmapped_operation", "bad_file_id"])
+    rows = failure_rows(frame, "scanner", reasons, "", "")
+    assert rows["retryable"].tolist() == [True, True, False]

@@ -52,6 +52,18 @@ def test_r5_runlist_scan_updates_every_job_and_imposition_of_the_runlist(
         assert shop.imposition_op_row(name, "op003")["status"] == "completed"
 
 
+def test_r4_runlist_and_imposition_ids_compare_trimmed(shop: Shop, instance) -> None:
+    """R4: planner rows 'RL-x\n' / ' I\t' are runlist RL-x and imposition I for the scan."""
+    job = planned_job(shop)
+    name = imposition(shop, f"{job}-T", job)
+    shop.plan_runlist(f"RL-{job}-T\n", [f" {name}\t"])
+    scan_id = shop.scan(f"RL-{job}-T", ["coating"])
+    run_scanner(shop, instance)
+    assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+    assert shop.imposition_op_row(name, "op003")["status"] == "completed"
+    assert shop.failures(scan_id) == []
+
+
 def test_r6_job_scan_widens_to_its_runlist(shop: Shop, instance) -> None:
     a, b = planned_job(shop), planned_job(shop)
     shop.plan_runlist(f"RL-{a}", [imposition(shop, f"{a}-I1", a), imposition(shop, f"{a}-I2", b)])
@@ -175,6 +187,32 @@ def test_r8_the_shop_maps_an_operation_by_editing_the_table(urls, instance) -> N
             )
 
 
+def test_r8_operation_codes_names_are_normalised_like_scanned_names(urls, instance) -> None:
+    """R8: the shop's rows 'Die Cut' → op010 (and a code-less 'DIE-CUT') mean die_cut, so scans
+    of "Die Cut" and "die-cut" update the op010 rows instead of failing as unknown."""
+    with Shop(urls) as shop:
+        job = planned_job(shop)
+        shop.add_job_operation(job, "1", "op010")
+        shop.execute(
+            shop.logs,
+            "INSERT INTO operation_codes (operation, operation_id)"
+            " VALUES ('Die Cut', 'op010'), ('DIE-CUT', NULL)",
+        )
+        try:
+            first = shop.scan(f"{job}_1", {"Die Cut": True}, at=T0)
+            second = shop.scan(f"{job}_1", ["die-cut"], at=T0 + timedelta(hours=1))
+            run_scanner(shop, instance)
+            row = shop.job_op_row(job, "1", "op010")
+            assert (row["status"], row["source_id"]) == ("completed", second)
+            assert shop.job_operations_json(job) == {"die_cut": True}
+            assert shop.failures(first) == [] and shop.failures(second) == []
+        finally:
+            shop.execute(
+                shop.logs,
+                "DELETE FROM operation_codes WHERE operation IN ('Die Cut', 'DIE-CUT')",
+            )
+
+
 def test_r15_scanner_print_never_overrides_print_os(shop: Shop, instance) -> None:
     job = planned_job(shop)
     shop.map_files(f"{job}-P", [f"FILE_1_Labex_{job}_1", f"FILE_1_Labex_{job}_2"])
@@ -275,3 +313,60 @@ def test_r17_backfilling_scans_keeps_every_audit_verdict(shop: Shop, instance) -
     before = shop.snapshot()
     assert backfill(shop.definitions(), instance, "scanner", first - 1, first).success
     assert shop.snapshot() == before
+
+
+def test_r20_missing_operation_row_and_uncoded_operation_are_retried_until_resolved(
+    urls, instance
+) -> None:
+    """R20: a *_operations row planned later and a code the shop assigns later (R8) are data
+    that may arrive late: retried, then applied and resolved."""
+    with Shop(urls, retry_interval_seconds=0) as shop:
+        job = shop.add_job()  # in jobs, no job_operations rows yet
+        scan_id = shop.scan(f"{job}_1", ["coating", "backscore"])
+        run_scanner(shop, instance)
+        missing = shop.failures(scan_id, "missing_operation_row")
+        uncoded = shop.failures(scan_id, "unmapped_operation")
+        assert [(f["subject"], f["retryable"]) for f in missing + uncoded] == [
+            (f"{job}/1/coating", True),
+            ("backscore", True),
+        ]
+        shop.add_job_operation(job, "1", "op003")
+        shop.add_job_operation(job, "1", "op043")
+        shop.execute(
+            shop.logs,
+            "UPDATE operation_codes SET operation_id = 'op043' WHERE operation = 'backscore'",
+        )
+        try:
+            run_scanner(shop, instance)
+            assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+            assert shop.job_op_row(job, "1", "op043")["status"] == "completed"
+            assert all(f["resolved_at"] is not None for f in shop.failures(scan_id))
+        finally:
+            shop.execute(
+                shop.logs,
+                "UPDATE operation_codes SET operation_id = NULL WHERE operation = 'backscore'",
+            )
+
+
+def test_r20_foreign_file_in_a_scanned_runlist_is_recorded_once_per_file_id(
+    shop: Shop, instance
+) -> None:
+    job = planned_job(shop)
+    name = imposition(shop, f"{job}-F", job)
+    foreign = f"FILE_1_Acme_{job}_9"
+    shop.map_files(name, [foreign, "garbage-in-runlist.pdf"], with_op_row=False)
+    shop.plan_runlist(f"RL-{job}-F", [name])
+    scans = [shop.scan(f"RL-{job}-F", ["coating"]) for _ in range(2)]
+    run_scanner(shop, instance)
+    later = shop.scan(f"RL-{job}-F", ["kiss_cut"])
+    run_scanner(shop, instance)
+
+    assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+    recorded = [f for f in shop.failures(0, "foreign_file") if f["subject"] == foreign]
+    assert [(f["source_type"], f["retryable"], f["attempts"]) for f in recorded] == [
+        ("imposition_file_mapping", False, 1)
+    ]
+    for scan_id in [*scans, later]:
+        assert [(f["reason"], f["subject"]) for f in shop.failures(scan_id)] == [
+            ("bad_file_id", "garbage-in-runlist.pdf")
+        ]

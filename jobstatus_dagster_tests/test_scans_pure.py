@@ -102,3 +102,48 @@ def test_r6_choice_prefers_highest_marker_then_greatest_id() -> None:
     assert chosen.loc[1, "runlist_id"] == "RL-A" and "chose RL-A" in chosen.loc[1, "note"]
     assert chosen.loc[2, "runlist_id"] == "RL-B"
     assert chosen.loc[3, "runlist_id"] == "RL-C" and pd.isna(chosen.loc[3, "note"])
+
+
+def test_r6_ties_and_never_printed_go_to_the_greatest_id_in_natural_order() -> None:
+    candidates = pd.DataFrame(
+        {
+            "source_id": [1, 1, 1, 2, 2, 2],
+            "runlist_id": ["RL-9", "RL-10", "RL-2", "9", "10", "8"],
+            "max_marker": [pd.NA, pd.NA, pd.NA, 5, 5, 4],
+        }
+    )
+    chosen = choose_runlists(candidates).set_index("source_id")
+    assert chosen.loc[1, "runlist_id"] == "RL-10"  # text order would pick RL-9
+    assert chosen.loc[1, "note"] == (
+        "job is in runlists RL-2, RL-9, RL-10; chose RL-10 (none printed yet: greatest runlist id)"
+    )
+    assert chosen.loc[2, "runlist_id"] == "10"
+    assert chosen.loc[2, "note"] == (
+        "job is in runlists 8, 9, 10; chose 10 (highest print marker 5, tied: greatest runlist id)"
+    )
+
+
+def test_r6_note_prints_the_marker_as_an_integer() -> None:
+    # A left join leaves float markers with NaN; a bigint marker must not be rounded either.
+    floats = pd.DataFrame(
+        {"source_id": [1, 1], "runlist_id": ["RL-B", "RL-A"], "max_marker": [float("nan"), 2692.0]}
+    )
+    (note,) = choose_runlists(floats)["note"]
+    assert note == "job is in runlists RL-A, RL-B; chose RL-A (highest print marker 2692)"
+    big = 2**62
+    bigints = pd.DataFrame(
+        {"source_id": [7, 7], "runlist_id": ["RL-Z", "RL-Y"], "max_marker": [big, big + 1]},
+        dtype="object",
+    )
+    (row,) = choose_runlists(bigints).itertuples(index=False)
+    assert row.runlist_id == "RL-Y"  # as floats the two markers would be equal, and RL-Z win
+    assert row.note.endswith("(highest print marker 4611686018427387905)")
+
+
+@given(st.lists(st.integers(0, 120), min_size=1, max_size=8, unique=True))
+def test_r6_natural_order_of_numbered_runlists_is_numeric(numbers: list[int]) -> None:
+    candidates = pd.DataFrame(
+        {"source_id": 1, "runlist_id": [f"RL-{n}" for n in numbers], "max_marker": pd.NA}
+    )
+    (chosen,) = choose_runlists(candidates)["runlist_id"]
+    assert chosen == f"RL-{max(numbers)}"

@@ -7,26 +7,86 @@ import re
 import numpy as np
 import pandas as pd
 
+from jobstatus_dagster.core.plan import FOREIGN_FILE, failure_rows
+
+# R4: identifiers read from any table compare after trimming exactly these characters, in Python
+# (``trim_id``/``trim_ids``) and in SQL (``trimmed_sql``). Python's bare ``str.strip()`` would
+# also drop other Unicode whitespace that SQL keeps, and the two sides would disagree.
+ID_WHITESPACE = " \t\n\r"
+_SQL_ID_WHITESPACE = r"E' \t\n\r'"
+
 # R4: FILE_<version_tag>_<customer>_<job_id>[_<extra>], job id = two digit groups joined by "_".
 # Bounded lengths: an absurd id is recorded as not matching rather than carried into keys.
-_FILE_ID = (
-    r"^FILE_(?P<version_tag>[^_]{{1,40}})_(?P<customer>{customer})"
-    r"_(?P<job_id>[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?$"
+# Matched with fullmatch on the trimmed id: "$" would also match before a trailing newline.
+# Any customer token: a well-formed id of another customer (R20: not ours, not malformed).
+_ANY_CUSTOMER = "[^_]{1,40}"
+
+# R20: what a file id is to us.
+OURS, FOREIGN, MALFORMED = "ours", "foreign", "malformed"
+FOREIGN_FILE_SOURCE = "imposition_file_mapping"  # where the id was read, not any one event
+
+
+def _file_id_pattern(customer_re: str, *, named: bool) -> str:
+    """R4's shape around a customer regex; Python (named groups) and Postgres ARE alike."""
+
+    def group(name: str) -> str:
+        return f"?P<{name}>" if named else ""
+
+    return (
+        f"FILE_({group('version_tag')}[^_]{{1,40}})_({group('customer')}{customer_re})"
+        f"_({group('job_id')}[0-9]{{1,20}}_[0-9]{{1,20}})(?:_.*)?"
+    )
+
+
+def trimmed_sql(column: str) -> str:
+    """R4: ``column`` trimmed as ``trim_ids`` trims; the migrations index exactly this text, so
+    a lookup must use it verbatim to reach its index."""
+    return f"btrim({column}, {_SQL_ID_WHITESPACE})"
+
+
+# The same extraction as an SQL expression, on the trimmed id (R4); the logs migration
+# 0002_trimmed_identifiers indexes exactly this text (R9).
+FILE_JOB_SQL = (
+    f"substring({trimmed_sql('file_id')} from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')"
 )
 
-# The same extraction as an SQL expression; the logs migration indexes exactly this text (R9).
-FILE_JOB_SQL = "substring(file_id from '^FILE_[^_]+_[^_]+_([0-9]+_[0-9]+)(?:_|$)')"
-
 _NUMERIC = re.compile(r"^[0-9]+$")
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+_SEPARATORS = re.compile(r"[\s\-]+")
+
+
+def trim_id(value: str) -> str:
+    """R4: one identifier without its surrounding whitespace."""
+    return value.strip(ID_WHITESPACE)
+
+
+def trim_ids(values: pd.Series) -> pd.Series:
+    """R4: identifiers (any dtype, NA kept) as trimmed strings."""
+    return values.astype("string").str.strip(ID_WHITESPACE)
 
 
 def file_id_regex(customer: str) -> re.Pattern[str]:
-    return re.compile(_FILE_ID.format(customer=re.escape(customer)), re.DOTALL)
+    """R4's pattern for ``customer``; use ``fullmatch`` on a trimmed id."""
+    return re.compile(_file_id_pattern(re.escape(customer), named=True), re.DOTALL)
+
+
+def file_id_sql_patterns(customer: str) -> tuple[str, str]:
+    """R4's patterns as Postgres regexes for a trimmed id (``~``): ``customer``'s, and any
+    customer's. Same semantics as ``file_id_regex`` ('.' matches newlines, '$' only the end)."""
+    return (
+        f"^{_file_id_pattern(re.escape(customer), named=False)}$",
+        f"^{_file_id_pattern(_ANY_CUSTOMER, named=False)}$",
+    )
+
+
+_ANY_FILE_ID = re.compile(_file_id_pattern(_ANY_CUSTOMER, named=True), re.DOTALL)
 
 
 def parse_file_id(file_id: str, customer: str = "Labex") -> tuple[str, str] | None:
     """``(job_id, version_tag)`` of one file id, or None when it does not match R4."""
-    match = file_id_regex(customer).match(file_id) if isinstance(file_id, str) else None
+    if not isinstance(file_id, str):
+        return None
+    match = file_id_regex(customer).fullmatch(trim_id(file_id))
     return (match["job_id"], match["version_tag"]) if match else None
 
 
@@ -35,9 +95,9 @@ def parse_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame
 
     Each distinct id is matched once: a window repeats the same files many times.
     """
-    codes, uniques = pd.factorize(file_ids.astype("string"), use_na_sentinel=True)
+    codes, uniques = pd.factorize(trim_ids(file_ids), use_na_sentinel=True)
     pattern = file_id_regex(customer)
-    matches = [pattern.match(u) for u in uniques]
+    matches = [pattern.fullmatch(u) for u in uniques]
     # The trailing None is what code -1 (a missing id) picks.
     job_ids = np.array([m["job_id"] if m else None for m in matches] + [None], dtype=object)
     tags = np.array([m["version_tag"] if m else None for m in matches] + [None], dtype=object)
@@ -48,6 +108,103 @@ def parse_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame
         },
         index=file_ids.index,
     )
+
+
+def normalise_operation(name: str) -> str:
+    """R7: lower case, spaces and hyphens to "_" ("Kiss Cut" → "kiss_cut"). Shared by scans and
+    operation_codes (R8), so a name means the same on both sides."""
+    return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
+
+
+def normalise_operation_codes(codes: pd.DataFrame) -> pd.DataFrame:
+    """R8: operation_codes rows (operation, operation_id) → one row per normalised name (R7),
+    codes trimmed (R4; empty means no code). Where rows collide ('Die Cut', 'die-cut'), one with a
+    code wins, then the row already spelled normalised, then the lowest code: a function of the
+    table alone (R23), and never two codes for one name in the writer's join."""
+    raw = codes["operation"].astype("string")
+    names = pd.Series(
+        [normalise_operation(n) if isinstance(n, str) else None for n in raw],
+        index=codes.index,
+        dtype="string",
+    )
+    ids = trim_ids(codes["operation_id"])
+    ids = ids.where(ids != "")
+    ranked = pd.DataFrame(
+        {
+            "operation": names,
+            "operation_id": ids,
+            "_no_code": ids.isna().astype(bool),
+            "_respelled": (names != raw).fillna(True).astype(bool),
+        }
+    )
+    ranked = ranked[names.notna() & (names != "")]
+    ranked = ranked.sort_values(
+        ["operation", "_no_code", "_respelled", "operation_id"], kind="stable", na_position="last"
+    )
+    return (
+        ranked.drop_duplicates("operation")[["operation", "operation_id"]]
+        .sort_values("operation")
+        .reset_index(drop=True)
+    )
+
+
+def classify_file_ids(file_ids: pd.Series, customer: str = "Labex") -> pd.Series:
+    """R4/R20, aligned to input: OURS (matches R4 for ``customer``), FOREIGN (well-formed with
+    another customer token: not ours, recorded once per file id as FOREIGN_FILE) or MALFORMED
+    (bad_file_id). A token equal to ours but for case is MALFORMED: most likely our own file
+    mistyped, which a data-quality check should show, not hide."""
+    codes, uniques = pd.factorize(trim_ids(file_ids), use_na_sentinel=True)
+    ours = file_id_regex(customer)
+    kinds = []
+    for value in uniques:
+        if ours.fullmatch(value):
+            kinds.append(OURS)
+            continue
+        match = _ANY_FILE_ID.fullmatch(value)
+        other = match is not None and match["customer"].casefold() != customer.casefold()
+        kinds.append(FOREIGN if other else MALFORMED)
+    labels = np.array([*kinds, MALFORMED], dtype=object)  # code -1 (a missing id) is malformed
+    return pd.Series(labels[codes], index=file_ids.index, dtype="string")
+
+
+def _customer_token(file_id: str) -> str:
+    match = _ANY_FILE_ID.fullmatch(file_id)
+    return match["customer"] if match else ""
+
+
+def foreign_file_failures(file_ids: pd.Series, customer: str = "Labex") -> pd.DataFrame:
+    """R20: one FOREIGN_FILE failure per distinct foreign id among ``file_ids``, keyed
+    (FOREIGN_FILE_SOURCE, 0, FOREIGN_FILE, file id): whichever event, run or source meets the
+    file, the row is the same, so it is recorded once and never re-counted (R17, R23)."""
+    trimmed = trim_ids(file_ids)
+    foreign = pd.Series(
+        trimmed[classify_file_ids(trimmed, customer) == FOREIGN].dropna().unique(), dtype="string"
+    ).sort_values(ignore_index=True)
+    tokens = foreign.map(_customer_token)
+    return failure_rows(
+        pd.DataFrame({"source_id": 0}, index=foreign.index),
+        FOREIGN_FILE_SOURCE,
+        FOREIGN_FILE,
+        foreign,
+        "file id "
+        + foreign
+        + " belongs to customer "
+        + tokens
+        + ", not "
+        + customer
+        + "; not ours, skipped (R4, R20)",
+    )
+
+
+def natural_key(text: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """R6's natural order: digit runs compare as numbers, the rest as text ('RL-10' > 'RL-9',
+    '10' > '9'); the text itself breaks what numbers tie ('RL-09', 'RL-9'), so the order is
+    total and a choice made with it is a function of the data (R22)."""
+    parts = _DIGIT_RUNS.split(text)  # digit runs at the odd positions
+    key = tuple(
+        (0, int(part), "") if i % 2 else (1, 0, part) for i, part in enumerate(parts) if part
+    )
+    return key, text
 
 
 def version_sort_key(tag: str) -> tuple[int, int, str]:

@@ -69,7 +69,8 @@ AUDIT_VERDICT_COLUMNS = [
 FAILURE_COLUMNS = ["source_type", "source_id", "reason", "subject", "detail", "retryable"]
 PROCESSED_COLUMNS = ["source_id", "marker", "kind"]  # kind: window | late | retry
 
-# R20: data that may arrive late; retried on later runs.
+# R20: data that may arrive late; retried on later runs. A missing *_operations row may be
+# planned later, and an operation with no code (R8) may get one when the shop edits the table.
 RETRYABLE_REASONS = frozenset(
     {
         "unmapped_imposition",
@@ -79,6 +80,10 @@ RETRYABLE_REASONS = frozenset(
         "unmapped_operation",
     }
 )
+# R20: a well-formed file id of another customer: recorded once per file id, and not a
+# data-quality failure (another customer's file is not ours to fix).
+FOREIGN_FILE = "foreign_file"
+NOT_DATA_QUALITY_REASONS = frozenset({FOREIGN_FILE})
 
 
 def precedence(source_type: str, operation: str) -> int:

@@ -12,7 +12,15 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from jobstatus_dagster.core.identifiers import highest_versions, parse_file_ids
+from jobstatus_dagster.core.identifiers import (
+    FOREIGN,
+    MALFORMED,
+    classify_file_ids,
+    foreign_file_failures,
+    highest_versions,
+    parse_file_ids,
+    trim_ids,
+)
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -67,7 +75,7 @@ def validate_events(
     """
     raw_status = events["status"].astype("string").fillna("NULL")
     events = events.assign(
-        imposition_id=events["imposition_id"].astype("string").str.strip(),
+        imposition_id=trim_ids(events["imposition_id"]),  # R4: as the SQL lookups trim
         status=normalise_status(events["status"]),
         event_time=as_event_time(events["event_time"], processing_time),
     )
@@ -113,14 +121,16 @@ def expand_to_files(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Events × imposition_file_mapping → (source_id, imposition_id, file_id, job_id, version_tag).
 
-    Unmapped impositions (retryable) and file ids that do not match R4 are failures.
+    Unmapped impositions (retryable) and malformed file ids are failures per event; another
+    customer's well-formed file id is not ours: skipped, recorded once per file id (R20).
     """
     joined = events[["source_id", "imposition_id"]].merge(mapping, on="imposition_id", how="left")
     unmapped = joined[joined["file_id"].isna()]
     mapped = joined[joined["file_id"].notna()].reset_index(drop=True)
     parsed = parse_file_ids(mapped["file_id"], customer)
     mapped = mapped.assign(job_id=parsed["job_id"], version_tag=parsed["version_tag"])
-    bad = mapped[mapped["job_id"].isna()]
+    kinds = classify_file_ids(mapped["file_id"], customer)
+    bad = mapped[kinds == MALFORMED]
     failures = pd.concat(
         [
             failure_rows(
@@ -143,6 +153,7 @@ def expand_to_files(
                 + customer
                 + "_<job_id>[_<extra>]",
             ),
+            foreign_file_failures(mapped.loc[kinds == FOREIGN, "file_id"], customer),
         ],
         ignore_index=True,
     )

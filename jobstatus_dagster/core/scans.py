@@ -9,7 +9,15 @@ from typing import Any
 
 import pandas as pd
 
-from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.identifiers import (
+    FOREIGN,
+    MALFORMED,
+    classify_file_ids,
+    foreign_file_failures,
+    natural_key,
+    normalise_operation,
+    parse_file_ids,
+)
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -20,15 +28,10 @@ from jobstatus_dagster.core.plan import (
     failure_rows,
 )
 
-# R5: <job_id>_<version_tag>, job id as in R4 (two digit groups).
-JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})$")
-_SEPARATORS = re.compile(r"[\s\-]+")
+# R5: <job_id>_<version_tag>, job id as in R4 (two digit groups). \Z, not $: "$" also matches
+# before a trailing newline (R4: codes are trimmed first, and compared whole).
+JOB_CODE = re.compile(r"^(?P<job_id>[0-9]{1,20}_[0-9]{1,20})_(?P<version_tag>[^_\s]{1,40})\Z")
 _TRUE_WORDS = frozenset({"true", "yes", "y", "1", "done", "completed", "ok"})
-
-
-def normalise_operation(name: str) -> str:
-    """R7: lower case, spaces and hyphens to "_" ("Kiss Cut" → "kiss_cut")."""
-    return _SEPARATORS.sub("_", name.strip().lower()).strip("_")
 
 
 def _truthy(value: Any) -> bool:
@@ -112,17 +115,35 @@ def classify_codes(codes: pd.Series, runlist_ids: set[str]) -> pd.DataFrame:
 
 
 def choose_runlists(candidates: pd.DataFrame) -> pd.DataFrame:
-    """R6: per scan, the runlist whose impositions have the highest print marker (ties: the
-    greatest runlist_id). ``candidates``: source_id, runlist_id, max_marker (NA: never printed).
-    Returns source_id, runlist_id, note (set where there was a choice)."""
+    """R6: per scan, the runlist whose impositions have the highest print marker; ties, and
+    runlists never printed, go to the greatest runlist_id in natural order ('RL-10' > 'RL-9').
+    ``candidates``: source_id, runlist_id, max_marker (NA: never printed). Returns source_id,
+    runlist_id, note (set where there was a choice: which, and why)."""
     if candidates.empty:
         return pd.DataFrame(columns=["source_id", "runlist_id", "note"])
+    # Integers throughout: a bigint marker is neither printed as "2692.0" nor rounded.
+    markers = candidates["max_marker"].astype("Int64")
+    names = sorted(set(candidates["runlist_id"]), key=natural_key)
     ranked = candidates.assign(
-        _score=candidates["max_marker"].astype("Float64").fillna(float("-inf"))
-    ).sort_values(["source_id", "_score", "runlist_id"], kind="stable")
-    options = ranked.groupby("source_id")["runlist_id"].agg(lambda s: ", ".join(sorted(set(s))))
-    count = ranked.groupby("source_id")["runlist_id"].nunique()
-    chosen = ranked.groupby("source_id").tail(1).set_index("source_id")
+        max_marker=markers,
+        _printed=markers.notna().to_numpy(dtype=bool),
+        _marker=markers.fillna(0).to_numpy(dtype="int64"),
+        _rank=candidates["runlist_id"].map({name: i for i, name in enumerate(names)}),
+    ).sort_values(["source_id", "_printed", "_marker", "_rank"], kind="stable")
+    by_scan = ranked.groupby("source_id", sort=False)["runlist_id"]
+    options = by_scan.agg(lambda s: ", ".join(sorted(set(s), key=natural_key)))
+    count = by_scan.nunique()
+    chosen = ranked.groupby("source_id", sort=False).tail(1).set_index("source_id")
+    best = ranked.merge(
+        chosen[["_printed", "_marker"]].reset_index(), on=["source_id", "_printed", "_marker"]
+    )
+    tied = best.groupby("source_id")["runlist_id"].nunique().reindex(chosen.index) > 1
+    marker_text = "highest print marker " + chosen["max_marker"].astype("string")
+    why = (
+        marker_text.where(~tied, marker_text + ", tied: greatest runlist id")
+        .where(chosen["_printed"], "none printed yet: greatest runlist id")
+        .astype("object")
+    )
     note = pd.Series(pd.NA, index=chosen.index, dtype="object")
     several = count[count > 1].index
     note[several] = (
@@ -130,8 +151,8 @@ def choose_runlists(candidates: pd.DataFrame) -> pd.DataFrame:
         + options[several]
         + "; chose "
         + chosen.loc[several, "runlist_id"]
-        + " (highest print marker "
-        + chosen.loc[several, "max_marker"].astype("string").fillna("none")
+        + " ("
+        + why[several]
         + ")"
     )
     return pd.DataFrame(
@@ -201,7 +222,13 @@ def compute_scan_plan(
 
     parsed = parse_file_ids(runlist_files["file_id"].fillna(""), customer)
     runlist_files = runlist_files.assign(job_id=parsed["job_id"], version_tag=parsed["version_tag"])
-    bad = runlist_files[runlist_files["file_id"].notna() & runlist_files["job_id"].isna()]
+    # R20: malformed ids per scan; another customer's well-formed id once per file id.
+    has_file = runlist_files["file_id"].notna()
+    kinds = classify_file_ids(runlist_files["file_id"], customer)
+    bad = runlist_files[has_file & (kinds == MALFORMED)]
+    extra_failures.append(
+        foreign_file_failures(runlist_files.loc[has_file & (kinds == FOREIGN), "file_id"], customer)
+    )
     bad_for_scans = scan_runlists.merge(bad, on="runlist_id")
     extra_failures.append(
         failure_rows(

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
+from jobstatus_dagster.core.identifiers import (
+    FILE_JOB_SQL,
+    normalise_operation_codes,
+    trim_id,
+    trimmed_sql,
+)
 from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
 
 # R14: where a row has no time of its own, the time it was first processed, recorded once.
@@ -291,15 +296,28 @@ def inspect_backlog(
     )
 
 
+def _trimmed(ids: list[str]) -> list[str]:
+    """R4: lookup keys compare trimmed, like the trimmed columns they are matched against."""
+    return [trim_id(str(i)) for i in ids]
+
+
+# R4: every identifier column below is compared and returned trimmed; each comparison is the
+# exact expression an index of logs 0002 / jobmanager 0003 holds.
+_IMPOSITION = trimmed_sql("imposition_id")
+_FILE = trimmed_sql("file_id")
+_RUNLIST = trimmed_sql("runlist_id")
+_PRINT_NAME = trimmed_sql("name")
+
+
 def load_mapping_for_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """imposition_file_mapping rows of these impositions (logs)."""
+    """imposition_file_mapping rows of these impositions (logs), ids trimmed (R4)."""
     return pd.read_sql(
         sa.text(
-            "SELECT DISTINCT imposition_id, file_id FROM imposition_file_mapping"
-            " WHERE imposition_id = ANY(:ids)"
+            f"SELECT DISTINCT {_IMPOSITION} AS imposition_id, {_FILE} AS file_id"
+            f" FROM imposition_file_mapping WHERE {_IMPOSITION} = ANY(:ids)"
         ),
         conn,
-        params={"ids": list(imposition_ids)},
+        params={"ids": _trimmed(imposition_ids)},
         dtype={"imposition_id": "string", "file_id": "string"},
     )
 
@@ -309,7 +327,8 @@ _FILE_JOB_TEXT = FILE_JOB_SQL.replace(":", "\\:")
 
 
 def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
-    """Every mapping row whose file id names one of these jobs, any version, any imposition (R9).
+    """Every mapping row whose file id names one of these jobs, any version, any imposition (R9);
+    ids trimmed (R4).
 
     Always through the expression index: the planner prices the regex like one comparison, so
     once a window's jobs hold a tenth of the table it scans the whole mapping instead, running
@@ -319,9 +338,9 @@ def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
     conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
     files = pd.read_sql(
         sa.text(
-            "SELECT DISTINCT imposition_id, file_id FROM imposition_file_mapping"  # noqa: S608
-            f" WHERE {_FILE_JOB_TEXT} = ANY(:ids)"  # constant expression, indexed by the migration
-        ),
+            f"SELECT DISTINCT {_IMPOSITION} AS imposition_id, {_FILE} AS file_id"
+            f" FROM imposition_file_mapping WHERE {_FILE_JOB_TEXT} = ANY(:ids)"
+        ),  # constant expressions, indexed by the migrations
         conn,
         params={"ids": list(job_ids)},
         dtype={"imposition_id": "string", "file_id": "string"},
@@ -333,65 +352,57 @@ def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
 def load_print_history(
     conn: sa.Connection, imposition_ids: list[str], horizon: int
 ) -> pd.DataFrame:
-    """Print events of these impositions with marker ≤ horizon (R11's whole history)."""
+    """Print events of these impositions with marker ≤ horizon (R11's whole history). Names
+    compare trimmed (R4): an event of 'IMP-J ' is history of 'IMP-J'."""
     return pd.read_sql(
         sa.text(
-            "SELECT p.id AS source_id, p.name AS imposition_id, p.status, p.marker,"
+            f"SELECT p.id AS source_id, {_PRINT_NAME} AS imposition_id, p.status, p.marker,"
             " COALESCE(p.job_complete_time, p.created_at,"
             f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time"
-            ' FROM "print OS" p WHERE p.name = ANY(:ids) AND p.marker <= :horizon'
+            f' FROM "print OS" p WHERE {_PRINT_NAME} = ANY(:ids) AND p.marker <= :horizon'
         ),
         conn,
-        params={"ids": list(imposition_ids), "horizon": horizon},
+        params={"ids": _trimmed(imposition_ids), "horizon": horizon},
         dtype={"imposition_id": "string", "status": "string"},
     )
 
 
 def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
-    """operation name → operation_id (R8); operation_id NA where the shop has not assigned one."""
-    return pd.read_sql(
-        sa.text("SELECT operation, operation_id FROM operation_codes"),
-        conn,
-        dtype={"operation": "string", "operation_id": "string"},
+    """operation name → operation_id (R8), one row per name normalised like scanned names (R7):
+    the shop's row 'Die Cut' matches a scan of "die-cut". operation_id trimmed (R4), NA where
+    the shop has not assigned one."""
+    return normalise_operation_codes(
+        pd.read_sql(
+            sa.text("SELECT operation, operation_id FROM operation_codes"),
+            conn,
+            dtype={"operation": "string", "operation_id": "string"},
+        )
     )
 
 
 def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
-    """production_planner_paths rows of these runlists: (runlist_id, imposition_id)."""
+    """production_planner_paths rows of these runlists: (runlist_id, imposition_id), trimmed (R4)."""
     return pd.read_sql(
         sa.text(
-            "SELECT DISTINCT runlist_id, imposition_id FROM production_planner_paths"
-            " WHERE runlist_id = ANY(:ids)"
+            f"SELECT DISTINCT {_RUNLIST} AS runlist_id, {_IMPOSITION} AS imposition_id"
+            f" FROM production_planner_paths WHERE {_RUNLIST} = ANY(:ids)"
         ),
         conn,
-        params={"ids": list(runlist_ids)},
+        params={"ids": _trimmed(runlist_ids)},
         dtype={"runlist_id": "string", "imposition_id": "string"},
     )
 
 
 def load_runlists_of_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """The runlists holding these impositions: (runlist_id, imposition_id)."""
+    """The runlists holding these impositions: (runlist_id, imposition_id), trimmed (R4)."""
     return pd.read_sql(
         sa.text(
-            "SELECT DISTINCT runlist_id, imposition_id FROM production_planner_paths"
-            " WHERE imposition_id = ANY(:ids)"
+            f"SELECT DISTINCT {_RUNLIST} AS runlist_id, {_IMPOSITION} AS imposition_id"
+            f" FROM production_planner_paths WHERE {_IMPOSITION} = ANY(:ids)"
         ),
         conn,
-        params={"ids": list(imposition_ids)},
+        params={"ids": _trimmed(imposition_ids)},
         dtype={"runlist_id": "string", "imposition_id": "string"},
-    )
-
-
-def load_max_print_markers(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """Highest print marker per imposition (R6's tie rule): (imposition_id, max_marker)."""
-    return pd.read_sql(
-        sa.text(
-            'SELECT name AS imposition_id, max(marker) AS max_marker FROM "print OS"'
-            " WHERE name = ANY(:ids) GROUP BY name"
-        ),
-        conn,
-        params={"ids": list(imposition_ids)},
-        dtype={"imposition_id": "string"},
     )
 
 
@@ -400,12 +411,12 @@ def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFr
     complete_time); the scan's choice keeps those at or before its own time."""
     return pd.read_sql(
         sa.text(
-            "SELECT name AS imposition_id, marker,"
+            f"SELECT {_PRINT_NAME} AS imposition_id, marker,"
             " COALESCE(job_complete_time, created_at) AS complete_time"
-            ' FROM "print OS" WHERE name = ANY(:ids) AND marker IS NOT NULL'
+            f' FROM "print OS" WHERE {_PRINT_NAME} = ANY(:ids) AND marker IS NOT NULL'
         ),
         conn,
-        params={"ids": list(imposition_ids)},
+        params={"ids": _trimmed(imposition_ids)},
         dtype={"imposition_id": "string"},
     )
 

@@ -1,13 +1,12 @@
 """Data-quality checks a data team wants on these tables, run every 15 minutes and on demand."""
 
-import re
-
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER
-from jobstatus_dagster.io.sources import SOURCE_TABLES
+from jobstatus_dagster.core.identifiers import file_id_sql_patterns, trimmed_sql
+from jobstatus_dagster.core.plan import MARKER_TYPES, NOT_DATA_QUALITY_REASONS, PRINT_OS, SCANNER
+from jobstatus_dagster.io.sources import SOURCE_TABLES, load_operation_codes
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -21,7 +20,8 @@ CHECK_TAG = "jobstatus/checks"
 
 @dg.asset_check(
     asset=PROCESSING_FAILURES,
-    description="Failures (R20) still unresolved after JOBSTATUS_FAILURE_AGE_HOURS.",
+    description="Failures (R20) still unresolved after JOBSTATUS_FAILURE_AGE_HOURS; another "
+    "customer's file ids are recorded but are not data-quality failures.",
 )
 def unresolved_failures_are_recent(
     jobmanager: PostgresDatabase, processing: ProcessingSettings
@@ -32,10 +32,11 @@ def unresolved_failures_are_recent(
             sa.text(
                 "SELECT source_type, reason, count(*) AS n, min(first_attempt_at) AS oldest"
                 " FROM processing_failures WHERE resolved_at IS NULL"
+                " AND reason <> ALL(:not_data_quality)"
                 " AND first_attempt_at < now() - make_interval(secs => CAST(:hours AS double precision) * 3600)"
                 " GROUP BY source_type, reason ORDER BY n DESC"
             ),
-            {"hours": hours},
+            {"hours": hours, "not_data_quality": sorted(NOT_DATA_QUALITY_REASONS)},
         ).all()
     total = sum(r.n for r in rows)
     return dg.AssetCheckResult(
@@ -52,25 +53,36 @@ def unresolved_failures_are_recent(
 
 @dg.asset_check(
     asset=FILE_MAPPING,
-    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] (R4).",
+    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] (R4), "
+    "trimmed; another customer's well-formed ids are counted apart and pass (R20).",
 )
 def file_ids_match_the_pattern(
     logs: PostgresDatabase, processing: ProcessingSettings
 ) -> dg.AssetCheckResult:
-    customer = re.escape(processing.resolved().file_customer)
-    pattern = f"^FILE_[^_]+_{customer}_[0-9]+_[0-9]+(_.*)?$"
+    customer = processing.resolved().file_customer
+    ours, anyone = file_id_sql_patterns(customer)
+    # Same classification as identifiers.classify_file_ids: a token equal to ours but for case
+    # is malformed, not foreign.
     with logs.engine.connect() as conn:
-        count, sample = conn.execute(
+        count, sample, foreign = conn.execute(
             sa.text(
-                "SELECT count(*), (array_agg(file_id ORDER BY id DESC))[1:10]"
-                " FROM imposition_file_mapping WHERE file_id !~ :pattern"
+                "SELECT count(*) FILTER (WHERE NOT ok), (array_agg(f ORDER BY id DESC)"  # noqa: S608 - constant expression
+                " FILTER (WHERE NOT ok))[1:10], count(*) FILTER (WHERE ok AND NOT mine)"
+                " FROM (SELECT id, f, f ~ :ours AS mine, f ~ :ours OR (f ~ :anyone"
+                "   AND lower(substring(f from '^FILE_[^_]+_([^_]+)_')) <> lower(:customer)) AS ok"
+                f"   FROM (SELECT id, {trimmed_sql('file_id')} AS f"
+                "     FROM imposition_file_mapping) m) c"
             ),
-            {"pattern": pattern},
+            {"ours": ours, "anyone": anyone, "customer": customer},
         ).one()
     return dg.AssetCheckResult(
         passed=count == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"non_matching": count, "sample": ", ".join(sample or [])},
+        metadata={
+            "non_matching": count,
+            "sample": ", ".join(sample or []),
+            "other_customers": foreign,
+        },
     )
 
 
@@ -128,14 +140,16 @@ def print_flag_agrees_with_job_operations(
             conn,
         )
     with logs.engine.connect() as conn:
+        # R8: the print code as the writer reads it (names normalised, codes trimmed).
+        codes = load_operation_codes(conn)
+        print_ids = codes.loc[codes["operation"] == "print", "operation_id"].dropna().tolist()
         rows = pd.read_sql(
             sa.text(
                 "SELECT o.job_id, o.version_tag, o.status FROM job_operations o"
-                " JOIN operation_codes c ON c.operation_id = o.operation_id"
-                " WHERE c.operation = 'print' AND o.job_id = ANY(:jobs)"
+                " WHERE o.operation_id = ANY(:codes) AND o.job_id = ANY(:jobs)"
             ),
             conn,
-            params={"jobs": states["job_id"].unique().tolist()},
+            params={"codes": print_ids, "jobs": states["job_id"].unique().tolist()},
         )
     merged = states.merge(rows, on=["job_id", "version_tag"], how="left")
     flag_differs = merged["flag"].fillna(False) != merged["value"]

@@ -8,7 +8,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.config import Settings
-from jobstatus_dagster.core.identifiers import parse_file_ids
+from jobstatus_dagster.core.identifiers import parse_file_ids, trim_ids
 from jobstatus_dagster.core.plan import SCANNER, UpdatePlan, Window, failure_rows
 from jobstatus_dagster.core.print_status import as_event_time
 from jobstatus_dagster.core.scans import (
@@ -77,7 +77,7 @@ def resolve_scan(
     """Codes → runlist or job (R5, R6) → impositions → files → job versions; operations (R7)."""
     rows = loaded.rows
     scans = rows.assign(
-        code_text=rows["code_text"].astype("string").str.strip(),
+        code_text=trim_ids(rows["code_text"]),  # R4/R5: as the SQL runlist lookup trims
         event_time=as_event_time(rows["event_time"], loaded.processing_time),
     )
     no_code = scans["code_text"].isna() | (scans["code_text"] == "")
