@@ -24,8 +24,19 @@ def _hostile(name: str):
     return scenario
 
 
+def _convergence(suite: Suite) -> Result:
+    from faults.convergence import convergence  # hypothesis only when asked for
+
+    return convergence(suite, examples=suite.convergence_examples)
+
+
 def all_scenarios() -> dict:
-    return {**SCENARIOS, "7": _hostile("hostile_input"), "8": _hostile("api_fuzz_and_burst")}
+    return {
+        **SCENARIOS,
+        "7": _hostile("hostile_input"),
+        "8": _hostile("api_fuzz_and_burst"),
+        "9": _convergence,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +51,22 @@ def main(argv: list[str] | None = None) -> int:
         help="backlog of scenarios 1, 3, 4, 6, 7 and 8 (1 ≈ 800 print events, several windows)",
     )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--scenarios", nargs="*", default=None, help="numbers 1-8 (default: all)")
+    parser.add_argument(
+        "--convergence-examples", type=int, default=300, help="scenario 9's random schedules"
+    )
+    parser.add_argument("--scenarios", nargs="*", default=None, help="numbers 1-9 (default: all)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     scenarios = all_scenarios()
     chosen = args.scenarios or sorted(scenarios)
     cluster = Cluster()
-    suite = Suite(cluster, seed=args.seed, scale=args.scale, small_scale=args.small_scale)
+    suite = Suite(
+        cluster,
+        seed=args.seed,
+        scale=args.scale,
+        small_scale=args.small_scale,
+        convergence_examples=args.convergence_examples,
+    )
     results: list[Result] = []
     started = time.monotonic()
     try:

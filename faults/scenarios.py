@@ -41,6 +41,7 @@ class Suite:
     scale: int = 25  # scenarios 2 and 5 (random kills, restarts): ~20k print events
     small_scale: int = 1  # everything else: ~800 print events + 400 scans, every malformed kind
     quick: bool = False  # the fast pytest subset: one window per source (default chunk size)
+    convergence_examples: int = 300  # scenario 9
     _templates: dict[int, DatabaseUrls] = field(default_factory=dict)
     _controls: dict[tuple, dict] = field(default_factory=dict)
     _timings: dict[tuple, float] = field(default_factory=dict)
