@@ -505,9 +505,11 @@ class Env:
         return state
 
 
-def run_schedule(env: Env, data: ShopData, steps: list[Step]) -> bool:
+def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str]) -> bool:
     """Carry out a schedule, then commit the rest and drain; True when a backfill is due (R22b,
-    or R22a's exception: a print row committed after a scan it precedes was processed)."""
+    or R22a's exception: a print row committed after a scan it precedes was processed).
+    Differences seen on the way (a stale plan that wrote other than a fresh one) go to
+    ``problems``."""
     env.reset()
     env.write_reference(data)
     order: list[tuple[str, int]] = list(steps[0][1])
@@ -551,6 +553,10 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step]) -> bool:
             scanned(second)
             env.run(second, 3)
             env.write(stale)
+            # R24: what the stale plan wrote is what a plan made now writes (and nothing more).
+            written = env.state()
+            env.write(env.plan(Window(first, lo, hi)))
+            problems += _diff(f"stale plan of {first} ({lo}, {hi}] wrote", env.state(), written)
         elif kind == "crash":
             scanned(step[1])
             env.run(step[1], 2, crash_at=step[2])
@@ -567,12 +573,12 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step]) -> bool:
 
 def check_schedule(env: Env, data: ShopData, steps: list[Step]) -> list[str]:
     """The differences from the property, as readable lines (empty: it holds)."""
-    due = run_schedule(env, data, steps)
+    problems: list[str] = []
+    due = run_schedule(env, data, steps, problems)
     if due:
         for source in SOURCES:
             env.backfill_all(source)
     reached = env.state()
-    problems: list[str] = []
     for source in SOURCES:  # re-running anything changes nothing (R17, R23)
         env.backfill_all(source)
         env.drain(source)
