@@ -158,10 +158,46 @@ def test_r7_oracle_on_explicit_cases() -> None:
         assert set(names) <= allowed and sum(1 for m in mentions if not m) == problems, raw
 
 
-@given(st.text(max_size=60))
-def test_r7_arbitrary_text_never_crashes(raw: str) -> None:
+def _is_json(raw: str) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+not_json = st.text(max_size=60).filter(lambda raw: not _is_json(raw))
+
+
+@given(not_json)
+def test_r7_text_that_is_not_json_yields_no_names_and_says_so(raw: str) -> None:
     parsed = parse_operations(raw)
-    assert isinstance(parsed.names, tuple) and isinstance(parsed.problems, tuple)
+    assert parsed.names == ()
+    assert len(parsed.problems) == 1 and "not JSON" in parsed.problems[0]
+
+
+@given(
+    r7_shapes,
+    st.sampled_from([None, 0, 2, "\t"]),
+    st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    st.booleans(),
+    st.sampled_from(["", " ", "\n\t "]),
+)
+def test_r7_json_text_parses_like_its_value_whatever_the_formatting(
+    value, indent, separators, ensure_ascii: bool, padding: str
+) -> None:
+    raw = padding + json.dumps(
+        value, indent=indent, separators=separators, ensure_ascii=ensure_ascii
+    )
+    parsed = parse_operations(raw + padding)
+    assert parsed == parse_operations(json.dumps(value))
+    _, allowed = _obligations(value)
+    assert set(parsed.names) <= allowed
+
+
+def test_r7_null_operations_is_a_problem() -> None:
+    parsed = parse_operations(None)
+    assert parsed.names == () and len(parsed.problems) == 1
 
 
 @given(
