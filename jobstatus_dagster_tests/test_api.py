@@ -8,6 +8,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 import pytest
@@ -48,12 +49,34 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
+@dataclass(frozen=True)
+class FirstProcessing:
+    """The API's answer to the module's first write, and the database right after it (later
+    tests add and process rows, in whatever order they run)."""
+
+    body: dict
+    marker: int
+    print_rows: int
+    jobs_written: int
+
+
 @pytest.fixture(scope="module")
-def processed(client: TestClient) -> dict:
-    """The backlog's print-OS rows processed through the API (the first write of the module)."""
+def first_processing(client: TestClient, shop: Shop) -> FirstProcessing:
+    assert shop.marker("print_os") == 0, "the backlog is processed by the module's first write"
     response = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
     assert response.status_code == 200, response.text
-    return response.json()
+    return FirstProcessing(
+        response.json(),
+        shop.marker("print_os"),
+        shop.scalar(shop.jm, 'SELECT count(*) FROM "print OS"'),
+        shop.scalar(shop.jm, "SELECT count(*) FROM jobs WHERE operations <> '{}'"),
+    )
+
+
+@pytest.fixture(scope="module")
+def processed(first_processing: FirstProcessing) -> dict:
+    """The backlog's print-OS rows processed through the API (the first write of the module)."""
+    return first_processing.body
 
 
 def api_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
@@ -73,12 +96,12 @@ def unchanged(shop: Shop, instance: dg.DagsterInstance):
 
 # ----- processing --------------------------------------------------------------------------
 def test_process_print_os_reports_what_the_database_holds(
-    processed: dict, shop: Shop, instance: dg.DagsterInstance
+    first_processing: FirstProcessing, instance: dg.DagsterInstance
 ) -> None:
-    assert processed["last_marker"] == shop.marker("print_os") == 114
-    assert processed["processed_count"] == shop.scalar(shop.jm, 'SELECT count(*) FROM "print OS"')
-    jobs_written = shop.scalar(shop.jm, "SELECT count(*) FROM jobs WHERE operations <> '{}'")
-    assert processed["jobs_updated"] == jobs_written > 0
+    processed = first_processing.body
+    assert processed["last_marker"] == first_processing.marker == 114  # the backlog's last
+    assert processed["processed_count"] == first_processing.print_rows
+    assert processed["jobs_updated"] == first_processing.jobs_written > 0
     assert [run["window"] for run in processed["runs"]] == ["print_os:0-114"]
     # The request is a Dagster run in the instance, tagged as the API's.
     runs = {run.run_id: run for run in api_runs(instance)}
@@ -91,15 +114,36 @@ def test_process_print_os_reports_what_the_database_holds(
 def test_process_status_updates_per_source_then_nothing_new(
     processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
 ) -> None:
+    """Other tests of the module may have processed either source already: the expected windows
+    come from the markers before the requests and the rows this test adds on both sources."""
+    new_print_event(shop)  # pending on the other source: a scanner request must leave it alone
+    job = shop.add_job()
+    shop.add_job_operation(job, "1", "op003")
+    scan_id = shop.scan(f"{job}_1", ["coating"])
+    scan_from, print_from = shop.marker("scanned_codes"), shop.marker("print_os")
+    scans_pending = shop.scalar(
+        shop.jm, "SELECT count(*) FROM scanned_codes WHERE scan_id > :m", m=scan_from
+    )
+
     scanner = client.post("/api/process-status-updates", json={"source": "scanner"}, headers=AUTH)
     assert scanner.status_code == 200, scanner.text
     body = scanner.json()
-    assert body["print_os_processed"] == 0
-    assert body["scanner_processed"] == shop.scalar(shop.jm, "SELECT count(*) FROM scanned_codes")
-    assert body["jobs_updated"] > 0
-    assert [run["window"] for run in body["runs"]] == ["scanner:0-6"]
-    assert shop.marker("scanned_codes") == 6
-    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in api_runs(instance))
+    assert body["print_os_processed"] == 0 and shop.marker("print_os") == print_from
+    assert body["scanner_processed"] == scans_pending >= 1
+    assert body["jobs_updated"] >= 1
+    assert shop.job_operations_json(job) == {"coating": True}
+    assert [run["window"] for run in body["runs"]] == [f"scanner:{scan_from}-{scan_id}"]
+    assert shop.marker("scanned_codes") == scan_id
+    runs = {run.run_id: run for run in api_runs(instance)}
+    assert all(runs[r["run_id"]].status == dg.DagsterRunStatus.SUCCESS for r in body["runs"])
+
+    print_to = shop.scalar(shop.jm, 'SELECT max(marker) FROM "print OS"')
+    prints = client.post("/api/process-status-updates", json={"source": "print_os"}, headers=AUTH)
+    assert prints.status_code == 200, prints.text
+    assert prints.json()["scanner_processed"] == 0
+    assert prints.json()["print_os_processed"] >= 1
+    assert [run["window"] for run in prints.json()["runs"]] == [f"print_os:{print_from}-{print_to}"]
+    assert shop.marker("print_os") == print_to and shop.marker("scanned_codes") == scan_id
 
     before = unchanged(shop, instance)
     again = client.post("/api/process-status-updates", headers=AUTH)  # no body: "both"
@@ -116,10 +160,13 @@ def test_process_status_updates_per_source_then_nothing_new(
 def test_r21_force_backfills_idempotently_and_never_lowers_the_marker(
     processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
 ) -> None:
-    marker = shop.marker("print_os")
+    # Rows other tests left unprocessed would be processed after the backfill: catch up first.
+    catch_up = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
+    assert catch_up.status_code == 200, catch_up.text
+    marker = shop.marker("print_os")  # 114 after the backlog; more if other tests ran first
     first = client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
     assert first.status_code == 200, first.text
-    assert [run["window"] for run in first.json()["runs"]] == ["print_os:0-114"]
+    assert [run["window"] for run in first.json()["runs"]] == [f"print_os:0-{marker}"]
     assert first.json()["last_marker"] == shop.marker("print_os") == marker
 
     before = shop.snapshot()
@@ -155,13 +202,28 @@ def test_force_in_chunks_runs_one_dagster_run_per_window(
 ) -> None:
     chunked = Shop(urls, chunk_size=4)
     app = create_app(chunked.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
-    marker = shop.marker("print_os")
-    before = shop.snapshot()
     with chunked, TestClient(app) as chunked_client:
+        # Rows other tests left unprocessed would be processed after the backfill: catch up.
+        catch_up = chunked_client.post("/api/process-print-os", json={}, headers=AUTH)
+        assert catch_up.status_code == 200, catch_up.text
+        marker = shop.marker("print_os")
+        # Windows of 4 rows each over (0, marker] (distinct markers, all in the first partition).
+        markers = [
+            row["marker"]
+            for row in shop.rows(
+                shop.jm,
+                'SELECT marker FROM "print OS" WHERE marker <= :m ORDER BY marker',
+                m=marker,
+            )
+        ]
+        assert len(set(markers)) == len(markers) > 4 and markers[0] > 0 and marker < 10_000
+        ends = markers[3::4] + ([markers[-1]] if len(markers) % 4 else [])
+        expected = [f"print_os:{lo}-{hi}" for lo, hi in zip([0, *ends], ends, strict=False)]
+        before = shop.snapshot()
         response = chunked_client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
     assert response.status_code == 200, response.text
     windows = [run["window"] for run in response.json()["runs"]]
-    assert windows == ["print_os:0-106", "print_os:106-114"]
+    assert windows == expected  # ["print_os:0-106", "print_os:106-114"] on the backlog alone
     assert shop.marker("print_os") == marker
     assert shop.snapshot() == before
 

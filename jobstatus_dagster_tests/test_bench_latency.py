@@ -55,19 +55,19 @@ def test_latency_bench_measures_every_row(tmp_path: Path) -> None:
     latency = {row[0]: row for row in _table(result.stdout, "latency: commit to status written")}
     assert set(latency) == {"print events", "scans"}, latency
     for source, row in latency.items():
-        rows, processed, median, p95, worst, interval, target, met = (
-            row[1],
-            row[2],
-            *(float(cell.replace(",", "")) for cell in row[4:7]),
-            int(row[7]),
-            int(row[8]),
-            row[9],
-        )
+        rows, processed, audited = (int(cell.replace(",", "")) for cell in row[1:4])
+        median, p95, worst = (float(cell.replace(",", "")) for cell in row[4:7])
+        interval, target, met = int(row[7]), float(row[8]), row[9]
         # Every appended row (about one per second) was processed and got a latency.
-        assert int(rows) >= 2 and processed == rows, (source, row)
+        assert rows >= 2 and processed == rows, (source, row)
         assert 0 < median <= p95 <= worst < 300, row
-        assert (interval, target) == (2, 12)
-        assert met in {"yes", "no"}
+        # Audit rows are counted from the database: only processed rows can have one (R18).
+        assert 0 <= audited <= processed, row
+        # The target is the budget bench/README states (p95 <= sensor interval + 10 s), and the
+        # verdict follows the figures printed beside it (p95 is printed to 0.01 s).
+        assert target == interval + 10, row
+        if abs(p95 - target) > 0.01:
+            assert met == ("yes" if processed == rows and p95 <= target else "no"), row
 
     breakdown = {
         row[0]: row for row in _table(result.stdout, "where the time goes (median / p95 s per row)")

@@ -20,18 +20,45 @@ from jobstatus_dagster.core.projection import project_impositions
 NOW = datetime(2026, 11, 28, 12, 0)
 
 
-@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50))
-def test_r11_status_follows_the_counts(printed: int, aborted: int, unprinted: int) -> None:
-    total = printed + aborted + unprinted
-    status = print_status(printed, aborted, total)
-    if total and printed == total:
-        assert status == "completed"
-    elif printed:
-        assert status == "partial"
-    elif aborted:
-        assert status == "aborted"
-    else:
-        assert status is None
+# R11 as explicit cases: (printed, aborted, total) -> status.
+R11_CASES = [
+    ((5, 0, 5), "completed"),
+    ((1, 0, 1), "completed"),
+    ((3, 1, 5), "partial"),  # the R12 example: "3 of 5 files printed, 1 aborted"
+    ((4, 1, 5), "partial"),  # every file accounted for, one aborted: still not completed
+    ((1, 0, 2), "partial"),
+    ((0, 1, 5), "aborted"),
+    ((0, 5, 5), "aborted"),
+    ((0, 0, 5), None),  # nothing printed or aborted yet
+    ((0, 0, 0), None),  # no files: nothing to report (not "0 of 0 printed = completed")
+]
+
+
+def test_r11_status_table() -> None:
+    for counts, expected in R11_CASES:
+        assert print_status(*counts) == expected, counts
+
+
+def _r11_by_the_letter(printed: int, aborted: int, total: int) -> str | None:
+    """R11's four clauses as written; they must be exclusive and exhaustive for valid counts."""
+    clauses = {
+        "completed": total > 0 and printed == total,
+        "partial": 0 < printed < total,
+        "aborted": printed == 0 and aborted > 0,
+    }
+    holding = [status for status, holds in clauses.items() if holds]
+    assert len(holding) <= 1, (printed, aborted, total, holding)
+    return holding[0] if holding else None  # "otherwise no print status yet"
+
+
+def test_r11_status_follows_the_counts() -> None:
+    """Every valid (printed, aborted, total) up to 40 files, against R11 read clause by clause."""
+    for total in range(41):
+        for printed in range(total + 1):
+            for aborted in range(total - printed + 1):
+                assert print_status(printed, aborted, total) == _r11_by_the_letter(
+                    printed, aborted, total
+                ), (printed, aborted, total)
 
 
 def test_r12_note_says_why() -> None:

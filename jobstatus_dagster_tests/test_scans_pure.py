@@ -23,19 +23,181 @@ json_values = st.recursive(
 )
 
 
-@given(json_values)
+# Names as a shop writes them: known ones in several spellings, blanks, and arbitrary text.
+op_names = st.sampled_from(
+    ["coating", "Kiss Cut", " kiss-cut ", "DIE - CUT", "print", "", "  ", "-", "_x_"]
+) | st.text(max_size=10)
+flags = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.sampled_from(["true", " Yes ", "false", "no", "0", ""])
+)
+list_items = (
+    op_names
+    | st.fixed_dictionaries({"operation": op_names})
+    | st.fixed_dictionaries({"name": op_names})
+    | st.fixed_dictionaries({}, optional={"operation": json_values, "name": json_values})
+    | json_values
+)
+# The four shapes R7 lists, with hostile parts, next to arbitrary JSON.
+r7_shapes = (
+    st.dictionaries(op_names, flags, max_size=6)
+    | st.lists(list_items, max_size=6)
+    | st.fixed_dictionaries({"operations": st.lists(list_items, max_size=6) | json_values})
+    | json_values
+)
+
+DEFINITELY_TRUE_WORDS = {"true", "yes"}
+DEFINITELY_FALSE_WORDS = {"", "false", "no", "0"}
+
+
+def _flag(value: object) -> bool | None:
+    """R7 "true-ish", decided only where it is beyond argument; None = either reading is fine."""
+    if value is None or value is False or value is True:
+        return bool(value)
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in DEFINITELY_TRUE_WORDS:
+            return True
+        if word in DEFINITELY_FALSE_WORDS:
+            return False
+    return None
+
+
+def _usable(names: list[object]) -> set[str]:
+    return {n for n in (normalise_operation(x) for x in names if isinstance(x, str)) if n}
+
+
+def _obligations(value: object) -> tuple[list[set[str]], set[str]]:
+    """An oracle for R7 written from the spec, not from the parser.
+
+    Returns (mentions, allowed). Each mention is something in the scan that names (or tries to
+    name) an operation to apply, as the set of normalised names that would honour it; an empty
+    set means only a described problem can honour it. ``allowed`` is every name the scan could
+    legitimately yield (nothing may be invented).
+    """
+    mentions: list[set[str]] = []
+    allowed: set[str] = set()
+
+    def listed(items: list) -> None:
+        for item in items:
+            if isinstance(item, str):
+                candidates = _usable([item])
+            elif isinstance(item, dict):
+                candidates = _usable([item.get("operation"), item.get("name")])
+            else:
+                candidates = set()  # a number, null, nested list...: unusable, must be described
+            mentions.append(candidates)
+            allowed.update(candidates)
+
+    if isinstance(value, dict) and "operations" in value:
+        inner = value["operations"]
+        if isinstance(inner, list):
+            listed(inner)
+        else:
+            mentions.append(set())  # {"operations": <not a list>}
+    elif isinstance(value, dict):
+        for key, flag in value.items():
+            verdict = _flag(flag)
+            if verdict is True:
+                candidates = _usable([key])
+                mentions.append(candidates)  # an empty key set to true must be described
+                allowed.update(candidates)
+            elif verdict is None:
+                allowed.update(_usable([key]))
+    elif isinstance(value, list):
+        listed(value)
+    else:
+        mentions.append(set())  # a bare scalar is no shape R7 lists
+    return mentions, allowed
+
+
+@given(r7_shapes)
 def test_r7_arbitrary_json_never_crashes_and_always_explains(value) -> None:
     parsed = parse_operations(json.dumps(value))
+    names = set(parsed.names)
     assert all(name == normalise_operation(name) and name for name in parsed.names)
-    if not parsed.names:
-        # Nothing usable: either a recorded problem or a shape that genuinely names nothing.
-        assert parsed.problems or value in ({}, []) or isinstance(value, dict | list)
+    assert len(names) == len(parsed.names), "each name once"
+    assert all(isinstance(p, str) and p for p in parsed.problems)
+    mentions, allowed = _obligations(value)
+    assert names <= allowed, f"invented {names - allowed}"
+    # Every true-ish name is returned or a problem is described: nothing silently dropped.
+    unhonoured = [m for m in mentions if not m & names]
+    assert len(parsed.problems) >= len(unhonoured), (unhonoured, parsed)
+    if not mentions:
+        assert not parsed.names
 
 
-@given(st.text(max_size=60))
-def test_r7_arbitrary_text_never_crashes(raw: str) -> None:
+def test_r7_oracle_on_explicit_cases() -> None:
+    """The oracle above and the parser agree on hand-written cases (the oracle is not vacuous)."""
+    cases = {
+        '{"Coating": true, "kiss_cut": false, "slitter": 1, "backscore": 0}': (
+            ("coating", "slitter"),
+            0,
+        ),
+        '{"": true, "coating": "yes"}': (("coating",), 1),
+        '["coating", 3, null, {"operation": "Kiss Cut"}, {"colour": "red"}, ""]': (
+            ("coating", "kiss_cut"),
+            4,
+        ),
+        '{"operations": "coating"}': ((), 1),
+        '{"operations": []}': ((), 0),
+        '"coating"': ((), 1),
+        "17": ((), 1),
+        "{}": ((), 0),
+    }
+    for raw, (names, problems) in cases.items():
+        parsed = parse_operations(raw)
+        assert (parsed.names, len(parsed.problems)) == (names, problems), raw
+        mentions, allowed = _obligations(json.loads(raw))
+        assert set(names) <= allowed and sum(1 for m in mentions if not m) == problems, raw
+
+
+def _is_json(raw: str) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True
+
+
+not_json = st.text(max_size=60).filter(lambda raw: not _is_json(raw))
+
+
+@given(not_json)
+def test_r7_text_that_is_not_json_yields_no_names_and_says_so(raw: str) -> None:
     parsed = parse_operations(raw)
-    assert isinstance(parsed.names, tuple) and isinstance(parsed.problems, tuple)
+    assert parsed.names == ()
+    assert len(parsed.problems) == 1 and "not JSON" in parsed.problems[0]
+
+
+@given(
+    r7_shapes,
+    st.sampled_from([None, 0, 2, "\t"]),
+    st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    st.booleans(),
+    st.sampled_from(["", " ", "\n\t "]),
+)
+def test_r7_json_text_parses_like_its_value_whatever_the_formatting(
+    value, indent, separators, ensure_ascii: bool, padding: str
+) -> None:
+    raw = padding + json.dumps(
+        value, indent=indent, separators=separators, ensure_ascii=ensure_ascii
+    )
+    parsed = parse_operations(raw + padding)
+    assert parsed == parse_operations(json.dumps(value))
+    _, allowed = _obligations(value)
+    assert set(parsed.names) <= allowed
+
+
+def test_r7_null_operations_is_a_problem() -> None:
+    parsed = parse_operations(None)
+    assert parsed.names == () and len(parsed.problems) == 1
 
 
 @given(

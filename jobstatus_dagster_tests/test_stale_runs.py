@@ -24,8 +24,9 @@ from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
 from jobstatus_dagster.api import STALE_RUNS_HEADER, create_app
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS, instance_overrides
+from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS
 from jobstatus_dagster.pipeline.sensors import IN_FLIGHT, PlannedRun
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
@@ -297,30 +298,55 @@ def test_process_state_tells_alive_gone_exited_and_reused_pids() -> None:
 
 
 # ----- Dagster's own run monitoring ---------------------------------------------------------
+# dagster.yaml's run_monitoring section (see its comments): runs take seconds, so a run stuck
+# starting 3 min or running 1 h is dead; the DefaultRunLauncher cannot resume (attempts 0).
+RUN_MONITORING = {
+    "enabled": True,
+    "start_timeout_seconds": 180,
+    "cancel_timeout_seconds": 180,
+    "max_runtime_seconds": 3600,
+    "max_resume_run_attempts": 0,
+    "poll_interval_seconds": 60,
+}
+
+
 def test_dagster_yaml_enables_run_monitoring(
-    urls: DatabaseUrls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    urls: DatabaseUrls,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The daemon fails runs stuck starting or running too long; the DefaultRunLauncher cannot
     resume runs, so a resume attempt count other than 0 would refuse to load."""
+    declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    assert declared["run_monitoring"] == RUN_MONITORING
     shutil.copyfile(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("JOBSTATUS_DAGSTER_STORAGE_URL", to_sqlalchemy_url(urls.dagster, "psycopg2"))
     with dg.DagsterInstance.from_config(str(tmp_path)) as configured:
+        # Dagster itself reads the file that way (the daemon would run with these values).
         assert configured.run_monitoring_enabled
         assert "MONITORING" in configured.get_required_daemon_types()
-        assert configured.run_monitoring_max_resume_run_attempts == 0
-        assert 0 < configured.run_monitoring_start_timeout_seconds <= 600
-        assert configured.run_monitoring_max_runtime_seconds >= 3600
+        assert {
+            "start_timeout_seconds": configured.run_monitoring_start_timeout_seconds,
+            "cancel_timeout_seconds": configured.run_monitoring_cancel_timeout_seconds,
+            "max_runtime_seconds": configured.run_monitoring_max_runtime_seconds,
+            "max_resume_run_attempts": configured.run_monitoring_max_resume_run_attempts,
+            "poll_interval_seconds": configured.run_monitoring_poll_interval_seconds,
+        } == {k: v for k, v in RUN_MONITORING.items() if k != "enabled"}
         # bench/latency.py: the queue is checked every second, dequeues on threads.
         coordinator = configured.run_coordinator
         assert coordinator.dequeue_interval_seconds == 1 and coordinator.dequeue_use_threads
+        # One run per source (SPEC §6): one slot per value of the tag the runs carry.
         limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
-        assert limits  # one run per source still holds
+        assert [(lim["key"], lim["limit"], lim["value"]) for lim in limits] == [
+            (SOURCE_TAG, 1, {"applyLimitPerUniqueValue": True})
+        ]
         # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
-        # held a finished run 60 s; instances built in code (tests, bench, faults) match.
+        # held a finished run 60 s.
         assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
-        assert instance_overrides(urls.dagster)["compute_logs"] == NO_COMPUTE_LOGS
         # Sensors tick every 5 s: a day of skipped ticks is enough history.
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
         assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
-        declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())["compute_logs"]
-        assert declared == NO_COMPUTE_LOGS
+    # Instances built in code (tests, bench, faults: instance_overrides) match the file.
+    assert declared["compute_logs"] == NO_COMPUTE_LOGS
+    assert isinstance(instance.compute_log_manager, NoOpComputeLogManager)

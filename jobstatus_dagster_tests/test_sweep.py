@@ -2,6 +2,8 @@
 with a negative marker is still processed, by a bounded sweep of the history (defect D of the
 fault suite: such rows used to be neither processed nor recorded)."""
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 
 from jobstatus_dagster.pipeline.sensors import source_backlog
@@ -88,8 +90,10 @@ def test_r19_scans_far_below_the_marker_are_processed(urls, instance) -> None:
     with Shop(urls, late_row_lookback=10) as shop:
         job = shop.add_job()
         shop.add_job_operation(job, "1", operation_id="op003")
-        shop.scan(job, {"operations": ["coating"]})
+        shop.add_job_operation(job, "1", operation_id="op006")
+        first = shop.scan(f"{job}_1", {"operations": ["coating"]}, at=T0)
         shop.process(instance, "scanner")
+        assert shop.job_op_row(job, "1", "op003")["source_id"] == first
         with shop.jm.begin() as conn:  # the scanner's marker jumps far ahead of the rows
             conn.execute(
                 sa.text(
@@ -97,7 +101,29 @@ def test_r19_scans_far_below_the_marker_are_processed(urls, instance) -> None:
                     " WHERE marker_type = 'scanned_codes'"
                 )
             )
-        below = shop.scan(job, {"operations": ["coating"]})
+        # A later scan with a new operation, so its effect cannot be mistaken for the first's.
+        later = T0 + timedelta(hours=1)
+        below = shop.scan(f"{job}_1", {"operations": ["coating", "Kiss Cut"]}, at=later)
         assert below < shop.marker("scanned_codes") - 10
         shop.process(instance, "scanner")
         assert processed(shop, below, "scanner")
+
+        # Applied, not just recorded: the rows, jobs.operations and the audit carry the scan.
+        for operation_id in ("op003", "op006"):
+            row = shop.job_op_row(job, "1", operation_id)
+            assert (row["status"], row["completed_by"], row["source_id"]) == (
+                "completed",
+                "scanner",
+                below,
+            ), operation_id
+            assert row["completed_at"] == later  # R14: the scan's time
+        assert shop.job_operations_json(job) == {"coating": True, "kiss_cut": True}
+        audit = {
+            (r["source_type"], r["source_id"], r["operation"], r["status"]) for r in shop.audit(job)
+        }
+        assert audit == {
+            ("scanner", first, "coating", "completed"),
+            ("scanner", below, "coating", "completed"),
+            ("scanner", below, "kiss_cut", "completed"),
+        }
+        assert shop.failures(below) == []
