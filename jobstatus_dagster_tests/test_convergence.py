@@ -206,3 +206,40 @@ def test_r14_a_missing_event_time_is_fixed_once_not_per_run(shop: Shop, instance
     )
     (audit,) = [a for a in shop.audit(job) if a["source_id"] == aborted]
     assert audit["event_time"] == first_processed
+
+
+def test_r4_operation_rows_and_jobs_match_on_trimmed_identifiers(shop: Shop, instance) -> None:
+    """The shop's own rows with padded identifiers are the same rows (R4), not missing (R16)."""
+    job = shop.add_job(f"{shop.new_job_id()}")
+    shop.execute(shop.jm, "UPDATE jobs SET job_id = job_id || ' ' WHERE job_id = :j", {"j": job})
+    shop.execute(
+        shop.logs,
+        "INSERT INTO job_operations (job_operation_id, job_id, version_tag, operation_id)"
+        " VALUES (:id, :j, '1 ', 'op001')",
+        {"id": f"{job}:padded", "j": f"{job}\t"},
+    )
+    shop.execute(
+        shop.logs,
+        "INSERT INTO imposition_operations (imposition_operation_id, imposition_id,"
+        " operation_id) VALUES (:id, :i, 'op001\n')",
+        {"id": f"{job}-P:padded", "i": f"{job}-P "},
+    )
+    shop.map_files(f"{job}-P", [file_of(job)], with_op_row=False)
+    source_id, _ = shop.print_event(f"{job}-P", "PRINTED")
+    shop.process(instance)
+    row = shop.rows(
+        shop.logs,
+        "SELECT status, source_id FROM job_operations WHERE job_operation_id = :i",
+        i=f"{job}:padded",
+    )
+    assert row == [{"status": "completed", "source_id": source_id}]
+    row = shop.rows(
+        shop.logs,
+        "SELECT status FROM imposition_operations WHERE imposition_operation_id = :i",
+        i=f"{job}-P:padded",
+    )
+    assert row == [{"status": "completed"}]
+    assert shop.scalar(shop.jm, "SELECT operations FROM jobs WHERE job_id = :j", j=f"{job} ") == {
+        "print": True
+    }
+    assert shop.failures(source_id) == []

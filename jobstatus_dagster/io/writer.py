@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from jobstatus_dagster.core.identifiers import trimmed_sql
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -349,7 +350,8 @@ def _project_logs_table(
     ]
     _copy_into(conn, f"tmp_{short}", values, columns)
     _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
-    match = " AND ".join(f"o.{k} = t.{k}" for k in [*keys, "operation_id"])
+    # R4: the shop's identifiers compare trimmed (the key column through its expression index).
+    match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
     # R22b: what the row held before jobstatus first wrote it, kept once.
     conn.execute(
         sa.text(f"""
@@ -652,18 +654,18 @@ def write_jobmanager(
     ).rowcount
     report.job_states_changed = changed
     report.jobs_updated = conn.execute(
-        sa.text("""
-        UPDATE jobs j SET operations = (COALESCE(j.operations, '{}'::jsonb) - p.removed) || p.ops
+        sa.text(f"""
+        UPDATE jobs j SET operations = (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
         FROM (SELECT job_id,
                      COALESCE(jsonb_object_agg(operation, value)
-                              FILTER (WHERE value IS NOT NULL), '{}'::jsonb) AS ops,
-                     COALESCE(array_agg(operation) FILTER (WHERE value IS NULL), '{}') AS removed
+                              FILTER (WHERE value IS NOT NULL), '{{}}'::jsonb) AS ops,
+                     COALESCE(array_agg(operation) FILTER (WHERE value IS NULL), '{{}}') AS removed
               FROM (SELECT job_id, operation, value FROM tmp_job_state
                     UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
               GROUP BY job_id) p
-        WHERE j.job_id = p.job_id
-          AND (COALESCE(j.operations, '{}'::jsonb) - p.removed) || p.ops
-              IS DISTINCT FROM COALESCE(j.operations, '{}'::jsonb)
+        WHERE {trimmed_sql("j.job_id")} = p.job_id
+          AND (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
+              IS DISTINCT FROM COALESCE(j.operations, '{{}}'::jsonb)
     """)
     ).rowcount
 
@@ -717,12 +719,13 @@ def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> No
     """R16/R20: failures of this run recorded, those of its rows that did not recur resolved."""
     # A job absent from jobs is skipped there and recorded, retryably (it may arrive).
     conn.execute(
-        sa.text("""
+        sa.text(f"""
         INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
         SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
                'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
         FROM tmp_attributions a
-        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = a.job_id)
+        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j
+                                    WHERE {trimmed_sql("j.job_id")} = a.job_id)
     """)
     )
     # A failure is re-counted only when its row came back as a retry (R20): re-processing a
