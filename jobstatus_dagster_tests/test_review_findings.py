@@ -231,3 +231,81 @@ def test_r22b_job_removed_from_the_mapping_is_withdrawn(env: Env) -> None:
     env.backfill_all(PRINT_OS)
     problems = differences_from_scratch(env, data)
     assert not problems, "\n".join(problems)
+
+
+def test_r4_jobs_row_with_trailing_space(env: Env) -> None:
+    """The same for jobs.job_id ('100_200 '): jobs.operations is never written and the scan
+    records missing_job."""
+    data = shop(jobs=[J], in_jobs=set(), scans=[(1, f"{J}_1", at(20), '{"coating": true}')])
+    env.reset()
+    env.write_reference(data)
+    with env.jm.begin() as conn:
+        conn.execute(sa.text("INSERT INTO jobs (job_id, operations) VALUES (:j, '{}')"), {"j": J + " "})
+    env.commit(data, [(SCANNER, 1)])
+    env.drain(SCANNER)
+    (job,) = rows(env.jm, "SELECT operations FROM jobs")
+    assert job["operations"] == {"coating": True}
+    assert rows(env.jm, "SELECT reason FROM processing_failures WHERE resolved_at IS NULL") == []
+
+
+# ----- 7. R20/R18: an out-of-range timestamp poisons the source -----------------------------
+@pytest.mark.parametrize(
+    ("source", "sql"),
+    [
+        (PRINT_OS, "UPDATE \"print OS\" SET job_complete_time = 'infinity'"),
+        (SCANNER, "UPDATE scanned_codes SET scanned_at = '-infinity'"),
+    ],
+)
+def test_r20_an_infinite_event_time_is_recorded_not_a_crash(env: Env, source: str, sql: str) -> None:
+    """Postgres TIMESTAMP accepts 'infinity', '-infinity' and years past 9999; psycopg cannot
+    load them into Python, so every run of the window raises DataError: the marker never moves
+    and no later row of the source is processed. R20: record it and continue."""
+    data = shop(
+        jobs=[J],
+        in_jobs={J},
+        files={"IMP-0": [f"FILE_1_Labex_{J}_0"]},
+        job_ops={(J, "1", PRINT_OP): None, (J, "1", COATING): None},
+        prints=[(1, "IMP-0", "PRINTED", 1, at(5), at(6)), (2, "IMP-0", "PRINTED", 2, at(7), at(8))],
+        scans=[
+            (1, f"{J}_1", at(20), json.dumps({"coating": True})),
+            (2, f"{J}_1", at(21), json.dumps({"coating": True})),
+        ],
+    )
+    env.reset()
+    env.write_reference(data)
+    first = [(source, 1)]
+    env.commit(data, first)
+    with env.jm.begin() as conn:
+        conn.execute(sa.text(sql))
+    env.commit(data, [(source, 2)])
+    env.drain(source)  # raises today
+    assert env.unprocessed(source) == 0
+
+
+# ----- 8. R22b: a re-attribution erases the audit's record of the withdrawal ----------------
+def test_r22b_reattribution_keeps_the_withdrawal_in_the_audit(env: Env) -> None:
+    """A planner path removed (backfill: the scan's attribution withdrawn, noted), then put
+    back (backfill): the same audit row is upserted with withdrawn_at NULL and its notes
+    replaced, so nothing shows the withdrawal ever happened (R22b: the audit keeps its history
+    and shows the withdrawal)."""
+    data = shop(
+        jobs=[J],
+        in_jobs={J},
+        files={"IMP-0": [f"FILE_1_Labex_{J}_0"]},
+        runlists={"RL-1": ["IMP-0"]},
+        job_ops={(J, "1", COATING): None},
+        scans=[(1, "RL-1", at(20), json.dumps({"coating": True}))],
+    )
+    process_all(env, data)
+    data.runlists["RL-1"] = []
+    env.write_reference(data)
+    env.backfill_all(SCANNER)
+    data.runlists["RL-1"] = ["IMP-0"]
+    env.write_reference(data)
+    env.backfill_all(SCANNER)
+    history = rows(
+        env.jm, "SELECT withdrawn_at, notes FROM job_status_updates WHERE job_id = :j", j=J
+    )
+    assert any(
+        h["withdrawn_at"] is not None or "withdrawn" in (h["notes"] or "") for h in history
+    ), history
