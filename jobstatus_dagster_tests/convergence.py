@@ -523,7 +523,12 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
         nonlocal due
         batch, pending[:] = pending[:n], pending[n:]
         for source, row_id in batch:
-            if source == PRINT_OS and latest_scan_seen and print_times[row_id] <= latest_scan_seen:
+            if (
+                source == PRINT_OS
+                and latest_scan_seen
+                and print_times[row_id] is not None
+                and print_times[row_id] <= latest_scan_seen
+            ):
                 due = True
         env.commit(data, batch)
 
