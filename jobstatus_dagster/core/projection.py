@@ -147,10 +147,11 @@ def project_impositions(
     return values, _missing_keys(touched, values, IMPOSITION_KEYS)
 
 
-def scanner_verdicts(evidence: pd.DataFrame, print_jobs: set[str]) -> pd.DataFrame:
+def scanner_verdicts(evidence: pd.DataFrame, print_versions: set[tuple[str, str]]) -> pd.DataFrame:
     """R23: each scan's `applied` and notes as if scans were processed one at a time in
-    (marker, id) order: applied when it is at least as late as every scan of the same
-    (job, operation) before it; a scanner print never applies where PrintOS holds the job."""
+    (marker, id) order: applied when it is at least as late as every scan of the same row
+    (job version, operation, R15) before it; a scanner print never applies to a version whose
+    print PrintOS holds."""
     if evidence.empty:
         return pd.DataFrame(columns=AUDIT_VERDICT_COLUMNS)
     pairs = (
@@ -161,9 +162,9 @@ def scanner_verdicts(evidence: pd.DataFrame, print_jobs: set[str]) -> pd.DataFra
     )
     pairs["_order"] = np.arange(len(pairs), dtype="int64")
     frame = evidence.merge(pairs, on=["event_time", "source_id"]).sort_values(
-        [*JOB_KEYS, "marker", "source_id", "version_tag"], kind="stable"
+        [*VERSION_KEYS, "marker", "source_id"], kind="stable"
     )
-    earlier_best = frame.groupby(JOB_KEYS, sort=False)["_order"].transform(
+    earlier_best = frame.groupby(VERSION_KEYS, sort=False)["_order"].transform(
         lambda s: s.cummax().shift(1)
     )
     applied = earlier_best.isna() | (frame["_order"] >= earlier_best)
@@ -179,7 +180,8 @@ def scanner_verdicts(evidence: pd.DataFrame, print_jobs: set[str]) -> pd.DataFra
         + " holds "
         + frame["operation"]
     )
-    by_print = (frame["operation"] == PRINT) & frame["job_id"].isin(print_jobs)
+    held = frame[["job_id", "version_tag"]].apply(tuple, axis=1).isin(print_versions)
+    by_print = (frame["operation"] == PRINT) & held
     notes = frame["evidence_notes"].astype("string")
     notes = notes.where(applied, notes + held_note)
     notes = notes.where(
@@ -215,5 +217,12 @@ def project(
         imposition_ops_withdrawn=imposition_withdrawn,
         job_state=job_state,
         job_state_withdrawn=job_state_withdrawn,
-        verdicts=scanner_verdicts(scanner_evidence, set(print_state["job_id"])),
+        verdicts=scanner_verdicts(
+            scanner_evidence,
+            set(
+                print_state.loc[
+                    print_state["status"].notna(), ["job_id", "version_tag"]
+                ].itertuples(index=False, name=None)
+            ),
+        ),
     )

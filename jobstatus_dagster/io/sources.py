@@ -19,6 +19,16 @@ from jobstatus_dagster.core.identifiers import (
 )
 from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
 
+
+def finite_time(column: str) -> str:
+    """A timestamp Python can hold, else NULL (R20: 'infinity' or a year past 9999 is no time,
+    so the row falls back like a missing time instead of stopping the source)."""
+    return (
+        f"CASE WHEN isfinite({column}) AND {column} BETWEEN '0001-01-01' AND '9999-12-31'"
+        f" THEN {column} END"
+    )
+
+
 # R14: where a row has no time of its own, the time it was first processed, recorded once.
 _FIRST_PROCESSED = (
     "(SELECT r.processed_at FROM processed_source_rows r"
@@ -44,8 +54,8 @@ SOURCE_TABLES = {
         "id",
         "marker",
         "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
-        f" COALESCE(p.job_complete_time, p.created_at, {_FIRST_PROCESSED.format(PRINT_OS, 'id')})"
-        " AS event_time",
+        f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
+        f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time",
     ),
     SCANNER: SourceTable(
         SCANNER,
@@ -53,7 +63,8 @@ SOURCE_TABLES = {
         "scan_id",
         "scan_id",
         "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
-        f" COALESCE(p.scanned_at, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')}) AS event_time,"
+        f" COALESCE({finite_time('p.scanned_at')}, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')})"
+        " AS event_time,"
         " p.operations::text AS operations_json, p.machine_id AS machine_id",
     ),
 }
@@ -357,7 +368,7 @@ def load_print_history(
     return pd.read_sql(
         sa.text(
             f"SELECT p.id AS source_id, {_PRINT_NAME} AS imposition_id, p.status, p.marker,"
-            " COALESCE(p.job_complete_time, p.created_at,"
+            f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
             f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time"
             f' FROM "print OS" p WHERE {_PRINT_NAME} = ANY(:ids) AND p.marker <= :horizon'
         ),
@@ -412,7 +423,8 @@ def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFr
     return pd.read_sql(
         sa.text(
             f"SELECT {_PRINT_NAME} AS imposition_id, marker,"
-            " COALESCE(job_complete_time, created_at) AS complete_time"
+            f" COALESCE({finite_time('job_complete_time')}, {finite_time('created_at')})"
+            " AS complete_time"
             f' FROM "print OS" WHERE {_PRINT_NAME} = ANY(:ids) AND marker IS NOT NULL'
         ),
         conn,

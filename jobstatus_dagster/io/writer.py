@@ -64,6 +64,8 @@ _TEMP_TABLES = {
     "tmp_job_ops": """job_id text, version_tag text, operation text, operation_id text,
         status text, event_time timestamp, source_type text, source_id bigint, notes text""",
     "tmp_imposition_ops_withdrawn": "imposition_id text, operation text, operation_id text",
+    "tmp_imposition_ops_touched": "imposition_id text, operation text",
+    "tmp_job_ops_touched": "job_id text, version_tag text, operation text",
     "tmp_job_ops_withdrawn": "job_id text, version_tag text, operation text, operation_id text",
     "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
     "tmp_processed": "source_id bigint, marker bigint, kind text",
@@ -322,6 +324,12 @@ def _with_operation_ids(
     return merged[merged["operation_id"].notna()].reset_index(drop=True), failures
 
 
+def _one_per_row(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    order = [*keys, "operation_id", "event_time", "source_id", "operation"]
+    ordered = values.sort_values(order, kind="stable")
+    return ordered.drop_duplicates([*keys, "operation_id"], keep="last").reset_index(drop=True)
+
+
 _TARGET_SET = """completed_at = t.event_time, completed_by = t.source_type,
                source_id = t.source_id, status = t.status, notes = t.notes"""
 _TARGET_DIFFERS = """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
@@ -335,8 +343,11 @@ def _project_logs_table(
     keys: Sequence[str],
     values: pd.DataFrame,
     withdrawn: pd.DataFrame,
+    touched: pd.DataFrame,
 ) -> tuple[int, int, pd.DataFrame]:
-    """One *_operations table: the projected values, and withdrawn keys back to the originals."""
+    """One *_operations table: the projected values, and back to their originals the rows of
+    withdrawn keys and the rows a touched operation name wrote that no value reaches now (its
+    code was changed, R8, R22b)."""
     short = "imposition_ops" if table == "imposition_operations" else "job_ops"
     columns = [
         *keys,
@@ -350,6 +361,7 @@ def _project_logs_table(
     ]
     _copy_into(conn, f"tmp_{short}", values, columns)
     _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
+    _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"])
     # R4: the shop's identifiers compare trimmed (the key column through its expression index).
     match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
     # R22b: what the row held before jobstatus first wrote it, kept once.
@@ -363,6 +375,26 @@ def _project_logs_table(
         ON CONFLICT (table_name, row_id) DO NOTHING
     """)
     )  # noqa: S608 - constant identifiers
+    conn.execute(
+        sa.text(f"""
+        UPDATE operation_row_originals g SET operation = t.operation
+        FROM {table} o JOIN tmp_{short} t ON {match}
+        WHERE g.table_name = '{table}' AND g.row_id = o.{row_id}
+          AND g.operation IS DISTINCT FROM t.operation
+    """)
+    )  # noqa: S608
+    touched_match = " AND ".join(f"{trimmed_sql('o.' + k)} = k.{k}" for k in keys)
+    stale = conn.execute(
+        sa.text(f"""
+        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+               source_id = g.source_id, status = g.status, notes = g.notes
+        FROM tmp_{short}_touched k
+        JOIN operation_row_originals g ON g.table_name = '{table}' AND g.operation = k.operation
+        WHERE {touched_match} AND g.row_id = o.{row_id}
+          AND NOT EXISTS (SELECT 1 FROM tmp_{short} t WHERE {match})
+          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
+    """)
+    ).rowcount  # noqa: S608
     updated = conn.execute(
         sa.text(f"""
         UPDATE {table} o SET {_TARGET_SET}
@@ -396,15 +428,23 @@ def _project_logs_table(
         "no " + table + " row for " + missing["subject"].astype("string") + "; not invented (R16)",
     )
     failures["source_type"] = missing["source_type"].to_numpy()
-    return int(updated), int(restored), failures
+    return int(updated), int(restored) + int(stale), failures
 
 
-def write_logs(conn: sa.Connection, projection: Projection) -> tuple[WriteReport, pd.DataFrame]:
+def write_logs(
+    conn: sa.Connection,
+    projection: Projection,
+    touched_versions: pd.DataFrame,
+    touched_impositions: pd.DataFrame,
+) -> tuple[WriteReport, pd.DataFrame]:
     """imposition_operations and job_operations (logs); returns the failures found on the way."""
     report = WriteReport()
     codes = load_operation_codes(conn).dropna(subset=["operation_id"])
     imposition_ops, unmapped_a = _with_operation_ids(projection.imposition_ops, codes)
     job_ops, unmapped_b = _with_operation_ids(projection.job_ops, codes)
+    # Two names the shop mapped to one code write one row: the later event wins it (R15).
+    imposition_ops = _one_per_row(imposition_ops, ["imposition_id"])
+    job_ops = _one_per_row(job_ops, ["job_id", "version_tag"])
     imposition_gone, _ = _with_operation_ids(projection.imposition_ops_withdrawn, codes)
     job_gone, _ = _with_operation_ids(projection.job_ops_withdrawn, codes)
     updated_a, restored_a, missing_a = _project_logs_table(
@@ -414,9 +454,16 @@ def write_logs(conn: sa.Connection, projection: Projection) -> tuple[WriteReport
         ["imposition_id"],
         imposition_ops,
         imposition_gone,
+        touched_impositions,
     )
     updated_b, restored_b, missing_b = _project_logs_table(
-        conn, "job_operations", "job_operation_id", ["job_id", "version_tag"], job_ops, job_gone
+        conn,
+        "job_operations",
+        "job_operation_id",
+        ["job_id", "version_tag"],
+        job_ops,
+        job_gone,
+        touched_versions,
     )
     report.imposition_rows_updated = updated_a + restored_a
     report.job_operation_rows_updated = updated_b + restored_b
@@ -515,6 +562,7 @@ def write_jobmanager(
             aborted_count = excluded.aborted_count, total_count = excluded.total_count,
             applied = excluded.applied, notes = excluded.notes, marker = excluded.marker,
             evidence_notes = excluded.evidence_notes, event_time = excluded.event_time,
+            withdrawn_before = COALESCE(u.withdrawn_at, u.withdrawn_before),
             withdrawn_at = NULL, processed_at = now(), run_id = excluded.run_id
         WHERE (u.status, u.printed_count, u.aborted_count, u.total_count, u.applied, u.notes,
                u.marker, u.evidence_notes, u.event_time, u.withdrawn_at)
@@ -581,6 +629,7 @@ def write_jobmanager(
             status = excluded.status, marker = excluded.marker,
             event_time = excluded.event_time, evidence_notes = excluded.evidence_notes,
             notes = excluded.notes, withdrawn_at = NULL, processed_at = now(),
+            withdrawn_before = COALESCE(u.withdrawn_at, u.withdrawn_before),
             run_id = excluded.run_id
         WHERE (u.status, u.marker, u.event_time, u.evidence_notes, u.withdrawn_at)
               IS DISTINCT FROM (excluded.status, excluded.marker, excluded.event_time,
@@ -833,7 +882,9 @@ def write_plan(
             evidence.print_state,
         )
         with logs.begin() as lg:
-            report, logs_failures = write_logs(lg, projection)
+            report, logs_failures = write_logs(
+                lg, projection, evidence.touched_versions, evidence.touched_impositions
+            )
         crash_point("after_logs_commit")
         report.marker_before = marker_before
         report.replanned = replanned

@@ -47,6 +47,7 @@ class ResolvedPrintWindow:
     history: pd.DataFrame
     failures: pd.DataFrame
     loaded: pd.DataFrame
+    reached_before: list[str]  # jobs the rows were attributed to before (R22)
 
 
 def resolve_print(
@@ -81,6 +82,7 @@ def resolve_print(
         history=history[["source_id", "imposition_id", "status", "marker", "event_time"]],
         failures=pd.concat([failures, file_failures], ignore_index=True),
         loaded=loaded.rows[["source_id", "marker", "kind"]],
+        reached_before=sorted(set(before["job_id"])),
     )
 
 
@@ -108,6 +110,8 @@ def finish_print_plan(
         resolved.failures,
         resolved.loaded,
     )
+    # A job the rows reached before is recomputed even with no file left (R22b: withdrawn).
+    plan.print_jobs = sorted(set(plan.print_jobs) | set(resolved.reached_before))
     plan.generation = loaded.generation
     plan.processing_time = loaded.processing_time
 
