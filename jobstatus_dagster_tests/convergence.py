@@ -558,7 +558,11 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
             scanned(second)
             env.run(second, 3)
             env.write(stale)
-            # R24: what the stale plan wrote is what a plan made now writes (and nothing more).
+            # R24: once what is committed is processed, the stale plan's write is what a plan
+            # made now would have written: re-running its window changes nothing.
+            for source in SOURCES:
+                scanned(source)
+                env.drain(source)
             written = env.state()
             env.write(env.plan(Window(first, lo, hi)))
             problems += _diff(f"stale plan of {first} ({lo}, {hi}] wrote", env.state(), written)
