@@ -140,6 +140,9 @@ class UpdateRecord(BaseModel):
     applied: bool
     notes: str | None
     run_id: str | None
+    withdrawn_at: datetime | None = Field(
+        None, description="set when re-processing no longer attributes this row (R22b)"
+    )
 
 
 class VersionOperation(BaseModel):

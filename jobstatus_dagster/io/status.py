@@ -38,7 +38,8 @@ def read_job_status(
                 sa.text(
                     "SELECT update_id, operation AS operation_type, status, source_type, source_id,"
                     " version_tag, event_time AS updated_at, processed_at, printed_count,"
-                    " aborted_count, total_count, applied, notes, run_id FROM job_status_updates"
+                    " aborted_count, total_count, applied, notes, run_id, withdrawn_at"
+                    " FROM job_status_updates"
                     " WHERE job_id = :j AND (CAST(:before AS bigint) IS NULL OR update_id < :before)"
                     " ORDER BY update_id DESC LIMIT :limit"
                 ),
@@ -50,10 +51,9 @@ def read_job_status(
         counts = (
             conn.execute(
                 sa.text(
-                    "SELECT DISTINCT ON (version_tag) version_tag, printed_count, aborted_count,"
-                    " total_count FROM job_status_updates"
-                    " WHERE job_id = :j AND operation = 'print' AND source_type = 'print_os'"
-                    " ORDER BY version_tag, event_time DESC, source_id DESC"
+                    # R11: the version's print state as projected, not its latest audit row.
+                    "SELECT version_tag, printed_count, aborted_count, total_count"
+                    " FROM job_print_state WHERE job_id = :j ORDER BY version_tag"
                 ),
                 {"j": job_id},
             )
