@@ -162,7 +162,8 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
                     "run",
                     "backfill",
                     "overlap",
-                    "overlap",
+                    "race",
+                    "race",
                     "crash",
                     "correct",
                 ]
@@ -179,6 +180,8 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
             lo = draw(st.integers(0, 12))
             hi = lo + draw(st.integers(1, 12))
             steps.append(("overlap", draw(source), lo, hi, draw(source), draw(st.integers(0, 3))))
+        elif kind == "race":
+            steps.append(("race", draw(source), draw(st.integers(1, 4)), draw(st.integers(0, 3))))
         elif kind == "crash":
             steps.append(("crash", draw(source), draw(st.sampled_from(CRASH_POINTS))))
         else:
@@ -566,6 +569,21 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
             written = env.state()
             env.write(env.plan(Window(first, lo, hi)))
             problems += _diff(f"stale plan of {first} ({lo}, {hi}] wrote", env.state(), written)
+        elif kind == "race":  # R19/R24: two processors of one source plan the same window
+            _, source, chunk, newer = step
+            scanned(source)
+            window = env.next_window(source, chunk)
+            if window is not None:
+                stale = env.plan(window, chunk)
+                commit(newer)
+                env.run(source, chunk + 1)
+                env.write(stale)
+                for each in SOURCES:
+                    scanned(each)
+                    env.drain(each)
+                written = env.state()
+                env.write(env.plan(window, chunk))
+                problems += _diff(f"racing plan of {window.label} wrote", env.state(), written)
         elif kind == "crash":
             scanned(step[1])
             env.run(step[1], 2, crash_at=step[2])
