@@ -209,9 +209,8 @@ def _older_notes(pairs: pd.DataFrame) -> pd.Series:
         .merge(ranked, on=["event_time", "seq"])
         .sort_values(["job_id", "version_tag", "seq"], kind="stable")
     )
-    best = frame.groupby(["job_id", "version_tag"], sort=False)["_rank"].transform(
-        lambda s: s.cummax().shift(1)
-    )
+    groups = [frame["job_id"], frame["version_tag"]]
+    best = frame.groupby(groups, sort=False)["_rank"].cummax().groupby(groups, sort=False).shift(1)
     by_rank = frame.drop_duplicates("_rank").set_index("_rank")
     best = best.fillna(-1).astype("int64")
     older = (best >= 0) & (best.map(by_rank["event_time"]) > frame["event_time"])

@@ -164,9 +164,9 @@ def scanner_verdicts(evidence: pd.DataFrame, print_versions: set[tuple[str, str]
     frame = evidence.merge(pairs, on=["event_time", "source_id"]).sort_values(
         [*VERSION_KEYS, "marker", "source_id"], kind="stable"
     )
-    earlier_best = frame.groupby(VERSION_KEYS, sort=False)["_order"].transform(
-        lambda s: s.cummax().shift(1)
-    )
+    groups = [frame[k] for k in VERSION_KEYS]
+    running = frame.groupby(groups, sort=False)["_order"].cummax()
+    earlier_best = running.groupby(groups, sort=False).shift(1)
     applied = earlier_best.isna() | (frame["_order"] >= earlier_best)
     holder = frame.drop_duplicates("_order").set_index("_order")
     best = earlier_best.fillna(-1).astype("int64")
@@ -180,14 +180,16 @@ def scanner_verdicts(evidence: pd.DataFrame, print_versions: set[tuple[str, str]
         + " holds "
         + frame["operation"]
     )
-    held = frame[["job_id", "version_tag"]].apply(tuple, axis=1).isin(print_versions)
-    by_print = (frame["operation"] == PRINT) & held
+    held = pd.MultiIndex.from_frame(frame[["job_id", "version_tag"]].astype(object)).isin(
+        list(print_versions)
+    )
+    by_print = (frame["operation"] == PRINT).to_numpy() & held
     notes = frame["evidence_notes"].astype("string")
     notes = notes.where(applied, notes + held_note)
     notes = notes.where(
         ~by_print, frame["evidence_notes"] + "; not applied: print_os holds print (R15)"
     )
-    return frame.assign(applied=(applied & ~by_print).to_numpy(dtype=bool), notes=notes)[
+    return frame.assign(applied=applied.to_numpy(dtype=bool) & ~by_print, notes=notes)[
         AUDIT_VERDICT_COLUMNS
     ].reset_index(drop=True)
 
