@@ -530,8 +530,16 @@ def write_jobmanager(
         ],
         ignore_index=True,
     )
-    _copy_into(conn, "tmp_attributions", audit, [*ATTRIBUTION_COLUMNS, "applied", "notes"])
-    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY)
+    # Statistics for the temp tables the audit UPDATEs join: without them the planner may hash
+    # the whole audit instead of probing its key index (a cost growing with the history).
+    _copy_into(
+        conn,
+        "tmp_attributions",
+        audit,
+        [*ATTRIBUTION_COLUMNS, "applied", "notes"],
+        analyze=True,
+    )
+    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
     _copy_into(
         conn,
         "tmp_imposition_attributions",
@@ -539,7 +547,9 @@ def write_jobmanager(
         IMPOSITION_ATTRIBUTION_COLUMNS,
     )
     _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
-    _copy_into(conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns))
+    _copy_into(
+        conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns), analyze=True
+    )
     _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
     _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
     _copy_into(conn, "tmp_job_state", projection.job_state, list(projection.job_state.columns))
