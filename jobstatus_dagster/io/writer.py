@@ -359,9 +359,16 @@ def _project_logs_table(
         "source_id",
         "notes",
     ]
-    _copy_into(conn, f"tmp_{short}", values, columns)
-    _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
-    _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"])
+    # Analysed, so the joins probe the trimmed key index rather than hash the whole table.
+    _copy_into(conn, f"tmp_{short}", values, columns, analyze=True)
+    _copy_into(
+        conn,
+        f"tmp_{short}_withdrawn",
+        withdrawn,
+        [*keys, "operation", "operation_id"],
+        analyze=True,
+    )
+    _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"], analyze=True)
     # R4: the shop's identifiers compare trimmed (the key column through its expression index).
     match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
     # R22b: what the row held before jobstatus first wrote it, kept once.
@@ -552,7 +559,13 @@ def write_jobmanager(
     )
     _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
     _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
-    _copy_into(conn, "tmp_job_state", projection.job_state, list(projection.job_state.columns))
+    _copy_into(
+        conn,
+        "tmp_job_state",
+        projection.job_state,
+        list(projection.job_state.columns),
+        analyze=True,
+    )
     _copy_into(
         conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
     )
