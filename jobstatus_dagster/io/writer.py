@@ -359,16 +359,11 @@ def _project_logs_table(
         "source_id",
         "notes",
     ]
-    # Analysed, so the joins probe the trimmed key index rather than hash the whole table.
-    _copy_into(conn, f"tmp_{short}", values, columns, analyze=True)
-    _copy_into(
-        conn,
-        f"tmp_{short}_withdrawn",
-        withdrawn,
-        [*keys, "operation", "operation_id"],
-        analyze=True,
-    )
-    _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"], analyze=True)
+    # Not analysed: then the planner probes the trimmed key index per temp row; with statistics
+    # it hashes the whole table for a window of thousands of rows (a cost growing with the shop).
+    _copy_into(conn, f"tmp_{short}", values, columns)
+    _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
+    _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"])
     # R4: the shop's identifiers compare trimmed (the key column through its expression index).
     match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
     # R22b: what the row held before jobstatus first wrote it, kept once.
