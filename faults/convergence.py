@@ -5,27 +5,26 @@ from __future__ import annotations
 
 import time
 
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faults.harness import Result
-from jobstatus_dagster.config import load_settings
-from jobstatus_dagster.db import migrate, to_sqlalchemy_url
+from jobstatus_dagster.db import migrate
 
 
 def convergence(suite, examples: int = 300, max_events: int = 14, max_steps: int = 16) -> Result:
-    from jobstatus_dagster_tests.convergence import Env, check_schedule, schedules, shops
+    from jobstatus_dagster_tests.convergence import open_env
 
     result = Result(f"9 convergence ({examples} random shops × schedules)")
     urls = suite.cluster.fresh("convergence")
     migrate(urls, baseline=True)
-    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
-    logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
-    tuned = load_settings().model_copy(
-        update={"chunk_size": 3, "retry_interval_seconds": 0, "late_row_lookback": 4}
-    )
-    env = Env(jm, logs, tuned)
+    with open_env(urls) as env:
+        return _run(env, result, examples, max_events, max_steps)
+
+
+def _run(env, result: Result, examples: int, max_events: int, max_steps: int) -> Result:
+    from jobstatus_dagster_tests.convergence import check_schedule, schedules, shops
+
     seen = {"examples": 0, "rows": 0, "steps": 0, "differences": 0}
     started = time.monotonic()
 
@@ -53,9 +52,6 @@ def convergence(suite, examples: int = 300, max_events: int = 14, max_steps: int
     except AssertionError as failure:
         result.equal = False
         result.notes.append(f"falsified:\n{failure}")
-    finally:
-        jm.dispose()
-        logs.dispose()
     result.runs = env.runs
     result.rows_in = seen["rows"]
     result.applied = seen["rows"]

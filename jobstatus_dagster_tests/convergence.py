@@ -12,15 +12,17 @@ budget) and by `make faults` scenario 9 (large budget).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from hypothesis import strategies as st
 
-from jobstatus_dagster.config import Settings
+from jobstatus_dagster.config import Settings, load_settings
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, UpdatePlan, Window
+from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.io import writer
 from jobstatus_dagster.io.sources import inspect_backlog
 from jobstatus_dagster.io.writer import advance_sweep, write_plan
@@ -506,6 +508,22 @@ class Env:
                 for name, sql in tables.items():
                     state[name] = sorted(repr(tuple(r)) for r in c.execute(sa.text(sql)))
         return state
+
+
+@contextmanager
+def open_env(urls: DatabaseUrls) -> Iterator[Env]:
+    """Engines on a migrated database pair, with small windows and immediate retries so that a
+    few rows make many windows and retries (shared by the tests and fault scenario 9)."""
+    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
+    logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
+    tuned = load_settings().model_copy(
+        update={"chunk_size": 3, "retry_interval_seconds": 0, "late_row_lookback": 4}
+    )
+    try:
+        yield Env(jm, logs, tuned)
+    finally:
+        jm.dispose()
+        logs.dispose()
 
 
 def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str]) -> bool:

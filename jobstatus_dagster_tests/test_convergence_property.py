@@ -7,27 +7,19 @@ import os
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobstatus_dagster.config import load_settings
-from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
-from jobstatus_dagster_tests.convergence import Env, check_schedule, schedules, shops
+from jobstatus_dagster.db import DatabaseUrls
+from jobstatus_dagster_tests.convergence import Env, check_schedule, open_env, schedules, shops
 
 EXAMPLES = int(os.environ.get("JOBSTATUS_CONVERGENCE_EXAMPLES", "12"))
 
 
 @pytest.fixture(scope="module")
 def env(urls: DatabaseUrls) -> Iterator[Env]:
-    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
-    logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
-    tuned = load_settings().model_copy(
-        update={"chunk_size": 3, "retry_interval_seconds": 0, "late_row_lookback": 4}
-    )
-    yield Env(jm, logs, tuned)
-    jm.dispose()
-    logs.dispose()
+    with open_env(urls) as opened:
+        yield opened
 
 
 @settings(

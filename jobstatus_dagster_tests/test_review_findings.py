@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from jobstatus_dagster.config import load_settings
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
-from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster_tests.convergence import (
     OPERATION_IDS,
     SOURCES,
@@ -19,6 +18,7 @@ from jobstatus_dagster_tests.convergence import (
     Env,
     ShopData,
     _diff,
+    open_env,
     run_schedule,
 )
 
@@ -28,14 +28,8 @@ PRINT_OP, COATING = "op001", "op003"
 
 @pytest.fixture(scope="module")
 def env(urls: DatabaseUrls) -> Iterator[Env]:
-    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
-    logs = sa.create_engine(to_sqlalchemy_url(urls.logs))
-    tuned = load_settings().model_copy(
-        update={"chunk_size": 3, "retry_interval_seconds": 0, "late_row_lookback": 4}
-    )
-    yield Env(jm, logs, tuned)
-    jm.dispose()
-    logs.dispose()
+    with open_env(urls) as opened:
+        yield opened
 
 
 def at(minutes: int) -> datetime:

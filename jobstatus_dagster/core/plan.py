@@ -96,17 +96,6 @@ def empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype="object") for name in columns})
 
 
-def keep_winners(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per key: highest precedence, then latest event time, then highest source id."""
-    if frame.empty:
-        return frame.reset_index(drop=True)
-    # version_tag last: a runlist scan covering two versions of a job ties on everything else.
-    order = [*keys, "precedence", "event_time", "source_id"]
-    order += ["version_tag"] if "version_tag" in frame and "version_tag" not in keys else []
-    ordered = frame.sort_values(order, kind="stable", na_position="first")
-    return ordered.groupby(keys, sort=False, dropna=False).tail(1).reset_index(drop=True)
-
-
 def failure_rows(
     frame: pd.DataFrame,
     source_type: str,

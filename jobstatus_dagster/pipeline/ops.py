@@ -1,6 +1,7 @@
 """Ops shared by both sources: load a window, write an UpdatePlan. Thin: I/O and metadata."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -104,6 +105,28 @@ def load_window_rows(
         len(swept),
         marker,
     )
+
+
+def can_replan(
+    plan: UpdatePlan,
+    loaded: LoadedWindow,
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    settings: Settings,
+    planner: Callable[[LoadedWindow, sa.Engine, sa.Engine, Settings], UpdatePlan],
+) -> UpdatePlan:
+    """R24: the plan carries the generation it was read at and how to make itself again (the
+    same window, sweep slice and processing time, reloaded), for the write to use under the
+    lock if another write landed meanwhile."""
+    plan.generation = loaded.generation
+    plan.processing_time = loaded.processing_time
+
+    def replan() -> UpdatePlan:
+        again = load_window_rows(jobmanager, loaded.window, settings, loaded.processing_time)
+        return planner(again, jobmanager, logs, settings)
+
+    plan.replan = replan
+    return plan
 
 
 def build_load_op(source_type: str) -> dg.OpDefinition:

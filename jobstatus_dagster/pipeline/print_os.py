@@ -28,7 +28,7 @@ from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
     build_load_op,
-    load_window_rows,
+    can_replan,
     write_updates,
 )
 from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
@@ -112,15 +112,7 @@ def finish_print_plan(
     )
     # A job the rows reached before is recomputed even with no file left (R22b: withdrawn).
     plan.print_jobs = sorted(set(plan.print_jobs) | set(resolved.reached_before))
-    plan.generation = loaded.generation
-    plan.processing_time = loaded.processing_time
-
-    def replan() -> UpdatePlan:
-        again = load_window_rows(jobmanager, loaded.window, settings, loaded.processing_time)
-        return plan_print(again, jobmanager, logs, settings)
-
-    plan.replan = replan
-    return plan
+    return can_replan(plan, loaded, jobmanager, logs, settings, plan_print)
 
 
 @dataclass(frozen=True)

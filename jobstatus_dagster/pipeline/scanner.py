@@ -30,7 +30,7 @@ from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
     build_load_op,
-    load_window_rows,
+    can_replan,
     write_updates,
 )
 from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
@@ -192,15 +192,7 @@ def finish_scan_plan(
         resolved.customer,
     )
     plan.processed = resolved.loaded  # every row read, including those that only failed (R20)
-    plan.generation = loaded.generation
-    plan.processing_time = loaded.processing_time
-
-    def replan() -> UpdatePlan:
-        again = load_window_rows(jobmanager, loaded.window, settings, loaded.processing_time)
-        return plan_scans(again, jobmanager, logs, settings)
-
-    plan.replan = replan
-    return plan
+    return can_replan(plan, loaded, jobmanager, logs, settings, plan_scans)
 
 
 @dataclass(frozen=True)
