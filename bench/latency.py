@@ -222,7 +222,7 @@ def wait_until_caught_up(
     run in flight (steady state). Returns the seconds it took."""
     import dagster as dg
 
-    from jobstatus_dagster.pipeline.sensors import IN_FLIGHT
+    from jobstatus_dagster.pipeline.windows import IN_FLIGHT
 
     started = time.monotonic()
     with jobmanager.connect() as conn:
@@ -255,7 +255,7 @@ def wait_for_runs(instance: dg.DagsterInstance, timeout: float) -> None:
     """Until no run is in flight, so the runs that wrote the rows have their end events."""
     import dagster as dg
 
-    from jobstatus_dagster.pipeline.sensors import IN_FLIGHT
+    from jobstatus_dagster.pipeline.windows import IN_FLIGHT
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

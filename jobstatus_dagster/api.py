@@ -52,20 +52,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobstatus_dagster.config import SOURCES
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import to_sqlalchemy_url
-from jobstatus_dagster.io.sources import read_marker
+from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, read_marker
 from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.resources import ProcessingSettings
 from jobstatus_dagster.pipeline.runner import (
     RunOutcome,
     SourceOutcome,
-    backfill_windows,
     execute_window,
     process_source,
-    source_bounds,
 )
-from jobstatus_dagster.pipeline.sensors import IN_FLIGHT
 from jobstatus_dagster.pipeline.stale_runs import StaleRun, fail_stale_runs
+from jobstatus_dagster.pipeline.windows import IN_FLIGHT, backfill_windows
 
 MAX_BODY_BYTES = 64 * 1024
 TRIGGER = "api"
@@ -371,14 +369,13 @@ class Processor:
         processing: ProcessingSettings = self.defs.resources["processing"]
         settings = processing.resolved()
         outcome = SourceOutcome(source)
-        lowest, highest = source_bounds(self.jobmanager, source)
+        lowest, highest = engine_marker_bounds(self.jobmanager, source)
         windows = (
             backfill_windows(
-                self.jobmanager,
+                chunk_reader(self.jobmanager, source, settings.chunk_size),
                 source,
                 min(0, lowest - 1),
                 highest,
-                settings.chunk_size,
                 settings.partition_width,
             )
             if highest is not None and lowest is not None

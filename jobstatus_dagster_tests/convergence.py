@@ -24,13 +24,12 @@ from jobstatus_dagster.config import Settings, load_settings
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, UpdatePlan, Window
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.io import writer
-from jobstatus_dagster.io.sources import inspect_backlog
+from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, inspect_backlog
 from jobstatus_dagster.io.writer import advance_sweep, write_plan
 from jobstatus_dagster.pipeline.ops import load_window_rows
 from jobstatus_dagster.pipeline.print_os import plan_print
-from jobstatus_dagster.pipeline.runner import backfill_windows, source_bounds
 from jobstatus_dagster.pipeline.scanner import plan_scans
-from jobstatus_dagster.pipeline.sensors import plan_next_run
+from jobstatus_dagster.pipeline.windows import backfill_windows, plan_next_run
 
 T0 = datetime(2026, 11, 1, 8, 0, 0)
 SOURCES = (PRINT_OS, SCANNER)
@@ -464,13 +463,12 @@ class Env:
             ).scalar_one()
 
     def backfill(self, source: str, lo: int, hi: int) -> None:
-        for planned in backfill_windows(
-            self.jm, source, lo, hi, self.settings.chunk_size, self.settings.partition_width
-        ):
+        chunks = chunk_reader(self.jm, source, self.settings.chunk_size)
+        for planned in backfill_windows(chunks, source, lo, hi, self.settings.partition_width):
             self.write(self.plan(Window(source, planned.from_marker, planned.to_marker)))
 
     def backfill_all(self, source: str) -> None:
-        lowest, highest = source_bounds(self.jm, source)
+        lowest, highest = engine_marker_bounds(self.jm, source)
         if lowest is not None and highest is not None:
             self.backfill(source, min(int(lowest), 0) - 1, int(highest))
 

@@ -21,8 +21,8 @@ from schemathesis import GenerationMode
 from jobstatus_dagster.api import MAX_BODY_BYTES, create_app
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.definitions import build_definitions
-from jobstatus_dagster.pipeline.runner import backfill_windows
-from jobstatus_dagster.pipeline.sensors import PlannedRun
+from jobstatus_dagster.io.sources import chunk_reader
+from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows
 from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
 from jobstatus_dagster_tests.conftest import fresh_urls
 from jobstatus_dagster_tests.shop import Shop
@@ -192,7 +192,11 @@ def test_r21_force_backfills_idempotently_and_never_lowers_the_marker(
 def test_backfill_windows_hold_a_chunk_within_one_partition(
     processed: dict, shop: Shop, chunk_size: int, partition_width: int, windows: list
 ) -> None:
-    planned = list(backfill_windows(shop.jm, "print_os", 0, 114, chunk_size, partition_width))
+    planned = list(
+        backfill_windows(
+            chunk_reader(shop.jm, "print_os", chunk_size), "print_os", 0, 114, partition_width
+        )
+    )
     assert [(w.from_marker, w.to_marker) for w in planned] == windows
     assert {(w.source_type, w.partition_width) for w in planned} == {("print_os", partition_width)}
 

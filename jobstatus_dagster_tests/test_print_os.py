@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.pipeline.runner import execute_window
-from jobstatus_dagster.pipeline.sensors import PlannedRun
+from jobstatus_dagster.pipeline.windows import PlannedRun
 from jobstatus_dagster_tests.shop import T0, Shop
 
 

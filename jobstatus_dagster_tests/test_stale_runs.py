@@ -27,13 +27,13 @@ from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS
-from jobstatus_dagster.pipeline.sensors import IN_FLIGHT, PlannedRun
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
     PID_TAG,
     ProcessState,
     process_state,
 )
+from jobstatus_dagster.pipeline.windows import IN_FLIGHT, PlannedRun
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.processes import cli, start_cli
 from jobstatus_dagster_tests.shop import Shop

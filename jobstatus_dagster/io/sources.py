@@ -6,6 +6,7 @@ Identifiers come from the constant ``SourceTable`` definitions below; values are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -231,6 +232,47 @@ def read_marker(conn: sa.Connection, source_type: str) -> int:
         {"t": MARKER_TYPES[source_type]},
     ).scalar_one_or_none()
     return int(value or 0)
+
+
+def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
+    """Lowest and highest marker present in the source table."""
+    src = SOURCE_TABLES[source_type]
+    m = src.marker_column
+    lowest, highest = conn.execute(sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")).one()
+    return (None if lowest is None else int(lowest), None if highest is None else int(highest))
+
+
+def next_chunk(
+    conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
+) -> tuple[int, int] | None:
+    """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
+    src = SOURCE_TABLES[source_type]
+    m = src.marker_column
+    first, last = conn.execute(
+        sa.text(
+            f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table}"
+            f" WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w"
+        ),
+        {"lo": after, "hi": up_to, "chunk": chunk_size},
+    ).one()
+    return None if first is None else (int(first), int(last))
+
+
+def chunk_reader(
+    engine: sa.Engine, source_type: str, chunk_size: int
+) -> Callable[[int, int], tuple[int, int] | None]:
+    """``next_chunk`` on a fresh connection per call, for planning backfill windows."""
+
+    def read(after: int, up_to: int) -> tuple[int, int] | None:
+        with engine.connect() as conn:
+            return next_chunk(conn, source_type, after, up_to, chunk_size)
+
+    return read
+
+
+def engine_marker_bounds(engine: sa.Engine, source_type: str) -> tuple[int | None, int | None]:
+    with engine.connect() as conn:
+        return marker_bounds(conn, source_type)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,19 @@
 """Running the processing jobs outside the daemon (CLI, API): same windows as the sensor."""
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dagster as dg
 import sqlalchemy as sa
 
 from jobstatus_dagster.db import to_sqlalchemy_url
-from jobstatus_dagster.io.sources import SOURCE_TABLES
+from jobstatus_dagster.io.sources import chunk_reader
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, bucket_bounds
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.sensors import PlannedRun, plan_next_run, source_backlog
+from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.stale_runs import worker_tags
+from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
 
 
 @dataclass
@@ -151,48 +151,6 @@ def process_source(
     return outcome
 
 
-def source_bounds(jobmanager: sa.Engine, source_type: str) -> tuple[int | None, int | None]:
-    """Lowest and highest marker present in the source table."""
-    src = SOURCE_TABLES[source_type]
-    m = src.marker_column
-    with jobmanager.connect() as conn:
-        lowest, highest = conn.execute(
-            sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")  # noqa: S608 - constants
-        ).one()
-    return (None if lowest is None else int(lowest), None if highest is None else int(highest))
-
-
-def backfill_windows(
-    jobmanager: sa.Engine,
-    source_type: str,
-    from_marker: int,
-    to_marker: int,
-    chunk_size: int,
-    partition_width: int,
-) -> Iterator[PlannedRun]:
-    """Windows over the rows in (from_marker, to_marker], shaped like the sensor's: at most
-    ``chunk_size`` rows (more only when one marker value repeats), never past the marker-range
-    partition of their first row; empty marker ranges are skipped, not run."""
-    src = SOURCE_TABLES[source_type]
-    m = src.marker_column
-    lo = from_marker
-    while True:
-        with jobmanager.connect() as conn:
-            first, last = conn.execute(
-                sa.text(
-                    f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table}"  # noqa: S608
-                    f" WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w"
-                ),
-                {"lo": lo, "hi": to_marker, "chunk": chunk_size},
-            ).one()
-        if first is None:
-            return
-        _, partition_end = bucket_bounds(int(first), partition_width)
-        hi = min(int(last), partition_end)
-        yield PlannedRun(source_type, lo, hi, "backfill", partition_width)
-        lo = hi
-
-
 def backfill(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -208,11 +166,10 @@ def backfill(
     settings = defs.resources["processing"].resolved()
     outcome = SourceOutcome(source_type)
     windows = backfill_windows(
-        jobmanager.engine,
+        chunk_reader(jobmanager.engine, source_type, settings.chunk_size),
         source_type,
         from_marker,
         to_marker,
-        settings.chunk_size,
         settings.partition_width,
     )
     for planned in windows:

@@ -10,87 +10,11 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from jobstatus_dagster.config import Settings
 from jobstatus_dagster.io.sources import Backlog, inspect_backlog
 from jobstatus_dagster.io.writer import advance_sweep
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
-from jobstatus_dagster.pipeline.partitions import (
-    DEFAULT_WIDTH,
-    WINDOW_PARTITIONS,
-    bucket_bounds,
-    bucket_key,
-)
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import fail_stale_runs
-
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """The next run of a source: its window, its marker-range partition and why it runs."""
-
-    source_type: str
-    from_marker: int
-    to_marker: int
-    reason: str
-    partition_width: int = DEFAULT_WIDTH
-    catching_up: bool = False  # rows remain past this window: the next one is due at once
-
-    @property
-    def window_tag(self) -> str:
-        return f"{self.source_type}:{self.from_marker}-{self.to_marker}"
-
-    @property
-    def partition_key(self) -> str:
-        """The bucket the window ends in (sensor windows never cross a bucket boundary)."""
-        return bucket_key(max(self.to_marker, self.from_marker + 1), self.partition_width)
-
-    def run_config(self) -> dict:
-        config = {"from_marker": self.from_marker, "to_marker": self.to_marker}
-        graph = PROCESSING_KEYS[self.source_type].to_python_identifier()
-        return {"ops": {graph: {"ops": {f"load_{self.source_type}_window": {"config": config}}}}}
-
-    def tags(self, trigger: str) -> dict[str, str]:
-        return {SOURCE_TAG: self.source_type, WINDOW_TAG: self.window_tag, TRIGGER_TAG: trigger}
-
-
-def plan_next_run(
-    source_type: str,
-    backlog: Backlog,
-    partition_width: int,
-    chunk_size: int,
-) -> PlannedRun | None:
-    """New rows first (up to the end of the first row's bucket); otherwise a run at the marker
-    for late rows (R19) or due retries (R20)."""
-    if backlog.next_to is not None and backlog.next_from is not None:
-        _, bucket_end = bucket_bounds(backlog.next_from, partition_width)
-        to_marker = min(backlog.next_to, bucket_end)
-        catching_up = to_marker < backlog.next_to or backlog.next_rows >= chunk_size
-        return PlannedRun(
-            source_type, backlog.marker, to_marker, "new rows", partition_width, catching_up
-        )
-    if backlog.late_rows:
-        return PlannedRun(
-            source_type,
-            backlog.marker,
-            backlog.marker,
-            f"{backlog.late_rows} late rows below the marker",
-            partition_width,
-        )
-    if backlog.due_retries:
-        return PlannedRun(
-            source_type,
-            backlog.marker,
-            backlog.marker,
-            f"{backlog.due_retries} retryable failures due",
-            partition_width,
-        )
-    return None
+from jobstatus_dagster.pipeline.windows import IN_FLIGHT, plan_next_run
 
 
 def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Settings) -> Backlog:
