@@ -126,7 +126,7 @@ class PrintWork:
     settings: Settings
 
 
-@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
+@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY, pool=PRINT_OS)  # one run at a time
 def resolve_print_window(
     context: dg.OpExecutionContext,
     loaded: LoadedWindow,

@@ -206,7 +206,7 @@ class ScanWork:
     settings: Settings
 
 
-@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
+@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY, pool=SCANNER)  # one run at a time
 def resolve_scan_window(
     context: dg.OpExecutionContext,
     loaded: LoadedWindow,

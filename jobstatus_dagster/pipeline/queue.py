@@ -1,0 +1,281 @@
+"""Work handed to Dagster: windows as runs in the instance's run queue, marker ranges as partition
+backfills. The queue's one-run-per-source pool, run monitoring and the run history then apply to
+every run alike, whoever asked for it (sensor, asset page, API, CLI); this module only plans what
+to ask for, asks, and reads the answers back from the event log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from jobstatus_dagster.config import SOURCES
+from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds
+from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
+from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, key_bounds, keys_between
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.sensors import source_backlog
+from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
+
+# workspace.yaml's code location: the daemon launches queued runs from it.
+LOCATION_NAME = "jobstatus"
+DEFINITIONS_MODULE = "jobstatus_dagster.definitions"
+PARTITION_TAG = "dagster/partition"
+BACKFILL_TAG = "dagster/backfill"
+RUN_QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+BACKFILL_DAEMON = "BACKFILL"
+# Daemons write a heartbeat every 30 s; two missed beats and it is taken as not running.
+HEARTBEAT_FRESH_SECONDS = 75
+POLL_SECONDS = 0.25
+FINISHED = {
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+}
+
+
+def daemon_serves(instance: dg.DagsterInstance, daemon_type: str = RUN_QUEUE_DAEMON) -> bool:
+    """Whether a `dagster-daemon` (or `dagster dev`) is serving this instance now: without one,
+    queued runs and backfills wait until one starts."""
+    heartbeat = instance.get_daemon_heartbeats().get(daemon_type)
+    return heartbeat is not None and time.time() - heartbeat.timestamp < HEARTBEAT_FRESH_SECONDS
+
+
+def ensure_pools(instance: dg.DagsterInstance) -> None:
+    """Create each source's concurrency pool at dagster.yaml's default limit (one run) before the
+    first run needs it. The daemon would create it on first use, but in that same pass it does not
+    yet count it, so the first two runs of a fresh instance could start together."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    missing = set(SOURCES) - storage.get_concurrency_keys()
+    for pool in sorted(missing):
+        storage.initialize_concurrency_limit_to_default(pool)
+
+
+def _job_origins(job_name: str):
+    """Where the daemon finds ``job_name``: workspace.yaml's code location. Dagster's own callers
+    (the webserver, `dagster job launch`) read these off a loaded workspace, at the cost of a code
+    server process per caller; the location is known, so it is named here. Dagster has no public
+    constructor for them: the internal classes stay in this one function."""
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE)
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(target, LOCATION_NAME)
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+    pointer = ModuleCodePointer(DEFINITIONS_MODULE, "defs", None)
+    python = JobPythonOrigin(job_name, RepositoryPythonOrigin(sys.executable, pointer))
+    return remote, python
+
+
+def submit_run(
+    instance: dg.DagsterInstance,
+    job: dg.JobDefinition,
+    *,
+    run_config: dict,
+    tags: dict[str, str],
+    partition_key: str,
+    partitions: dg.DynamicPartitionsDefinition,
+) -> str:
+    """Queue one run of ``job`` for one marker-range partition; returns its run id."""
+    if not instance.has_dynamic_partition(partitions.name, partition_key):
+        instance.add_dynamic_partitions(partitions.name, [partition_key])
+    remote, python = _job_origins(job.name)
+    run = instance.create_run_for_job(
+        job,
+        run_config=run_config,
+        tags={**job.tags, **tags, PARTITION_TAG: partition_key},
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        remote_job_origin=remote,
+        job_code_origin=python,
+    )
+    instance.submit_run(run.run_id, workspace=None)  # the run queue needs no workspace to enqueue
+    return run.run_id
+
+
+def plan_source(defs: dg.Definitions, source_type: str) -> list[PlannedRun]:
+    """The windows the sensor would launch one after the other for everything past the marker
+    now: the first (which also takes late rows and due retries), then a chunk per window."""
+    jobmanager: PostgresDatabase = defs.resources["jobmanager"]
+    processing: ProcessingSettings = defs.resources["processing"]
+    settings = processing.resolved()
+    backlog = source_backlog(jobmanager, source_type, settings)
+    first = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
+    if first is None:
+        return []
+    planned = [first]
+    _, highest = engine_marker_bounds(jobmanager.engine, source_type)
+    if first.catching_up and highest is not None:
+        reader = chunk_reader(jobmanager.engine, source_type, settings.chunk_size)
+        planned += backfill_windows(
+            reader, source_type, first.to_marker, highest, settings.partition_width
+        )
+    return planned
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What one request put into the queue for one source."""
+
+    source_type: str
+    run_ids: list[str] = field(default_factory=list)
+    windows: dict[str, str] = field(default_factory=dict)  # run id → window
+    backfill_id: str | None = None
+
+
+def submit_source(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str
+) -> Submitted:
+    """Queue a run per window past the marker. Consecutive windows may wait in the queue
+    together: the pool runs them one at a time, and a window whose predecessor failed still
+    writes, but never moves the marker past the failed one."""
+    job = defs.resolve_job_def(f"process_{source_type}")
+    submitted = Submitted(source_type)
+    for planned in plan_source(defs, source_type):
+        run_id = submit_run(
+            instance,
+            job,
+            run_config=planned.run_config(),
+            tags=planned.tags(trigger),
+            partition_key=planned.partition_key,
+            partitions=WINDOW_PARTITIONS[source_type],
+        )
+        submitted.run_ids.append(run_id)
+        submitted.windows[run_id] = planned.window_tag
+    return submitted
+
+
+def submit_backfill(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    source_type: str,
+    from_marker: int,
+    to_marker: int,
+    trigger: str,
+) -> str:
+    """A partition backfill of the processing asset over every marker range that meets
+    (from_marker, to_marker], as the asset page's "Backfill" makes it; returns its id. Each
+    range runs whole: re-processing is idempotent and never lowers the marker."""
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    width = defs.resources["processing"].resolved().partition_width
+    keys = keys_between(from_marker, to_marker, width)
+    partitions = WINDOW_PARTITIONS[source_type]
+    missing = [k for k in keys if not instance.has_dynamic_partition(partitions.name, k)]
+    if missing:
+        instance.add_dynamic_partitions(partitions.name, missing)
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=keys,
+        asset_selection=[PROCESSING_KEYS[source_type]],
+        backfill_timestamp=time.time(),
+        tags={SOURCE_TAG: source_type, TRIGGER_TAG: trigger},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=f"{source_type} markers ({from_marker}, {to_marker}]",
+        description=f"Re-process the {source_type} rows in markers ({from_marker}, {to_marker}].",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def whole_source_bounds(defs: dg.Definitions, source_type: str) -> tuple[int, int] | None:
+    """(from, to] covering every row of the source, or None when it has none."""
+    lowest, highest = engine_marker_bounds(defs.resources["jobmanager"].engine, source_type)
+    if lowest is None or highest is None:
+        return None
+    return min(0, lowest - 1), highest
+
+
+def wait_for_runs(
+    instance: dg.DagsterInstance, run_ids: Sequence[str], seconds: float
+) -> list[dg.DagsterRun]:
+    """The runs once all have finished, or as they are when ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+        found = [run for run in runs if run is not None]
+        if all(run.status in FINISHED for run in found) or time.monotonic() >= deadline:
+            return found
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
+    """The backfill's runs, oldest first."""
+    runs = instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+    return sorted(runs, key=lambda run: run.tags.get(PARTITION_TAG, ""))
+
+
+def wait_for_backfill(
+    instance: dg.DagsterInstance, backfill_id: str, seconds: float
+) -> tuple[bool, list[dg.DagsterRun]]:
+    """(done, runs): done once the backfill daemon has launched every range and all its runs
+    finished, else as things stand when ``seconds`` have passed."""
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
+    deadline = time.monotonic() + seconds
+    while True:
+        backfill = instance.get_backfill(backfill_id)
+        runs = backfill_runs(instance, backfill_id)
+        done = backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
+        if (done and all(run.status in FINISHED for run in runs)) or (
+            time.monotonic() >= deadline
+        ):
+            return done and all(run.status in FINISHED for run in runs), runs
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def run_counts(instance: dg.DagsterInstance, run_id: str) -> dict[str, int | float | str]:
+    """What the run's write step recorded (rows read, jobs updated, marker after, ...), from the
+    event log; empty when it wrote nothing."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or not (event.step_key or "").endswith("write_updates"):
+            continue
+        metadata = event.step_output_data.metadata
+        return {key: value.value for key, value in metadata.items()}
+    return {}
+
+
+def run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the run failed: its first step failure, else the run failure message."""
+    for kind in (dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE):
+        records = instance.get_records_for_run(run_id, of_type=kind, limit=1).records
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            if event is None:
+                continue
+            if kind is dg.DagsterEventType.STEP_FAILURE:
+                return event.event_specific_data.error.message.strip()
+            return event.message
+    return None
+
+
+def run_window(run: dg.DagsterRun) -> str:
+    """``source:from-to`` of a run: its window tag, else its marker-range partition."""
+    if WINDOW_TAG in run.tags:
+        return run.tags[WINDOW_TAG]
+    source = run.tags.get(SOURCE_TAG, "?")
+    key = run.tags.get(PARTITION_TAG)
+    if key is None:
+        return source
+    lo, hi = key_bounds(key)
+    return f"{source}:{lo}-{hi}"
