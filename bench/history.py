@@ -82,8 +82,9 @@ def build_history(urls, home: Path, chunk: int) -> float:
     import dagster as dg
 
     from jobstatus_dagster.definitions import build_definitions
+    from jobstatus_dagster.instance import instance_overrides
     from jobstatus_dagster.pipeline.resources import ProcessingSettings
-    from jobstatus_dagster.pipeline.runner import instance_overrides, process_source
+    from jobstatus_dagster.pipeline.runner import process_source
 
     settings = ProcessingSettings(chunk_size=chunk, partition_width=max(10_000, chunk))
     defs = build_definitions(urls.jobmanager, urls.logs, processing=settings)

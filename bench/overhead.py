@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     import dagster as dg
 
     from jobstatus_dagster.definitions import build_definitions
-    from jobstatus_dagster.pipeline.runner import instance_overrides, process_source
+    from jobstatus_dagster.instance import instance_overrides
+    from jobstatus_dagster.pipeline.runner import process_source
 
     results: dict[str, list[float]] = {}
     rss: dict[str, float] = {}

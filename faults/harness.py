@@ -386,8 +386,8 @@ class InProcess:
         import dagster as dg
 
         from jobstatus_dagster.definitions import build_definitions
+        from jobstatus_dagster.instance import instance_overrides
         from jobstatus_dagster.pipeline.resources import ProcessingSettings
-        from jobstatus_dagster.pipeline.runner import instance_overrides
 
         self._scope = dg.instance_for_test(
             temp_dir=str(home), overrides=instance_overrides(urls.dagster)

@@ -213,7 +213,7 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
 
     from jobstatus_dagster.api import create_app
     from jobstatus_dagster.definitions import build_definitions
-    from jobstatus_dagster.pipeline.runner import instance_overrides
+    from jobstatus_dagster.instance import instance_overrides
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

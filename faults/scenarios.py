@@ -229,8 +229,8 @@ def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
 
     from jobstatus_dagster.api import create_app
     from jobstatus_dagster.definitions import build_definitions
+    from jobstatus_dagster.instance import instance_overrides
     from jobstatus_dagster.pipeline.resources import ProcessingSettings
-    from jobstatus_dagster.pipeline.runner import instance_overrides
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,30 +1,31 @@
 """The HTTP API (plan §7, SPEC §6): trigger processing and read a job's status over HTTP.
 
-Processing requests run the same Dagster jobs as the sensors, in this process but on the shared
-instance and tagged ``jobstatus/trigger=api``, so every request is a run in the UI's history and
-goes through the same windows, locks and idempotent writes (R17-R19). The HTTP layer only adds
-what a network caller needs: authentication, input limits, one request per source, and status
-codes that say what happened.
+Processing requests are Dagster runs: the API plans the windows past the markers as the sensor
+would, puts a run per window into the instance's run queue (tagged ``jobstatus/trigger=api``) and
+waits for them up to the request's ``wait``. The queue's one-run-per-source limit, run monitoring
+and the run history apply to them as to every other run; ``force`` is a partition backfill over
+the marker ranges, on Dagster's Backfills page. The HTTP layer only adds what a network caller
+needs: authentication, input limits, and status codes that say what happened.
 
 Status codes:
 
-- 200: done. Processing bodies carry the counts and the runs made (``runs``; empty when nothing
-  was new). ``GET /api/health`` answers 200 only when every database is reachable, else 503.
+- 200: done. Processing bodies carry the counts of the finished runs and the runs themselves
+  (``runs``; empty when nothing was new). ``GET /api/health`` answers 200 only when every
+  database is reachable, else 503.
+- 202: accepted but not finished within ``wait`` (a long backlog, a busy source, or no daemon
+  running for the instance, which ``daemon_running`` says). The body lists the runs (and the
+  backfill); follow each with ``GET /api/runs/{run_id}``.
 - 401: a write without ``Authorization: Bearer <token>`` or with a wrong token
   (``WWW-Authenticate: Bearer``). Reads are open.
 - 503 on writes: no token configured (``JOBSTATUS_API_TOKEN`` unset) - writes stay closed rather
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
-- 404: unknown job. 409: a run for that source is in flight (in the instance, from the daemon,
-  the CLI or another API process) or another request of this process holds the source; the body
-  names the source and, when known, the run. An in-flight run whose worker is gone (a killed
-  process) is first marked failed instead (``pipeline/stale_runs.py``); the response then names
-  it in the ``Jobstatus-Failed-Stale-Runs`` header. 413: body over 64 KiB. 422: anything malformed
-  (wrong types, unknown fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``).
-  400: a JSON body that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
-- 502: a Dagster run failed (e.g. a database error inside an op). The body names the failed run
-  and its error, and lists the runs made before it: those windows are committed, the marker
-  stays before the failed one, and repeating the request resumes there (R18). A failed run is
-  the upstream's failure, not a bug of the API, hence 502 rather than 500.
+- 404: unknown job or run. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
+  fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``). 400: a JSON body
+  that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
+- 502: a run failed (e.g. a database error inside an op). The body names the failed run and its
+  error, and lists the request's runs: other windows are committed, the marker stays before the
+  failed one, and repeating the request resumes there (R18). A failed run is the upstream's
+  failure, not a bug of the API, hence 502 rather than 500.
 - 500: only for an unexpected exception, as a JSON body without a traceback.
 """
 
@@ -32,9 +33,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -52,18 +52,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobstatus_dagster.config import SOURCES
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import to_sqlalchemy_url
-from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, read_marker
+from jobstatus_dagster.io.sources import read_marker
 from jobstatus_dagster.io.status import read_job_status
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG
-from jobstatus_dagster.pipeline.resources import ProcessingSettings
-from jobstatus_dagster.pipeline.runner import (
-    RunOutcome,
-    SourceOutcome,
-    execute_window,
-    process_source,
-)
-from jobstatus_dagster.pipeline.stale_runs import StaleRun, fail_stale_runs
-from jobstatus_dagster.pipeline.windows import IN_FLIGHT, backfill_windows
+from jobstatus_dagster.pipeline import queue
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
 
 MAX_BODY_BYTES = 64 * 1024
 TRIGGER = "api"
@@ -71,7 +63,9 @@ TRIGGER = "api"
 JOB_ID_PATTERN = r"^[0-9]{1,20}_[0-9]{1,20}$"
 JOB_ID_MAX_LENGTH = 41
 MAX_UPDATE_ID = 2**63 - 1  # update_id is BIGSERIAL
-STALE_RUNS_HEADER = "Jobstatus-Failed-Stale-Runs"
+RUN_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+DEFAULT_WAIT_SECONDS = 60
+MAX_WAIT_SECONDS = 600
 
 logger = logging.getLogger(__name__)
 
@@ -89,21 +83,35 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _wait_field() -> Any:
+    return Field(
+        DEFAULT_WAIT_SECONDS,
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Seconds to wait for the runs to finish; after that the answer is 202 with"
+        " the runs to follow.",
+    )
+
+
 class ProcessPrintOsRequest(StrictBody):
     force: bool = Field(
         False,
-        description="Re-process every print-OS row from the start (a backfill, R21): idempotent,"
-        " never lowers the marker; then process anything new as usual.",
+        description="Process every print-OS event again from the first one, as a backfill over"
+        " the marker ranges (it shows on Dagster's Backfills page). Safe to repeat: nothing is"
+        " written twice and the marker never goes back.",
     )
+    wait: int = _wait_field()
 
 
 class ProcessStatusUpdatesRequest(StrictBody):
     source: Literal["both", "print_os", "scanner"] = "both"
+    wait: int = _wait_field()
 
 
 class RunSummary(BaseModel):
     run_id: str
-    window: str
+    window: str = Field(description="source and marker range, `print_os:100-114`")
+    status: str = Field(description="Dagster's run status: QUEUED, STARTED, SUCCESS, FAILURE, …")
     success: bool
 
 
@@ -112,6 +120,7 @@ class ProcessPrintOsResponse(BaseModel):
     jobs_updated: int = Field(description="jobs rows whose operations changed")
     last_marker: int = Field(description="the print-OS marker after processing")
     runs: list[RunSummary]
+    backfill_id: str | None = Field(None, description="the backfill, for `force`")
 
 
 class ProcessStatusUpdatesResponse(BaseModel):
@@ -119,6 +128,29 @@ class ProcessStatusUpdatesResponse(BaseModel):
     scanner_processed: int
     jobs_updated: int
     runs: list[RunSummary]
+
+
+class AcceptedBody(BaseModel):
+    detail: str
+    runs: list[RunSummary] = Field(description="follow each with GET /api/runs/{run_id}")
+    backfill_id: str | None = None
+    daemon_running: bool = Field(
+        description="false: no Dagster daemon serves the instance, so nothing starts until one"
+        " does (`dagster-daemon run`, or `jobstatus dev`)"
+    )
+
+
+class RunStatusResponse(BaseModel):
+    run_id: str
+    status: str
+    finished: bool
+    source: str | None
+    window: str
+    trigger: str | None
+    counts: dict[str, int | float | str] = Field(
+        description="what the run wrote (rows read, jobs updated, marker after, …), once it did"
+    )
+    error: str | None
 
 
 class UpdateRecord(BaseModel):
@@ -186,11 +218,6 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class BusyBody(ErrorBody):
-    source: str
-    run_id: str | None
-
-
 class RunFailedBody(ErrorBody):
     source: str
     run_id: str
@@ -200,39 +227,22 @@ class RunFailedBody(ErrorBody):
 
 
 # ----- errors as responses -----------------------------------------------------------------
-class SourceBusy(Exception):
-    def __init__(self, source: str, run_id: str | None) -> None:
-        super().__init__(source, run_id)
-        self.source, self.run_id = source, run_id
-
-
 class RunFailed(Exception):
-    def __init__(self, source: str, failed: RunOutcome, runs: list[RunOutcome]) -> None:
+    def __init__(self, source: str, failed: RunSummary, error: str | None, runs: list) -> None:
         super().__init__(source, failed.run_id)
-        self.source, self.failed, self.runs = source, failed, runs
-
-
-def _summaries(runs: list[RunOutcome]) -> list[RunSummary]:
-    return [RunSummary(run_id=r.run_id, window=r.window, success=r.success) for r in runs]
-
-
-async def _busy(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, SourceBusy)
-    held_by = f"run {exc.run_id} is in flight" if exc.run_id else "another request is processing"
-    body = BusyBody(detail=f"{exc.source} is busy: {held_by}", source=exc.source, run_id=exc.run_id)
-    return JSONResponse(body.model_dump(), status_code=409)
+        self.source, self.failed, self.error, self.runs = source, failed, error, runs
 
 
 async def _run_failed(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RunFailed)
     failed = exc.failed
     body = RunFailedBody(
-        detail=f"run {failed.run_id} for {failed.window} failed; earlier windows are committed",
+        detail=f"run {failed.run_id} for {failed.window} failed; other windows are committed",
         source=exc.source,
         run_id=failed.run_id,
         window=failed.window,
-        error=failed.error,
-        runs=_summaries(exc.runs),
+        error=exc.error,
+        runs=exc.runs,
     )
     return JSONResponse(body.model_dump(), status_code=502)
 
@@ -306,49 +316,30 @@ class BodySizeLimit:
 
 
 # ----- processing --------------------------------------------------------------------------
-class SourceGuard:
-    """One processing request per source: a lock within this process, and no run of the source
-    in flight anywhere on the instance (daemon, CLI, other API processes) once the runs whose
-    worker is gone were failed."""
+class Accepted(Exception):  # noqa: N818 - an answer, not an error
+    """Runs still queued or running when the request's wait ran out: 202."""
 
-    def __init__(self, instance: dg.DagsterInstance, processing: ProcessingSettings) -> None:
-        self.instance = instance
-        self.processing = processing
-        self._locks = {source: threading.Lock() for source in SOURCES}
+    def __init__(self, body: AcceptedBody) -> None:
+        super().__init__(body.detail)
+        self.body = body
 
-    def in_flight_run(self, source: str) -> str | None:
-        records = self.instance.get_run_records(
-            dg.RunsFilter(tags={SOURCE_TAG: source}, statuses=IN_FLIGHT), limit=1
-        )
-        return records[0].dagster_run.run_id if records else None
 
-    @contextmanager
-    def hold(self, sources: tuple[str, ...]) -> Iterator[list[StaleRun]]:
-        """Yields the runs it failed because their worker was gone."""
-        held: list[threading.Lock] = []
-        try:
-            for source in sources:
-                lock = self._locks[source]
-                if not lock.acquire(blocking=False):
-                    raise SourceBusy(source, None)
-                held.append(lock)
-            stale_after = self.processing.resolved().stale_run_seconds
-            failed: list[StaleRun] = []
-            for source in sources:
-                for run in fail_stale_runs(self.instance, source, stale_after):
-                    logger.warning(run.line())
-                    failed.append(run)
-                run_id = self.in_flight_run(source)
-                if run_id is not None:
-                    raise SourceBusy(source, run_id)
-            yield failed
-        finally:
-            for lock in held:
-                lock.release()
+async def _accepted(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Accepted)
+    return JSONResponse(exc.body.model_dump(), status_code=202)
+
+
+def _summary(run: dg.DagsterRun) -> RunSummary:
+    return RunSummary(
+        run_id=run.run_id,
+        window=queue.run_window(run),
+        status=run.status.value,
+        success=run.status == dg.DagsterRunStatus.SUCCESS,
+    )
 
 
 class Processor:
-    """What the two processing endpoints do, outside HTTP."""
+    """What the processing endpoints do, outside HTTP: submit, wait, read the outcome."""
 
     def __init__(
         self, defs: dg.Definitions, instance: dg.DagsterInstance, jobmanager: sa.Engine
@@ -357,45 +348,79 @@ class Processor:
         self.instance = instance
         self.jobmanager = jobmanager
 
-    def run_source(self, source: str, earlier: list[RunOutcome] | None = None) -> SourceOutcome:
-        """Everything past the marker; a failure reports ``earlier`` runs of the request too."""
-        outcome = process_source(self.defs, self.instance, source, trigger=TRIGGER)
-        self._raise_on_failure(source, [*(earlier or []), *outcome.runs])
-        return outcome
+    def process(self, sources: tuple[str, ...], wait: float) -> dict[str, list[dg.DagsterRun]]:
+        """A queued run per window past each source's marker; the finished runs per source."""
+        queue.ensure_pools(self.instance)
+        submitted = {s: queue.submit_source(self.defs, self.instance, s, TRIGGER) for s in sources}
+        run_ids = [run_id for sub in submitted.values() for run_id in sub.run_ids]
+        runs = queue.wait_for_runs(self.instance, run_ids, wait)
+        self._check(sources[0], runs, None)
+        return {
+            source: [run for run in runs if run.run_id in sub.windows]
+            for source, sub in submitted.items()
+        }
 
-    def backfill_then_run(self, source: str) -> SourceOutcome:
-        """R21: every row again, window by window, then anything new; stops at a failed run."""
-        job = self.defs.resolve_job_def(f"process_{source}")
-        processing: ProcessingSettings = self.defs.resources["processing"]
-        settings = processing.resolved()
-        outcome = SourceOutcome(source)
-        lowest, highest = engine_marker_bounds(self.jobmanager, source)
-        windows = (
-            backfill_windows(
-                chunk_reader(self.jobmanager, source, settings.chunk_size),
-                source,
-                min(0, lowest - 1),
-                highest,
-                settings.partition_width,
+    def backfill(self, source: str, wait: float) -> tuple[str | None, list[dg.DagsterRun]]:
+        """A partition backfill over every marker range of the source; its finished runs."""
+        bounds = queue.whole_source_bounds(self.defs, source)
+        if bounds is None:
+            return None, []
+        queue.ensure_pools(self.instance)
+        backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
+        done, runs = queue.wait_for_backfill(self.instance, backfill_id, wait)
+        if not done:
+            self._accepted(runs, backfill_id)
+        self._check(source, runs, backfill_id)
+        return backfill_id, runs
+
+    def _check(self, source: str, runs: list[dg.DagsterRun], backfill_id: str | None) -> None:
+        if not all(run.status in queue.FINISHED for run in runs):
+            self._accepted(runs, backfill_id)
+        failed = next((run for run in runs if run.status != dg.DagsterRunStatus.SUCCESS), None)
+        if failed is not None:
+            raise RunFailed(
+                failed.tags.get(SOURCE_TAG, source),
+                _summary(failed),
+                queue.run_error(self.instance, failed.run_id),
+                [_summary(run) for run in runs],
             )
-            if highest is not None and lowest is not None
-            else []
+
+    def _accepted(self, runs: list[dg.DagsterRun], backfill_id: str | None) -> None:
+        serving = queue.daemon_serves(self.instance)
+        waiting = "still queued or running" if serving else "queued"
+        why = "" if serving else ": no Dagster daemon serves the instance, they start when one does"
+        raise Accepted(
+            AcceptedBody(
+                detail=f"{len(runs)} run(s) {waiting}{why}",
+                runs=[_summary(run) for run in runs],
+                backfill_id=backfill_id,
+                daemon_running=serving,
+            )
         )
-        for planned in windows:
-            outcome.runs.append(execute_window(job, self.instance, planned, TRIGGER))
-            self._raise_on_failure(source, outcome.runs)
-        outcome.runs += self.run_source(source, earlier=outcome.runs).runs
-        return outcome
+
+    def counts(self, runs: list[dg.DagsterRun], key: str) -> int:
+        return sum(int(queue.run_counts(self.instance, run.run_id).get(key, 0)) for run in runs)
 
     def marker(self, source: str) -> int:
         with self.jobmanager.connect() as conn:
             return read_marker(conn, source)
 
-    @staticmethod
-    def _raise_on_failure(source: str, runs: list[RunOutcome]) -> None:
-        failed = next((run for run in runs if not run.success), None)
-        if failed is not None:
-            raise RunFailed(source, failed, runs)
+    def run_status(self, run_id: str) -> RunStatusResponse | None:
+        run = self.instance.get_run_by_id(run_id)
+        if run is None:
+            return None
+        finished = run.status in queue.FINISHED
+        failed = run.status == dg.DagsterRunStatus.FAILURE
+        return RunStatusResponse(
+            run_id=run.run_id,
+            status=run.status.value,
+            finished=finished,
+            source=run.tags.get(SOURCE_TAG),
+            window=queue.run_window(run),
+            trigger=run.tags.get(TRIGGER_TAG),
+            counts=queue.run_counts(self.instance, run_id) if finished else {},
+            error=queue.run_error(self.instance, run_id) if failed else None,
+        )
 
 
 def _engine(libpq_url: str) -> sa.Engine:
@@ -411,11 +436,11 @@ ERRORS_READ: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "a database is unreachable"},
 }
 ERRORS_WRITE: dict[int | str, dict[str, Any]] = {
+    202: {"model": AcceptedBody, "description": "runs not finished within `wait`: follow them"},
     400: {"model": ErrorBody, "description": "body not UTF-8, or an unreadable Content-Length"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
-    409: {"model": BusyBody, "description": "a run for the source is in flight"},
     413: {"model": ErrorBody, "description": "body over 64 KiB"},
-    502: {"model": RunFailedBody, "description": "a Dagster run failed"},
+    502: {"model": RunFailedBody, "description": "a run failed"},
     503: {"model": ErrorBody, "description": "no API token configured, or a database is down"},
 }
 
@@ -433,7 +458,6 @@ def create_app(
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
-    guard = SourceGuard(instance, (defs.resources or {}).get("processing", ProcessingSettings()))
     processor = Processor(defs, instance, jobmanager)
     expected = token.encode() if token else None
 
@@ -446,12 +470,12 @@ def create_app(
     app = FastAPI(
         title="jobstatus",
         version="1",
-        description="Print-OS events and finishing scans → job status. Processing requests run"
-        " as Dagster runs tagged `jobstatus/trigger=api`.",
+        description="Print-OS events and finishing scans → job status. Processing requests are"
+        " Dagster runs, tagged `jobstatus/trigger=api`, in the run queue and the run history.",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_exception_handler(SourceBusy, _busy)
+    app.add_exception_handler(Accepted, _accepted)
     app.add_exception_handler(RunFailed, _run_failed)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_exception_handler(sa.exc.OperationalError, _database_unavailable)
@@ -475,24 +499,21 @@ def create_app(
         "/api/process-print-os",
         dependencies=write,
         responses=ERRORS_WRITE,
-        summary="Process print-OS events past the marker (force: backfill from the start)",
+        summary="Process print-OS events past the marker (force: all of them again)",
     )
     def process_print_os(
-        response: Response,
         request: Annotated[ProcessPrintOsRequest, Body()] = ProcessPrintOsRequest(),  # noqa: B008
     ) -> ProcessPrintOsResponse:
-        with guard.hold((PRINT_OS,)) as stale:
-            _name_stale_runs(response, stale)
-            if request.force:
-                outcome = processor.backfill_then_run(PRINT_OS)
-            else:
-                outcome = processor.run_source(PRINT_OS)
-            marker = processor.marker(PRINT_OS)
+        if request.force:
+            backfill_id, runs = processor.backfill(PRINT_OS, request.wait)
+        else:
+            backfill_id, runs = None, processor.process((PRINT_OS,), request.wait)[PRINT_OS]
         return ProcessPrintOsResponse(
-            processed_count=outcome.total("rows_read"),
-            jobs_updated=outcome.total("jobs_updated"),
-            last_marker=marker,
-            runs=_summaries(outcome.runs),
+            processed_count=processor.counts(runs, "rows_read"),
+            jobs_updated=processor.counts(runs, "jobs_updated"),
+            last_marker=processor.marker(PRINT_OS),
+            runs=[_summary(run) for run in runs],
+            backfill_id=backfill_id,
         )
 
     @app.post(
@@ -502,23 +523,29 @@ def create_app(
         summary="Process print-OS events and/or scans past their markers",
     )
     def process_status_updates(
-        response: Response,
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
         sources = SOURCES if request.source == "both" else (request.source,)
-        outcomes: dict[str, SourceOutcome] = {}
-        runs: list[RunOutcome] = []
-        with guard.hold(sources) as stale:
-            _name_stale_runs(response, stale)
-            for source in sources:
-                outcomes[source] = processor.run_source(source, earlier=runs)
-                runs += outcomes[source].runs
+        runs = processor.process(sources, request.wait)
         return ProcessStatusUpdatesResponse(
-            print_os_processed=outcomes[PRINT_OS].total("rows_read") if PRINT_OS in outcomes else 0,
-            scanner_processed=outcomes[SCANNER].total("rows_read") if SCANNER in outcomes else 0,
-            jobs_updated=sum(outcome.total("jobs_updated") for outcome in outcomes.values()),
-            runs=_summaries(runs),
+            print_os_processed=processor.counts(runs.get(PRINT_OS, []), "rows_read"),
+            scanner_processed=processor.counts(runs.get(SCANNER, []), "rows_read"),
+            jobs_updated=sum(processor.counts(r, "jobs_updated") for r in runs.values()),
+            runs=[_summary(run) for source in sources for run in runs[source]],
         )
+
+    @app.get(
+        "/api/runs/{run_id}",
+        responses={404: {"model": ErrorBody, "description": "unknown run"}},
+        summary="A processing run: its status, and what it wrote once it finished",
+    )
+    def run_status(
+        run_id: Annotated[str, Path(pattern=RUN_ID_PATTERN, description="a Dagster run id")],
+    ) -> RunStatusResponse:
+        status = processor.run_status(run_id)
+        if status is None:
+            raise HTTPException(404, f"unknown run {run_id}")
+        return status
 
     @app.get(
         "/api/job-status/{job_id}",
@@ -562,11 +589,6 @@ def create_app(
         return HealthResponse(status="ok" if ok else "unavailable", checks=checks)
 
     return app
-
-
-def _name_stale_runs(response: Response, stale: list[StaleRun]) -> None:
-    if stale:
-        response.headers[STALE_RUNS_HEADER] = ", ".join(run.run_id for run in stale)
 
 
 def _select_one(engine: sa.Engine) -> None:

@@ -44,9 +44,7 @@ class Environment:
     def instance(self):
         import dagster as dg
 
-        from jobstatus_dagster.pipeline.runner import pool_storage_connections
-
-        return pool_storage_connections(dg.DagsterInstance.get())
+        return dg.DagsterInstance.get()
 
 
 def _env() -> Environment:
@@ -96,20 +94,69 @@ def _definitions():
 
 @main.command("process")
 @click.option("--source", type=click.Choice([*SOURCES, "both"]), default="both", show_default=True)
-def process_command(source: str) -> None:
-    """Process everything past the markers once, as Dagster runs in the instance."""
-    from jobstatus_dagster.pipeline.runner import process_source
+@click.option(
+    "--wait",
+    default=600,
+    show_default=True,
+    help="With a Dagster daemon: seconds to wait for the queued runs.",
+)
+def process_command(source: str, wait: int) -> None:
+    """Process everything past the markers once, as Dagster runs in the instance.
+
+    With a Dagster daemon serving the instance, the runs go through its run queue (one run per
+    source at a time, next to the sensors' runs); without one, they run here, one after the other.
+    """
+    from jobstatus_dagster.pipeline import queue
 
     env = _env()
     defs = _definitions()
     instance = env.instance()
+    sources = SOURCES if source == "both" else (source,)
+    if queue.daemon_serves(instance):
+        sys.exit(_process_queued(defs, instance, sources, wait))
+    click.echo(
+        "No Dagster daemon serves this instance: processing here, in this process.", err=True
+    )
+    from jobstatus_dagster.pipeline.runner import process_source
+
     failed = False
-    for name in SOURCES if source == "both" else (source,):
+    for name in sources:
         with _database_outage(name):
             outcome = process_source(defs, instance, name, trigger="cli")
         click.echo(outcome.line())
         failed |= not outcome.success
     sys.exit(1 if failed else 0)
+
+
+def _process_queued(defs, instance, sources: tuple[str, ...], wait: int) -> int:
+    """Queue a run per window, wait for them, print a line per source; the exit status."""
+    from jobstatus_dagster.pipeline import queue
+    from jobstatus_dagster.pipeline.runner import RunOutcome, SourceOutcome
+
+    queue.ensure_pools(instance)
+    submitted = {}
+    for name in sources:
+        with _database_outage(name):
+            submitted[name] = queue.submit_source(defs, instance, name, "cli")
+    run_ids = [run_id for sub in submitted.values() for run_id in sub.run_ids]
+    runs = {run.run_id: run for run in queue.wait_for_runs(instance, run_ids, wait)}
+    status = 0
+    for name, sub in submitted.items():
+        outcome = SourceOutcome(name)
+        for run_id in sub.run_ids:
+            run = runs[run_id]
+            if run.status not in queue.FINISHED:
+                click.echo(f"{name}: run {run_id} for {sub.windows[run_id]} is {run.status.value}")
+                status = 3
+                continue
+            success = run.status.value == "SUCCESS"
+            error = None if success else queue.run_error(instance, run_id)
+            summary = queue.run_counts(instance, run_id)
+            outcome.runs.append(RunOutcome(run_id, sub.windows[run_id], success, summary, error))
+        click.echo(outcome.line())
+        if not outcome.success:
+            status = max(status, 1)
+    return status
 
 
 @contextmanager
@@ -135,15 +182,41 @@ def _database_outage(source: str) -> Iterator[None]:
 @click.option("--from", "from_marker", type=int, required=True, help="Exclusive lower marker.")
 @click.option("--to", "to_marker", type=int, required=True, help="Inclusive upper marker.")
 def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
-    """Re-process markers (FROM, TO] window by window, as Dagster runs (R21: idempotent,
-    markers never lowered). Prints each window's outcome."""
-    from jobstatus_dagster.pipeline.runner import backfill
+    """Process the rows with markers after FROM up to TO again. Safe to repeat: nothing is
+    written twice and the markers never go back.
+
+    With a Dagster daemon serving the instance, this submits a backfill over the marker ranges
+    holding those rows: it shows on Dagster's Backfills page with each range's status, and each
+    range is processed whole. Without one, the rows are processed here, window by window, as runs
+    in the run history; the outcome of each window is printed.
+    """
+    from jobstatus_dagster.pipeline import queue
 
     if to_marker < from_marker:
         raise click.BadParameter("--to must not be below --from")
     env = _env()
+    defs = _definitions()
+    instance = env.instance()
+    if queue.daemon_serves(instance, queue.BACKFILL_DAEMON):
+        queue.ensure_pools(instance)
+        backfill_id, ranges = queue.submit_backfill(
+            defs, instance, source, from_marker, to_marker, "backfill"
+        )
+        click.echo(
+            f"{source}: backfill {backfill_id} submitted: markers ({from_marker}, {to_marker}]"
+            f" lie in {len(ranges)} marker range(s) ({', '.join(ranges)}), each processed whole;"
+            " follow it on Dagster's Backfills page"
+        )
+        return
+    click.echo(
+        "No Dagster daemon serves this instance: processing here, window by window (runs in the"
+        " run history, not a backfill on the Backfills page).",
+        err=True,
+    )
+    from jobstatus_dagster.pipeline.runner import backfill
+
     with _database_outage(source):
-        outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
+        outcome = backfill(defs, instance, source, from_marker, to_marker)
     for run in outcome.runs:
         state = "ok" if run.success else f"FAILED: {run.error}"
         click.echo(
@@ -224,7 +297,9 @@ def _api_app(env: Environment, token: str | None):
 def api_command(host: str, port: int) -> None:
     """Serve the HTTP API; writes need `Authorization: Bearer $JOBSTATUS_API_TOKEN`.
 
-    Without JOBSTATUS_API_TOKEN the write endpoints answer 503 (closed, not open).
+    Without JOBSTATUS_API_TOKEN the write endpoints answer 503 (closed, not open). Processing
+    requests queue Dagster runs: a Dagster daemon (`dagster-daemon run`, or `jobstatus dev`)
+    must serve the instance for them to start.
     """
     import uvicorn
 

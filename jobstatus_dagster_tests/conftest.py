@@ -16,7 +16,7 @@ from jobstatus_dagster.db import (
     start_embedded,
     to_sqlalchemy_url,
 )
-from jobstatus_dagster.pipeline.runner import instance_overrides
+from jobstatus_dagster.instance import instance_overrides
 from jobstatus_dagster_tests.shop import Shop
 
 

@@ -74,7 +74,7 @@ def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> No
 def test_cli_process_runs_are_in_the_dagster_instance(pg_admin_uri, tmp_path) -> None:
     import dagster as dg
 
-    from jobstatus_dagster.pipeline.runner import instance_overrides
+    from jobstatus_dagster.instance import instance_overrides
 
     urls = fresh_urls(pg_admin_uri)
     migrate(urls, baseline=True)

@@ -1,4 +1,4 @@
-"""A run whose worker was killed never blocks its source: the sensor and the API fail it first.
+"""A run whose worker was killed never blocks its source: the sensor fails it first.
 
 Real processes, real kills (``JOBSTATUS_CRASH_AT`` SIGKILLs ``jobstatus process`` mid-run), a
 real Dagster instance on Postgres. Re-running the dead run's window is safe (R18).
@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +21,8 @@ from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
-from jobstatus_dagster.api import STALE_RUNS_HEADER, create_app
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.runner import NO_COMPUTE_LOGS
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
     PID_TAG,
@@ -38,12 +34,7 @@ from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.processes import cli, start_cli
 from jobstatus_dagster_tests.shop import Shop
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-    from fastapi.testclient import TestClient
-
 PROJECT = Path(__file__).resolve().parent.parent
-TOKEN = "t0k"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -256,29 +247,6 @@ def test_worker_tags_inherited_by_a_reexecution_do_not_count(
     )
 
 
-# ----- the API ------------------------------------------------------------------------------
-def test_api_fails_the_run_of_a_killed_process_instead_of_answering_409(
-    shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, tmp_path: Path
-) -> None:
-    dead = kill_mid_run(urls, tmp_path, instance, "scanner")
-    app = create_app(shop.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
-    with TestClient(app) as client:
-        response = client.post(
-            "/api/process-status-updates",
-            json={"source": "scanner"},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-    assert response.status_code == 200, response.text
-    assert response.headers[STALE_RUNS_HEADER] == dead.run_id
-    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
-    assert failure_message(instance, dead.run_id).startswith(
-        f"run worker gone: process {dead.tags[PID_TAG]} on "
-    )
-    assert [run["window"] for run in response.json()["runs"]] == [dead.tags["jobstatus/window"]]
-    assert response.json()["scanner_processed"] == 6
-    assert shop.marker("scanned_codes") == 6
-
-
 # ----- the processes themselves -------------------------------------------------------------
 def test_process_state_tells_alive_gone_exited_and_reused_pids() -> None:
     assert process_state(os.getpid(), running_at=time.time()) is ProcessState.ALIVE
@@ -336,17 +304,14 @@ def test_dagster_yaml_enables_run_monitoring(
         # bench/latency.py: the queue is checked every second, dequeues on threads.
         coordinator = configured.run_coordinator
         assert coordinator.dequeue_interval_seconds == 1 and coordinator.dequeue_use_threads
-        # One run per source (SPEC §6): one slot per value of the tag the runs carry.
-        limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
-        assert [(lim["key"], lim["limit"], lim["value"]) for lim in limits] == [
-            (SOURCE_TAG, 1, {"applyLimitPerUniqueValue": True})
-        ]
+        # One run per source (SPEC §6): a pool per source, one run at a time, held in the queue.
+        pools = configured.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
         # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
         # held a finished run 60 s.
         assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
         # Sensors tick every 5 s: a day of skipped ticks is enough history.
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
         assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
-    # Instances built in code (tests, bench, faults: instance_overrides) match the file.
-    assert declared["compute_logs"] == NO_COMPUTE_LOGS
+    # Instances built in code (tests, bench, faults) read the same file.
     assert isinstance(instance.compute_log_manager, NoOpComputeLogManager)

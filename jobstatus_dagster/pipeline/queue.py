@@ -164,10 +164,10 @@ def submit_backfill(
     from_marker: int,
     to_marker: int,
     trigger: str,
-) -> str:
+) -> tuple[str, list[str]]:
     """A partition backfill of the processing asset over every marker range that meets
-    (from_marker, to_marker], as the asset page's "Backfill" makes it; returns its id. Each
-    range runs whole: re-processing is idempotent and never lowers the marker."""
+    (from_marker, to_marker], as the asset page's "Backfill" makes it; returns its id and its
+    ranges. Each range runs whole: re-processing is idempotent and never lowers the marker."""
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
@@ -191,7 +191,7 @@ def submit_backfill(
         run_config=None,
     )
     instance.add_backfill(backfill)
-    return backfill.backfill_id
+    return backfill.backfill_id, keys
 
 
 def whole_source_bounds(defs: dg.Definitions, source_type: str) -> tuple[int, int] | None:
@@ -233,9 +233,7 @@ def wait_for_backfill(
         backfill = instance.get_backfill(backfill_id)
         runs = backfill_runs(instance, backfill_id)
         done = backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
-        if (done and all(run.status in FINISHED for run in runs)) or (
-            time.monotonic() >= deadline
-        ):
+        if (done and all(run.status in FINISHED for run in runs)) or (time.monotonic() >= deadline):
             return done and all(run.status in FINISHED for run in runs), runs
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
@@ -243,9 +241,7 @@ def wait_for_backfill(
 def run_counts(instance: dg.DagsterInstance, run_id: str) -> dict[str, int | float | str]:
     """What the run's write step recorded (rows read, jobs updated, marker after, ...), from the
     event log; empty when it wrote nothing."""
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
-    ).records
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT).records
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is None or not (event.step_key or "").endswith("write_updates"):

@@ -1,12 +1,12 @@
-"""Running the processing jobs outside the daemon (CLI, API): same windows as the sensor."""
+"""Processing in this process, for a shell whose Dagster instance no daemon serves (`jobstatus
+process` and `jobstatus backfill` then): without a daemon the run queue never dequeues, so the
+windows run here with `execute_in_process`, as runs in the instance's history, one after the
+other. With a daemon, the CLI and the API submit to the queue instead (pipeline/queue.py)."""
 
-import threading
 from dataclasses import dataclass, field
 
 import dagster as dg
-import sqlalchemy as sa
 
-from jobstatus_dagster.db import to_sqlalchemy_url
 from jobstatus_dagster.io.sources import chunk_reader
 from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
@@ -54,54 +54,7 @@ class SourceOutcome:
         return text
 
 
-# dagster.yaml's `compute_logs`: no stdout/stderr capture. Every op logs through context.log into
-# the event log (the UI's run view); capture cost a `tail` and a watcher process per stream and
-# run, and its teardown (terminate, then wait up to 30 s per process) once held a run 60 s after
-# its last step (CI, third session).
-NO_COMPUTE_LOGS = {
-    "module": "dagster._core.storage.noop_compute_log_manager",
-    "class": "NoOpComputeLogManager",
-}
-
-
-def instance_overrides(dagster_url: str) -> dict:
-    """dagster.yaml's settings that matter in process, for instances built in code (tests,
-    benchmarks, the fault suite): Postgres storage (psycopg2, see db.py) and no log capture."""
-    storage_url = to_sqlalchemy_url(dagster_url, "psycopg2")
-    return {"storage": {"postgres": {"postgres_url": storage_url}}, "compute_logs": NO_COMPUTE_LOGS}
-
-
-def pool_storage_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
-    """Pooled connections for an instance that runs many in-process runs.
-
-    dagster-postgres opens a new connection per stored event by default (NullPool); a run
-    stores ~40 events, so a long-lived processing process (CLI, API) keeps a small pool
-    instead, as Dagster's own webserver does. Measured: a one-event run costs ~40 % less.
-    """
-    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
-    # A pooled connection dies with a database restart; ping on checkout so the next run
-    # reconnects instead of failing on it (fault suite, scenario 5). dagster-postgres builds the
-    # engines itself, so the flag is set on their pools.
-    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-        engine = getattr(storage, "_engine", None)
-        if isinstance(engine, sa.Engine):
-            engine.pool._pre_ping = True  # noqa: SLF001 - no public setter after creation
-    return instance
-
-
 def execute_window(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, planned, trigger: str
-) -> RunOutcome:
-    with _EXECUTION_LOCK:
-        return _execute_window(job, instance, planned, trigger)
-
-
-# execute_in_process is not safe in parallel threads of one process (its log capture can
-# deadlock on the logging lock): one run at a time per process; separate processes are fine.
-_EXECUTION_LOCK = threading.Lock()
-
-
-def _execute_window(
     job: dg.JobDefinition, instance: dg.DagsterInstance, planned: PlannedRun, trigger: str
 ) -> RunOutcome:
     partitions = WINDOW_PARTITIONS[planned.source_type]
