@@ -1,30 +1,33 @@
-"""The HTTP API against the real databases and a real Dagster instance (plan §7, SPEC §6).
+"""The HTTP API against the real databases, a real Dagster instance and a real daemon (plan §7,
+SPEC §6).
 
-One shop per module: the small backlog is processed through the API, then every refusal is
-checked to leave the databases and the run history exactly as they were.
+One shop per module: the small backlog is processed through the API (runs queued, dequeued and
+executed by `dagster-daemon`), then every refusal is checked to leave the databases and the run
+history exactly as they were.
 """
 
-import threading
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import schemathesis
-import sqlalchemy as sa
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 from jobstatus_dagster.api import MAX_BODY_BYTES, create_app
 from jobstatus_dagster.db import DatabaseUrls
-from jobstatus_dagster.definitions import build_definitions
+from jobstatus_dagster.instance import instance_overrides
 from jobstatus_dagster.io.sources import chunk_reader
+from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows
 from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
 from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_dagster_tests.daemon import running_daemon
 from jobstatus_dagster_tests.shop import Shop
 
 with warnings.catch_warnings():
@@ -35,10 +38,20 @@ with warnings.catch_warnings():
 
 TOKEN = "t0k"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# A backfill waits for the backfill daemon, which looks every 30 s (twice: launch, then done).
+BACKFILL_WAIT = 240
 
 
 @pytest.fixture(scope="module")
-def app(shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls) -> FastAPI:
+def daemon(
+    urls: DatabaseUrls, instance: dg.DagsterInstance, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    with running_daemon(urls, tmp_path_factory.mktemp("daemon"), instance):
+        yield
+
+
+@pytest.fixture(scope="module")
+def app(shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, daemon: None) -> FastAPI:
     fill_small_backlog(shop)
     return create_app(shop.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
 
@@ -103,12 +116,39 @@ def test_process_print_os_reports_what_the_database_holds(
     assert processed["processed_count"] == first_processing.print_rows
     assert processed["jobs_updated"] == first_processing.jobs_written > 0
     assert [run["window"] for run in processed["runs"]] == ["print_os:0-114"]
-    # The request is a Dagster run in the instance, tagged as the API's.
+    assert processed["runs"][0]["status"] == "SUCCESS" and processed["runs"][0]["success"]
+    # The request is a Dagster run in the instance, tagged as the API's, that went through the
+    # run queue (enqueued, dequeued and launched by the daemon) and its pool.
     runs = {run.run_id: run for run in api_runs(instance)}
     run = runs[processed["runs"][0]["run_id"]]
     assert run.status == dg.DagsterRunStatus.SUCCESS
     assert run.tags["jobstatus/source"] == "print_os"
     assert run.job_name == "process_print_os"
+    assert run.run_op_concurrency.all_pools == {"print_os"}
+    events = {
+        record.event_log_entry.dagster_event.event_type
+        for record in instance.get_records_for_run(run.run_id).records
+    }
+    assert {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_DEQUEUED} <= events
+
+
+def test_a_run_can_be_followed_by_its_id(processed: dict, client: TestClient) -> None:
+    run_id = processed["runs"][0]["run_id"]
+    response = client.get(f"/api/runs/{run_id}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "SUCCESS" and body["finished"] and body["error"] is None
+    assert (body["source"], body["window"], body["trigger"]) == (
+        "print_os",
+        "print_os:0-114",
+        "api",
+    )
+    assert body["counts"]["rows_read"] == processed["processed_count"]
+    assert body["counts"]["jobs_updated"] == processed["jobs_updated"]
+    assert body["counts"]["marker_after"] == 114
+    unknown = client.get("/api/runs/00000000-0000-0000-0000-000000000000")
+    assert unknown.status_code == 404
+    assert client.get("/api/runs/1'; DROP TABLE runs;--").status_code == 422
 
 
 def test_process_status_updates_per_source_then_nothing_new(
@@ -160,24 +200,31 @@ def test_process_status_updates_per_source_then_nothing_new(
 def test_r21_force_backfills_idempotently_and_never_lowers_the_marker(
     processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
 ) -> None:
-    # Rows other tests left unprocessed would be processed after the backfill: catch up first.
+    """force is a partition backfill over the marker ranges, run by the daemon like the asset
+    page's; the answer comes once the backfill is done."""
+    # Rows other tests left unprocessed would be processed by the backfill: catch up first.
     catch_up = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
     assert catch_up.status_code == 200, catch_up.text
     marker = shop.marker("print_os")  # 114 after the backlog; more if other tests ran first
-    first = client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+    force = {"force": True, "wait": BACKFILL_WAIT}
+    first = client.post("/api/process-print-os", json=force, headers=AUTH)
     assert first.status_code == 200, first.text
-    assert [run["window"] for run in first.json()["runs"]] == [f"print_os:0-{marker}"]
+    assert [run["window"] for run in first.json()["runs"]] == ["print_os:0-10000"]
     assert first.json()["last_marker"] == shop.marker("print_os") == marker
+    backfill = instance.get_backfill(first.json()["backfill_id"])
+    assert backfill.status.value == "COMPLETED_SUCCESS"
+    assert backfill.tags["jobstatus/trigger"] == "api"
 
     before = shop.snapshot()
-    second = client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+    second = client.post("/api/process-print-os", json=force, headers=AUTH)
     assert second.status_code == 200, second.text
     assert second.json()["jobs_updated"] == 0
     assert second.json()["last_marker"] == shop.marker("print_os") == marker
     assert shop.snapshot() == before  # audit, failures (and their attempts), jobs, logs rows
-    run_ids = [run["run_id"] for run in second.json()["runs"]]
-    tagged = {run.run_id: run for run in api_runs(instance)}
-    assert all(tagged[r].status == dg.DagsterRunStatus.SUCCESS for r in run_ids)
+    runs = [instance.get_run_by_id(run["run_id"]) for run in second.json()["runs"]]
+    assert [run.job_name for run in runs] == ["__ASSET_JOB"]  # the asset page's kind of run
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    assert second.json()["processed_count"] >= first.json()["processed_count"] > 0
 
 
 @pytest.mark.parametrize(
@@ -201,57 +248,77 @@ def test_backfill_windows_hold_a_chunk_within_one_partition(
     assert {(w.source_type, w.partition_width) for w in planned} == {("print_os", partition_width)}
 
 
-def test_force_in_chunks_runs_one_dagster_run_per_window(
-    processed: dict, shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls
+def test_a_backlog_is_queued_as_one_run_per_window(
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance, urls
 ) -> None:
+    """The windows the sensor would launch one after the other go into the queue together; the
+    source's pool runs them one at a time, in order, and the answer has them all."""
+    catch_up = client.post("/api/process-print-os", json={}, headers=AUTH)
+    assert catch_up.status_code == 200, catch_up.text
+    marker = shop.marker("print_os")
+    for _ in range(9):
+        new_print_event(shop)
+    markers = [
+        row["marker"]
+        for row in shop.rows(
+            shop.jm, 'SELECT marker FROM "print OS" WHERE marker > :m ORDER BY marker', m=marker
+        )
+    ]
+    assert len(markers) == 9 and markers[-1] < 10_000  # all in the first marker range
+    ends = markers[3::4] + [markers[-1]]
+    expected = [f"print_os:{lo}-{hi}" for lo, hi in zip([marker, *ends], ends, strict=False)]
     chunked = Shop(urls, chunk_size=4)
     app = create_app(chunked.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
     with chunked, TestClient(app) as chunked_client:
-        # Rows other tests left unprocessed would be processed after the backfill: catch up.
-        catch_up = chunked_client.post("/api/process-print-os", json={}, headers=AUTH)
-        assert catch_up.status_code == 200, catch_up.text
-        marker = shop.marker("print_os")
-        # Windows of 4 rows each over (0, marker] (distinct markers, all in the first partition).
-        markers = [
-            row["marker"]
-            for row in shop.rows(
-                shop.jm,
-                'SELECT marker FROM "print OS" WHERE marker <= :m ORDER BY marker',
-                m=marker,
-            )
-        ]
-        assert len(set(markers)) == len(markers) > 4 and markers[0] > 0 and marker < 10_000
-        ends = markers[3::4] + ([markers[-1]] if len(markers) % 4 else [])
-        expected = [f"print_os:{lo}-{hi}" for lo, hi in zip([0, *ends], ends, strict=False)]
-        before = shop.snapshot()
-        response = chunked_client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
+        response = chunked_client.post("/api/process-print-os", json={}, headers=AUTH)
     assert response.status_code == 200, response.text
-    windows = [run["window"] for run in response.json()["runs"]]
-    assert windows == expected  # ["print_os:0-106", "print_os:106-114"] on the backlog alone
-    assert shop.marker("print_os") == marker
-    assert shop.snapshot() == before
+    assert [run["window"] for run in response.json()["runs"]] == expected
+    assert response.json()["processed_count"] >= 9
+    assert shop.marker("print_os") == markers[-1]
+    runs = [instance.get_run_by_id(run["run_id"]) for run in response.json()["runs"]]
+    spans = [run_span(instance, run.run_id) for run in runs]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+
+
+def run_span(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
+    """When the run started and ended, from its event log."""
+    records = instance.get_records_for_run(run_id).records
+    times = {
+        record.event_log_entry.dagster_event.event_type: record.event_log_entry.timestamp
+        for record in records
+        if record.event_log_entry.dagster_event is not None
+    }
+    return times[dg.DagsterEventType.RUN_START], times[dg.DagsterEventType.RUN_SUCCESS]
 
 
 def test_a_failed_run_is_a_502_naming_it_and_nothing_is_written(
-    processed: dict, shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, pg_admin_uri
+    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
 ) -> None:
-    """The run's logs database lacks our tables: the run fails inside Dagster, not in the API."""
-    broken_logs = fresh_urls(pg_admin_uri).logs
-    defs = build_definitions(urls.jobmanager, broken_logs)
-    app = create_app(defs, instance, urls.jobmanager, urls.logs, token=TOKEN)
+    """The mapping table is gone while the run executes: the run fails inside Dagster (in the
+    daemon's run worker), not in the API."""
     new_print_event(shop)
     before = unchanged(shop, instance)[0]
-    with TestClient(app) as broken_client:
-        response = broken_client.post("/api/process-print-os", json={}, headers=AUTH)
+    shop.execute(shop.logs, "ALTER TABLE imposition_file_mapping RENAME TO mapping_away")
+    try:
+        response = client.post("/api/process-print-os", json={}, headers=AUTH)
+    finally:
+        shop.execute(shop.logs, "ALTER TABLE mapping_away RENAME TO imposition_file_mapping")
     assert response.status_code == 502, response.text
     body = response.json()
-    assert body["source"] == "print_os" and body["error"]
+    assert body["source"] == "print_os" and "imposition_file_mapping" in body["error"]
     assert body["window"].startswith(f"print_os:{shop.marker('print_os')}-")
-    assert body["runs"] == [{"run_id": body["run_id"], "window": body["window"], "success": False}]
+    assert body["runs"] == [
+        {"run_id": body["run_id"], "window": body["window"], "status": "FAILURE", "success": False}
+    ]
     run = instance.get_run_by_id(body["run_id"])
     assert run.status == dg.DagsterRunStatus.FAILURE
     assert run.tags["jobstatus/trigger"] == "api"
     assert shop.snapshot() == before
+    followed = client.get(f"/api/runs/{body['run_id']}").json()
+    assert followed["status"] == "FAILURE" and followed["error"] == body["error"]
+    again = client.post("/api/process-print-os", json={}, headers=AUTH)  # resumes there (R18)
+    assert again.status_code == 200, again.text
+    assert again.json()["runs"][0]["window"] == body["window"]
 
 
 def test_an_unexpected_error_is_a_json_500_without_traceback(
@@ -260,7 +327,7 @@ def test_an_unexpected_error_is_a_json_500_without_traceback(
     """Definitions without the jobs: a bug of the deployment, not of the request."""
     app = create_app(dg.Definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
     with TestClient(app, raise_server_exceptions=False) as bare_client:
-        for _ in range(2):  # the source lock was released: 500 again, not 409
+        for _ in range(2):
             response = bare_client.post("/api/process-print-os", json={"force": True}, headers=AUTH)
             assert response.status_code == 500
             assert response.json()["detail"].startswith("internal error (")
@@ -394,6 +461,9 @@ BAD_BODIES = [
     ("/api/process-print-os", {"json": {"force": False, "source": "both"}}, 422),
     ("/api/process-print-os", {"json": [True]}, 422),
     ("/api/process-print-os", {"json": "force"}, 422),
+    ("/api/process-print-os", {"json": {"wait": -1}}, 422),
+    ("/api/process-print-os", {"json": {"wait": 601}}, 422),
+    ("/api/process-status-updates", {"json": {"wait": "5"}}, 422),
     ("/api/process-status-updates", {"json": {"source": "printer"}}, 422),
     ("/api/process-status-updates", {"json": {"source": "BOTH"}}, 422),
     ("/api/process-status-updates", {"json": {"source": 1}}, 422),
@@ -477,12 +547,15 @@ def test_path_tricks_reach_nothing(client: TestClient, shop: Shop, instance, url
     assert unchanged(shop, instance) == before
 
 
-# ----- one run per source ------------------------------------------------------------------
-def test_409_while_a_run_of_the_source_is_in_flight(
+# ----- the run queue: one run per source, and no daemon --------------------------------------
+def test_a_request_queues_behind_a_run_of_its_source_and_the_other_source_goes_on(
     processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
 ) -> None:
+    """A run of the source is in flight (from the CLI, the asset page, anywhere): the request's
+    run waits in the queue behind it (202 once `wait` is over), the other source is not held up,
+    and the queued run goes once the source is free."""
     job_def = shop.definitions().resolve_job_def("process_print_os")
-    run = instance.create_run_for_job(
+    blocker = instance.create_run_for_job(
         job_def,
         run_config=PlannedRun("print_os", 0, 0, "test").run_config(),
         status=dg.DagsterRunStatus.STARTED,
@@ -490,60 +563,81 @@ def test_409_while_a_run_of_the_source_is_in_flight(
     )
     new_print_event(shop)
     try:
-        before = unchanged(shop, instance)
-        for path, body in [*WRITES, ("/api/process-print-os", {"force": True})]:
-            response = client.post(path, json=body, headers=AUTH)
-            assert response.status_code == 409, response.text
-            assert response.json()["run_id"] == run.run_id
-            assert response.json()["source"] == "print_os"
-            assert run.run_id in response.json()["detail"]
-        assert unchanged(shop, instance) == before
-        # The other source is not held up.
+        held = client.post("/api/process-print-os", json={"wait": 3}, headers=AUTH)
+        assert held.status_code == 202, held.text
+        assert held.json()["daemon_running"] is True
+        (run,) = held.json()["runs"]
+        assert run["status"] == "QUEUED"
         scanner = client.post(
             "/api/process-status-updates", json={"source": "scanner"}, headers=AUTH
         )
         assert scanner.status_code == 200, scanner.text
+        assert client.get(f"/api/runs/{run['run_id']}").json()["status"] == "QUEUED"
     finally:
-        instance.report_run_canceled(run)
-    after = client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
-    assert after.status_code == 200, after.text
-    assert after.json()["last_marker"] == shop.marker("print_os")
+        instance.report_run_canceled(blocker)
+    (done,) = queue.wait_for_runs(instance, [run["run_id"]], 120)
+    assert done.status == dg.DagsterRunStatus.SUCCESS
+    followed = client.get(f"/api/runs/{run['run_id']}").json()
+    assert followed["finished"] and followed["counts"]["marker_after"] == shop.marker("print_os")
 
 
-def test_409_while_another_request_of_this_process_holds_the_source(
-    processed: dict, client: TestClient, shop: Shop, instance: dg.DagsterInstance
+def test_with_the_daemon_down_a_request_answers_202_within_its_wait(
+    processed: dict, shop: Shop, urls: DatabaseUrls, pg_admin_uri: str, tmp_path: Path
 ) -> None:
-    """The first request waits on the marker row lock (R19) inside its run; a second one is
-    refused at once instead of queueing behind it."""
-    new_print_event(shop)
-    results: dict[str, object] = {}
-    with shop.jm.connect() as holder:
-        tx = holder.begin()
-        holder.execute(
-            sa.text("SELECT 1 FROM processing_markers WHERE marker_type = 'print_os' FOR UPDATE")
-        )
-        first = threading.Thread(
-            target=lambda: results.update(
-                first=client.post("/api/process-print-os", json={"force": False}, headers=AUTH)
+    """An instance no daemon serves: the runs are queued and wait there; the answer comes when
+    the request's wait is over and says why nothing ran."""
+    alone = fresh_urls(pg_admin_uri).dagster
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=instance_overrides(alone)) as down:
+        app = create_app(shop.definitions(), down, urls.jobmanager, urls.logs, token=TOKEN)
+        new_print_event(shop)
+        with TestClient(app) as down_client:
+            started = time.monotonic()
+            response = down_client.post("/api/process-print-os", json={"wait": 2}, headers=AUTH)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 202, response.text
+            assert 2 <= elapsed < 10
+            body = response.json()
+            assert body["daemon_running"] is False and "no Dagster daemon" in body["detail"]
+            (run,) = body["runs"]
+            followed = down_client.get(f"/api/runs/{run['run_id']}")
+            assert followed.status_code == 200
+            assert followed.json()["status"] == "QUEUED" and not followed.json()["finished"]
+            assert down.get_run_by_id(run["run_id"]).tags["jobstatus/trigger"] == "api"
+
+            forced = down_client.post(
+                "/api/process-print-os", json={"force": True, "wait": 0}, headers=AUTH
             )
-        )
-        first.start()
-        deadline = time.monotonic() + 30
-        while not instance.get_runs_count(
-            dg.RunsFilter(
-                tags={"jobstatus/source": "print_os"}, statuses=[dg.DagsterRunStatus.STARTED]
+        assert forced.status_code == 202, forced.text
+        assert forced.json()["runs"] == [] and forced.json()["daemon_running"] is False
+        (backfill,) = down.get_backfills()
+        assert backfill.backfill_id == forced.json()["backfill_id"]
+        assert backfill.status.value == "REQUESTED"
+
+
+def test_force_is_a_backfill_with_one_partition_per_marker_range(
+    processed: dict, shop: Shop, urls: DatabaseUrls, pg_admin_uri: str, tmp_path: Path
+) -> None:
+    """Ranges 50 markers wide: the backlog's rows (100-114 and whatever later tests added) lie
+    in consecutive ranges, each a partition of the backfill (the UI shows a status per range)."""
+    alone = fresh_urls(pg_admin_uri).dagster
+    narrow = Shop(urls, partition_width=50)
+    with (
+        narrow,
+        dg.instance_for_test(temp_dir=str(tmp_path), overrides=instance_overrides(alone)) as down,
+    ):
+        app = create_app(narrow.definitions(), down, urls.jobmanager, urls.logs, token=TOKEN)
+        with TestClient(app) as down_client:
+            forced = down_client.post(
+                "/api/process-print-os", json={"force": True, "wait": 0}, headers=AUTH
             )
-        ):
-            assert time.monotonic() < deadline, "the first request never started its run"
-            time.sleep(0.05)
-        second = client.post("/api/process-status-updates", json={"source": "both"}, headers=AUTH)
-        tx.rollback()
-    first.join(60)
-    assert second.status_code == 409, second.text
-    assert second.json()["source"] == "print_os"
-    assert second.json()["run_id"] is None  # refused by this process's lock, before any query
-    assert results["first"].status_code == 200, results["first"].text
-    assert results["first"].json()["last_marker"] == shop.marker("print_os")
+        assert forced.status_code == 202, forced.text
+        highest = shop.scalar(shop.jm, 'SELECT max(marker) FROM "print OS"')
+        expected = [f"{lo:012d}-{lo + 50:012d}" for lo in range(0, highest, 50)]
+        (backfill,) = down.get_backfills()
+        data = backfill.asset_backfill_data
+        assert data.target_subset.asset_keys == {dg.AssetKey("print_os_processing")}
+        partitions = data.target_subset.get_partitions_subset(dg.AssetKey("print_os_processing"))
+        assert sorted(partitions.get_partition_keys()) == expected
 
 
 # ----- the OpenAPI document, fuzzed --------------------------------------------------------
@@ -572,7 +666,7 @@ def test_fuzzed_requests_never_get_a_server_error(
         if mode.is_negative and operation.path == "/api/health":
             continue  # no parameters and no body: nothing to get wrong
 
-        # Valid bodies are few ({}, force, three sources) and each force is a real run: fewer.
+        # Valid bodies are few ({}, force, three sources) and each force is a backfill: fewer.
         examples = 10 if mode.is_positive and operation.method.upper() == "POST" else 25
 
         @settings(
@@ -583,8 +677,10 @@ def test_fuzzed_requests_never_get_a_server_error(
         )
         @given(case=operation.as_strategy(mode))
         def fuzz(case: schemathesis.Case) -> None:
-            # A processing request runs a Dagster run synchronously: more than schemathesis'
-            # default 10 s read timeout on a loaded machine (seen in the fault suite).
+            if mode.is_positive and isinstance(case.body, dict):
+                case.body["wait"] = 0  # a force is a backfill: answered 202 rather than waited
+            # A processing request waits for its runs: more than schemathesis' default 10 s read
+            # timeout on a loaded machine (seen in the fault suite).
             response = case.call_and_validate(headers=AUTH, timeout=300)
             assert response.status_code < 500, (response.status_code, response.text[:500])
 

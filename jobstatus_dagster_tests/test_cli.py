@@ -46,6 +46,7 @@ def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> No
         fill_small_backlog(shop)
         done = cli(urls, tmp_path, "process", "--source", "both")
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "No Dagster daemon serves this instance: processing here" in done.stderr
         lines = done.stdout.strip().splitlines()
         assert lines[0].startswith("print_os: ") and "marker 114" in lines[0]
         assert lines[1].startswith("scanner: ") and "marker 6" in lines[1]
@@ -123,6 +124,8 @@ def test_r21_cli_backfill_reports_each_window_and_changes_nothing(pg_admin_uri, 
             urls, tmp_path, "backfill", "--source", "print_os", "--from", "0", "--to", "104"
         )
         assert result.returncode == 0, result.stderr[-3000:]
+        # No daemon serves the instance: no backfill to submit, the windows run here instead.
+        assert "No Dagster daemon serves this instance: processing here" in result.stderr
         assert result.stdout.startswith("print_os:0-104 run ") and ", ok" in result.stdout
         assert shop.snapshot() == before and shop.marker() == marker
 
