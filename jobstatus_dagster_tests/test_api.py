@@ -118,7 +118,7 @@ def test_process_print_os_reports_what_the_database_holds(
     assert [run["window"] for run in processed["runs"]] == ["print_os:0-114"]
     assert processed["runs"][0]["status"] == "SUCCESS" and processed["runs"][0]["success"]
     # The request is a Dagster run in the instance, tagged as the API's, that went through the
-    # run queue (enqueued, dequeued and launched by the daemon) and its pool.
+    # run queue (enqueued, then launched by the daemon) and its pool.
     runs = {run.run_id: run for run in api_runs(instance)}
     run = runs[processed["runs"][0]["run_id"]]
     assert run.status == dg.DagsterRunStatus.SUCCESS
@@ -126,10 +126,10 @@ def test_process_print_os_reports_what_the_database_holds(
     assert run.job_name == "process_print_os"
     assert run.run_op_concurrency.all_pools == {"print_os"}
     events = {
-        record.event_log_entry.dagster_event.event_type
+        record.event_log_entry.dagster_event_type
         for record in instance.get_records_for_run(run.run_id).records
     }
-    assert {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_DEQUEUED} <= events
+    assert {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING} <= events
 
 
 def test_a_run_can_be_followed_by_its_id(processed: dict, client: TestClient) -> None:
