@@ -5,6 +5,8 @@ to ask for, asks, and reads the answers back from the event log."""
 
 from __future__ import annotations
 
+import secrets
+import string
 import sys
 import time
 from collections.abc import Sequence
@@ -169,7 +171,6 @@ def submit_backfill(
     (from_marker, to_marker], as the asset page's "Backfill" makes it; returns its id and its
     ranges. Each range runs whole: re-processing is idempotent and never lowers the marker."""
     from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
 
     width = defs.resources["processing"].resolved().partition_width
     keys = keys_between(from_marker, to_marker, width)
@@ -178,7 +179,7 @@ def submit_backfill(
     if missing:
         instance.add_dynamic_partitions(partitions.name, missing)
     backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=make_new_backfill_id(),
+        backfill_id=new_backfill_id(),
         asset_graph=defs.resolve_asset_graph(),
         partition_names=keys,
         asset_selection=[PROCESSING_KEYS[source_type]],
@@ -192,6 +193,12 @@ def submit_backfill(
     )
     instance.add_backfill(backfill)
     return backfill.backfill_id, keys
+
+
+def new_backfill_id() -> str:
+    """Eight lower-case letters like Dagster's own ids, but drawn from `secrets`: Dagster's draws
+    from the global `random`, which a seeded library (hypothesis) makes repeat."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(8))
 
 
 def whole_source_bounds(defs: dg.Definitions, source_type: str) -> tuple[int, int] | None:
