@@ -49,13 +49,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobstatus_dagster.config import SOURCES
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import to_sqlalchemy_url
 from jobstatus_dagster.io.sources import read_marker
 from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
+from jobstatus_dagster.source import SOURCE_NAMES
 
 MAX_BODY_BYTES = 64 * 1024
 TRIGGER = "api"
@@ -525,7 +525,7 @@ def create_app(
     def process_status_updates(
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
-        sources = SOURCES if request.source == "both" else (request.source,)
+        sources = SOURCE_NAMES if request.source == "both" else (request.source,)
         runs = processor.process(sources, request.wait)
         return ProcessStatusUpdatesResponse(
             print_os_processed=processor.counts(runs.get(PRINT_OS, []), "rows_read"),

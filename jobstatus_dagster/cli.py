@@ -16,8 +16,9 @@ from pathlib import Path
 
 import click
 
-from jobstatus_dagster.config import SOURCES, Settings, load_settings
+from jobstatus_dagster.config import Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.source import SOURCE_NAMES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -93,7 +94,9 @@ def _definitions():
 
 
 @main.command("process")
-@click.option("--source", type=click.Choice([*SOURCES, "both"]), default="both", show_default=True)
+@click.option(
+    "--source", type=click.Choice([*SOURCE_NAMES, "both"]), default="both", show_default=True
+)
 @click.option(
     "--wait",
     default=600,
@@ -111,7 +114,7 @@ def process_command(source: str, wait: int) -> None:
     env = _env()
     defs = _definitions()
     instance = env.instance()
-    sources = SOURCES if source == "both" else (source,)
+    sources = SOURCE_NAMES if source == "both" else (source,)
     if queue.daemon_serves(instance):
         sys.exit(_process_queued(defs, instance, sources, wait))
     click.echo(
@@ -178,7 +181,7 @@ def _database_outage(source: str) -> Iterator[None]:
 
 
 @main.command("backfill")
-@click.option("--source", type=click.Choice(SOURCES), required=True)
+@click.option("--source", type=click.Choice(SOURCE_NAMES), required=True)
 @click.option("--from", "from_marker", type=int, required=True, help="Exclusive lower marker.")
 @click.option("--to", "to_marker", type=int, required=True, help="Inclusive upper marker.")
 def backfill_command(source: str, from_marker: int, to_marker: int) -> None:

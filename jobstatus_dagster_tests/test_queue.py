@@ -11,8 +11,8 @@ import pytest
 
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.pipeline import queue
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.windows import PlannedRun
+from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.daemon import running_daemon
 from jobstatus_dagster_tests.processes import cli
@@ -73,7 +73,7 @@ def test_a_ui_backfill_and_sensor_runs_of_the_same_source_never_run_at_once(
             run_config=planned.run_config(),
             tags=planned.tags("sensor"),
             partition_key=planned.partition_key,
-            partitions=WINDOW_PARTITIONS["print_os"],
+            partitions=source_named("print_os").partitions,
         )
         for planned in (
             PlannedRun("print_os", 0, 114, "new rows"),

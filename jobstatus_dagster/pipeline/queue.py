@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from jobstatus_dagster.config import SOURCES
 from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS, key_bounds, keys_between
+from jobstatus_dagster.pipeline.partitions import key_bounds, keys_between
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
+from jobstatus_dagster.source import SOURCE_NAMES, source_named
 
 # workspace.yaml's code location: the daemon launches queued runs from it.
 LOCATION_NAME = "jobstatus"
@@ -54,7 +53,7 @@ def ensure_pools(instance: dg.DagsterInstance) -> None:
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return
-    missing = set(SOURCES) - storage.get_concurrency_keys()
+    missing = set(SOURCE_NAMES) - storage.get_concurrency_keys()
     for pool in sorted(missing):
         storage.initialize_concurrency_limit_to_default(pool)
 
@@ -143,7 +142,8 @@ def submit_source(
     """Queue a run per window past the marker. Consecutive windows may wait in the queue
     together: the pool runs them one at a time, and a window whose predecessor failed still
     writes, but never moves the marker past the failed one."""
-    job = defs.resolve_job_def(f"process_{source_type}")
+    source = source_named(source_type)
+    job = defs.resolve_job_def(source.job_name)
     submitted = Submitted(source_type)
     for planned in plan_source(defs, source_type):
         run_id = submit_run(
@@ -152,7 +152,7 @@ def submit_source(
             run_config=planned.run_config(),
             tags=planned.tags(trigger),
             partition_key=planned.partition_key,
-            partitions=WINDOW_PARTITIONS[source_type],
+            partitions=source.partitions,
         )
         submitted.run_ids.append(run_id)
         submitted.windows[run_id] = planned.window_tag
@@ -174,7 +174,8 @@ def submit_backfill(
 
     width = defs.resources["processing"].resolved().partition_width
     keys = keys_between(from_marker, to_marker, width)
-    partitions = WINDOW_PARTITIONS[source_type]
+    source = source_named(source_type)
+    partitions = source.partitions
     missing = [k for k in keys if not instance.has_dynamic_partition(partitions.name, k)]
     if missing:
         instance.add_dynamic_partitions(partitions.name, missing)
@@ -182,7 +183,7 @@ def submit_backfill(
         backfill_id=new_backfill_id(),
         asset_graph=defs.resolve_asset_graph(),
         partition_names=keys,
-        asset_selection=[PROCESSING_KEYS[source_type]],
+        asset_selection=[source.processing_key],
         backfill_timestamp=time.time(),
         tags={SOURCE_TAG: source_type, TRIGGER_TAG: trigger},
         dynamic_partitions_store=instance,

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from jobstatus_dagster.io.sources import chunk_reader
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.stale_runs import worker_tags
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
+from jobstatus_dagster.source import source_named
 
 
 @dataclass
@@ -57,7 +56,7 @@ class SourceOutcome:
 def execute_window(
     job: dg.JobDefinition, instance: dg.DagsterInstance, planned: PlannedRun, trigger: str
 ) -> RunOutcome:
-    partitions = WINDOW_PARTITIONS[planned.source_type]
+    partitions = source_named(planned.source_type).partitions
     if not instance.has_dynamic_partition(partitions.name, planned.partition_key):
         instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
     result = job.execute_in_process(
@@ -68,7 +67,7 @@ def execute_window(
         raise_on_error=False,
     )
     if result.success:
-        graph = PROCESSING_KEYS[planned.source_type].to_python_identifier()
+        graph = source_named(planned.source_type).graph_name
         return RunOutcome(result.run_id, planned.window_tag, True, result.output_for_node(graph))
     failure = next(
         (e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE), None
@@ -82,7 +81,7 @@ def process_source(
 ) -> SourceOutcome:
     """One run per window until nothing is past the marker, plus at most one run for late rows
     and due retries; stops at the first failed run (the marker stays before it)."""
-    job = defs.resolve_job_def(f"process_{source_type}")
+    job = defs.resolve_job_def(source_named(source_type).job_name)
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     processing: ProcessingSettings = defs.resources["processing"]
     settings = processing.resolved()
@@ -114,7 +113,7 @@ def backfill(
 ) -> SourceOutcome:
     """R21: re-process the rows in (from_marker, to_marker], window by window; idempotent, and
     the marker never moves backwards. Stops at the first failed window."""
-    job = defs.resolve_job_def(f"process_{source_type}")
+    job = defs.resolve_job_def(source_named(source_type).job_name)
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     settings = defs.resources["processing"].resolved()
     outcome = SourceOutcome(source_type)
