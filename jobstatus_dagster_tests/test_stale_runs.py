@@ -276,6 +276,7 @@ RUN_MONITORING = {
     "max_runtime_seconds": 3600,
     "max_resume_run_attempts": 0,
     "poll_interval_seconds": 60,
+    "free_slots_after_run_end_seconds": 60,
 }
 
 
@@ -301,6 +302,9 @@ def test_dagster_yaml_enables_run_monitoring(
             "max_runtime_seconds": configured.run_monitoring_max_runtime_seconds,
             "max_resume_run_attempts": configured.run_monitoring_max_resume_run_attempts,
             "poll_interval_seconds": configured.run_monitoring_poll_interval_seconds,
+            "free_slots_after_run_end_seconds": configured.run_monitoring_settings[
+                "free_slots_after_run_end_seconds"
+            ],
         } == {k: v for k, v in RUN_MONITORING.items() if k != "enabled"}
         # bench/latency.py: the queue is checked every second, dequeues on threads.
         coordinator = configured.run_coordinator
