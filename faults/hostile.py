@@ -267,9 +267,9 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
                         f"final request answered {final.status_code}: {final.text[:300]}"
                     )
                 result.measure(urls)
-                from faults.harness import read_state
+                from jobstatus_testkit.state import state_of
 
-                result.compare(read_state(urls), control, " after the burst")
+                result.compare(state_of(urls), control, " after the burst")
                 # Then the fuzzing, on the processed shop.
                 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
                 for op in schema.get_all_operations():

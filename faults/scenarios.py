@@ -23,13 +23,13 @@ from faults.harness import (
     engine,
     make_backlog,
     process_clean,
-    read_state,
     run_cli,
     start_cli,
     timed,
 )
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.faults import CRASH_POINTS
+from jobstatus_testkit.state import state_of
 
 SOURCES = ("print_os", "scanner")
 
@@ -67,7 +67,7 @@ class Suite:
             started = time.monotonic()
             process_clean(urls, self.cluster.home(), **env)
             self._timings[key] = time.monotonic() - started
-            self._controls[key] = read_state(urls)
+            self._controls[key] = state_of(urls)
             self.cluster.drop(urls)
         return self._controls[key]
 
@@ -76,11 +76,17 @@ class Suite:
         return self._timings[(scale, tuple(sorted(env.items())))]
 
 
-def finish(suite: Suite, result: Result, urls: DatabaseUrls, control: dict | None) -> Result:
-    """Measure, compare with the control and drop the databases."""
+def finish(
+    suite: Suite,
+    result: Result,
+    urls: DatabaseUrls,
+    control: dict | None,
+    state: Callable[[DatabaseUrls], dict] = state_of,
+) -> Result:
+    """Measure, compare ``state`` with the control's and drop the databases."""
     result.measure(urls)
     if control is not None:
-        result.compare(read_state(urls), control)
+        result.compare(state(urls), control)
     if result.ok:
         suite.cluster.drop(urls)
     else:
@@ -104,36 +110,25 @@ def kill_at_each_stage(
             for source in sources:
                 urls = suite.clone(suite.small_scale, "kill")
                 home = suite.cluster.home()
-                killed = run_cli(
-                    urls,
-                    home,
-                    "process",
-                    "--source",
-                    source,
-                    JOBSTATUS_CRASH_AT=point,
-                    **suite.chunks,
-                )
-                result.runs += 1
-                if killed.killed:
-                    result.kills += 1
-                else:
-                    result.notes.append(f"{point}/{source}: not killed (rc {killed.returncode})")
-                # The other source is killed too, then both resume.
+                # That source is killed, then the other one too, then both resume.
                 other = SOURCES[1 - SOURCES.index(source)]
-                killed = run_cli(
-                    urls,
-                    home,
-                    "process",
-                    "--source",
-                    other,
-                    JOBSTATUS_CRASH_AT=point,
-                    **suite.chunks,
-                )
-                result.runs += 1
-                if killed.killed:
-                    result.kills += 1
-                else:
-                    result.notes.append(f"{point}/{other}: not killed (rc {killed.returncode})")
+                for killed_source in (source, other):
+                    killed = run_cli(
+                        urls,
+                        home,
+                        "process",
+                        "--source",
+                        killed_source,
+                        JOBSTATUS_CRASH_AT=point,
+                        **suite.chunks,
+                    )
+                    result.runs += 1
+                    if killed.killed:
+                        result.kills += 1
+                    else:
+                        result.notes.append(
+                            f"{point}/{killed_source}: not killed (rc {killed.returncode})"
+                        )
                 process_clean(urls, home, **suite.chunks)
                 result.runs += 1
                 sub = Result("")
@@ -272,7 +267,7 @@ EFFECT_SQL_AUDIT = (
 
 
 def effect_state(urls: DatabaseUrls) -> dict:
-    state = read_state(urls, (*STATUS_TABLES, "processed_source_rows", "processing_markers"))
+    state = state_of(urls, (*STATUS_TABLES, "processed_source_rows", "processing_markers"))
     eng = engine(urls.jobmanager)
     try:
         with eng.connect() as conn:
@@ -427,12 +422,7 @@ def out_of_order_commits(
             process_clean(control_urls, suite.cluster.home())
         control = effect_state(control_urls)
         suite.cluster.drop(control_urls)
-        result.measure(urls)
-        result.compare(effect_state(urls), control)
-        if result.ok:
-            suite.cluster.drop(urls)
-        else:
-            result.notes.append(f"databases kept for inspection: {urls}")
+        finish(suite, result, urls, control, effect_state)
     return result
 
 
@@ -589,7 +579,7 @@ def late_data(suite: Suite, share: float = 0.25, seed: int = 9) -> Result:
         jm.dispose()
         logs.dispose()
         result.measure(urls)
-        result.compare(read_state(urls, STATUS_TABLES), control)
+        result.compare(state_of(urls, STATUS_TABLES), control)
         if result.ok:
             suite.cluster.drop(urls)
         else:

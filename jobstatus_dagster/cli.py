@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ import click
 
 from jobstatus_dagster.config import SOURCES, Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -235,15 +235,6 @@ def api_command(host: str, port: int) -> None:
     uvicorn.run(_api_app(env, token), host=host, port=port)
 
 
-def _raise_keyboard_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
-        os.killpg(pgid, sig)
-
-
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
 @click.option("--api-port", default=8000, show_default=True, help="HTTP API port.")
@@ -275,37 +266,26 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
     if not configured:
         click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
-    # Started in the background of a script, SIGINT arrives ignored, and an ignored signal stays
-    # ignored in every child: dagster dev would not stop on the SIGINT sent below, and Dagster
-    # maps SIGTERM to the SIGINT handler, so its run workers' helpers would ignore SIGTERM too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    dagster = subprocess.Popen(  # noqa: S603 - our own venv's dagster
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "dev",
-            "-w",
-            str(PROJECT_DIR / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=env.dagster_home,  # beside its dagster.yaml; the workspace path is absolute
-        start_new_session=True,  # its own group: webserver, daemon, code servers, run workers
-    )
-    # SIGTERM (a service manager, `timeout`) stops everything like Ctrl-C does, so neither
-    # dagster dev nor the embedded server is left running.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop dagster dev and the embedded server
+    dagster_dev = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(PROJECT_DIR / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     try:
-        dagster.wait()
-    except KeyboardInterrupt:
-        dagster.send_signal(signal.SIGINT)
-        try:
-            dagster.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _signal_group(dagster.pid, signal.SIGKILL)
+        # Beside its dagster.yaml (the workspace path is absolute); its own process group:
+        # webserver, daemon, code servers and run workers stop with it.
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            process_group(dagster_dev, cwd=env.dagster_home, grace=30.0) as dagster,
+        ):
+            dagster.popen.wait()
     finally:
-        _signal_group(dagster.pid, signal.SIGTERM)  # whatever dagster dev left behind
         stop.set()
         api.should_exit = True
         time.sleep(0.1)

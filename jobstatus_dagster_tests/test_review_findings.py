@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import DatabaseUrls
-from jobstatus_dagster_tests.convergence import (
+from jobstatus_testkit.convergence import (
     OPERATION_IDS,
     SOURCES,
     T0,

@@ -494,3 +494,8 @@ def load_attributed_versions(
 def read_generation(conn: sa.Connection) -> int:
     """R24: the processing generation; every write moves it on."""
     return int(conn.execute(sa.text("SELECT generation FROM processing_generation")).scalar_one())
+
+
+def window_query(source_type: str) -> str:
+    """The statement ``load_window`` runs for a source, with its bind parameters, to explain."""
+    return _window_sql(SOURCE_TABLES[source_type])

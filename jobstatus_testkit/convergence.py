@@ -265,24 +265,18 @@ class Env:
         with self.logs.begin() as c:
             c.execute(sa.text("DELETE FROM imposition_file_mapping"))
             c.execute(sa.text("DELETE FROM production_planner_paths"))
-            rows = [{"i": i, "f": f} for i, fs in data.files.items() for f in fs]
-            if rows:
-                c.execute(
-                    sa.text(
-                        "INSERT INTO imposition_file_mapping (imposition_id, file_id)"
-                        " VALUES (:i, :f)"
-                    ),
-                    rows,
-                )
-            paths = [{"r": r, "i": i} for r, imps in data.runlists.items() for i in imps]
-            if paths:
-                c.execute(
-                    sa.text(
-                        "INSERT INTO production_planner_paths (runlist_id, imposition_id)"
-                        " VALUES (:r, :i)"
-                    ),
-                    paths,
-                )
+            references = {
+                "INSERT INTO imposition_file_mapping (imposition_id, file_id) VALUES (:i, :f)": [
+                    {"i": i, "f": f} for i, fs in data.files.items() for f in fs
+                ],
+                "INSERT INTO production_planner_paths (runlist_id, imposition_id)"
+                " VALUES (:r, :i)": [
+                    {"r": r, "i": i} for r, imps in data.runlists.items() for i in imps
+                ],
+            }
+            for insert, rows in references.items():
+                if rows:
+                    c.execute(sa.text(insert), rows)
             for name, code in data.codes.items():
                 c.execute(
                     sa.text(
