@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import psutil
 import sqlalchemy as sa
 
 from jobstatus_dagster.db import to_sqlalchemy_url
@@ -116,13 +117,9 @@ def _cell(value: object) -> str:
 
 
 def machine_line() -> str:
+    """The machine the figures come from (psutil has no CPU model name: /proc/cpuinfo has)."""
     cores = os.cpu_count()
-    try:
-        with open("/proc/meminfo") as f:
-            mem_kib = int(f.readline().split()[1])
-        mem = f"{mem_kib / 1024 / 1024:.0f} GiB RAM"
-    except OSError:
-        mem = "? RAM"
+    mem = f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
