@@ -29,9 +29,8 @@ from faults.harness import (
 )
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.faults import CRASH_POINTS
+from jobstatus_dagster.source import SOURCE_NAMES
 from jobstatus_testkit.state import state_of
-
-SOURCES = ("print_os", "scanner")
 
 
 @dataclass
@@ -99,7 +98,7 @@ SMALL_CHUNKS = {"JOBSTATUS_CHUNK_SIZE": "250"}  # several windows per source at 
 
 
 def kill_at_each_stage(
-    suite: Suite, points: tuple[str, ...] = CRASH_POINTS, sources: tuple[str, ...] = SOURCES
+    suite: Suite, points: tuple[str, ...] = CRASH_POINTS, sources: tuple[str, ...] = SOURCE_NAMES
 ) -> Result:
     """For each crash point and each source: that source killed there, then the other one, then
     a clean run of both."""
@@ -111,7 +110,7 @@ def kill_at_each_stage(
                 urls = suite.clone(suite.small_scale, "kill")
                 home = suite.cluster.home()
                 # That source is killed, then the other one too, then both resume.
-                other = SOURCES[1 - SOURCES.index(source)]
+                other = SOURCE_NAMES[1 - SOURCE_NAMES.index(source)]
                 for killed_source in (source, other):
                     killed = run_cli(
                         urls,
@@ -382,7 +381,7 @@ def out_of_order_commits(
         if errors:
             result.notes.append(f"writer errors: {errors[:3]}")
         # Writers done: one more run sees everything that committed late.
-        for source in SOURCES:
+        for source in SOURCE_NAMES:
             failed = process(source)
             result.runs += 1
             if failed:

@@ -1,7 +1,8 @@
 """Loading windows of source rows and the reference data they resolve against.
 
 Every function here is a fixed number of set-based queries, whatever the number of rows.
-Identifiers come from the constant ``SourceTable`` definitions below; values are always bound.
+Identifiers come from the constant ``Source`` descriptions (jobstatus_dagster.source); values
+are always bound.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from jobstatus_dagster.core.identifiers import (
     trim_id,
     trimmed_sql,
 )
-from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
+from jobstatus_dagster.core.plan import Position, Sweep, Window
+from jobstatus_dagster.source import PRINT_OS_SOURCE, Source, source_named
 
 
 def finite_time(column: str) -> str:
@@ -37,41 +39,24 @@ _FIRST_PROCESSED = (
 )
 
 
-@dataclass(frozen=True)
-class SourceTable:
-    """How one source table is windowed: its id (the audit's source_id) and its marker."""
-
-    source_type: str
-    table: str
-    id_column: str
-    marker_column: str
-    select_list: str  # source_id, marker, then the source's own columns
+def event_time_sql(source: Source) -> str:
+    """R14: a row ``p``'s own time (the first of its time columns set and finite), else the time
+    it was first processed."""
+    own = ", ".join(finite_time(f"p.{column}") for column in source.event_time_columns)
+    first_processed = _FIRST_PROCESSED.format(source.name, source.id_column)
+    return f"COALESCE({own}, {first_processed})"
 
 
-SOURCE_TABLES = {
-    PRINT_OS: SourceTable(
-        PRINT_OS,
-        '"print OS"',
-        "id",
-        "marker",
-        "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
-        f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-        f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time",
-    ),
-    SCANNER: SourceTable(
-        SCANNER,
-        "scanned_codes",
-        "scan_id",
-        "scan_id",
-        "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
-        f" COALESCE({finite_time('p.scanned_at')}, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')})"
-        " AS event_time,"
-        " p.operations::text AS operations_json, p.machine_id AS machine_id",
-    ),
-}
+def select_list(source: Source) -> str:
+    """source_id, marker, the source's own columns and event_time of a row ``p``."""
+    own = ", ".join(f"p.{expression} AS {name}" for expression, name in source.row_columns)
+    return (
+        f"p.{source.id_column} AS source_id, p.{source.marker_column} AS marker, {own},"
+        f" {event_time_sql(source)} AS event_time"
+    )
 
 
-def _window_sql(src: SourceTable) -> str:
+def _window_sql(src: Source) -> str:
     """Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20)."""
     not_processed = (
         "NOT EXISTS (SELECT 1 FROM processed_source_rows r"  # noqa: S608 - constant identifiers
@@ -79,25 +64,25 @@ def _window_sql(src: SourceTable) -> str:
     )
     return f"""
     SELECT * FROM (
-        SELECT {src.select_list}, 'window' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'window' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} > :from_marker AND p.{src.marker_column} <= :to_marker
     ) w
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} > :from_marker - :lookback
           AND p.{src.marker_column} <= :from_marker AND {not_processed}
         ORDER BY p.{src.marker_column} LIMIT :late_limit
     ) l
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} IS NULL AND {not_processed}
         ORDER BY p.{src.id_column} LIMIT :late_limit
     ) n
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'retry' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'retry' AS kind FROM {src.table} p
         WHERE p.{src.id_column} IN (
             SELECT f.source_id FROM processing_failures f
             WHERE f.source_type = :source_type AND f.resolved_at IS NULL AND f.retryable
@@ -105,7 +90,7 @@ def _window_sql(src: SourceTable) -> str:
               AND f.last_attempt_at <= now() - make_interval(secs => :retry_interval)
             GROUP BY f.source_id ORDER BY min(f.last_attempt_at) LIMIT :retry_batch)
     ) r
-    """  # noqa: S608 - identifiers are constants of SOURCE_TABLES
+    """  # noqa: S608 - identifiers are constants of the Source
 
 
 def load_window(
@@ -119,7 +104,7 @@ def load_window(
     retry_interval: int,
 ) -> pd.DataFrame:
     """The rows one run processes; a row appears once (window before late before retry)."""
-    src = SOURCE_TABLES[window.source_type]
+    src = source_named(window.source_type)
     rows = pd.read_sql(
         sa.text(_window_sql(src)),
         conn,
@@ -139,14 +124,14 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
-def _position_after(src: SourceTable, param: str) -> str:
+def _position_after(src: Source, param: str) -> str:
     """Rows after a (marker, id) position in marker order; index-backed either way."""
     if src.id_column == src.marker_column:
         return f"p.{src.marker_column} > :{param}_marker"
     return f"(p.{src.marker_column}, p.{src.id_column}) > (:{param}_marker, :{param}_id)"
 
 
-def _sweep_filter(src: SourceTable, start: Position | None, end: Position | None) -> str:
+def _sweep_filter(src: Source, start: Position | None, end: Position | None) -> str:
     """The slice (start, end] of rows at or below :upper in marker order."""
     parts = [f"p.{src.marker_column} <= :upper"]
     if start is not None:
@@ -169,7 +154,7 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
         sa.text(
             "SELECT sweep_marker, sweep_source_id FROM processing_markers WHERE marker_type = :t"
         ),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).one_or_none()
     if row is None or row[0] is None or row[1] is None:
         return None
@@ -179,7 +164,7 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
 def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> Sweep:
     """The next slice of ``rows`` rows at or below ``upper`` (the window start) after where the
     last run's sweep ended: one index range scan, whatever the history's size."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     start = read_sweep_start(conn, source_type)
     m, i = src.marker_column, src.id_column
     last = conn.execute(
@@ -193,7 +178,7 @@ def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> 
     return Sweep(start, None if last is None else (int(last[0]), int(last[1])))
 
 
-def _unprocessed_in_sweep(src: SourceTable, sweep: Sweep, select: str) -> str:
+def _unprocessed_in_sweep(src: Source, sweep: Sweep, select: str) -> str:
     """The LIMIT tells the planner the slice is small: index probes into processed_source_rows,
     never a hash of the whole history."""
     m, i = src.marker_column, src.id_column
@@ -211,9 +196,9 @@ def load_sweep(
 ) -> pd.DataFrame:
     """R19 for any marker: rows of the sweep's slice that were never processed (kind 'late'),
     e.g. rows committed with a marker far below the marker, or negative."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     found = pd.read_sql(
-        sa.text(_unprocessed_in_sweep(src, sweep, f"{src.select_list}, 'late' AS kind")),
+        sa.text(_unprocessed_in_sweep(src, sweep, f"{select_list(src)}, 'late' AS kind")),
         conn,
         params={
             **_sweep_params(sweep.start, sweep.end, upper),
@@ -229,14 +214,14 @@ def load_sweep(
 def read_marker(conn: sa.Connection, source_type: str) -> int:
     value = conn.execute(
         sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).scalar_one_or_none()
     return int(value or 0)
 
 
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
     """Lowest and highest marker present in the source table."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     m = src.marker_column
     lowest, highest = conn.execute(sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")).one()
     return (None if lowest is None else int(lowest), None if highest is None else int(highest))
@@ -246,7 +231,7 @@ def next_chunk(
     conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
 ) -> tuple[int, int] | None:
     """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     m = src.marker_column
     first, last = conn.execute(
         sa.text(
@@ -299,7 +284,7 @@ def inspect_backlog(
     retry_interval: int,
     sweep_rows: int,
 ) -> Backlog:
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     marker = read_marker(conn, source_type)
     m = src.marker_column
     next_from, next_to, next_rows = conn.execute(
@@ -410,8 +395,7 @@ def load_print_history(
     return pd.read_sql(
         sa.text(
             f"SELECT p.id AS source_id, {_PRINT_NAME} AS imposition_id, p.status, p.marker,"
-            f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-            f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time"
+            f" {event_time_sql(PRINT_OS_SOURCE)} AS event_time"
             f' FROM "print OS" p WHERE {_PRINT_NAME} = ANY(:ids) AND p.marker <= :horizon'
         ),
         conn,
@@ -498,4 +482,4 @@ def read_generation(conn: sa.Connection) -> int:
 
 def window_query(source_type: str) -> str:
     """The statement ``load_window`` runs for a source, with its bind parameters, to explain."""
-    return _window_sql(SOURCE_TABLES[source_type])
+    return _window_sql(source_named(source_type))
