@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
@@ -19,7 +20,21 @@ from jobstatus_dagster.core.identifiers import (
     trim_id,
     trimmed_sql,
 )
-from jobstatus_dagster.core.plan import Position, Sweep, Window
+from jobstatus_dagster.core.plan import PRINT_OS, Position, Sweep, Window
+from jobstatus_dagster.core.print_status import expand_to_files, validate_events
+from jobstatus_dagster.core.resolution import (
+    PrintReferences,
+    ScanReferences,
+    ambiguous_runlists,
+    classify_scans,
+    has_code,
+    holding_impositions,
+    job_file_rows,
+    job_scans_of,
+    prepare_scans,
+    print_job_ids,
+    runlist_candidates,
+)
 from jobstatus_dagster.source import PRINT_OS_SOURCE, Source, source_named
 
 
@@ -478,6 +493,85 @@ def load_attributed_versions(
 def read_generation(conn: sa.Connection) -> int:
     """R24: the processing generation; every write moves it on."""
     return int(conn.execute(sa.text("SELECT generation FROM processing_generation")).scalar_one())
+
+
+def _no_files() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"imposition_id": pd.Series(dtype="string"), "file_id": pd.Series(dtype="string")}
+    )
+
+
+def load_print_references(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    rows: pd.DataFrame,
+    processing_time: datetime,
+    customer: str,
+    horizon: int,
+) -> PrintReferences:
+    """Everything a window of print rows resolves against (core.resolution.resolve_prints):
+    four queries, whatever the number of rows."""
+    events, _ = validate_events(rows, processing_time)
+    with jobmanager.connect() as conn:
+        before = load_attributed_versions(conn, PRINT_OS, rows["source_id"].tolist())
+    with logs.connect() as conn:
+        mapping = load_mapping_for_impositions(conn, events["imposition_id"].unique().tolist())
+        event_files, _ = expand_to_files(events, mapping, customer)
+        job_ids = print_job_ids(event_files, before)
+        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else mapping.iloc[0:0]
+    job_files = job_file_rows(job_mapping, job_ids, customer)
+    with jobmanager.connect() as conn:
+        history = load_print_history(conn, job_files["imposition_id"].unique().tolist(), horizon)
+    return PrintReferences(before, mapping, job_mapping, history)
+
+
+def load_scan_references(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    rows: pd.DataFrame,
+    processing_time: datetime,
+    customer: str,
+) -> ScanReferences:
+    """Everything a window of scans resolves against (core.resolution.resolve_scans): at most
+    seven queries, whatever the number of rows. The files of every runlist a scan may apply to
+    are read at once, before R6 chooses among them."""
+    scans = prepare_scans(rows, processing_time)
+    codes = scans.loc[has_code(scans), "code_text"].unique().tolist()
+    with logs.connect() as conn:
+        operation_codes = load_operation_codes(conn)
+        runlist_paths = load_runlist_paths(conn, codes)
+        job_scans = job_scans_of(classify_scans(scans, runlist_paths))
+        job_ids = job_scans["job_id"].unique().tolist()
+        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else _no_files()
+        holding = holding_impositions(job_scans, job_mapping, customer)
+        imposition_runlists = load_runlists_of_impositions(
+            conn, holding["imposition_id"].unique().tolist()
+        )
+        candidates = runlist_candidates(holding, imposition_runlists)
+        candidate_paths = load_runlist_paths(conn, candidates["runlist_id"].unique().tolist())
+        all_paths = pd.concat([runlist_paths, candidate_paths], ignore_index=True)
+        mapping = load_mapping_for_impositions(conn, all_paths["imposition_id"].unique().tolist())
+    ambiguous = ambiguous_runlists(candidates)
+    print_rows = pd.DataFrame(
+        {
+            "imposition_id": pd.Series(dtype="string"),
+            "marker": pd.Series(dtype="Int64"),
+            "complete_time": pd.Series(dtype="datetime64[us]"),
+        }
+    )
+    if ambiguous:
+        impositions = all_paths.loc[all_paths["runlist_id"].isin(ambiguous), "imposition_id"]
+        with jobmanager.connect() as conn:
+            print_rows = load_print_rows(conn, impositions.unique().tolist())
+    return ScanReferences(
+        operation_codes,
+        runlist_paths,
+        job_mapping,
+        imposition_runlists,
+        candidate_paths,
+        print_rows,
+        mapping,
+    )
 
 
 def window_query(source_type: str) -> str:
