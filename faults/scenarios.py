@@ -222,7 +222,6 @@ def concurrent_processors(suite: Suite, processes: int = 3, with_api: bool = Tru
 
 def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
     """POST /api/process-status-updates in this process while the CLIs run; its status code."""
-    import os
     import warnings
 
     import dagster as dg
@@ -237,28 +236,19 @@ def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
         from fastapi.testclient import TestClient
 
     time.sleep(1.0)  # let the CLIs get going
-    old = os.environ.get("JOBSTATUS_RETRY_INTERVAL_SECONDS")
-    os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
-    try:
-        with dg.instance_for_test(
-            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
-        ) as instance:
-            defs = build_definitions(
-                urls.jobmanager, urls.logs, processing=ProcessingSettings(chunk_size=250)
+    with dg.instance_for_test(
+        temp_dir=str(home), overrides=instance_overrides(urls.dagster)
+    ) as instance:
+        processing = ProcessingSettings(chunk_size=250, retry_interval_seconds=10**8)
+        defs = build_definitions(urls.jobmanager, urls.logs, processing=processing)
+        app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.post(
+                "/api/process-status-updates",
+                json={"source": "both"},
+                headers={"Authorization": "Bearer tok"},
             )
-            app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
-            with TestClient(app, raise_server_exceptions=False) as client:
-                response = client.post(
-                    "/api/process-status-updates",
-                    json={"source": "both"},
-                    headers={"Authorization": "Bearer tok"},
-                )
-                return response.status_code
-    finally:
-        if old is None:
-            os.environ.pop("JOBSTATUS_RETRY_INTERVAL_SECONDS", None)
-        else:
-            os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = old
+            return response.status_code
 
 
 # ----- 4. out-of-order commits ------------------------------------------------------------------

@@ -1,27 +1,31 @@
-"""Settings from the environment (prefix ``JOBSTATUS_``); no URL set means the embedded server."""
+"""The one configuration: typed, read from the environment (prefix ``JOBSTATUS_``) once per process.
+
+``Processing`` holds what runs and sensors read; the Dagster resource ``ProcessingSettings`` carries
+exactly these values. ``Settings`` adds where the databases are, the working folder and the API
+token. No database URL set means the embedded server; some but not all set is an error.
+"""
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SOURCES = ("print_os", "scanner")
 
+# Field name → the environment variable an operator sets.
+DATABASE_URL_VARIABLES = {
+    "jobmanager_url": "JOBSTATUS_JOBMANAGER_URL",
+    "logs_url": "JOBSTATUS_LOGS_URL",
+    "dagster_url": "JOBSTATUS_DAGSTER_URL",
+}
 
-class Settings(BaseSettings):
-    """Everything an operator may set. Read once per process, never at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="JOBSTATUS_", extra="ignore")
-
-    jobmanager_url: str | None = Field(None, description="libpq URL of the jobmanager database")
-    logs_url: str | None = Field(None, description="libpq URL of the logs database")
-    dagster_url: str | None = Field(None, description="libpq URL of Dagster's own storage")
-    home: Path = Field(
-        Path(".jobstatus"), description="working folder: embedded data, DAGSTER_HOME"
-    )
+class Processing(BaseModel):
+    """What processing reads: window sizes, cadence, retries and the checks' thresholds."""
 
     file_customer: str = "Labex"
     chunk_size: int = Field(5000, ge=1, description="source rows per run (one window)")
@@ -61,14 +65,63 @@ class Settings(BaseSettings):
             raise ValueError("JOBSTATUS_FILE_CUSTOMER must be non-empty and contain no '_'")
         return value
 
+    @property
+    def scanner_interval(self) -> int:
+        """The scanner sensor's interval: its own setting, else the print-OS one."""
+        return self.scanner_interval_seconds or self.sensor_interval_seconds
+
+    def processing_values(self) -> dict[str, object]:
+        """The processing values alone (what the Dagster resource carries)."""
+        return {name: getattr(self, name) for name in Processing.model_fields}
+
+
+class Settings(Processing, BaseSettings):
+    """Everything an operator may set. Built once per process (``load_settings``), then passed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBSTATUS_", extra="ignore", env_ignore_empty=True, populate_by_name=True
+    )
+
+    jobmanager_url: str | None = Field(None, description="libpq URL of the jobmanager database")
+    logs_url: str | None = Field(None, description="libpq URL of the logs database")
+    dagster_url: str | None = Field(None, description="libpq URL of Dagster's own storage")
+    home: Path = Field(
+        Path(".jobstatus"), description="working folder: embedded data, DAGSTER_HOME"
+    )
+    dagster_home: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("dagster_home", "DAGSTER_HOME"),
+        description="Dagster's home when the operator keeps one; else one under `home`",
+    )
+    api_token: SecretStr | None = Field(None, description="bearer token of the API's writes")
+
+    @model_validator(mode="after")
+    def _all_database_urls_or_none(self) -> Settings:
+        # A half-configured host must not quietly process against a private embedded server.
+        missing = [env for field, env in DATABASE_URL_VARIABLES.items() if not getattr(self, field)]
+        given = [env for env in DATABASE_URL_VARIABLES.values() if env not in missing]
+        if missing and given:
+            raise PydanticCustomError(
+                "partial_database_urls",
+                "{missing} not set but {given} set: set all three database URLs, or none of"
+                " them for the embedded server",
+                {"missing": _listed(missing), "given": _listed(given)},
+            )
+        return self
+
     @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 
     @property
     def uses_embedded(self) -> bool:
-        return not (self.jobmanager_url and self.logs_url and self.dagster_url)
+        return not self.jobmanager_url
+
+
+def _listed(names: list[str]) -> str:
+    return f"{names[0]} is" if len(names) == 1 else f"{' and '.join(names)} are"
 
 
 def load_settings() -> Settings:
+    """Read the environment: the only place that does (once per process, never at import)."""
     return Settings()
