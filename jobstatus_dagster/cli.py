@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from jobstatus_dagster.config import SOURCES, Settings, load_settings
+from jobstatus_dagster.config import SOURCES, ConfigurationError, Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -65,7 +65,10 @@ def _env() -> Environment:
             for e in err.errors()
         )
         raise click.ClickException(f"configuration: {problems}") from None
-    return Environment(settings)
+    try:
+        return Environment(settings)
+    except ConfigurationError as err:
+        raise click.ClickException(f"configuration: {err}") from None
 
 
 @click.group()

@@ -2,7 +2,8 @@
 
 ``Processing`` holds what runs and sensors read; the Dagster resource ``ProcessingSettings`` carries
 exactly these values. ``Settings`` adds where the databases are, the working folder and the API
-token. No database URL set means the embedded server; some but not all set is an error.
+token. No database URL set means the embedded server; some but not all set is an error where the
+embedded server would start.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SOURCES = ("print_os", "scanner")
@@ -22,6 +22,10 @@ DATABASE_URL_VARIABLES = {
     "logs_url": "JOBSTATUS_LOGS_URL",
     "dagster_url": "JOBSTATUS_DAGSTER_URL",
 }
+
+
+class ConfigurationError(ValueError):
+    """Settings that cannot be run as given; the message names what to set."""
 
 
 class Processing(BaseModel):
@@ -95,27 +99,24 @@ class Settings(Processing, BaseSettings):
     )
     api_token: SecretStr | None = Field(None, description="bearer token of the API's writes")
 
-    @model_validator(mode="after")
-    def _all_database_urls_or_none(self) -> Settings:
-        # A half-configured host must not quietly process against a private embedded server.
-        missing = [env for field, env in DATABASE_URL_VARIABLES.items() if not getattr(self, field)]
-        given = [env for env in DATABASE_URL_VARIABLES.values() if env not in missing]
-        if missing and given:
-            raise PydanticCustomError(
-                "partial_database_urls",
-                "{missing} not set but {given} set: set all three database URLs, or none of"
-                " them for the embedded server",
-                {"missing": _listed(missing), "given": _listed(given)},
-            )
-        return self
+    def configured_database_urls(self) -> tuple[str, str, str] | None:
+        """The three URLs, or None for the embedded server. Some but not all set is an error:
+        a half-configured host must not quietly process against a private embedded server."""
+        values = {env: getattr(self, name) for name, env in DATABASE_URL_VARIABLES.items()}
+        missing = [env for env, value in values.items() if not value]
+        if not missing:
+            return tuple(values.values())
+        if len(missing) == len(values):
+            return None
+        given = [env for env in values if env not in missing]
+        raise ConfigurationError(
+            f"{_listed(missing)} not set but {_listed(given)} set: set all three database URLs,"
+            " or none of them for the embedded server"
+        )
 
     @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
-
-    @property
-    def uses_embedded(self) -> bool:
-        return not self.jobmanager_url
 
 
 def _listed(names: list[str]) -> str:

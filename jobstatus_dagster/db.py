@@ -71,13 +71,11 @@ def ensure_databases(admin_uri: str, names: tuple[str, ...]) -> None:
 
 
 def resolve_urls(settings: Settings) -> tuple[DatabaseUrls, object | None]:
-    """The configured URLs, or the embedded server's (started here) when none is set. A partial
-    set never reaches here: ``Settings`` refuses it, naming what is missing."""
-    configured = (settings.jobmanager_url, settings.logs_url, settings.dagster_url)
-    if all(configured):
+    """The configured URLs, or the embedded server's (started here) when none is set; a partial
+    set raises ``ConfigurationError`` naming what is missing, before anything starts."""
+    configured = settings.configured_database_urls()
+    if configured is not None:
         return DatabaseUrls(*configured), None
-    if any(configured):
-        raise ValueError("some database URLs are set, not all: refusing the embedded server")
     server = start_embedded(settings.home_dir)
     admin = server.get_uri("postgres")
     ensure_databases(admin, DATABASES)

@@ -519,11 +519,26 @@ def write_jobmanager(
     run_id: str,
     report: WriteReport,
 ) -> WriteReport:
-    """Audit, attributions, print state, job state, jobs.operations, failures, processed rows,
-    the marker and the generation: one transaction (R18)."""
-    window = plan.window
-    params = {"run_id": run_id, "source_type": window.source_type}
-    audit = pd.concat(
+    """The jobmanager half of a write, step by step in one transaction (R18): each step fills
+    the temp tables it reads and runs its set-based statements."""
+    params = {"run_id": run_id, "source_type": plan.window.source_type}
+    report.audit_rows_written = _write_audit(conn, _audit_table(plan, evidence, projection), params)
+    report.attributions_withdrawn = _withdraw_attributions(conn, evidence, params)
+    report.audit_rows_written += _apply_verdicts(conn, projection, params)
+    report.attributions_withdrawn += _write_imposition_attributions(conn, plan, evidence, params)
+    _write_print_state(conn, plan)
+    report.job_states_changed = _write_operation_state(conn, projection)
+    report.jobs_updated = _write_jobs_operations(conn)
+    _record_failures(conn, plan, logs_failures, params, report)
+    report.rows_marked_processed = _mark_processed(conn, plan, params)
+    report.marker_after = _advance_marker(conn, plan)
+    return report
+
+
+def _audit_table(plan: UpdatePlan, evidence: Evidence, projection: Projection) -> pd.DataFrame:
+    """The plan's own attributions with their verdicts, and the print rows outside the window
+    whose counts it recomputed (always applied)."""
+    return pd.concat(
         [
             _audit_rows(evidence, projection),
             plan.attributions[~plan.attributions["own"].astype(bool)].assign(
@@ -532,6 +547,10 @@ def write_jobmanager(
         ],
         ignore_index=True,
     )
+
+
+def _write_audit(conn: sa.Connection, audit: pd.DataFrame, params: dict) -> int:
+    """R17: one audit row per (source, job version, operation); re-processing updates it."""
     # Statistics for the temp tables the audit UPDATEs join: without them the planner may hash
     # the whole audit instead of probing its key index (a cost growing with the history).
     _copy_into(
@@ -541,31 +560,6 @@ def write_jobmanager(
         [*ATTRIBUTION_COLUMNS, "applied", "notes"],
         analyze=True,
     )
-    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
-    _copy_into(
-        conn,
-        "tmp_imposition_attributions",
-        plan.imposition_attributions,
-        IMPOSITION_ATTRIBUTION_COLUMNS,
-    )
-    _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
-    _copy_into(
-        conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns), analyze=True
-    )
-    _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
-    _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
-    _copy_into(
-        conn,
-        "tmp_job_state",
-        projection.job_state,
-        list(projection.job_state.columns),
-        analyze=True,
-    )
-    _copy_into(
-        conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
-    )
-
-    # R17: one audit row per (source, job version, operation); re-processing updates it.
     written = conn.execute(
         sa.text("""
         INSERT INTO job_status_updates AS u (source_type, source_id, marker, job_id, version_tag,
@@ -608,8 +602,13 @@ def write_jobmanager(
     """),
         params,
     ).rowcount
-    # R22b: the audit keeps a withdrawn attribution and says when and why.
-    report.attributions_withdrawn = conn.execute(
+    return written
+
+
+def _withdraw_attributions(conn: sa.Connection, evidence: Evidence, params: dict) -> int:
+    """R22b: the audit keeps a withdrawn attribution and says when and why."""
+    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
+    return conn.execute(
         sa.text("""
         UPDATE job_status_updates u SET withdrawn_at = now(), run_id = :run_id,
             notes = concat_ws('; ', u.notes,
@@ -621,8 +620,14 @@ def write_jobmanager(
     """),
         params,
     ).rowcount
-    # R23: later scans of the same keys may change verdict when an earlier one arrives late.
-    written += conn.execute(
+
+
+def _apply_verdicts(conn: sa.Connection, projection: Projection, params: dict) -> int:
+    """R23: later scans of the same keys may change verdict when an earlier one arrives late."""
+    _copy_into(
+        conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns), analyze=True
+    )
+    return conn.execute(
         sa.text("""
         UPDATE job_status_updates u SET applied = v.applied, notes = v.notes,
             processed_at = now(), run_id = :run_id
@@ -634,8 +639,20 @@ def write_jobmanager(
     """),
         params,
     ).rowcount
-    report.audit_rows_written = written
 
+
+def _write_imposition_attributions(
+    conn: sa.Connection, plan: UpdatePlan, evidence: Evidence, params: dict
+) -> int:
+    """The imposition audit, upserted, and its withdrawn attributions marked (R22b); returns
+    how many were withdrawn."""
+    _copy_into(
+        conn,
+        "tmp_imposition_attributions",
+        plan.imposition_attributions,
+        IMPOSITION_ATTRIBUTION_COLUMNS,
+    )
+    _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
     conn.execute(
         sa.text("""
         INSERT INTO imposition_status_updates AS u (source_type, source_id, marker,
@@ -655,7 +672,7 @@ def write_jobmanager(
     """),
         params,
     )
-    report.attributions_withdrawn += conn.execute(
+    return conn.execute(
         sa.text("""
         UPDATE imposition_status_updates u SET withdrawn_at = now(), run_id = :run_id,
             notes = concat_ws('; ', u.notes,
@@ -668,7 +685,11 @@ def write_jobmanager(
         params,
     ).rowcount
 
-    # R11/R12: PrintOS's print state of the reached jobs, replaced as a whole per job.
+
+def _write_print_state(conn: sa.Connection, plan: UpdatePlan) -> None:
+    """R11/R12: PrintOS's print state of the reached jobs, replaced as a whole per job."""
+    _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
+    _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
     conn.execute(
         sa.text("""
         DELETE FROM job_print_state s USING tmp_print_jobs j
@@ -695,7 +716,19 @@ def write_jobmanager(
     """)
     )
 
-    # R15 state per (job, operation) as projected; jobs.operations is its projection.
+
+def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
+    """R15 state per (job, operation) as projected; jobs.operations is its projection."""
+    _copy_into(
+        conn,
+        "tmp_job_state",
+        projection.job_state,
+        list(projection.job_state.columns),
+        analyze=True,
+    )
+    _copy_into(
+        conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
+    )
     changed = conn.execute(
         sa.text("""
         INSERT INTO job_operation_state AS s (job_id, operation, value, status, version_tag,
@@ -719,8 +752,12 @@ def write_jobmanager(
         WHERE s.job_id = w.job_id AND s.operation = w.operation
     """)
     ).rowcount
-    report.job_states_changed = changed
-    report.jobs_updated = conn.execute(
+    return changed
+
+
+def _write_jobs_operations(conn: sa.Connection) -> int:
+    """jobs.operations: the operation state just written, merged into each job's JSON."""
+    return conn.execute(
         sa.text(f"""
         UPDATE jobs j SET operations = (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
         FROM (SELECT job_id,
@@ -736,6 +773,15 @@ def write_jobmanager(
     """)
     ).rowcount
 
+
+def _record_failures(
+    conn: sa.Connection,
+    plan: UpdatePlan,
+    logs_failures: pd.DataFrame,
+    params: dict,
+    report: WriteReport,
+) -> None:
+    """This run's failures (the plan's and the logs write's) and the rows it processed."""
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
     # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
     failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
@@ -744,7 +790,10 @@ def write_jobmanager(
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"], analyze=True)
     write_failures(conn, params, report)
 
-    report.rows_marked_processed = conn.execute(
+
+def _mark_processed(conn: sa.Connection, plan: UpdatePlan, params: dict) -> int:
+    """R19: every row this run processed, so the sweep never loads it again."""
+    return conn.execute(
         sa.text("""
         INSERT INTO processed_source_rows (source_type, source_id, marker, run_id, processed_at)
         SELECT :source_type, source_id, marker, :run_id, CAST(:processing_time AS timestamp)
@@ -754,6 +803,10 @@ def write_jobmanager(
         {**params, "processing_time": plan.processing_time},
     ).rowcount
 
+
+def _advance_marker(conn: sa.Connection, plan: UpdatePlan) -> int:
+    """The sweep, the marker and the generation; returns the marker now stored."""
+    window = plan.window
     if window.sweep is not None:
         advance_sweep(conn, window.source_type, window.sweep)
 
@@ -772,14 +825,15 @@ def write_jobmanager(
             "to_marker": advance_to(plan),
         },
     )
-    report.marker_after = int(
+    marker_after = int(
         conn.execute(
             sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
             {"t": MARKER_TYPES[window.source_type]},
         ).scalar_one()
     )
+    # R24: a plan read at an older generation is made again under the lock.
     conn.execute(sa.text("UPDATE processing_generation SET generation = generation + 1"))
-    return report
+    return marker_after
 
 
 def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> None:
