@@ -229,8 +229,8 @@ class _PeakRss:
     """The child's own peak RSS (VmHWM, KiB), polled while it runs.
 
     Not wait4's ru_maxrss: on Linux a child's recorded peak starts from its parent's RSS at
-    fork/exec, so it reported the bench process's size whenever that was larger (the first
-    session's 414/530 MiB "product" peaks were the bench's own memory).
+    fork/exec, so it reported the bench process's size whenever that was larger (414/530 MiB
+    "product" peaks measured that way were the bench's own memory).
     """
 
     def __init__(self, pid: int) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from psycopg import sql
 
-from jobstatus_dagster.core.identifiers import trimmed_sql
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -33,6 +33,7 @@ from jobstatus_dagster.core.plan import (
 )
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
+from jobstatus_dagster.io.compose import Identifier, composed, expression, joined, trimmed
 from jobstatus_dagster.io.sources import load_operation_codes, read_generation
 
 # One lock for every writer of the targets, whatever the source: both sources write
@@ -152,15 +153,25 @@ def _copy_into(
     without statistics (autovacuum never analyses temp tables) the R20 resolution UPDATE took
     2 s to 6.8 s per scan window, growing; with them it stays under 0.3 s. The audit table is
     left alone: analysing 45,000 rows costs more than it saves."""
-    conn.execute(sa.text(f"CREATE TEMP TABLE {table} ({_TEMP_TABLES[table]}) ON COMMIT DROP"))
+    name = Identifier(table)
+    conn.execute(
+        composed(
+            "CREATE TEMP TABLE {name} ({columns}) ON COMMIT DROP",
+            name=name,
+            columns=expression(_TEMP_TABLES[table]),
+        )
+    )
     if frame.empty:
         return
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy_sql = sql.SQL("COPY {name} ({columns}) FROM STDIN").format(
+            name=name, columns=joined(", ", [Identifier(c) for c in columns])
+        )
+        with cur.copy(copy_sql) as copy:
             copy.write(copy_text(frame, columns))
         if analyze:
-            cur.execute(f"ANALYZE {table}")
+            cur.execute(sql.SQL("ANALYZE {name}").format(name=name))
 
 
 def _read(conn: sa.Connection, sql: str, **params: object) -> pd.DataFrame:
@@ -332,8 +343,20 @@ def _one_per_row(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 _TARGET_SET = """completed_at = t.event_time, completed_by = t.source_type,
                source_id = t.source_id, status = t.status, notes = t.notes"""
-_TARGET_DIFFERS = """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
-              IS DISTINCT FROM ({p}.{time}, {p}.{by}, {p}.source_id, {p}.status, {p}.notes)"""
+
+
+def _target_differs(p: str, time: str, by: str) -> sql.Composed:
+    """The target row differs from the values of ``p`` (so a re-run writes nothing)."""
+    return sql.SQL(
+        """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
+              IS DISTINCT FROM ({time}, {by}, {source_id}, {status}, {notes})"""
+    ).format(
+        time=Identifier(p, time),
+        by=Identifier(p, by),
+        source_id=Identifier(p, "source_id"),
+        status=Identifier(p, "status"),
+        notes=Identifier(p, "notes"),
+    )
 
 
 def _project_logs_table(
@@ -364,64 +387,109 @@ def _project_logs_table(
     _copy_into(conn, f"tmp_{short}", values, columns)
     _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
     _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"])
-    # R4: the shop's identifiers compare trimmed (the key column through its expression index).
-    match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
+    names = {
+        "target": Identifier(table),
+        "row_id": Identifier("o", row_id),
+        "values": Identifier(f"tmp_{short}"),
+        "withdrawn": Identifier(f"tmp_{short}_withdrawn"),
+        "touched": Identifier(f"tmp_{short}_touched"),
+        # R4: the shop's identifiers compare trimmed (the key column through its expression index).
+        "match": joined(
+            " AND ",
+            [
+                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("t", k))
+                for k in [*keys, "operation_id"]
+            ],
+        ),
+        "touched_match": joined(
+            " AND ",
+            [
+                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("k", k))
+                for k in keys
+            ],
+        ),
+        "key_list": joined(", ", [Identifier("t", k) for k in keys]),
+        "target_set": expression(_TARGET_SET),
+        "original_differs": _target_differs("g", "completed_at", "completed_by"),
+        "value_differs": _target_differs("t", "event_time", "source_type"),
+    }
+    params = {"table_name": table}
     # R22b: what the row held before jobstatus first wrote it, kept once.
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         INSERT INTO operation_row_originals (table_name, row_id, completed_at, completed_by,
             source_id, status, notes)
-        SELECT DISTINCT ON (o.{row_id}) '{table}', o.{row_id}, o.completed_at, o.completed_by,
-               o.source_id, o.status, o.notes
-        FROM {table} o JOIN tmp_{short} t ON {match}
+        SELECT DISTINCT ON ({row_id}) CAST(:table_name AS text), {row_id}, o.completed_at,
+               o.completed_by, o.source_id, o.status, o.notes
+        FROM {target} o JOIN {values} t ON {match}
         ON CONFLICT (table_name, row_id) DO NOTHING
-    """)
-    )  # noqa: S608 - constant identifiers
+    """,
+            **names,
+        ),
+        params,
+    )
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         UPDATE operation_row_originals g SET operation = t.operation
-        FROM {table} o JOIN tmp_{short} t ON {match}
-        WHERE g.table_name = '{table}' AND g.row_id = o.{row_id}
+        FROM {target} o JOIN {values} t ON {match}
+        WHERE g.table_name = :table_name AND g.row_id = {row_id}
           AND g.operation IS DISTINCT FROM t.operation
-    """)
-    )  # noqa: S608
-    touched_match = " AND ".join(f"{trimmed_sql('o.' + k)} = k.{k}" for k in keys)
+    """,
+            **names,
+        ),
+        params,
+    )
     stale = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+        composed(
+            """
+        UPDATE {target} o SET completed_at = g.completed_at, completed_by = g.completed_by,
                source_id = g.source_id, status = g.status, notes = g.notes
-        FROM tmp_{short}_touched k
-        JOIN operation_row_originals g ON g.table_name = '{table}' AND g.operation = k.operation
-        WHERE {touched_match} AND g.row_id = o.{row_id}
-          AND NOT EXISTS (SELECT 1 FROM tmp_{short} t WHERE {match})
-          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
-    """)
-    ).rowcount  # noqa: S608
+        FROM {touched} k
+        JOIN operation_row_originals g ON g.table_name = :table_name AND g.operation = k.operation
+        WHERE {touched_match} AND g.row_id = {row_id}
+          AND NOT EXISTS (SELECT 1 FROM {values} t WHERE {match})
+          AND {original_differs}
+    """,
+            **names,
+        ),
+        params,
+    ).rowcount
     updated = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET {_TARGET_SET}
-        FROM tmp_{short} t
-        WHERE {match} AND {_TARGET_DIFFERS.format(p="t", time="event_time", by="source_type")}
-    """)
-    ).rowcount  # noqa: S608
+        composed(
+            """
+        UPDATE {target} o SET {target_set}
+        FROM {values} t
+        WHERE {match} AND {value_differs}
+    """,
+            **names,
+        )
+    ).rowcount
     restored = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+        composed(
+            """
+        UPDATE {target} o SET completed_at = g.completed_at, completed_by = g.completed_by,
                source_id = g.source_id, status = g.status, notes = g.notes
-        FROM tmp_{short}_withdrawn t
-        JOIN operation_row_originals g ON g.table_name = '{table}'
-        WHERE {match} AND g.row_id = o.{row_id}
-          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
-    """)
-    ).rowcount  # noqa: S608
-    key_list = ", ".join(f"t.{k}" for k in keys)
+        FROM {withdrawn} t
+        JOIN operation_row_originals g ON g.table_name = :table_name
+        WHERE {match} AND g.row_id = {row_id}
+          AND {original_differs}
+    """,
+            **names,
+        ),
+        params,
+    ).rowcount
     missing = pd.read_sql(
-        sa.text(f"""
+        composed(
+            """
         SELECT t.source_type, t.source_id, concat_ws('/', {key_list}, t.operation) AS subject
-        FROM tmp_{short} t WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {match})
-    """),
+        FROM {values} t WHERE NOT EXISTS (SELECT 1 FROM {target} o WHERE {match})
+    """,
+            **names,
+        ),
         conn,
-    )  # noqa: S608
+    )
     failures = failure_rows(
         missing,
         "",
@@ -758,7 +826,8 @@ def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
 def _write_jobs_operations(conn: sa.Connection) -> int:
     """jobs.operations: the operation state just written, merged into each job's JSON."""
     return conn.execute(
-        sa.text(f"""
+        composed(
+            """
         UPDATE jobs j SET operations = (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
         FROM (SELECT job_id,
                      COALESCE(jsonb_object_agg(operation, value)
@@ -767,10 +836,12 @@ def _write_jobs_operations(conn: sa.Connection) -> int:
               FROM (SELECT job_id, operation, value FROM tmp_job_state
                     UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
               GROUP BY job_id) p
-        WHERE {trimmed_sql("j.job_id")} = p.job_id
+        WHERE {job_id} = p.job_id
           AND (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
               IS DISTINCT FROM COALESCE(j.operations, '{{}}'::jsonb)
-    """)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
     ).rowcount
 
 
@@ -840,14 +911,16 @@ def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> No
     """R16/R20: failures of this run recorded, those of its rows that did not recur resolved."""
     # A job absent from jobs is skipped there and recorded, retryably (it may arrive).
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
         SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
                'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
         FROM tmp_attributions a
-        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j
-                                    WHERE {trimmed_sql("j.job_id")} = a.job_id)
-    """)
+        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {job_id} = a.job_id)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
     )
     # A failure is re-counted only when its row came back as a retry (R20): re-processing a
     # window or a backfill that meets the same failure changes nothing (R17, R21).
