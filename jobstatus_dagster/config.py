@@ -14,8 +14,6 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SOURCES = ("print_os", "scanner")
-
 # Field name → the environment variable an operator sets.
 DATABASE_URL_VARIABLES = {
     "jobmanager_url": "JOBSTATUS_JOBMANAGER_URL",

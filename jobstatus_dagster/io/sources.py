@@ -1,13 +1,15 @@
 """Loading windows of source rows and the reference data they resolve against.
 
 Every function here is a fixed number of set-based queries, whatever the number of rows.
-Identifiers come from the constant ``SourceTable`` definitions below; values are always bound.
+Identifiers come from the constant ``Source`` descriptions (jobstatus_dagster.source); values
+are always bound.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import pandas as pd
 import sqlalchemy as sa
@@ -18,7 +20,21 @@ from jobstatus_dagster.core.identifiers import (
     normalise_operation_codes,
     trim_id,
 )
-from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
+from jobstatus_dagster.core.plan import PRINT_OS, Position, Sweep, Window
+from jobstatus_dagster.core.print_status import expand_to_files, validate_events
+from jobstatus_dagster.core.resolution import (
+    PrintReferences,
+    ScanReferences,
+    ambiguous_runlists,
+    classify_scans,
+    has_code,
+    holding_impositions,
+    job_file_rows,
+    job_scans_of,
+    prepare_scans,
+    print_job_ids,
+    runlist_candidates,
+)
 from jobstatus_dagster.io.compose import (
     Identifier,
     composed,
@@ -28,6 +44,7 @@ from jobstatus_dagster.io.compose import (
     statement,
     trimmed,
 )
+from jobstatus_dagster.source import PRINT_OS_SOURCE, Source, source_named
 
 
 def finite_time(column: str) -> str:
@@ -46,52 +63,35 @@ _FIRST_PROCESSED = (
 )
 
 
-@dataclass(frozen=True)
-class SourceTable:
-    """How one source table is windowed: its id (the audit's source_id) and its marker."""
-
-    source_type: str
-    table: str
-    id_column: str
-    marker_column: str
-    select_list: str  # source_id, marker, then the source's own columns
+def event_time_sql(source: Source) -> str:
+    """R14: a row ``p``'s own time (the first of its time columns set and finite), else the time
+    it was first processed."""
+    own = ", ".join(finite_time(f"p.{column}") for column in source.event_time_columns)
+    first_processed = _FIRST_PROCESSED.format(source.name, source.id_column)
+    return f"COALESCE({own}, {first_processed})"
 
 
-SOURCE_TABLES = {
-    PRINT_OS: SourceTable(
-        PRINT_OS,
-        "print OS",
-        "id",
-        "marker",
-        "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
-        f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-        f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time",
-    ),
-    SCANNER: SourceTable(
-        SCANNER,
-        "scanned_codes",
-        "scan_id",
-        "scan_id",
-        "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
-        f" COALESCE({finite_time('p.scanned_at')}, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')})"
-        " AS event_time,"
-        " p.operations::text AS operations_json, p.machine_id AS machine_id",
-    ),
-}
+def select_list(source: Source) -> str:
+    """source_id, marker, the source's own columns and event_time of a row ``p``."""
+    own = ", ".join(f"p.{expression} AS {name}" for expression, name in source.row_columns)
+    return (
+        f"p.{source.id_column} AS source_id, p.{source.marker_column} AS marker, {own},"
+        f" {event_time_sql(source)} AS event_time"
+    )
 
 
-def _parts(src: SourceTable) -> dict[str, sql.Composable]:
+def _parts(src: Source) -> dict[str, sql.Composable]:
     """One source table's identifiers for composed statements (``p`` is the table's alias)."""
     return {
-        "table": Identifier(src.table),
-        "select_list": expression(src.select_list),
+        "table": Identifier(src.table_name),
+        "select_list": expression(select_list(src)),
         "marker": Identifier("p", src.marker_column),
         "id": Identifier("p", src.id_column),
         "m": Identifier(src.marker_column),
     }
 
 
-def _not_processed(src: SourceTable) -> sql.Composed:
+def _not_processed(src: Source) -> sql.Composed:
     return sql.SQL(
         "NOT EXISTS (SELECT 1 FROM processed_source_rows r"
         " WHERE r.source_type = :source_type AND r.source_id = {id})"
@@ -130,7 +130,7 @@ _WINDOW = """
     """
 
 
-def _window_sql(src: SourceTable) -> str:
+def _window_sql(src: Source) -> str:
     """The window statement of one source table (bound parameters as ``:name``)."""
     return composed_text(_WINDOW, **_parts(src), not_processed=_not_processed(src))
 
@@ -146,7 +146,7 @@ def load_window(
     retry_interval: int,
 ) -> pd.DataFrame:
     """The rows one run processes; a row appears once (window before late before retry)."""
-    src = SOURCE_TABLES[window.source_type]
+    src = source_named(window.source_type)
     rows = pd.read_sql(
         sa.text(_window_sql(src)),
         conn,
@@ -166,7 +166,7 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
-def _position_after(src: SourceTable, param: str) -> sql.Composed:
+def _position_after(src: Source, param: str) -> sql.Composed:
     """Rows after a (marker, id) position in marker order; index-backed either way."""
     marker, row_id = Identifier("p", src.marker_column), Identifier("p", src.id_column)
     at_marker, at_id = sql.SQL(f":{param}_marker"), sql.SQL(f":{param}_id")
@@ -175,7 +175,7 @@ def _position_after(src: SourceTable, param: str) -> sql.Composed:
     return sql.SQL("({}, {}) > ({}, {})").format(marker, row_id, at_marker, at_id)
 
 
-def _sweep_filter(src: SourceTable, start: Position | None, end: Position | None) -> sql.Composed:
+def _sweep_filter(src: Source, start: Position | None, end: Position | None) -> sql.Composed:
     """The slice (start, end] of rows at or below :upper in marker order."""
     parts: list[sql.Composable] = [
         sql.SQL("{} <= :upper").format(Identifier("p", src.marker_column))
@@ -200,7 +200,7 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
         sa.text(
             "SELECT sweep_marker, sweep_source_id FROM processing_markers WHERE marker_type = :t"
         ),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).one_or_none()
     if row is None or row[0] is None or row[1] is None:
         return None
@@ -210,7 +210,7 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
 def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> Sweep:
     """The next slice of ``rows`` rows at or below ``upper`` (the window start) after where the
     last run's sweep ended: one index range scan, whatever the history's size."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     start = read_sweep_start(conn, source_type)
     last = conn.execute(
         composed(
@@ -224,17 +224,20 @@ def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> 
     return Sweep(start, None if last is None else (int(last[0]), int(last[1])))
 
 
-def _unprocessed_in_sweep(src: SourceTable, sweep: Sweep, select: str) -> sql.Composed:
+def _unprocessed_in_sweep(src: Source, sweep: Sweep, select: str) -> sql.Composed:
     """The LIMIT tells the planner the slice is small: index probes into processed_source_rows,
     never a hash of the whole history."""
+    parts = _parts(src)
     return sql.SQL(
         "SELECT {select} FROM (SELECT * FROM {table} p WHERE {slice}"
         " ORDER BY {marker}, {id} LIMIT :sweep_rows) p WHERE {not_processed}"
     ).format(
         select=expression(select),
+        table=parts["table"],
+        marker=parts["marker"],
+        id=parts["id"],
         slice=_sweep_filter(src, sweep.start, sweep.end),
         not_processed=_not_processed(src),
-        **{k: v for k, v in _parts(src).items() if k in ("table", "marker", "id")},
     )
 
 
@@ -243,9 +246,9 @@ def load_sweep(
 ) -> pd.DataFrame:
     """R19 for any marker: rows of the sweep's slice that were never processed (kind 'late'),
     e.g. rows committed with a marker far below the marker, or negative."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     found = pd.read_sql(
-        statement(_unprocessed_in_sweep(src, sweep, f"{src.select_list}, 'late' AS kind")),
+        statement(_unprocessed_in_sweep(src, sweep, f"{select_list(src)}, 'late' AS kind")),
         conn,
         params={
             **_sweep_params(sweep.start, sweep.end, upper),
@@ -261,16 +264,15 @@ def load_sweep(
 def read_marker(conn: sa.Connection, source_type: str) -> int:
     value = conn.execute(
         sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).scalar_one_or_none()
     return int(value or 0)
 
 
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
     """Lowest and highest marker present in the source table."""
-    src = SOURCE_TABLES[source_type]
     lowest, highest = conn.execute(
-        composed("SELECT min({m}), max({m}) FROM {table}", **_parts(src))
+        composed("SELECT min({m}), max({m}) FROM {table}", **_parts(source_named(source_type)))
     ).one()
     return (None if lowest is None else int(lowest), None if highest is None else int(highest))
 
@@ -283,7 +285,7 @@ def next_chunk(
         composed(
             "SELECT min({m}), max({m}) FROM (SELECT {m} FROM {table}"
             " WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w",
-            **_parts(SOURCE_TABLES[source_type]),
+            **_parts(source_named(source_type)),
         ),
         {"lo": after, "hi": up_to, "chunk": chunk_size},
     ).one()
@@ -331,7 +333,7 @@ def inspect_backlog(
     retry_interval: int,
     sweep_rows: int,
 ) -> Backlog:
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     marker = read_marker(conn, source_type)
     next_from, next_to, next_rows = conn.execute(
         composed(
@@ -359,7 +361,7 @@ def inspect_backlog(
             "SELECT count(*) FROM (SELECT 1 FROM {table} p"
             " WHERE (({marker} > :marker - :lookback AND {marker} <= :marker) OR {marker} IS NULL)"
             " AND {not_processed} LIMIT 1000) x",
-            table=Identifier(src.table),
+            table=Identifier(src.table_name),
             marker=Identifier("p", src.marker_column),
             not_processed=_not_processed(src),
         ),
@@ -455,11 +457,8 @@ def load_print_history(
             " {event_time} AS event_time"
             " FROM {table} p WHERE {print_name} = ANY(:ids) AND p.marker <= :horizon",
             **_TRIMMED,
-            event_time=expression(
-                f"COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-                f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')})"
-            ),
-            table=Identifier(SOURCE_TABLES[PRINT_OS].table),
+            event_time=expression(event_time_sql(PRINT_OS_SOURCE)),
+            table=Identifier(PRINT_OS_SOURCE.table_name),
         ),
         conn,
         params={"ids": _trimmed(imposition_ids), "horizon": horizon},
@@ -519,7 +518,7 @@ def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFr
             complete_time=expression(
                 f"COALESCE({finite_time('job_complete_time')}, {finite_time('created_at')})"
             ),
-            table=Identifier(SOURCE_TABLES[PRINT_OS].table),
+            table=Identifier(PRINT_OS_SOURCE.table_name),
         ),
         conn,
         params={"ids": _trimmed(imposition_ids)},
@@ -546,3 +545,82 @@ def load_attributed_versions(
 def read_generation(conn: sa.Connection) -> int:
     """R24: the processing generation; every write moves it on."""
     return int(conn.execute(sa.text("SELECT generation FROM processing_generation")).scalar_one())
+
+
+def _no_files() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"imposition_id": pd.Series(dtype="string"), "file_id": pd.Series(dtype="string")}
+    )
+
+
+def load_print_references(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    rows: pd.DataFrame,
+    processing_time: datetime,
+    customer: str,
+    horizon: int,
+) -> PrintReferences:
+    """Everything a window of print rows resolves against (core.resolution.resolve_prints):
+    four queries, whatever the number of rows."""
+    events, _ = validate_events(rows, processing_time)
+    with jobmanager.connect() as conn:
+        before = load_attributed_versions(conn, PRINT_OS, rows["source_id"].tolist())
+    with logs.connect() as conn:
+        mapping = load_mapping_for_impositions(conn, events["imposition_id"].unique().tolist())
+        event_files, _ = expand_to_files(events, mapping, customer)
+        job_ids = print_job_ids(event_files, before)
+        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else mapping.iloc[0:0]
+    job_files = job_file_rows(job_mapping, job_ids, customer)
+    with jobmanager.connect() as conn:
+        history = load_print_history(conn, job_files["imposition_id"].unique().tolist(), horizon)
+    return PrintReferences(before, mapping, job_mapping, history)
+
+
+def load_scan_references(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    rows: pd.DataFrame,
+    processing_time: datetime,
+    customer: str,
+) -> ScanReferences:
+    """Everything a window of scans resolves against (core.resolution.resolve_scans): at most
+    seven queries, whatever the number of rows. The files of every runlist a scan may apply to
+    are read at once, before R6 chooses among them."""
+    scans = prepare_scans(rows, processing_time)
+    codes = scans.loc[has_code(scans), "code_text"].unique().tolist()
+    with logs.connect() as conn:
+        operation_codes = load_operation_codes(conn)
+        runlist_paths = load_runlist_paths(conn, codes)
+        job_scans = job_scans_of(classify_scans(scans, runlist_paths))
+        job_ids = job_scans["job_id"].unique().tolist()
+        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else _no_files()
+        holding = holding_impositions(job_scans, job_mapping, customer)
+        imposition_runlists = load_runlists_of_impositions(
+            conn, holding["imposition_id"].unique().tolist()
+        )
+        candidates = runlist_candidates(holding, imposition_runlists)
+        candidate_paths = load_runlist_paths(conn, candidates["runlist_id"].unique().tolist())
+        all_paths = pd.concat([runlist_paths, candidate_paths], ignore_index=True)
+        mapping = load_mapping_for_impositions(conn, all_paths["imposition_id"].unique().tolist())
+    ambiguous = ambiguous_runlists(candidates)
+    print_rows = pd.DataFrame(
+        {
+            "imposition_id": pd.Series(dtype="string"),
+            "marker": pd.Series(dtype="Int64"),
+            "complete_time": pd.Series(dtype="datetime64[us]"),
+        }
+    )
+    if ambiguous:
+        impositions = all_paths.loc[all_paths["runlist_id"].isin(ambiguous), "imposition_id"]
+        with jobmanager.connect() as conn:
+            print_rows = load_print_rows(conn, impositions.unique().tolist())
+    return ScanReferences(
+        operation_codes,
+        runlist_paths,
+        job_mapping,
+        imposition_runlists,
+        candidate_paths,
+        print_rows,
+        mapping,
+    )

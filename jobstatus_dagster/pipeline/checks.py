@@ -5,9 +5,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.identifiers import file_id_sql_patterns
-from jobstatus_dagster.core.plan import MARKER_TYPES, NOT_DATA_QUALITY_REASONS, PRINT_OS, SCANNER
+from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
 from jobstatus_dagster.io.compose import Identifier, composed, trimmed
-from jobstatus_dagster.io.sources import SOURCE_TABLES, load_operation_codes
+from jobstatus_dagster.io.sources import load_operation_codes
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -15,14 +15,17 @@ from jobstatus_dagster.pipeline.assets import (
     PROCESSING_FAILURES,
 )
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.source import SOURCES
 
 CHECK_TAG = "jobstatus/checks"
 
 
+# R20: failures are recorded and retried; another customer's file ids are not data quality.
 @dg.asset_check(
     asset=PROCESSING_FAILURES,
-    description="Failures (R20) still unresolved after JOBSTATUS_FAILURE_AGE_HOURS; another "
-    "customer's file ids are recorded but are not data-quality failures.",
+    description="Rows that could not be applied (no files mapped, unknown code, missing job, …) "
+    "still unresolved after JOBSTATUS_FAILURE_AGE_HOURS; another customer's file ids are "
+    "recorded but are not data-quality failures.",
 )
 def unresolved_failures_are_recent(
     jobmanager: PostgresDatabase, processing: ProcessingSettings
@@ -52,10 +55,12 @@ def unresolved_failures_are_recent(
     )
 
 
+# R4 (the file id pattern, trimmed) and R20 (other customers' ids are not ours).
 @dg.asset_check(
     asset=FILE_MAPPING,
-    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] (R4), "
-    "trimmed; another customer's well-formed ids are counted apart and pass (R20).",
+    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] once "
+    "surrounding spaces are trimmed; another customer's well-formed ids are counted apart and "
+    "pass.",
 )
 def file_ids_match_the_pattern(
     logs: PostgresDatabase, processing: ProcessingSettings
@@ -98,21 +103,20 @@ def markers_keep_up(
     limit = processing.resolved().max_marker_lag
     lag = {}
     with jobmanager.engine.connect() as conn:
-        for source in (PRINT_OS, SCANNER):
-            src = SOURCE_TABLES[source]
+        for src in SOURCES:
             marker = (
                 conn.execute(
                     sa.text(
                         "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"
                     ),
-                    {"t": MARKER_TYPES[source]},
+                    {"t": src.marker_type},
                 ).scalar_one_or_none()
                 or 0
             )
-            lag[source] = conn.execute(
+            lag[src.name] = conn.execute(
                 composed(
                     "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {marker} > :m LIMIT :cap) x",
-                    table=Identifier(src.table),
+                    table=Identifier(src.table_name),
                     marker=Identifier(src.marker_column),
                 ),
                 {"m": marker, "cap": limit + 1},
@@ -124,10 +128,11 @@ def markers_keep_up(
     )
 
 
+# R12: the print flag is true only for a completed highest version.
 @dg.asset_check(
     asset=JOBS_OPERATIONS,
     description="jobs.operations.print agrees with the job's print state and its job_operations "
-    "print row (R12): true exactly when the highest version's row is completed.",
+    "print row: true exactly when every file of the job's highest version has printed.",
 )
 def print_flag_agrees_with_job_operations(
     jobmanager: PostgresDatabase, logs: PostgresDatabase

@@ -11,10 +11,10 @@ from jobstatus_dagster.config import Settings
 from jobstatus_dagster.io.sources import Backlog, inspect_backlog
 from jobstatus_dagster.io.writer import advance_sweep
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import fail_stale_runs
 from jobstatus_dagster.pipeline.windows import IN_FLIGHT, plan_next_run
+from jobstatus_dagster.source import source_named
 
 
 def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Settings) -> Backlog:
@@ -77,7 +77,7 @@ def build_source_sensor(
     source_type: str, job: dg.JobDefinition | UnresolvedAssetJobDefinition, interval_seconds: int
 ) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{source_type}_sensor",
+        name=source_named(source_type).sensor_name,
         job=job,
         minimum_interval_seconds=min(SENSOR_MINIMUM_INTERVAL_SECONDS, interval_seconds),
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -126,7 +126,7 @@ def build_source_sensor(
         )
         context.log.info(f"launching {planned.window_tag}: {planned.reason}")
         # The marker range becomes a partition the data team can see and backfill.
-        partitions = WINDOW_PARTITIONS[source_type]
+        partitions = source_named(source_type).partitions
         if not context.instance.has_dynamic_partition(partitions.name, planned.partition_key):
             context.instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
         return dg.SensorResult(

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import dagster as dg
 
 from jobstatus_dagster.io.sources import Backlog
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.partitions import DEFAULT_WIDTH, bucket_bounds, bucket_key
+from jobstatus_dagster.source import source_named
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -41,9 +41,7 @@ class PlannedRun:
         return bucket_key(max(self.to_marker, self.from_marker + 1), self.partition_width)
 
     def run_config(self) -> dict:
-        config = {"from_marker": self.from_marker, "to_marker": self.to_marker}
-        graph = PROCESSING_KEYS[self.source_type].to_python_identifier()
-        return {"ops": {graph: {"ops": {f"load_{self.source_type}_window": {"config": config}}}}}
+        return source_named(self.source_type).window_run_config(self.from_marker, self.to_marker)
 
     def tags(self, trigger: str) -> dict[str, str]:
         return {SOURCE_TAG: self.source_type, WINDOW_TAG: self.window_tag, TRIGGER_TAG: trigger}
