@@ -446,14 +446,15 @@ class Env:
                 return
 
     def unprocessed(self, source: str) -> int:
-        table, column = ('"print OS"', "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        table, column = ("print OS", "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        rows = sa.table(table, sa.column(column))
+        done = sa.table("processed_source_rows", sa.column("source_type"), sa.column("source_id"))
+        never_processed = ~sa.exists().where(
+            done.c.source_type == source, done.c.source_id == rows.c[column]
+        )
         with self.jm.connect() as c:
             return c.execute(
-                sa.text(
-                    f"SELECT count(*) FROM {table} p WHERE NOT EXISTS (SELECT 1 FROM"  # noqa: S608
-                    f" processed_source_rows r WHERE r.source_type = :t AND r.source_id = p.{column})"
-                ),
-                {"t": source},
+                sa.select(sa.func.count()).select_from(rows).where(never_processed)
             ).scalar_one()
 
     def backfill(self, source: str, lo: int, hi: int) -> None:
