@@ -22,7 +22,7 @@ from jobstatus_dagster.pipeline.queue import (
     RUN_QUEUE_DAEMON,
     daemon_serves,
 )
-from jobstatus_dagster_tests.processes import cli_env
+from jobstatus_testkit.cli import cli_env
 
 DAGSTER_DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 PROJECT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from jobstatus_dagster.pipeline.windows import PlannedRun
 from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.daemon import running_daemon
-from jobstatus_dagster_tests.processes import cli
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.cli import run_cli
 
 BACKFILL_WAIT = 240  # the backfill daemon looks every 30 s: once to launch, once to finish
 
@@ -52,7 +52,9 @@ def test_a_ui_backfill_and_sensor_runs_of_the_same_source_never_run_at_once(
     """`jobstatus backfill` submits the asset page's kind of backfill (__ASSET_JOB runs, one per
     marker range); the moment its run is created, two sensor-style runs of the same source join
     the queue. The source's pool lets one run at a time: no two runs' steps overlap."""
-    result = cli(urls, tmp_path, "backfill", "--source", "print_os", "--from", "0", "--to", "114")
+    result = run_cli(
+        urls, tmp_path, "backfill", "--source", "print_os", "--from", "0", "--to", "114"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "No Dagster daemon" not in result.stderr
     match = re.search(r"^print_os: backfill (\w+) submitted: ", result.stdout)
@@ -96,7 +98,7 @@ def test_a_ui_backfill_and_sensor_runs_of_the_same_source_never_run_at_once(
 def test_cli_process_with_a_daemon_goes_through_the_queue(
     shop: Shop, instance: dg.DagsterInstance, urls: DatabaseUrls, daemon: None, tmp_path: Path
 ) -> None:
-    result = cli(urls, tmp_path, "process", "--source", "scanner")
+    result = run_cli(urls, tmp_path, "process", "--source", "scanner")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "No Dagster daemon" not in result.stderr
     assert result.stdout.startswith("scanner: 1 run(s), 6 rows read, ")
