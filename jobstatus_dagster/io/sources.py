@@ -479,32 +479,31 @@ def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
     )
 
 
-def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
-    """production_planner_paths rows of these runlists: (runlist_id, imposition_id), trimmed (R4)."""
+def _planner_paths(conn: sa.Connection, key: str, ids: list[str]) -> pd.DataFrame:
+    """production_planner_paths rows (runlist_id, imposition_id), trimmed (R4), whose ``key``
+    column is one of ``ids``: one query, whichever side is known."""
     return pd.read_sql(
         composed(
             "SELECT DISTINCT {runlist} AS runlist_id, {imposition} AS imposition_id"
-            " FROM production_planner_paths WHERE {runlist} = ANY(:ids)",
-            **_TRIMMED,
+            " FROM production_planner_paths WHERE {key} = ANY(:ids)",
+            runlist=_TRIMMED["runlist"],
+            imposition=_TRIMMED["imposition"],
+            key=_TRIMMED[key],
         ),
         conn,
-        params={"ids": _trimmed(runlist_ids)},
+        params={"ids": _trimmed(ids)},
         dtype={"runlist_id": "string", "imposition_id": "string"},
     )
+
+
+def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
+    """The impositions of these runlists."""
+    return _planner_paths(conn, "runlist", runlist_ids)
 
 
 def load_runlists_of_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """The runlists holding these impositions: (runlist_id, imposition_id), trimmed (R4)."""
-    return pd.read_sql(
-        composed(
-            "SELECT DISTINCT {runlist} AS runlist_id, {imposition} AS imposition_id"
-            " FROM production_planner_paths WHERE {imposition} = ANY(:ids)",
-            **_TRIMMED,
-        ),
-        conn,
-        params={"ids": _trimmed(imposition_ids)},
-        dtype={"runlist_id": "string", "imposition_id": "string"},
-    )
+    """The runlists holding these impositions."""
+    return _planner_paths(conn, "imposition", imposition_ids)
 
 
 def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
