@@ -18,10 +18,12 @@ from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSet
 CHECK_TAG = "jobstatus/checks"
 
 
+# R20: failures are recorded and retried; another customer's file ids are not data quality.
 @dg.asset_check(
     asset=PROCESSING_FAILURES,
-    description="Failures (R20) still unresolved after JOBSTATUS_FAILURE_AGE_HOURS; another "
-    "customer's file ids are recorded but are not data-quality failures.",
+    description="Rows that could not be applied (no files mapped, unknown code, missing job, …) "
+    "still unresolved after JOBSTATUS_FAILURE_AGE_HOURS; another customer's file ids are "
+    "recorded but are not data-quality failures.",
 )
 def unresolved_failures_are_recent(
     jobmanager: PostgresDatabase, processing: ProcessingSettings
@@ -51,10 +53,12 @@ def unresolved_failures_are_recent(
     )
 
 
+# R4 (the file id pattern, trimmed) and R20 (other customers' ids are not ours).
 @dg.asset_check(
     asset=FILE_MAPPING,
-    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] (R4), "
-    "trimmed; another customer's well-formed ids are counted apart and pass (R20).",
+    description="File ids that do not match FILE_<version>_<customer>_<job_id>[_<extra>] once "
+    "surrounding spaces are trimmed; another customer's well-formed ids are counted apart and "
+    "pass.",
 )
 def file_ids_match_the_pattern(
     logs: PostgresDatabase, processing: ProcessingSettings
@@ -122,10 +126,11 @@ def markers_keep_up(
     )
 
 
+# R12: the print flag is true only for a completed highest version.
 @dg.asset_check(
     asset=JOBS_OPERATIONS,
     description="jobs.operations.print agrees with the job's print state and its job_operations "
-    "print row (R12): true exactly when the highest version's row is completed.",
+    "print row: true exactly when every file of the job's highest version has printed.",
 )
 def print_flag_agrees_with_job_operations(
     jobmanager: PostgresDatabase, logs: PostgresDatabase

@@ -1,4 +1,4 @@
--- jobstatus additions to jobmanager (SPEC §1). Additive and idempotent (R1).
+-- jobstatus additions to jobmanager (docs/rules.md §1). Additive and idempotent (R1).
 CREATE TABLE IF NOT EXISTS processing_markers (
     marker_id         SERIAL PRIMARY KEY,
     marker_type       VARCHAR NOT NULL UNIQUE,   -- 'print_os' | 'scanned_codes'

@@ -1,4 +1,4 @@
--- jobstatus additions to logs (SPEC §1, plan §1.3). Additive and idempotent (R1).
+-- jobstatus additions to logs (docs/rules.md §1). Additive and idempotent (R1).
 ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS completed_at TIMESTAMP;
 ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS completed_by VARCHAR;
 ALTER TABLE job_operations ADD COLUMN IF NOT EXISTS source_id BIGINT;

@@ -1,4 +1,4 @@
--- Baseline: the shop's pre-existing jobmanager tables (SPEC R2). Demo and tests only;
+-- Baseline: the shop's pre-existing jobmanager tables (R2, docs/rules.md). Demo and tests only;
 -- production databases already have them. Columns beyond the plan's are nullable or defaulted.
 CREATE TABLE IF NOT EXISTS "print OS" (
     id                BIGSERIAL PRIMARY KEY,

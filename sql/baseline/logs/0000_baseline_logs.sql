@@ -1,4 +1,4 @@
--- Baseline: the shop's pre-existing logs tables (SPEC R2). Demo and tests only.
+-- Baseline: the shop's pre-existing logs tables (R2, docs/rules.md). Demo and tests only.
 CREATE TABLE IF NOT EXISTS job_operations (
     job_operation_id TEXT PRIMARY KEY,
     job_id           TEXT,
