@@ -28,7 +28,8 @@ from jobstatus_dagster.db import migrate
 def explain_hot_statements(jm: sa.Engine, lg: sa.Engine, segment: synth.Segment) -> None:
     """EXPLAIN ANALYZE of the per-window statements, for one window of the new segment."""
     from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
-    from jobstatus_dagster.io.sources import SOURCE_TABLES, _window_sql
+    from jobstatus_dagster.io.sources import _window_sql
+    from jobstatus_dagster.source import PRINT_OS_SOURCE
 
     lo, hi = segment.first_marker - 1, min(segment.last_marker, segment.first_marker + 4999)
     imps = [
@@ -42,7 +43,7 @@ def explain_hot_statements(jm: sa.Engine, lg: sa.Engine, segment: synth.Segment)
         (
             jm,
             "window load",
-            _window_sql(SOURCE_TABLES["print_os"]),
+            _window_sql(PRINT_OS_SOURCE),
             {
                 "source_type": "print_os",
                 "from_marker": lo,

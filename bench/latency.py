@@ -44,14 +44,14 @@ import numpy as np
 import sqlalchemy as sa
 
 from bench.common import demo_shop, embedded_server, engines, log, machine_line, print_table
+from jobstatus_dagster.source import SOURCE_NAMES, SOURCES
 
 if TYPE_CHECKING:  # dagster is imported late: `--help` and argument errors stay instant
     import dagster as dg
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-SOURCES = {"print_os": ('"print OS"', "id"), "scanner": ("scanned_codes", "scan_id")}
 LABELS = {"print_os": "print events", "scanner": "scans"}
-SENSORS = {"print_os": "print_os_sensor", "scanner": "scanner_sensor"}
+SENSORS = {source.name: source.sensor_name for source in SOURCES}
 STOP_GRACE_SECONDS = 15.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 JOB_KEY = "(job)"  # the job name, kept beside a run's tags
@@ -326,7 +326,7 @@ def _max_ids(jobmanager: sa.Engine) -> dict[str, int]:
     with jobmanager.connect() as conn:
         return {
             source: conn.execute(sa.text(f"SELECT COALESCE(max({col}), 0) FROM {table}")).scalar()  # noqa: S608
-            for source, (table, col) in SOURCES.items()
+            for source, table, col in ((s.name, s.table, s.id_column) for s in SOURCES)
         }
 
 
@@ -339,7 +339,7 @@ def _new_ids(jobmanager: sa.Engine, after: dict[str, int]) -> dict[str, list[int
                     {"a": after[source]},
                 ).scalars()
             )
-            for source, (table, col) in SOURCES.items()
+            for source, table, col in ((s.name, s.table, s.id_column) for s in SOURCES)
         }
 
 
@@ -373,7 +373,7 @@ def append_and_watch(
 
     rng = random.Random(seed)
     measured = Measurement(started=time.time())
-    pending: dict[str, dict[int, Row]] = {source: {} for source in SOURCES}
+    pending: dict[str, dict[int, Row]] = {source: {} for source in SOURCE_NAMES}
     last = _max_ids(jobmanager)
     period = 1.0 / rate
     begin = time.monotonic()
@@ -401,7 +401,7 @@ def append_and_watch(
         time.sleep(max(0.0, wake - time.monotonic()))
     measured.stopped = time.time()
     with jobmanager.connect() as conn:
-        for source in SOURCES:
+        for source in SOURCE_NAMES:
             ids = [r.source_id for r in measured.rows if r.source == source]
             measured.audited[source] = set(
                 conn.execute(_AUDITED, {"source": source, "ids": ids}).scalars()
@@ -422,7 +422,7 @@ def _median(values: Sequence[float]) -> float | str:
 
 def latency_table(measured: Measurement, intervals: dict[str, int]) -> list[tuple]:
     rows = []
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         mine = [r for r in measured.rows if r.source == source]
         lat = [r.seen - r.committed for r in mine if r.seen is not None]
         unseen = sum(r.seen is None for r in mine)
@@ -456,7 +456,7 @@ def breakdown_table(
     from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 
     out = []
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         legs: dict[str, list[float]] = {"sensor": [], "queue": [], "launch": [], "run": []}
         for row in measured.rows:
             times = runs.get(row.run_id or "")

@@ -30,8 +30,7 @@ from faults.harness import (
 )
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.faults import CRASH_POINTS
-
-SOURCES = ("print_os", "scanner")
+from jobstatus_dagster.source import SOURCE_NAMES
 
 
 @dataclass
@@ -93,7 +92,7 @@ SMALL_CHUNKS = {"JOBSTATUS_CHUNK_SIZE": "250"}  # several windows per source at 
 
 
 def kill_at_each_stage(
-    suite: Suite, points: tuple[str, ...] = CRASH_POINTS, sources: tuple[str, ...] = SOURCES
+    suite: Suite, points: tuple[str, ...] = CRASH_POINTS, sources: tuple[str, ...] = SOURCE_NAMES
 ) -> Result:
     """For each crash point and each source: that source killed there, then the other one, then
     a clean run of both."""
@@ -119,7 +118,7 @@ def kill_at_each_stage(
                 else:
                     result.notes.append(f"{point}/{source}: not killed (rc {killed.returncode})")
                 # The other source is killed too, then both resume.
-                other = SOURCES[1 - SOURCES.index(source)]
+                other = SOURCE_NAMES[1 - SOURCE_NAMES.index(source)]
                 killed = run_cli(
                     urls,
                     home,
@@ -387,7 +386,7 @@ def out_of_order_commits(
         if errors:
             result.notes.append(f"writer errors: {errors[:3]}")
         # Writers done: one more run sees everything that committed late.
-        for source in SOURCES:
+        for source in SOURCE_NAMES:
             failed = process(source)
             result.runs += 1
             if failed:

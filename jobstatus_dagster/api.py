@@ -49,7 +49,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobstatus_dagster.config import SOURCES
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import to_sqlalchemy_url
 from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, read_marker
@@ -64,6 +63,7 @@ from jobstatus_dagster.pipeline.runner import (
 )
 from jobstatus_dagster.pipeline.stale_runs import StaleRun, fail_stale_runs
 from jobstatus_dagster.pipeline.windows import IN_FLIGHT, backfill_windows
+from jobstatus_dagster.source import SOURCE_NAMES, source_named
 
 MAX_BODY_BYTES = 64 * 1024
 TRIGGER = "api"
@@ -314,7 +314,7 @@ class SourceGuard:
     def __init__(self, instance: dg.DagsterInstance, processing: ProcessingSettings) -> None:
         self.instance = instance
         self.processing = processing
-        self._locks = {source: threading.Lock() for source in SOURCES}
+        self._locks = {source: threading.Lock() for source in SOURCE_NAMES}
 
     def in_flight_run(self, source: str) -> str | None:
         records = self.instance.get_run_records(
@@ -365,7 +365,7 @@ class Processor:
 
     def backfill_then_run(self, source: str) -> SourceOutcome:
         """R21: every row again, window by window, then anything new; stops at a failed run."""
-        job = self.defs.resolve_job_def(f"process_{source}")
+        job = self.defs.resolve_job_def(source_named(source).job_name)
         processing: ProcessingSettings = self.defs.resources["processing"]
         settings = processing.resolved()
         outcome = SourceOutcome(source)
@@ -505,7 +505,7 @@ def create_app(
         response: Response,
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
-        sources = SOURCES if request.source == "both" else (request.source,)
+        sources = SOURCE_NAMES if request.source == "both" else (request.source,)
         outcomes: dict[str, SourceOutcome] = {}
         runs: list[RunOutcome] = []
         with guard.hold(sources) as stale:

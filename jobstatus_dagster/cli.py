@@ -16,8 +16,9 @@ from pathlib import Path
 
 import click
 
-from jobstatus_dagster.config import SOURCES, Settings, load_settings
+from jobstatus_dagster.config import Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.source import SOURCE_NAMES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,9 @@ def _definitions():
 
 
 @main.command("process")
-@click.option("--source", type=click.Choice([*SOURCES, "both"]), default="both", show_default=True)
+@click.option(
+    "--source", type=click.Choice([*SOURCE_NAMES, "both"]), default="both", show_default=True
+)
 def process_command(source: str) -> None:
     """Process everything past the markers once, as Dagster runs in the instance."""
     from jobstatus_dagster.pipeline.runner import process_source
@@ -104,7 +107,7 @@ def process_command(source: str) -> None:
     defs = _definitions()
     instance = env.instance()
     failed = False
-    for name in SOURCES if source == "both" else (source,):
+    for name in SOURCE_NAMES if source == "both" else (source,):
         with _database_outage(name):
             outcome = process_source(defs, instance, name, trigger="cli")
         click.echo(outcome.line())
@@ -131,7 +134,7 @@ def _database_outage(source: str) -> Iterator[None]:
 
 
 @main.command("backfill")
-@click.option("--source", type=click.Choice(SOURCES), required=True)
+@click.option("--source", type=click.Choice(SOURCE_NAMES), required=True)
 @click.option("--from", "from_marker", type=int, required=True, help="Exclusive lower marker.")
 @click.option("--to", "to_marker", type=int, required=True, help="Inclusive upper marker.")
 def backfill_command(source: str, from_marker: int, to_marker: int) -> None:

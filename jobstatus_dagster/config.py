@@ -8,8 +8,6 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SOURCES = ("print_os", "scanner")
-
 
 class Settings(BaseSettings):
     """Everything an operator may set. Read once per process, never at import time."""

@@ -4,8 +4,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from jobstatus_dagster.config import load_settings
-from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, SOURCE_SPECS, TARGET_SPECS
+from jobstatus_dagster.pipeline.assets import SOURCE_SPECS, TARGET_SPECS
 from jobstatus_dagster.pipeline.checks import CHECKS, checks_job, checks_schedule
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.print_os import print_os_processing
@@ -13,16 +12,17 @@ from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSet
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
 from jobstatus_dagster.pipeline.stale_runs import fail_stalled_runs
+from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE, Source
 
 
-def processing_job(source_type: str) -> UnresolvedAssetJobDefinition:
+def processing_job(source: Source) -> UnresolvedAssetJobDefinition:
     """One job per source, so runs carry the source tag the run queue limits to one (§6)."""
     return dg.define_asset_job(
-        f"process_{source_type}",
-        selection=dg.AssetSelection.assets(PROCESSING_KEYS[source_type]),
+        source.job_name,
+        selection=dg.AssetSelection.assets(source.processing_key),
         executor_def=dg.in_process_executor,
-        tags={SOURCE_TAG: source_type},
-        description=f"Process one marker window of the {source_type} source.",
+        tags={SOURCE_TAG: source.name},
+        description=f"Process one marker window of the {source.name} source.",
     )
 
 
@@ -33,15 +33,18 @@ def build_definitions(
     scanner_interval_seconds: int = 30,
     processing: ProcessingSettings | None = None,
 ) -> dg.Definitions:
-    process_print_os, process_scanner = processing_job(PRINT_OS), processing_job(SCANNER)
+    process_print_os, process_scanner = (
+        processing_job(PRINT_OS_SOURCE),
+        processing_job(SCANNER_SOURCE),
+    )
     return dg.Definitions(
         assets=[*SOURCE_SPECS, print_os_processing, scanner_processing, *TARGET_SPECS],
         asset_checks=CHECKS,
         jobs=[process_print_os, process_scanner, checks_job, fail_stalled_runs],
         schedules=[checks_schedule],
         sensors=[
-            build_source_sensor(PRINT_OS, process_print_os, print_os_interval_seconds),
-            build_source_sensor(SCANNER, process_scanner, scanner_interval_seconds),
+            build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),
+            build_source_sensor(SCANNER_SOURCE.name, process_scanner, scanner_interval_seconds),
         ],
         resources={
             "jobmanager": PostgresDatabase(url=jobmanager_url),

@@ -30,9 +30,9 @@ from jobstatus_dagster.pipeline.ops import load_window_rows
 from jobstatus_dagster.pipeline.print_os import plan_print
 from jobstatus_dagster.pipeline.scanner import plan_scans
 from jobstatus_dagster.pipeline.windows import backfill_windows, plan_next_run
+from jobstatus_dagster.source import SOURCE_NAMES
 
 T0 = datetime(2026, 11, 1, 8, 0, 0)
-SOURCES = (PRINT_OS, SCANNER)
 PLANNERS: dict[str, Callable[..., UpdatePlan]] = {PRINT_OS: plan_print, SCANNER: plan_scans}
 OPERATION_IDS = {"print": "op001", "coating": "op003", "kiss_cut": "op006", "backscore": "op009"}
 CRASH_POINTS = ("after_logs_commit", "before_jobmanager_commit")
@@ -152,7 +152,7 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
     rows = [(PRINT_OS, r[0]) for r in data.prints] + [(SCANNER, s[0]) for s in data.scans]
     order = draw(st.permutations(rows))
     steps: list[Step] = [("order", order)]
-    source = st.sampled_from(SOURCES)
+    source = st.sampled_from(SOURCE_NAMES)
     for _ in range(draw(st.integers(1, max_steps))):
         kind = draw(
             st.sampled_from(
@@ -576,7 +576,7 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
             env.write(stale)
             # R24: once what is committed is processed, the stale plan's write is what a plan
             # made now would have written: re-running its window changes nothing.
-            for source in SOURCES:
+            for source in SOURCE_NAMES:
                 scanned(source)
                 env.drain(source)
             written = env.state()
@@ -591,7 +591,7 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
                 commit(newer)
                 env.run(source, chunk + 1)
                 env.write(stale)
-                for each in SOURCES:
+                for each in SOURCE_NAMES:
                     scanned(each)
                     env.drain(each)
                 written = env.state()
@@ -605,7 +605,7 @@ def run_schedule(env: Env, data: ShopData, steps: list[Step], problems: list[str
             env.write_reference(data)
             due = True
     commit(len(pending))
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         scanned(source)
         env.drain(source)
     return due
@@ -616,16 +616,16 @@ def check_schedule(env: Env, data: ShopData, steps: list[Step]) -> list[str]:
     problems: list[str] = []
     due = run_schedule(env, data, steps, problems)
     if due:
-        for source in SOURCES:
+        for source in SOURCE_NAMES:
             env.backfill_all(source)
     reached = env.state()
-    for source in SOURCES:  # re-running anything changes nothing (R17, R23)
+    for source in SOURCE_NAMES:  # re-running anything changes nothing (R17, R23)
         env.backfill_all(source)
         env.drain(source)
     if env.state() != reached:
         problems += _diff("re-run changed", reached, env.state())
     env.forget_processing(data)
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         env.drain(source)
     problems += _diff("differs from scratch", env.state(), reached)
     return problems

@@ -9,12 +9,12 @@ from jobstatus_dagster.pipeline.assets import (
     JOB_OPERATIONS,
     JOB_STATUS_UPDATES,
     PRINT_OS_TABLE,
-    PROCESSING_KEYS,
     SCANNED_CODES,
 )
 from jobstatus_dagster.pipeline.partitions import bucket_key
 from jobstatus_dagster.pipeline.runner import backfill, execute_window, process_source
 from jobstatus_dagster.pipeline.windows import PlannedRun
+from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.processes import start_cli
 from jobstatus_dagster_tests.shop import Shop
@@ -31,7 +31,7 @@ def test_asset_graph_edges_run_from_shop_tables_through_processing_to_our_tables
     loaded_shop: Shop,
 ) -> None:
     graph = loaded_shop.definitions().resolve_asset_graph()
-    print_os, scanner = PROCESSING_KEYS["print_os"], PROCESSING_KEYS["scanner"]
+    print_os, scanner = PRINT_OS_SOURCE.processing_key, SCANNER_SOURCE.processing_key
     assert {PRINT_OS_TABLE, FILE_MAPPING} <= graph.get(print_os).parent_keys
     assert {SCANNED_CODES, FILE_MAPPING} <= graph.get(scanner).parent_keys
     for target in (JOB_OPERATIONS, JOB_STATUS_UPDATES):
@@ -48,7 +48,7 @@ def test_runs_materialize_the_partition_and_the_tables_with_window_metadata(
         run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     ).records
     by_key = {r.event_log_entry.dagster_event.asset_key: r for r in records}
-    processing = by_key[PROCESSING_KEYS["print_os"]].event_log_entry.dagster_event
+    processing = by_key[PRINT_OS_SOURCE.processing_key].event_log_entry.dagster_event
     assert processing.partition == bucket_key(114)
     metadata = processing.event_specific_data.materialization.metadata
     assert metadata["window"].value == "print_os (0, 114]"

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import DatabaseUrls
+from jobstatus_dagster.source import SOURCE_NAMES
 from jobstatus_dagster_tests.convergence import (
     OPERATION_IDS,
-    SOURCES,
     T0,
     Env,
     ShopData,
@@ -66,7 +66,7 @@ def process_all(env: Env, data: ShopData) -> None:
 def differences_from_scratch(env: Env, data: ShopData) -> list[str]:
     reached = env.state()
     env.forget_processing(data)
-    for source in SOURCES:
+    for source in SOURCE_NAMES:
         env.drain(source)
     return _diff("differs from scratch", env.state(), reached)
 

@@ -35,6 +35,7 @@ from jobstatus_dagster.pipeline.stale_runs import (
     process_state,
 )
 from jobstatus_dagster.pipeline.windows import IN_FLIGHT, PlannedRun
+from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.processes import cli, start_cli
 from jobstatus_dagster_tests.shop import Shop
@@ -120,7 +121,7 @@ def dead_pid() -> int:
 
 
 def job(shop: Shop, source: str):
-    return shop.definitions().resolve_job_def(f"process_{source}")
+    return shop.definitions().resolve_job_def(source_named(source).job_name)
 
 
 # ----- the sensor ---------------------------------------------------------------------------

@@ -8,10 +8,9 @@ from datetime import datetime
 
 import pandas as pd
 
+from jobstatus_dagster.source import PRINT_OS, SCANNER
+
 PRINT = "print"
-PRINT_OS = "print_os"
-SCANNER = "scanner"
-MARKER_TYPES = {PRINT_OS: "print_os", SCANNER: "scanned_codes"}
 
 # Columns of each frame of an UpdatePlan; the writer relies on them.
 # An attribution: what one source row says about one key (R22). The audit holds the job-version

@@ -1,7 +1,8 @@
 """Loading windows of source rows and the reference data they resolve against.
 
 Every function here is a fixed number of set-based queries, whatever the number of rows.
-Identifiers come from the constant ``SourceTable`` definitions below; values are always bound.
+Identifiers come from the constant ``Source`` descriptions (jobstatus_dagster.source); values
+are always bound.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from jobstatus_dagster.core.identifiers import (
     trim_id,
     trimmed_sql,
 )
-from jobstatus_dagster.core.plan import MARKER_TYPES, PRINT_OS, SCANNER, Position, Sweep, Window
+from jobstatus_dagster.core.plan import Position, Sweep, Window
+from jobstatus_dagster.source import PRINT_OS_SOURCE, Source, source_named
 
 
 def finite_time(column: str) -> str:
@@ -38,41 +40,24 @@ _FIRST_PROCESSED = (
 )
 
 
-@dataclass(frozen=True)
-class SourceTable:
-    """How one source table is windowed: its id (the audit's source_id) and its marker."""
-
-    source_type: str
-    table: str
-    id_column: str
-    marker_column: str
-    select_list: str  # source_id, marker, then the source's own columns
+def event_time_sql(source: Source) -> str:
+    """R14: a row ``p``'s own time (the first of its time columns set and finite), else the time
+    it was first processed."""
+    own = ", ".join(finite_time(f"p.{column}") for column in source.event_time_columns)
+    first_processed = _FIRST_PROCESSED.format(source.name, source.id_column)
+    return f"COALESCE({own}, {first_processed})"
 
 
-SOURCE_TABLES = {
-    PRINT_OS: SourceTable(
-        PRINT_OS,
-        '"print OS"',
-        "id",
-        "marker",
-        "p.id AS source_id, p.marker AS marker, p.name AS imposition_id, p.status AS status,"
-        f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-        f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time",
-    ),
-    SCANNER: SourceTable(
-        SCANNER,
-        "scanned_codes",
-        "scan_id",
-        "scan_id",
-        "p.scan_id AS source_id, p.scan_id AS marker, p.code_text AS code_text,"
-        f" COALESCE({finite_time('p.scanned_at')}, {_FIRST_PROCESSED.format(SCANNER, 'scan_id')})"
-        " AS event_time,"
-        " p.operations::text AS operations_json, p.machine_id AS machine_id",
-    ),
-}
+def select_list(source: Source) -> str:
+    """source_id, marker, the source's own columns and event_time of a row ``p``."""
+    own = ", ".join(f"p.{expression} AS {name}" for expression, name in source.row_columns)
+    return (
+        f"p.{source.id_column} AS source_id, p.{source.marker_column} AS marker, {own},"
+        f" {event_time_sql(source)} AS event_time"
+    )
 
 
-def _window_sql(src: SourceTable) -> str:
+def _window_sql(src: Source) -> str:
     """Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20)."""
     not_processed = (
         "NOT EXISTS (SELECT 1 FROM processed_source_rows r"  # noqa: S608 - constant identifiers
@@ -80,25 +65,25 @@ def _window_sql(src: SourceTable) -> str:
     )
     return f"""
     SELECT * FROM (
-        SELECT {src.select_list}, 'window' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'window' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} > :from_marker AND p.{src.marker_column} <= :to_marker
     ) w
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} > :from_marker - :lookback
           AND p.{src.marker_column} <= :from_marker AND {not_processed}
         ORDER BY p.{src.marker_column} LIMIT :late_limit
     ) l
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'late' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
         WHERE p.{src.marker_column} IS NULL AND {not_processed}
         ORDER BY p.{src.id_column} LIMIT :late_limit
     ) n
     UNION ALL
     SELECT * FROM (
-        SELECT {src.select_list}, 'retry' AS kind FROM {src.table} p
+        SELECT {select_list(src)}, 'retry' AS kind FROM {src.table} p
         WHERE p.{src.id_column} IN (
             SELECT f.source_id FROM processing_failures f
             WHERE f.source_type = :source_type AND f.resolved_at IS NULL AND f.retryable
@@ -106,7 +91,7 @@ def _window_sql(src: SourceTable) -> str:
               AND f.last_attempt_at <= now() - make_interval(secs => :retry_interval)
             GROUP BY f.source_id ORDER BY min(f.last_attempt_at) LIMIT :retry_batch)
     ) r
-    """  # noqa: S608 - identifiers are constants of SOURCE_TABLES
+    """  # noqa: S608 - identifiers are constants of the Source
 
 
 def load_window(
@@ -120,7 +105,7 @@ def load_window(
     retry_interval: int,
 ) -> pd.DataFrame:
     """The rows one run processes; a row appears once (window before late before retry)."""
-    src = SOURCE_TABLES[window.source_type]
+    src = source_named(window.source_type)
     rows = pd.read_sql(
         sa.text(_window_sql(src)),
         conn,
@@ -140,14 +125,14 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
-def _position_after(src: SourceTable, param: str) -> str:
+def _position_after(src: Source, param: str) -> str:
     """Rows after a (marker, id) position in marker order; index-backed either way."""
     if src.id_column == src.marker_column:
         return f"p.{src.marker_column} > :{param}_marker"
     return f"(p.{src.marker_column}, p.{src.id_column}) > (:{param}_marker, :{param}_id)"
 
 
-def _sweep_filter(src: SourceTable, start: Position | None, end: Position | None) -> str:
+def _sweep_filter(src: Source, start: Position | None, end: Position | None) -> str:
     """The slice (start, end] of rows at or below :upper in marker order."""
     parts = [f"p.{src.marker_column} <= :upper"]
     if start is not None:
@@ -170,7 +155,7 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
         sa.text(
             "SELECT sweep_marker, sweep_source_id FROM processing_markers WHERE marker_type = :t"
         ),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).one_or_none()
     if row is None or row[0] is None or row[1] is None:
         return None
@@ -187,7 +172,7 @@ def sweep_slice(
     conn: sa.Connection, source_type: str, start: Position | None, upper: int, rows: int
 ) -> Sweep:
     """The slice of ``rows`` rows at or below ``upper`` after ``start`` (None: the lowest)."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     m, i = src.marker_column, src.id_column
     last = conn.execute(
         sa.text(
@@ -200,7 +185,7 @@ def sweep_slice(
     return Sweep(start, None if last is None else (int(last[0]), int(last[1])))
 
 
-def _unprocessed_in_sweep(src: SourceTable, sweep: Sweep, select: str) -> str:
+def _unprocessed_in_sweep(src: Source, sweep: Sweep, select: str) -> str:
     """The LIMIT tells the planner the slice is small: index probes into processed_source_rows,
     never a hash of the whole history."""
     m, i = src.marker_column, src.id_column
@@ -218,9 +203,9 @@ def load_sweep(
 ) -> pd.DataFrame:
     """R19 for any marker: rows of the sweep's slice that were never processed (kind 'late'),
     e.g. rows committed with a marker far below the marker, or negative."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     found = pd.read_sql(
-        sa.text(_unprocessed_in_sweep(src, sweep, f"{src.select_list}, 'late' AS kind")),
+        sa.text(_unprocessed_in_sweep(src, sweep, f"{select_list(src)}, 'late' AS kind")),
         conn,
         params={
             **_sweep_params(sweep.start, sweep.end, upper),
@@ -236,14 +221,14 @@ def load_sweep(
 def read_marker(conn: sa.Connection, source_type: str) -> int:
     value = conn.execute(
         sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).scalar_one_or_none()
     return int(value or 0)
 
 
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
     """Lowest and highest marker present in the source table."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     m = src.marker_column
     lowest, highest = conn.execute(sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")).one()
     return (None if lowest is None else int(lowest), None if highest is None else int(highest))
@@ -253,7 +238,7 @@ def next_chunk(
     conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
 ) -> tuple[int, int] | None:
     """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     m = src.marker_column
     first, last = conn.execute(
         sa.text(
@@ -316,7 +301,7 @@ def inspect_backlog(
 ) -> Backlog:
     """Reads only. The history slice looked at starts after ``sweep_after``: by default where
     the runs' sweep stands (R19), or where a sensor's own look has reached."""
-    src = SOURCE_TABLES[source_type]
+    src = source_named(source_type)
     marker = read_marker(conn, source_type)
     m = src.marker_column
     next_from, next_to, next_rows = conn.execute(
@@ -431,8 +416,7 @@ def load_print_history(
     return pd.read_sql(
         sa.text(
             f"SELECT p.id AS source_id, {_PRINT_NAME} AS imposition_id, p.status, p.marker,"
-            f" COALESCE({finite_time('p.job_complete_time')}, {finite_time('p.created_at')},"
-            f" {_FIRST_PROCESSED.format(PRINT_OS, 'id')}) AS event_time"
+            f" {event_time_sql(PRINT_OS_SOURCE)} AS event_time"
             f' FROM "print OS" p WHERE {_PRINT_NAME} = ANY(:ids) AND p.marker <= :horizon'
         ),
         conn,

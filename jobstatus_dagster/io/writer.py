@@ -22,7 +22,6 @@ from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
     IMPOSITION_ATTRIBUTION_COLUMNS,
-    MARKER_TYPES,
     PRINT,
     PRINT_STATE_COLUMNS,
     SCANNER,
@@ -34,6 +33,7 @@ from jobstatus_dagster.core.plan import (
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.sources import load_operation_codes, read_generation
+from jobstatus_dagster.source import source_named
 
 # One lock for every writer of the targets, whatever the source: both sources write
 # job_operations, jobs.operations and the audit (R19, R24). Held to the jobmanager commit.
@@ -485,7 +485,7 @@ def lock_marker(conn: sa.Connection, source_type: str) -> int:
         sa.text(
             "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t FOR UPDATE"
         ),
-        {"t": MARKER_TYPES[source_type]},
+        {"t": source_named(source_type).marker_type},
     ).scalar_one_or_none()
     if value is None:
         conn.execute(
@@ -493,7 +493,7 @@ def lock_marker(conn: sa.Connection, source_type: str) -> int:
                 "INSERT INTO processing_markers (marker_type, last_processed_id) VALUES (:t, 0)"
                 " ON CONFLICT (marker_type) DO NOTHING"
             ),
-            {"t": MARKER_TYPES[source_type]},
+            {"t": source_named(source_type).marker_type},
         )
         return lock_marker(conn, source_type)
     return int(value)
@@ -767,7 +767,7 @@ def write_jobmanager(
           AND last_processed_id < :to_marker
     """),
         {
-            "marker_type": MARKER_TYPES[window.source_type],
+            "marker_type": source_named(window.source_type).marker_type,
             "from_marker": window.from_marker,
             "to_marker": advance_to(plan),
         },
@@ -775,7 +775,7 @@ def write_jobmanager(
     report.marker_after = int(
         conn.execute(
             sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
-            {"t": MARKER_TYPES[window.source_type]},
+            {"t": source_named(window.source_type).marker_type},
         ).scalar_one()
     )
     conn.execute(sa.text("UPDATE processing_generation SET generation = generation + 1"))
@@ -857,7 +857,7 @@ def advance_sweep(conn: sa.Connection, source_type: str, sweep: Sweep) -> bool:
             FOR UPDATE SKIP LOCKED)
     """),
         {
-            "marker_type": MARKER_TYPES[source_type],
+            "marker_type": source_named(source_type).marker_type,
             "start_marker": start[0],
             "start_id": start[1],
             "end_marker": end[0],

@@ -4,18 +4,14 @@ materializable, marker-range-partitioned graphs the sensors and backfills run.""
 
 import dagster as dg
 
-from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
+from jobstatus_dagster import source
+from jobstatus_dagster.source import SOURCES, Source
 
-PRINT_OS_TABLE = dg.AssetKey(["jobmanager", "print_os"])
-SCANNED_CODES = dg.AssetKey(["jobmanager", "scanned_codes"])
-FILE_MAPPING = dg.AssetKey(["logs", "imposition_file_mapping"])
-PLANNER_PATHS = dg.AssetKey(["logs", "production_planner_paths"])
-OPERATION_CODES = dg.AssetKey(["logs", "operation_codes"])
-
-PROCESSING_KEYS = {
-    PRINT_OS: dg.AssetKey("print_os_processing"),
-    SCANNER: dg.AssetKey("scanner_processing"),
-}
+PRINT_OS_TABLE = dg.AssetKey(list(source.PRINT_OS_TABLE))
+SCANNED_CODES = dg.AssetKey(list(source.SCANNED_CODES))
+FILE_MAPPING = dg.AssetKey(list(source.FILE_MAPPING))
+PLANNER_PATHS = dg.AssetKey(list(source.PLANNER_PATHS))
+OPERATION_CODES = dg.AssetKey(list(source.OPERATION_CODES))
 
 IMPOSITION_OPERATIONS = dg.AssetKey(["logs", "imposition_operations"])
 JOB_OPERATIONS = dg.AssetKey(["logs", "job_operations"])
@@ -57,7 +53,7 @@ SOURCE_SPECS = [
     ),
 ]
 
-_BOTH = [PROCESSING_KEYS[PRINT_OS], PROCESSING_KEYS[SCANNER]]
+_BOTH = [each.processing_key for each in SOURCES]
 TARGET_SPECS = [
     dg.AssetSpec(
         IMPOSITION_OPERATIONS,
@@ -103,26 +99,10 @@ TARGET_SPECS = [
     ),
 ]
 
-# Which source tables each processing graph reads (its lineage).
-PROCESSING_INPUTS = {
-    PRINT_OS: {
-        "print_os": PRINT_OS_TABLE,
-        "imposition_file_mapping": FILE_MAPPING,
-        "operation_codes": OPERATION_CODES,
-    },
-    SCANNER: {
-        "scanned_codes": SCANNED_CODES,
-        "imposition_file_mapping": FILE_MAPPING,
-        "production_planner_paths": PLANNER_PATHS,
-        "operation_codes": OPERATION_CODES,
-        "print_os": PRINT_OS_TABLE,
-    },
-}
 
-
-def processing_ins(source_type: str) -> dict[str, dg.AssetIn]:
-    """Lineage-only inputs: nothing is loaded through an IO manager."""
+def processing_ins(source: Source) -> dict[str, dg.AssetIn]:
+    """Lineage-only inputs (the tables a source's processing reads): nothing is loaded through
+    an IO manager."""
     return {
-        name: dg.AssetIn(key=key, dagster_type=dg.Nothing)
-        for name, key in PROCESSING_INPUTS[source_type].items()
+        name: dg.AssetIn(key=key, dagster_type=dg.Nothing) for name, key in source.lineage.items()
     }

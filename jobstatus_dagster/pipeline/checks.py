@@ -5,8 +5,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.core.identifiers import file_id_sql_patterns, trimmed_sql
-from jobstatus_dagster.core.plan import MARKER_TYPES, NOT_DATA_QUALITY_REASONS, PRINT_OS, SCANNER
-from jobstatus_dagster.io.sources import SOURCE_TABLES, load_operation_codes
+from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
+from jobstatus_dagster.io.sources import load_operation_codes
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -14,6 +14,7 @@ from jobstatus_dagster.pipeline.assets import (
     PROCESSING_FAILURES,
 )
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.source import SOURCES
 
 CHECK_TAG = "jobstatus/checks"
 
@@ -101,18 +102,17 @@ def markers_keep_up(
     limit = processing.resolved().max_marker_lag
     lag = {}
     with jobmanager.engine.connect() as conn:
-        for source in (PRINT_OS, SCANNER):
-            src = SOURCE_TABLES[source]
+        for src in SOURCES:
             marker = (
                 conn.execute(
                     sa.text(
                         "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"
                     ),
-                    {"t": MARKER_TYPES[source]},
+                    {"t": src.marker_type},
                 ).scalar_one_or_none()
                 or 0
             )
-            lag[source] = conn.execute(
+            lag[src.name] = conn.execute(
                 sa.text(
                     f"SELECT count(*) FROM (SELECT 1 FROM {src.table}"  # noqa: S608 - constants
                     f" WHERE {src.marker_column} > :m LIMIT :cap) x"

@@ -23,6 +23,7 @@ from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.partitions import key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
+from jobstatus_dagster.source import Source
 
 SOURCE_TAG = "jobstatus/source"
 WINDOW_TAG = "jobstatus/window"
@@ -147,9 +148,9 @@ def can_replan(
     return plan
 
 
-def build_load_op(source_type: str) -> dg.OpDefinition:
+def build_load_op(source: Source) -> dg.OpDefinition:
     @dg.op(
-        name=f"load_{source_type}_window",
+        name=source.load_op_name,
         ins={"sources": dg.In(dg.Nothing)},
         tags={"kind": "postgres"},
         retry_policy=TRANSIENT_RETRY,
@@ -162,7 +163,7 @@ def build_load_op(source_type: str) -> dg.OpDefinition:
     ) -> LoadedWindow:
         """Window rows, late rows committed out of order (R19) and due retries (R20)."""
         partition_key = context.partition_key if context.has_partition_key else None
-        window = resolve_window(source_type, config, partition_key)
+        window = resolve_window(source.name, config, partition_key)
         started = time.perf_counter()
         loaded = load_window_rows(jobmanager.engine, window, processing.resolved())
         sweep = loaded.window.sweep

@@ -1,19 +1,10 @@
 """Marker-range partitions: fixed-width buckets of source markers, so the data team can pick
 ranges in the UI and backfill them (SPEC R21). A key names its range: ``000000010000-000000020000``
-is markers (10000, 20000]."""
+is markers (10000, 20000]. Each source's partitions definition is ``Source.partitions``."""
 
 import re
 
-import dagster as dg
-
-from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
-
 DEFAULT_WIDTH = 10_000
-
-WINDOW_PARTITIONS = {
-    PRINT_OS: dg.DynamicPartitionsDefinition(name="print_os_marker_ranges"),
-    SCANNER: dg.DynamicPartitionsDefinition(name="scanner_id_ranges"),
-}
 
 
 def bucket_bounds(marker: int, width: int = DEFAULT_WIDTH) -> tuple[int, int]:

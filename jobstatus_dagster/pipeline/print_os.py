@@ -24,18 +24,18 @@ from jobstatus_dagster.io.sources import (
     load_mapping_for_impositions,
     load_print_history,
 )
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
+from jobstatus_dagster.pipeline.assets import processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
     build_load_op,
     can_replan,
     write_updates,
 )
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
+from jobstatus_dagster.source import PRINT_OS_SOURCE
 
-load_print_os_window = build_load_op(PRINT_OS)
+load_print_os_window = build_load_op(PRINT_OS_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,9 @@ def compute_print_updates(context: dg.OpExecutionContext, work: PrintWork) -> Up
 
 
 @dg.graph_asset(
-    key=PROCESSING_KEYS[PRINT_OS],
-    ins=processing_ins(PRINT_OS),
-    partitions_def=WINDOW_PARTITIONS[PRINT_OS],
+    key=PRINT_OS_SOURCE.processing_key,
+    ins=processing_ins(PRINT_OS_SOURCE),
+    partitions_def=PRINT_OS_SOURCE.partitions,
     group_name="processing",
     kinds={"pandas", "postgres"},
     description='One window of "print OS" rows → imposition and job-version print status.',

@@ -8,12 +8,11 @@ import sqlalchemy as sa
 
 from jobstatus_dagster.db import to_sqlalchemy_url
 from jobstatus_dagster.io.sources import chunk_reader
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.stale_runs import worker_tags
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
+from jobstatus_dagster.source import source_named
 
 
 @dataclass
@@ -104,7 +103,7 @@ _EXECUTION_LOCK = threading.Lock()
 def _execute_window(
     job: dg.JobDefinition, instance: dg.DagsterInstance, planned: PlannedRun, trigger: str
 ) -> RunOutcome:
-    partitions = WINDOW_PARTITIONS[planned.source_type]
+    partitions = source_named(planned.source_type).partitions
     if not instance.has_dynamic_partition(partitions.name, planned.partition_key):
         instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
     result = job.execute_in_process(
@@ -115,7 +114,7 @@ def _execute_window(
         raise_on_error=False,
     )
     if result.success:
-        graph = PROCESSING_KEYS[planned.source_type].to_python_identifier()
+        graph = source_named(planned.source_type).graph_name
         return RunOutcome(result.run_id, planned.window_tag, True, result.output_for_node(graph))
     failure = next(
         (e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE), None
@@ -129,7 +128,7 @@ def process_source(
 ) -> SourceOutcome:
     """One run per window until nothing is past the marker, plus at most one run for late rows
     and due retries; stops at the first failed run (the marker stays before it)."""
-    job = defs.resolve_job_def(f"process_{source_type}")
+    job = defs.resolve_job_def(source_named(source_type).job_name)
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     processing: ProcessingSettings = defs.resources["processing"]
     settings = processing.resolved()
@@ -161,7 +160,7 @@ def backfill(
 ) -> SourceOutcome:
     """R21: re-process the rows in (from_marker, to_marker], window by window; idempotent, and
     the marker never moves backwards. Stops at the first failed window."""
-    job = defs.resolve_job_def(f"process_{source_type}")
+    job = defs.resolve_job_def(source_named(source_type).job_name)
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     settings = defs.resources["processing"].resolved()
     outcome = SourceOutcome(source_type)

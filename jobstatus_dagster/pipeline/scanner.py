@@ -26,18 +26,18 @@ from jobstatus_dagster.io.sources import (
     load_runlist_paths,
     load_runlists_of_impositions,
 )
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS, processing_ins
+from jobstatus_dagster.pipeline.assets import processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
     build_load_op,
     can_replan,
     write_updates,
 )
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
+from jobstatus_dagster.source import SCANNER_SOURCE
 
-load_scanner_window = build_load_op(SCANNER)
+load_scanner_window = build_load_op(SCANNER_SOURCE)
 
 
 @dataclass(frozen=True)
@@ -241,9 +241,9 @@ def compute_scan_updates(context: dg.OpExecutionContext, work: ScanWork) -> Upda
 
 
 @dg.graph_asset(
-    key=PROCESSING_KEYS[SCANNER],
-    ins=processing_ins(SCANNER),
-    partitions_def=WINDOW_PARTITIONS[SCANNER],
+    key=SCANNER_SOURCE.processing_key,
+    ins=processing_ins(SCANNER_SOURCE),
+    partitions_def=SCANNER_SOURCE.partitions,
     group_name="processing",
     kinds={"pandas", "postgres"},
     description="One window of scanned_codes rows → operation status of jobs and impositions.",

@@ -18,7 +18,6 @@ from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import Position
 from jobstatus_dagster.io.sources import Backlog, StoredSweep, inspect_backlog, next_chunk
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
-from jobstatus_dagster.pipeline.partitions import WINDOW_PARTITIONS
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import (
     fail_stalled_runs,
@@ -32,6 +31,7 @@ from jobstatus_dagster.pipeline.windows import (
     PlannedRun,
     plan_sensor_runs,
 )
+from jobstatus_dagster.source import PRINT_OS, SCANNER, source_named
 
 # At most this many runs of a source wait in the queue at once: enough to drain a backlog at the
 # queue's pace between two looks, few enough that a re-plan after a failure redoes little.
@@ -182,7 +182,7 @@ def look(
         return dg.SensorResult(
             skip_reason=_nothing_to_do(source_type, backlog, in_flight), cursor=cursor.dumps()
         )
-    partitions = WINDOW_PARTITIONS[source_type]
+    partitions = source_named(source_type).partitions
     keys = sorted({p.partition_key for p in planned})
     new_keys = [k for k in keys if not instance.has_dynamic_partition(partitions.name, k)]
     return dg.SensorResult(
@@ -201,7 +201,7 @@ def _nothing_to_do(source_type: str, backlog: Backlog, in_flight: InFlight) -> s
     return f"nothing past the {source_type} marker {backlog.marker}"
 
 
-SOURCE_WORDS = {"print_os": "print events", "scanner": "barcode scans"}
+SOURCE_WORDS = {PRINT_OS: "print events", SCANNER: "barcode scans"}
 
 
 def build_source_sensor(
@@ -210,7 +210,7 @@ def build_source_sensor(
     rows = SOURCE_WORDS.get(source_type, f"{source_type} rows")
 
     @dg.sensor(
-        name=f"{source_type}_sensor",
+        name=source_named(source_type).sensor_name,
         jobs=[job, fail_stalled_runs],
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -9,9 +9,9 @@ import dagster as dg
 
 from jobstatus_dagster.core.plan import Position, Sweep
 from jobstatus_dagster.io.sources import Backlog
-from jobstatus_dagster.pipeline.assets import PROCESSING_KEYS
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, SWEEP_TAG, TRIGGER_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.partitions import DEFAULT_WIDTH, bucket_bounds, bucket_key
+from jobstatus_dagster.source import source_named
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -60,14 +60,15 @@ class PlannedRun:
         return bucket_key(max(self.to_marker, self.from_marker + 1), self.partition_width)
 
     def run_config(self) -> dict:
-        config: dict = {"from_marker": self.from_marker, "to_marker": self.to_marker}
+        source = source_named(self.source_type)
+        config = source.window_run_config(self.from_marker, self.to_marker)
         if self.sweep is not None:
-            config["sweep"] = {
+            load = config["ops"][source.graph_name]["ops"][source.load_op_name]
+            load["config"]["sweep"] = {
                 "after": None if self.sweep.start is None else list(self.sweep.start),
                 "through": None if self.sweep.end is None else list(self.sweep.end),
             }
-        graph = PROCESSING_KEYS[self.source_type].to_python_identifier()
-        return {"ops": {graph: {"ops": {f"load_{self.source_type}_window": {"config": config}}}}}
+        return config
 
     def tags(self, trigger: str) -> dict[str, str]:
         tags = {SOURCE_TAG: self.source_type, WINDOW_TAG: self.window_tag, TRIGGER_TAG: trigger}
