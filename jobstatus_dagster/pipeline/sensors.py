@@ -123,7 +123,11 @@ def look(
     ]
     in_flight = InFlight.of(waiting)
     stalled = stalled_runs(instance, source_type, settings.stale_run_seconds)
-    with jobmanager.engine.connect() as conn:
+    # One snapshot for the whole look: rows committed meanwhile wait for the next one, instead of
+    # making a tiny extra window of their own; read-only, so a tick can never write.
+    with jobmanager.engine.connect().execution_options(
+        isolation_level="REPEATABLE READ", postgresql_readonly=True
+    ) as conn:
         backlog = inspect_backlog(
             conn,
             source_type,
