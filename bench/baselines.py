@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -172,17 +173,27 @@ _OP_IDS = {"print": "op001", "coating": "op003", "kiss_cut": "op006"}
 
 def reference_print(jobmanager_url: str, logs_url: str, limit: int) -> tuple[int, float]:
     """The first ``limit`` print events, one at a time; returns (events, seconds)."""
+    return _one_at_a_time(
+        jobmanager_url,
+        logs_url,
+        'SELECT id, name, upper(status), marker, job_complete_time FROM "print OS"'
+        " ORDER BY marker, id LIMIT %s",
+        limit,
+        _print_event,
+    )
+
+
+def _one_at_a_time(
+    jobmanager_url: str, logs_url: str, query: str, limit: int, handle: Callable[..., None]
+) -> tuple[int, float]:
+    """``handle(jm, lg, *row)`` for each source row of ``query``, timed without the read."""
     with psycopg.connect(jobmanager_url) as jm_read:
-        events = jm_read.execute(
-            'SELECT id, name, upper(status), marker, job_complete_time FROM "print OS"'
-            " ORDER BY marker, id LIMIT %s",
-            (limit,),
-        ).fetchall()
+        rows = jm_read.execute(query, (limit,)).fetchall()
     started = time.perf_counter()
     with psycopg.connect(jobmanager_url) as jm, psycopg.connect(logs_url) as lg:
-        for source_id, name, status, marker, at in events:
-            _print_event(jm, lg, source_id, name, status, marker, at)
-    return len(events), time.perf_counter() - started
+        for row in rows:
+            handle(jm, lg, *row)
+    return len(rows), time.perf_counter() - started
 
 
 def _print_event(jm, lg, source_id, name, status, marker, at) -> None:
@@ -259,17 +270,16 @@ def _print_event(jm, lg, source_id, name, status, marker, at) -> None:
 
 def reference_scans(jobmanager_url: str, logs_url: str, limit: int) -> tuple[int, float]:
     """The first ``limit`` scans, one at a time (plan §2.2); returns (scans, seconds)."""
-    with psycopg.connect(jobmanager_url) as jm_read:
-        scans = jm_read.execute(
-            "SELECT scan_id, code_text, operations::text, scanned_at FROM scanned_codes"
-            " ORDER BY scan_id LIMIT %s",
-            (limit,),
-        ).fetchall()
-    started = time.perf_counter()
-    with psycopg.connect(jobmanager_url) as jm, psycopg.connect(logs_url) as lg:
-        for scan_id, code, operations, at in scans:
-            _scan(jm, lg, scan_id, (code or "").strip(), operations, at)
-    return len(scans), time.perf_counter() - started
+    return _one_at_a_time(
+        jobmanager_url,
+        logs_url,
+        "SELECT scan_id, code_text, operations::text, scanned_at FROM scanned_codes"
+        " ORDER BY scan_id LIMIT %s",
+        limit,
+        lambda jm, lg, scan_id, code, operations, at: _scan(
+            jm, lg, scan_id, (code or "").strip(), operations, at
+        ),
+    )
 
 
 def _scan(jm, lg, scan_id, code, operations, at) -> None:

@@ -1,7 +1,7 @@
-"""Shared plumbing of the benchmarks: an embedded Postgres in a temp folder, fresh databases,
-the demo shop, cloned databases, the `jobstatus process` CLI as a measured subprocess, tables.
+"""What only the benchmarks need: the server's own statement times, plain tables, the machine.
 
-Nothing here is used by the product; the product is only ever driven through its CLI.
+Databases, the measured `jobstatus` subprocess and process inspection come from the support
+package (jobstatus_testkit), shared with the tests and the fault suite.
 """
 
 from __future__ import annotations
@@ -9,103 +9,16 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
+import psutil
 import sqlalchemy as sa
 
-from jobstatus_dagster.db import (
-    DatabaseUrls,
-    database_url,
-    ensure_databases,
-    migrate,
-    start_embedded,
-    to_sqlalchemy_url,
-)
-
-JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
-
-
-@dataclass
-class Server:
-    """The embedded server of one benchmark, in its own temp folder."""
-
-    folder: Path
-    admin_uri: str
-    handle: object
-
-    def fresh_urls(self, tag: str = "") -> DatabaseUrls:
-        suffix = f"{tag}{uuid.uuid4().hex[:6]}"
-        names = (f"jobmanager_{suffix}", f"logs_{suffix}", f"dagster_{suffix}")
-        ensure_databases(self.admin_uri, names)
-        return DatabaseUrls(*(database_url(self.admin_uri, n) for n in names))
-
-    def clone(self, urls: DatabaseUrls, tag: str = "") -> DatabaseUrls:
-        """Copies of jobmanager and logs (CREATE DATABASE … TEMPLATE), a fresh dagster db."""
-        suffix = f"{tag}{uuid.uuid4().hex[:6]}"
-        names = (f"jobmanager_{suffix}", f"logs_{suffix}", f"dagster_{suffix}")
-        engine = sa.create_engine(to_sqlalchemy_url(self.admin_uri), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                for new, old in zip(names[:2], (urls.jobmanager, urls.logs), strict=True):
-                    source = sa.engine.make_url(old).database
-                    conn.execute(sa.text(f'CREATE DATABASE "{new}" TEMPLATE "{source}"'))
-                conn.execute(sa.text(f'CREATE DATABASE "{names[2]}"'))
-        finally:
-            engine.dispose()
-        return DatabaseUrls(*(database_url(self.admin_uri, n) for n in names))
-
-
-@contextmanager
-def embedded_server(keep: bool = False) -> Iterator[Server]:
-    """An embedded PostgreSQL in a new temp folder, removed afterwards unless ``keep``."""
-    folder = Path(tempfile.mkdtemp(prefix="jobstatus-bench-"))
-    handle = start_embedded(folder)
-    try:
-        yield Server(folder, handle.get_uri("postgres"), handle)
-    finally:
-        stop = getattr(handle, "stop", None) or getattr(handle, "cleanup", None)
-        if stop is not None:
-            try:
-                stop()
-            except Exception as err:  # the folder goes anyway
-                print(f"(stopping the embedded server: {err})", file=sys.stderr)
-        if keep:
-            print(f"kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def demo_shop(server: Server, scale: int, seed: int = 7) -> tuple[DatabaseUrls, float]:
-    """Fresh databases, baseline + migrations, the demo shop at ``scale``; seconds taken."""
-    from jobstatus_dagster.demo import generate_shop
-
-    urls = server.fresh_urls("b")
-    migrate(urls, baseline=True)
-    started = time.perf_counter()
-    with engines(urls) as (jm, lg):
-        generate_shop(jm, lg, scale=scale, seed=seed)
-    return urls, time.perf_counter() - started
-
-
-@contextmanager
-def engines(urls: DatabaseUrls) -> Iterator[tuple[sa.Engine, sa.Engine]]:
-    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
-    lg = sa.create_engine(to_sqlalchemy_url(urls.logs))
-    try:
-        yield jm, lg
-    finally:
-        jm.dispose()
-        lg.dispose()
+from jobstatus_dagster.db import to_sqlalchemy_url
+from jobstatus_testkit.databases import Server
 
 
 def scalar(url: str, query: str, **params: object):
@@ -180,86 +93,6 @@ class StatementTime:
         return totals
 
 
-def database_name(url: str) -> str:
-    return sa.engine.make_url(to_sqlalchemy_url(url)).database
-
-
-@dataclass
-class CliRun:
-    seconds: float
-    peak_rss_mib: float
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(
-    urls: DatabaseUrls, home: Path, *args: str, env: dict[str, str] | None = None
-) -> CliRun:
-    """`jobstatus <args>` as its own process; wall time and that process's own peak RSS
-    (wait4 gives the child's rusage, not the sum of all children)."""
-    full_env = {
-        **os.environ,
-        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
-        "JOBSTATUS_LOGS_URL": urls.logs,
-        "JOBSTATUS_DAGSTER_URL": urls.dagster,
-        "JOBSTATUS_HOME": str(home),
-        **(env or {}),
-    }
-    full_env.pop("DAGSTER_HOME", None)
-    home.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen([JOBSTATUS, *args], env=full_env, stdout=out, stderr=err)
-        peak = _PeakRss(proc.pid)
-        _, status, _usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        run = CliRun(seconds, peak.stop() / 1024, proc.returncode, out.read(), err.read())
-    if run.returncode != 0:
-        raise RuntimeError(
-            f"jobstatus {' '.join(args)} failed ({run.returncode}):\n{run.stderr[-3000:]}"
-        )
-    return run
-
-
-class _PeakRss:
-    """The child's own peak RSS (VmHWM, KiB), polled while it runs.
-
-    Not wait4's ru_maxrss: on Linux a child's recorded peak starts from its parent's RSS at
-    fork/exec, so it reported the bench process's size whenever that was larger (the first
-    session's 414/530 MiB "product" peaks were the bench's own memory).
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.kib = 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        self.kib = max(self.kib, int(line.split()[1]))
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def _poll(self) -> None:
-        while not self._done.is_set() and self._read():
-            self._done.wait(0.05)
-
-    def stop(self) -> int:
-        self._done.set()
-        self._thread.join()
-        return self.kib
-
-
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A plain text table (the scripts' output, and what the smoke test looks for)."""
     cells = [[_cell(v) for v in row] for row in rows]
@@ -284,13 +117,9 @@ def _cell(value: object) -> str:
 
 
 def machine_line() -> str:
+    """The machine the figures come from (psutil has no CPU model name: /proc/cpuinfo has)."""
     cores = os.cpu_count()
-    try:
-        with open("/proc/meminfo") as f:
-            mem_kib = int(f.readline().split()[1])
-        mem = f"{mem_kib / 1024 / 1024:.0f} GiB RAM"
-    except OSError:
-        mem = "? RAM"
+    mem = f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

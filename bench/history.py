@@ -21,15 +21,15 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench import synth
-from bench.common import embedded_server, engines, log, machine_line, print_table, run_cli
-from jobstatus_dagster.db import migrate
+from bench.common import log, machine_line, print_table
+from jobstatus_testkit.cli import measure_cli
+from jobstatus_testkit.databases import embedded_server, engines
 
 
 def explain_hot_statements(jm: sa.Engine, lg: sa.Engine, segment: synth.Segment) -> None:
     """EXPLAIN ANALYZE of the per-window statements, for one window of the new segment."""
     from jobstatus_dagster.core.identifiers import FILE_JOB_SQL
-    from jobstatus_dagster.io.sources import _window_sql
-    from jobstatus_dagster.source import PRINT_OS_SOURCE
+    from jobstatus_dagster.io.sources import window_query
 
     lo, hi = segment.first_marker - 1, min(segment.last_marker, segment.first_marker + 4999)
     imps = [
@@ -43,7 +43,7 @@ def explain_hot_statements(jm: sa.Engine, lg: sa.Engine, segment: synth.Segment)
         (
             jm,
             "window load",
-            _window_sql(PRINT_OS_SOURCE),
+            window_query("print_os"),
             {
                 "source_type": "print_os",
                 "from_marker": lo,
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with embedded_server(keep=args.keep) as server:
         for size in sorted(args.history):
-            urls = server.fresh_urls("hist")
-            migrate(urls, baseline=True)
+            urls = server.migrated("hist")
             home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
             with engines(urls) as (jm, lg):
                 history = synth.append_segment(jm, lg, size)
@@ -122,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                 synth.analyze(jm, lg)
                 new = synth.append_segment(jm, lg, args.new, after=history)
                 log(f"{new.events} new events: processing")
-                run = run_cli(urls, home, "process", "--source", "print_os")
+                run = measure_cli(urls, home, "process", "--source", "print_os")
                 log(run.stdout.strip())
-                idle = run_cli(urls, home, "process", "--source", "print_os")
+                idle = measure_cli(urls, home, "process", "--source", "print_os")
                 if args.explain and size == max(args.history):
                     explain_hot_statements(jm, lg, new)
             rows.append(

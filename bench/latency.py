@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,8 +41,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sqlalchemy as sa
 
-from bench.common import demo_shop, embedded_server, engines, log, machine_line, print_table
+from bench.common import log, machine_line, print_table
+from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES, SOURCES
+from jobstatus_testkit.databases import embedded_server, engines
+from jobstatus_testkit.processes import free_port
 
 if TYPE_CHECKING:  # dagster is imported late: `--help` and argument errors stay instant
     import dagster as dg
@@ -53,7 +54,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 LABELS = {"print_os": "print events", "scanner": "scans"}
 SENSORS = {source.name: source.sensor_name for source in SOURCES}
 STOP_GRACE_SECONDS = 15.0
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 JOB_KEY = "(job)"  # the job name, kept beside a run's tags
 
 _SEEN = sa.text(
@@ -102,88 +102,35 @@ class Measurement:
 # ----- the daemon, in its own process group ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc: a container's init may never
-    reap the zombies a killed daemon leaves, so ``killpg(pgid, 0)`` alone would say alive."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _stop_group(proc: subprocess.Popen, pgid: int) -> None:
-    """SIGINT to the whole group (daemon, code server, run workers), then SIGKILL what is left.
-    Nothing of the group is worth a graceful end: its databases are dropped with the server."""
-    started = time.monotonic()
-    how = "already gone"
-    for sig, grace in ((signal.SIGINT, STOP_GRACE_SECONDS), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        how = sig.name
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not _group_members(pgid):
-                break
-            time.sleep(0.2)
-        else:
-            continue
-        break
-    if proc.poll() is None:
-        proc.wait(timeout=5)
-    left = _group_members(pgid)
-    log(f"daemon group stopped ({how}) in {time.monotonic() - started:.1f} s")
-    if left:
-        print(f"(processes of the daemon's group still alive: {left})", file=sys.stderr)
-
-
 @contextmanager
 def dagster_daemon(
     dagster_home: Path, env: dict[str, str], log_path: Path, dev: bool
 ) -> Iterator[subprocess.Popen]:
-    """The daemon (or ``dagster dev``) beside its dagster.yaml, as ``jobstatus dev`` starts it;
-    the group is stopped on exit, on error and on Ctrl-C alike."""
+    """The daemon (or ``dagster dev``) beside its dagster.yaml, in its own process group as
+    ``jobstatus dev`` runs it (the product's supervision): stopped with its code server and run
+    workers on exit, on error and on Ctrl-C alike."""
     workspace = str(PROJECT_DIR / "workspace.yaml")
     bin_dir = Path(sys.executable).parent
     if dev:
-        port = str(_free_port())
+        port = str(free_port())
         cmd = [str(bin_dir / "dagster"), "dev", "-w", workspace, "-h", "127.0.0.1", "-p", port]
     else:
         cmd = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
     with log_path.open("w") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own venv's dagster
-            cmd,
-            cwd=dagster_home,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: run workers are stopped with it
-        )
+        group = None
         try:
-            yield proc
+            with process_group(
+                cmd, cwd=dagster_home, env=env, stdout=out, grace=STOP_GRACE_SECONDS
+            ) as group:
+                yield group.popen
         finally:
-            # A second Ctrl-C must not cut the clean-up short and leave the group running.
-            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-            try:
-                _stop_group(proc, proc.pid)
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            if group is not None:
+                log(f"daemon group stopped ({group.stopped_by}) in {group.stop_seconds:.1f} s")
+                if group.left:
+                    print(
+                        f"(processes of the daemon's group still alive: {group.left})",
+                        file=sys.stderr,
+                    )
 
 
 def _log_tail(path: Path, chars: int = 4000) -> str:
@@ -503,10 +450,6 @@ def _cell(value: float | str) -> str:
 # ----- main ------------------------------------------------------------------------------------
 
 
-def _raise_keyboard_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=2, help="demo scale of the shop")
@@ -531,12 +474,10 @@ def main(argv: list[str] | None = None) -> None:
     from jobstatus_dagster.config import Settings
 
     # SIGTERM (timeout, a CI runner) unwinds like Ctrl-C: daemon group and server are stopped.
-    # SIGINT too when started with it ignored (a background job of a script).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_stop_signals()
     with embedded_server(keep=args.keep) as server:
         log(f"demo shop at scale {args.scale}")
-        urls, _ = demo_shop(server, args.scale)
+        urls, _ = server.demo_shop(args.scale)
         home = server.folder / "home"
         home.mkdir()
 

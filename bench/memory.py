@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from bench import synth
-from bench.common import embedded_server, engines, log, machine_line, print_table, run_cli
-from jobstatus_dagster.db import migrate
+from bench.common import log, machine_line, print_table
+from jobstatus_testkit.cli import measure_cli
+from jobstatus_testkit.databases import embedded_server, engines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,13 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with embedded_server(keep=args.keep) as server:
         for events in sorted(args.events):
-            urls = server.fresh_urls("mem")
-            migrate(urls, baseline=True)
+            urls = server.migrated("mem")
             with engines(urls) as (jm, lg):
                 segment = synth.append_segment(jm, lg, events)
             log(f"{segment.events} events generated; processing")
             home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
-            run = run_cli(urls, home, "process", "--source", "print_os", env=env)
+            run = measure_cli(urls, home, "process", "--source", "print_os", **env)
             log(run.stdout.strip())
             rows.append(
                 [segment.events, run.seconds, segment.events / run.seconds, run.peak_rss_mib]

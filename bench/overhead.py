@@ -19,15 +19,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.common import (
-    demo_shop,
-    embedded_server,
-    engines,
-    log,
-    machine_line,
-    print_table,
-    run_cli,
-)
+from bench.common import log, machine_line, print_table
+from jobstatus_testkit.cli import measure_cli
+from jobstatus_testkit.databases import embedded_server, engines
 
 _ONE_EVENT = sa.text(
     """INSERT INTO "print OS" (name, status, marker, job_complete_time)
@@ -57,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[float]] = {}
     rss: dict[str, float] = {}
     with embedded_server(keep=args.keep) as server:
-        urls, _ = demo_shop(server, args.scale)
+        urls, _ = server.demo_shop(args.scale)
         home = Path(tempfile.mkdtemp(prefix="home-", dir=server.folder))
         defs = build_definitions(urls.jobmanager, urls.logs)
         (home / "inproc").mkdir(parents=True)
@@ -75,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(args.repeat):
                     if case == "one event":
                         add_one_event(jm)
-                    run = run_cli(urls, home, "process", "--source", "print_os")
+                    run = measure_cli(urls, home, "process", "--source", "print_os")
                     expected = "nothing new" if case == "nothing new" else "1 run(s), 1 rows read"
                     assert expected in run.stdout, run.stdout
                     results.setdefault(key, []).append(run.seconds)

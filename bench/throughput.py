@@ -24,17 +24,9 @@ import tempfile
 from pathlib import Path
 
 from bench import baselines
-from bench.common import (
-    StatementTime,
-    database_name,
-    demo_shop,
-    embedded_server,
-    log,
-    machine_line,
-    print_table,
-    run_cli,
-    scalar,
-)
+from bench.common import StatementTime, log, machine_line, print_table, scalar
+from jobstatus_testkit.cli import measure_cli
+from jobstatus_testkit.databases import database_name, embedded_server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with embedded_server(keep=args.keep) as server:
         log(f"demo shop at scale {args.scale}")
-        urls, generated = demo_shop(server, args.scale)
+        urls, generated = server.demo_shop(args.scale)
         limit_urls = server.clone(urls, "lim")
         reference_urls = server.clone(urls, "ref")
         sizes = {
@@ -79,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             log(f"product: jobstatus process --source {source}")
             with statements.measure() as product_sql:
-                run = run_cli(urls, home, "process", "--source", source, env=env)
+                run = measure_cli(urls, home, "process", "--source", source, **env)
             log(run.stdout.strip())
             after = baselines.snapshot(urls.jobmanager, urls.logs)
             delta = baselines.changes(before, after)

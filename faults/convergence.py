@@ -1,5 +1,5 @@
 """Scenario 9: the convergence property (R22–R24) with a large budget of random shops and
-schedules (the harness of jobstatus_dagster_tests/convergence.py; `make test` runs 12)."""
+schedules (the harness of jobstatus_testkit/convergence.py; `make test` runs 12)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faults.harness import Result
-from jobstatus_dagster.db import migrate
 
 
 def convergence(suite, examples: int = 300, max_events: int = 14, max_steps: int = 16) -> Result:
-    from jobstatus_dagster_tests.convergence import open_env
+    from jobstatus_testkit.convergence import open_env
 
     result = Result(f"9 convergence ({examples} random shops × schedules)")
-    urls = suite.cluster.fresh("convergence")
-    migrate(urls, baseline=True)
+    urls = suite.cluster.migrated("convergence")
     with open_env(urls) as env:
         return _run(env, result, examples, max_events, max_steps)
 
 
 def _run(env, result: Result, examples: int, max_events: int, max_steps: int) -> Result:
-    from jobstatus_dagster_tests.convergence import check_schedule, schedules, shops
+    from jobstatus_testkit.convergence import check_schedule, schedules, shops
 
     seen = {"examples": 0, "rows": 0, "steps": 0, "differences": 0}
     started = time.monotonic()

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,84 +19,27 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from jobstatus_dagster.db import (
-    DatabaseUrls,
-    database_url,
-    ensure_databases,
-    migrate,
-    start_embedded,
-    to_sqlalchemy_url,
-)
-from jobstatus_dagster_tests.processes import cli_env as test_cli_env
-from jobstatus_dagster_tests.shop import STATE_SQL
+from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_testkit import cli
+from jobstatus_testkit.cli import Completed, Started
+from jobstatus_testkit.databases import Server
 
-JOBSTATUS = str(Path(sys.executable).with_name("jobstatus"))
 # Retries are timing-dependent (every JOBSTATUS_RETRY_INTERVAL_SECONDS): off unless a scenario
 # is about them, so a slow disturbed run and a fast control retry the same number of times.
-NO_RETRY = {"JOBSTATUS_RETRY_INTERVAL_SECONDS": str(10**8)}
+# Warnings off: the scenarios read the processes' output.
+QUIET = {"JOBSTATUS_RETRY_INTERVAL_SECONDS": str(10**8), "PYTHONWARNINGS": "ignore"}
 
 
 # ----- the server -----------------------------------------------------------------------------
-class Cluster:
-    """One embedded PostgreSQL for the whole suite, under a temporary folder."""
-
-    def __init__(self, root: Path | None = None, admin_uri: str | None = None) -> None:
-        """``admin_uri``: use that running server (the test session's) instead of starting one."""
-        self._tmp = None if root else tempfile.TemporaryDirectory(prefix="jobstatus-faults-")
-        self.root = Path(root or self._tmp.name)
-        self.server = None if admin_uri else start_embedded(self.root / "pg")
-        self.admin = admin_uri or self.server.get_uri("postgres")
-        self.homes = self.root / "homes"
-        self.homes.mkdir(exist_ok=True)
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-        if self._tmp is not None:
-            self._tmp.cleanup()
+class Cluster(Server):
+    """The suite's one PostgreSQL server, with a home per group of processes and the stop and
+    start of scenario 5 (an embedded server only)."""
 
     def home(self) -> Path:
         """A JOBSTATUS_HOME for one group of processes (holds its DAGSTER_HOME)."""
-        path = self.homes / uuid.uuid4().hex[:8]
-        path.mkdir()
+        path = self.folder / "homes" / uuid.uuid4().hex[:8]
+        path.mkdir(parents=True)
         return path
-
-    def admin_engine(self) -> sa.Engine:
-        return sa.create_engine(to_sqlalchemy_url(self.admin), isolation_level="AUTOCOMMIT")
-
-    def fresh(self, tag: str = "db") -> DatabaseUrls:
-        suffix = f"{tag}_{uuid.uuid4().hex[:6]}"
-        names = (f"jm_{suffix}", f"logs_{suffix}", f"dg_{suffix}")
-        ensure_databases(self.admin, names)
-        return DatabaseUrls(*(database_url(self.admin, n) for n in names))
-
-    def clone(self, template: DatabaseUrls, tag: str = "clone") -> DatabaseUrls:
-        """Copies of the template's jobmanager and logs; an empty Dagster database."""
-        suffix = f"{tag}_{uuid.uuid4().hex[:6]}"
-        engine = self.admin_engine()
-        try:
-            with engine.connect() as conn:
-                for prefix, url in (("jm", template.jobmanager), ("logs", template.logs)):
-                    source = sa.engine.make_url(url).database
-                    conn.execute(
-                        sa.text(f'CREATE DATABASE "{prefix}_{suffix}" TEMPLATE "{source}"')
-                    )
-                conn.execute(sa.text(f'CREATE DATABASE "dg_{suffix}"'))
-        finally:
-            engine.dispose()
-        return DatabaseUrls(
-            *(database_url(self.admin, f"{p}_{suffix}") for p in ("jm", "logs", "dg"))
-        )
-
-    def drop(self, urls: DatabaseUrls) -> None:
-        engine = self.admin_engine()
-        try:
-            with engine.connect() as conn:
-                for url in (urls.jobmanager, urls.logs, urls.dagster):
-                    name = sa.engine.make_url(url).database
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        finally:
-            engine.dispose()
 
     # Scenario 5: the database goes away under a run and comes back.
     def stop_server(self) -> None:
@@ -108,38 +47,21 @@ class Cluster:
 
         pg_ctl(
             ["-w", "-m", "fast", "stop"],
-            pgdata=self.server.pgdata,
-            user=self.server.system_user,
+            pgdata=self.handle.pgdata,
+            user=self.handle.system_user,
             timeout=60,
         )
 
     def start_server(self) -> None:
-        self.server.ensure_postgres_running()
-        uri = self.server.get_uri("postgres")
-        if uri != self.admin:  # a new socket folder would change every URL we hold
-            raise RuntimeError(f"server came back at {uri}, not {self.admin}")
+        self.handle.ensure_postgres_running()
+        uri = self.handle.get_uri("postgres")
+        if uri != self.admin_uri:  # a new socket folder would change every URL we hold
+            raise RuntimeError(f"server came back at {uri}, not {self.admin_uri}")
 
 
 def make_backlog(cluster: Cluster, scale: int, seed: int) -> DatabaseUrls:
     """Template databases: baseline + migrations + the demo shop. Never processed directly."""
-    from jobstatus_dagster.demo import generate_shop
-
-    urls = cluster.fresh(f"tpl{scale}")
-    migrate(urls, baseline=True)
-    jm = engine(urls.jobmanager)
-    logs = engine(urls.logs)
-    try:
-        generate_shop(jm, logs, scale=scale, seed=seed)
-    finally:
-        jm.dispose()
-        logs.dispose()
-    return urls
-
-
-def empty_shop(cluster: Cluster) -> DatabaseUrls:
-    urls = cluster.fresh("empty")
-    migrate(urls, baseline=True)
-    return urls
+    return cluster.demo_shop(scale, seed, tag=f"tpl{scale}")[0]
 
 
 def engine(libpq_url: str, **kwargs) -> sa.Engine:
@@ -147,79 +69,12 @@ def engine(libpq_url: str, **kwargs) -> sa.Engine:
 
 
 # ----- processes ------------------------------------------------------------------------------
-def cli_env(urls: DatabaseUrls, home: Path, **extra: str) -> dict[str, str]:
-    """The tests' CLI environment, quiet and with retries paced out of the way."""
-    return test_cli_env(urls, home, PYTHONWARNINGS="ignore", **{**NO_RETRY, **extra})
-
-
-@dataclass
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def killed(self) -> bool:
-        return self.returncode == -signal.SIGKILL
-
-
 def run_cli(urls: DatabaseUrls, home: Path, *args: str, timeout: float = 900, **env: str):
-    result = subprocess.run(  # noqa: S603 - our own venv's console script
-        [JOBSTATUS, *args],
-        env=cli_env(urls, home, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return Completed(result.returncode, result.stdout, result.stderr)
-
-
-class Started:
-    """A `jobstatus` process running in the background. Its output goes to unnamed temporary
-    files, never to pipes: a pipe nobody reads fills up (64 kB of Dagster log lines) and blocks
-    the process in a logging call, so a kill or a database stop "at a random moment" would
-    always land on that same blocked write."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self._out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in output()
-        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in output()
-        self.popen = subprocess.Popen(  # noqa: S603 - our own venv's console script
-            args, env=env, stdout=self._out, stderr=self._err, text=True
-        )
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.returncode
-
-    def poll(self) -> int | None:
-        return self.popen.poll()
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.popen.wait(timeout)
-
-    def kill(self) -> None:
-        self.popen.kill()
-
-    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
-        """Wait for the end (TimeoutExpired as Popen's), then its stdout and stderr."""
-        self.popen.wait(timeout)
-        return self.output()
-
-    def output(self) -> tuple[str, str]:
-        texts = []
-        for f in (self._out, self._err):
-            if f.closed:
-                texts.append("")
-                continue
-            f.seek(0)
-            texts.append(f.read())
-            f.close()
-        return texts[0], texts[1]
+    return cli.run_cli(urls, home, *args, timeout=timeout, **{**QUIET, **env})
 
 
 def start_cli(urls: DatabaseUrls, home: Path, *args: str, **env: str) -> Started:
-    return Started([JOBSTATUS, *args], cli_env(urls, home, **env))
+    return cli.start_cli(urls, home, *args, **{**QUIET, **env})
 
 
 def process_clean(urls: DatabaseUrls, home: Path, source: str = "both", **env: str) -> Completed:
@@ -235,21 +90,6 @@ def process_clean(urls: DatabaseUrls, home: Path, source: str = "both", **env: s
 # ----- measuring --------------------------------------------------------------------------------
 # The job-status tables: what the shop sees (scenario 6 compares only these).
 STATUS_TABLES = ("job_operation_state", "jobs", "job_operations", "imposition_operations")
-
-
-def read_state(urls: DatabaseUrls, tables: tuple[str, ...] | None = None) -> dict[str, list[str]]:
-    state: dict[str, list[str]] = {}
-    for db, queries in STATE_SQL.items():
-        eng = engine(urls.jobmanager if db == "jm" else urls.logs)
-        try:
-            with eng.connect() as conn:
-                for name, sql in queries.items():
-                    if tables is None or name in tables:
-                        rows = conn.execute(sa.text(sql)).all()
-                        state[name] = sorted(repr(tuple(r)) for r in rows)
-        finally:
-            eng.dispose()
-    return state
 
 
 def state_hash(state: dict[str, list[str]]) -> str:

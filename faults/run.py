@@ -13,6 +13,7 @@ import warnings
 
 from faults.harness import Cluster, Result, table
 from faults.scenarios import SCENARIOS, Suite
+from jobstatus_testkit.databases import embedded_server
 
 
 def _hostile(name: str):
@@ -59,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     scenarios = all_scenarios()
     chosen = args.scenarios or sorted(scenarios)
-    cluster = Cluster()
-    suite = Suite(
-        cluster,
-        seed=args.seed,
-        scale=args.scale,
-        small_scale=args.small_scale,
-        convergence_examples=args.convergence_examples,
-    )
     results: list[Result] = []
     started = time.monotonic()
-    try:
+    with embedded_server() as server:
+        cluster = Cluster(server.folder, server.admin_uri, server.handle)
+        suite = Suite(
+            cluster,
+            seed=args.seed,
+            scale=args.scale,
+            small_scale=args.small_scale,
+            convergence_examples=args.convergence_examples,
+        )
         for number in chosen:
             print(f"--- scenario {number} ...", flush=True)
             try:
@@ -81,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {result.scenario}: {result.seconds}s, ok={result.ok}", flush=True)
             for note in result.notes:
                 print("    " + note.replace("\n", "\n    "), flush=True)
-    finally:
-        cluster.close()
     print()
     print(table(results))
     print(f"\n{len(results)} scenarios in {time.monotonic() - started:.0f} s")

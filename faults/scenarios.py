@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from faults.harness import (
     STATUS_TABLES,
@@ -23,7 +24,6 @@ from faults.harness import (
     engine,
     make_backlog,
     process_clean,
-    read_state,
     run_cli,
     start_cli,
     timed,
@@ -31,6 +31,7 @@ from faults.harness import (
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.faults import CRASH_POINTS
 from jobstatus_dagster.source import SOURCE_NAMES
+from jobstatus_testkit.state import state_of
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Suite:
             started = time.monotonic()
             process_clean(urls, self.cluster.home(), **env)
             self._timings[key] = time.monotonic() - started
-            self._controls[key] = read_state(urls)
+            self._controls[key] = state_of(urls)
             self.cluster.drop(urls)
         return self._controls[key]
 
@@ -75,11 +76,17 @@ class Suite:
         return self._timings[(scale, tuple(sorted(env.items())))]
 
 
-def finish(suite: Suite, result: Result, urls: DatabaseUrls, control: dict | None) -> Result:
-    """Measure, compare with the control and drop the databases."""
+def finish(
+    suite: Suite,
+    result: Result,
+    urls: DatabaseUrls,
+    control: dict | None,
+    state: Callable[[DatabaseUrls], dict] = state_of,
+) -> Result:
+    """Measure, compare ``state`` with the control's and drop the databases."""
     result.measure(urls)
     if control is not None:
-        result.compare(read_state(urls), control)
+        result.compare(state(urls), control)
     if result.ok:
         suite.cluster.drop(urls)
     else:
@@ -103,36 +110,25 @@ def kill_at_each_stage(
             for source in sources:
                 urls = suite.clone(suite.small_scale, "kill")
                 home = suite.cluster.home()
-                killed = run_cli(
-                    urls,
-                    home,
-                    "process",
-                    "--source",
-                    source,
-                    JOBSTATUS_CRASH_AT=point,
-                    **suite.chunks,
-                )
-                result.runs += 1
-                if killed.killed:
-                    result.kills += 1
-                else:
-                    result.notes.append(f"{point}/{source}: not killed (rc {killed.returncode})")
-                # The other source is killed too, then both resume.
+                # That source is killed, then the other one too, then both resume.
                 other = SOURCE_NAMES[1 - SOURCE_NAMES.index(source)]
-                killed = run_cli(
-                    urls,
-                    home,
-                    "process",
-                    "--source",
-                    other,
-                    JOBSTATUS_CRASH_AT=point,
-                    **suite.chunks,
-                )
-                result.runs += 1
-                if killed.killed:
-                    result.kills += 1
-                else:
-                    result.notes.append(f"{point}/{other}: not killed (rc {killed.returncode})")
+                for killed_source in (source, other):
+                    killed = run_cli(
+                        urls,
+                        home,
+                        "process",
+                        "--source",
+                        killed_source,
+                        JOBSTATUS_CRASH_AT=point,
+                        **suite.chunks,
+                    )
+                    result.runs += 1
+                    if killed.killed:
+                        result.kills += 1
+                    else:
+                        result.notes.append(
+                            f"{point}/{killed_source}: not killed (rc {killed.returncode})"
+                        )
                 process_clean(urls, home, **suite.chunks)
                 result.runs += 1
                 sub = Result("")
@@ -221,7 +217,6 @@ def concurrent_processors(suite: Suite, processes: int = 3, with_api: bool = Tru
 
 def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
     """POST /api/process-status-updates in this process while the CLIs run; its status code."""
-    import os
     import warnings
 
     import dagster as dg
@@ -236,28 +231,19 @@ def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
         from fastapi.testclient import TestClient
 
     time.sleep(1.0)  # let the CLIs get going
-    old = os.environ.get("JOBSTATUS_RETRY_INTERVAL_SECONDS")
-    os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
-    try:
-        with dg.instance_for_test(
-            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
-        ) as instance:
-            defs = build_definitions(
-                urls.jobmanager, urls.logs, processing=ProcessingSettings(chunk_size=250)
+    with dg.instance_for_test(
+        temp_dir=str(home), overrides=instance_overrides(urls.dagster)
+    ) as instance:
+        processing = ProcessingSettings(chunk_size=250, retry_interval_seconds=10**8)
+        defs = build_definitions(urls.jobmanager, urls.logs, processing=processing)
+        app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.post(
+                "/api/process-status-updates",
+                json={"source": "both"},
+                headers={"Authorization": "Bearer tok"},
             )
-            app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
-            with TestClient(app, raise_server_exceptions=False) as client:
-                response = client.post(
-                    "/api/process-status-updates",
-                    json={"source": "both"},
-                    headers={"Authorization": "Bearer tok"},
-                )
-                return response.status_code
-    finally:
-        if old is None:
-            os.environ.pop("JOBSTATUS_RETRY_INTERVAL_SECONDS", None)
-        else:
-            os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = old
+            return response.status_code
 
 
 # ----- 4. out-of-order commits ------------------------------------------------------------------
@@ -271,7 +257,7 @@ EFFECT_SQL_AUDIT = (
 
 
 def effect_state(urls: DatabaseUrls) -> dict:
-    state = read_state(urls, (*STATUS_TABLES, "processed_source_rows", "processing_markers"))
+    state = state_of(urls, (*STATUS_TABLES, "processed_source_rows", "processing_markers"))
     eng = engine(urls.jobmanager)
     try:
         with eng.connect() as conn:
@@ -291,7 +277,13 @@ def effect_state(urls: DatabaseUrls) -> dict:
 EFFECT_SQL_FAILURES = (
     "SELECT DISTINCT source_type, reason, subject, retryable FROM processing_failures"
 )
-PRINT_COLUMNS = "id, name, status, marker, job_name, item_id, job_complete_time, copies, payload"
+PRINT_OS_ROWS = sa.table(
+    "print OS",
+    *(sa.column(c) for c in ("id", "name", "status", "marker", "job_name", "item_id")),
+    sa.column("job_complete_time"),
+    sa.column("copies"),
+    sa.column("payload", JSONB),
+)
 
 
 def out_of_order_commits(
@@ -395,8 +387,7 @@ def out_of_order_commits(
             runner.close()
         with jm.connect() as conn:
             new_rows = conn.execute(
-                sa.text(f'SELECT {PRINT_COLUMNS} FROM "print OS" WHERE id > :f ORDER BY id'),  # noqa: S608
-                {"f": first_id},
+                sa.select(PRINT_OS_ROWS).where(PRINT_OS_ROWS.c.id > first_id).order_by("id")
             ).all()
         jm.dispose()
         result.notes.append(
@@ -407,16 +398,7 @@ def out_of_order_commits(
         ceng = engine(control_urls.jobmanager)
         with ceng.begin() as conn:
             for row in new_rows:
-                values = dict(row._mapping)
-                values["payload"] = json.dumps(values["payload"])
-                conn.execute(
-                    sa.text(
-                        f'INSERT INTO "print OS" ({PRINT_COLUMNS}) VALUES (:id, :name, :status,'  # noqa: S608
-                        " :marker, :job_name, :item_id, :job_complete_time, :copies,"
-                        " CAST(:payload AS jsonb))"
-                    ),
-                    values,
-                )
+                conn.execute(sa.insert(PRINT_OS_ROWS), dict(row._mapping))
         ceng.dispose()
         if in_process:
             control_runner = InProcess(control_urls, suite.cluster.home())
@@ -426,12 +408,7 @@ def out_of_order_commits(
             process_clean(control_urls, suite.cluster.home())
         control = effect_state(control_urls)
         suite.cluster.drop(control_urls)
-        result.measure(urls)
-        result.compare(effect_state(urls), control)
-        if result.ok:
-            suite.cluster.drop(urls)
-        else:
-            result.notes.append(f"databases kept for inspection: {urls}")
+        finish(suite, result, urls, control, effect_state)
     return result
 
 
@@ -568,14 +545,8 @@ def late_data(suite: Suite, share: float = 0.25, seed: int = 9) -> Result:
             result.notes.append("no retryable failure was recorded for the late impositions")
             result.equal = False
         with logs.begin() as conn:
-            names = ", ".join(columns)
-            conn.execute(
-                sa.text(
-                    f"INSERT INTO imposition_file_mapping ({names})"  # noqa: S608
-                    f" VALUES ({', '.join(':' + c for c in columns)})"
-                ),
-                [dict(r._mapping) for r in saved],
-            )
+            mapping = sa.table("imposition_file_mapping", *(sa.column(c) for c in columns))
+            conn.execute(sa.insert(mapping), [dict(r._mapping) for r in saved])
         for _ in range(5):
             process_clean(urls, home, JOBSTATUS_RETRY_INTERVAL_SECONDS="0")
             result.runs += 1
@@ -588,7 +559,7 @@ def late_data(suite: Suite, share: float = 0.25, seed: int = 9) -> Result:
         jm.dispose()
         logs.dispose()
         result.measure(urls)
-        result.compare(read_state(urls, STATUS_TABLES), control)
+        result.compare(state_of(urls, STATUS_TABLES), control)
         if result.ok:
             suite.cluster.drop(urls)
         else:

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -15,16 +14,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from jobstatus_dagster.config import Settings, load_settings
+from jobstatus_dagster.config import ConfigurationError, Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Environment:
-    """The databases (embedded or configured) and the Dagster home of one CLI invocation."""
+    """The settings, databases (embedded or configured) and Dagster home of one CLI invocation."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -34,13 +35,18 @@ class Environment:
 
     def _prepare_dagster_home(self) -> Path:
         """DAGSTER_HOME as set by the operator, else a folder under the working folder."""
-        if os.environ.get("DAGSTER_HOME"):
-            return Path(os.environ["DAGSTER_HOME"])
-        home = self.settings.home_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
+        home = self.settings.dagster_home
+        if home is None:
+            home = self.settings.home_dir / "dagster_home"
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)  # for the instance here and in child processes
         return home
+
+    @property
+    def api_token(self) -> str | None:
+        token = self.settings.api_token
+        return token.get_secret_value() if token else None
 
     def instance(self):
         import dagster as dg
@@ -51,7 +57,19 @@ class Environment:
 
 
 def _env() -> Environment:
-    return Environment(load_settings())
+    """Read the settings once for this invocation; a configuration error is one clear line."""
+    try:
+        settings = load_settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
+            for e in err.errors()
+        )
+        raise click.ClickException(f"configuration: {problems}") from None
+    try:
+        return Environment(settings)
+    except ConfigurationError as err:
+        raise click.ClickException(f"configuration: {err}") from None
 
 
 @click.group()
@@ -87,12 +105,10 @@ def demo_data_command(scale: int, seed: int) -> None:
     click.echo(summary.line())
 
 
-def _definitions():
-    from jobstatus_dagster.definitions import build_definitions
+def _definitions(env: Environment):
+    from jobstatus_dagster.definitions import definitions_from_settings
 
-    return build_definitions(
-        os.environ["JOBSTATUS_JOBMANAGER_URL"], os.environ["JOBSTATUS_LOGS_URL"]
-    )
+    return definitions_from_settings(env.settings, env.urls.jobmanager, env.urls.logs)
 
 
 @main.command("process")
@@ -104,7 +120,7 @@ def process_command(source: str) -> None:
     from jobstatus_dagster.pipeline.runner import process_source
 
     env = _env()
-    defs = _definitions()
+    defs = _definitions(env)
     instance = env.instance()
     failed = False
     for name in SOURCE_NAMES if source == "both" else (source,):
@@ -146,7 +162,7 @@ def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
         raise click.BadParameter("--to must not be below --from")
     env = _env()
     with _database_outage(source):
-        outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
+        outcome = backfill(_definitions(env), env.instance(), source, from_marker, to_marker)
     for run in outcome.runs:
         state = "ok" if run.success else f"FAILED: {run.error}"
         click.echo(
@@ -218,7 +234,7 @@ def simulate_command(every: float) -> None:
 def _api_app(env: Environment, token: str | None):
     from jobstatus_dagster.api import create_app
 
-    return create_app(_definitions(), env.instance(), env.urls.jobmanager, env.urls.logs, token)
+    return create_app(_definitions(env), env.instance(), env.urls.jobmanager, env.urls.logs, token)
 
 
 @main.command("api")
@@ -232,19 +248,10 @@ def api_command(host: str, port: int) -> None:
     import uvicorn
 
     env = _env()
-    token = os.environ.get("JOBSTATUS_API_TOKEN")
+    token = env.api_token
     if not token:
         click.echo("JOBSTATUS_API_TOKEN is not set: the write endpoints answer 503.", err=True)
     uvicorn.run(_api_app(env, token), host=host, port=port)
-
-
-def _raise_keyboard_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group has already exited
-        os.killpg(pgid, sig)
 
 
 @main.command("dev")
@@ -268,7 +275,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     stop = threading.Event()
     if simulate_every > 0:
         threading.Thread(target=_simulate, args=(env, stop, simulate_every), daemon=True).start()
-    configured = os.environ.get("JOBSTATUS_API_TOKEN")
+    configured = env.api_token
     token = configured or secrets.token_urlsafe(24)
     api = uvicorn.Server(
         uvicorn.Config(_api_app(env, token), host="127.0.0.1", port=api_port, log_level="warning")
@@ -278,37 +285,26 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
     if not configured:
         click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
-    # Started in the background of a script, SIGINT arrives ignored, and an ignored signal stays
-    # ignored in every child: dagster dev would not stop on the SIGINT sent below, and Dagster
-    # maps SIGTERM to the SIGINT handler, so its run workers' helpers would ignore SIGTERM too.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    dagster = subprocess.Popen(  # noqa: S603 - our own venv's dagster
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "dev",
-            "-w",
-            str(PROJECT_DIR / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=env.dagster_home,  # beside its dagster.yaml; the workspace path is absolute
-        start_new_session=True,  # its own group: webserver, daemon, code servers, run workers
-    )
-    # SIGTERM (a service manager, `timeout`) stops everything like Ctrl-C does, so neither
-    # dagster dev nor the embedded server is left running.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop dagster dev and the embedded server
+    dagster_dev = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(PROJECT_DIR / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     try:
-        dagster.wait()
-    except KeyboardInterrupt:
-        dagster.send_signal(signal.SIGINT)
-        try:
-            dagster.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _signal_group(dagster.pid, signal.SIGKILL)
+        # Beside its dagster.yaml (the workspace path is absolute); its own process group:
+        # webserver, daemon, code servers and run workers stop with it.
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            process_group(dagster_dev, cwd=env.dagster_home, grace=30.0) as dagster,
+        ):
+            dagster.popen.wait()
     finally:
-        _signal_group(dagster.pid, signal.SIGTERM)  # whatever dagster dev left behind
         stop.set()
         api.should_exit = True
         time.sleep(0.1)

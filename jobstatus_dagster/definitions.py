@@ -3,7 +3,7 @@
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from jobstatus_dagster.config import load_settings
+from jobstatus_dagster.config import DATABASE_URL_VARIABLES, Settings, load_settings
 from jobstatus_dagster.pipeline.assets import SOURCE_SPECS, TARGET_SPECS
 from jobstatus_dagster.pipeline.checks import CHECKS, checks_job, checks_schedule
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
@@ -33,6 +33,7 @@ def build_definitions(
     scanner_interval_seconds: int = 30,
     processing: ProcessingSettings | None = None,
 ) -> dg.Definitions:
+    """Everything assembled; ``processing`` defaults to the documented values (tests, scripts)."""
     process_print_os, process_scanner = (
         processing_job(PRINT_OS_SOURCE),
         processing_job(SCANNER_SOURCE),
@@ -58,12 +59,23 @@ def build_definitions(
     )
 
 
+def definitions_from_settings(
+    settings: Settings,
+    jobmanager_url: str | None = None,
+    logs_url: str | None = None,
+) -> dg.Definitions:
+    """The code location for one ``Settings``: its values go into the resources once. Without
+    URLs the database resources read them as EnvVars (the UI never shows a password)."""
+    return build_definitions(
+        jobmanager_url or dg.EnvVar(DATABASE_URL_VARIABLES["jobmanager_url"]),
+        logs_url or dg.EnvVar(DATABASE_URL_VARIABLES["logs_url"]),
+        settings.sensor_interval_seconds,
+        settings.scanner_interval,
+        ProcessingSettings.from_settings(settings),
+    )
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    settings = load_settings()
-    return build_definitions(
-        dg.EnvVar("JOBSTATUS_JOBMANAGER_URL"),
-        dg.EnvVar("JOBSTATUS_LOGS_URL"),
-        settings.sensor_interval_seconds,
-        settings.scanner_interval_seconds or settings.sensor_interval_seconds,
-    )
+    """The environment is read here, once per code-location process."""
+    return definitions_from_settings(load_settings())

@@ -1,45 +1,33 @@
 """One embedded PostgreSQL 18 per test session; fresh databases per test module."""
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from jobstatus_dagster.db import (
-    DatabaseUrls,
-    database_url,
-    ensure_databases,
-    migrate,
-    start_embedded,
-    to_sqlalchemy_url,
-)
+from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.pipeline.runner import instance_overrides
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.databases import Server, embedded_server
+from jobstatus_testkit.databases import engines as open_engines
 
 
 @pytest.fixture(scope="session")
-def pg_admin_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("pg")
-    server = start_embedded(Path(home))
-    yield server.get_uri("postgres")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with embedded_server(tmp_path_factory.mktemp("pg")) as server:
+        yield server
 
 
-def fresh_urls(admin_uri: str) -> DatabaseUrls:
-    suffix = uuid.uuid4().hex[:8]
-    names = (f"jobmanager_{suffix}", f"logs_{suffix}", f"dagster_{suffix}")
-    ensure_databases(admin_uri, names)
-    return DatabaseUrls(*(database_url(admin_uri, n) for n in names))
+@pytest.fixture(scope="session")
+def pg_admin_uri(pg_server: Server) -> str:
+    return pg_server.admin_uri
 
 
 @pytest.fixture(scope="module")
-def urls(pg_admin_uri: str) -> DatabaseUrls:
+def urls(pg_server: Server) -> DatabaseUrls:
     """Fresh jobmanager/logs/dagster databases with the baseline and our migrations."""
-    fresh = fresh_urls(pg_admin_uri)
-    migrate(fresh, baseline=True)
-    return fresh
+    return pg_server.migrated()
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +48,5 @@ def shop(urls: DatabaseUrls) -> Iterator[Shop]:
 
 @pytest.fixture(scope="module")
 def engines(urls: DatabaseUrls) -> Iterator[tuple[sa.Engine, sa.Engine]]:
-    jm = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
-    lg = sa.create_engine(to_sqlalchemy_url(urls.logs))
-    yield jm, lg
-    jm.dispose()
-    lg.dispose()
+    with open_engines(urls) as pair:
+        yield pair

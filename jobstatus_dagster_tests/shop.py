@@ -11,30 +11,10 @@ from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.definitions import build_definitions
 from jobstatus_dagster.pipeline.resources import ProcessingSettings
 from jobstatus_dagster.pipeline.runner import SourceOutcome, process_source
+from jobstatus_testkit.state import read_state
 
 T0 = datetime(2026, 11, 1, 8, 0, 0)
 _job_numbers = itertools.count(1000)
-
-# Every table we write, minus what legitimately differs between two runs of the same backlog
-# (run ids, write times). The fault suite compares the same projection.
-STATE_SQL = {
-    "jm": {
-        "job_status_updates": "SELECT source_type, source_id, job_id, version_tag, operation,"
-        " status, printed_count, aborted_count, total_count, applied, notes, event_time"
-        " FROM job_status_updates",
-        "processing_failures": "SELECT source_type, source_id, reason, subject, retryable,"
-        " attempts, resolved_at IS NULL AS open FROM processing_failures",
-        "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
-        " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
-        "jobs": "SELECT job_id, operations::text FROM jobs",
-        "processed_source_rows": "SELECT source_type, source_id, marker FROM processed_source_rows",
-        "processing_markers": "SELECT marker_type, last_processed_id FROM processing_markers",
-    },
-    "logs": {
-        "job_operations": "SELECT * FROM job_operations",
-        "imposition_operations": "SELECT * FROM imposition_operations",
-    },
-}
 
 
 class Shop:
@@ -201,23 +181,10 @@ class Shop:
 
     # ----- reading state -----------------------------------------------------------------
     def job_print_row(self, job_id: str, version: str) -> dict | None:
-        found = self.rows(
-            self.logs,
-            "SELECT status, completed_at, completed_by, source_id, notes FROM job_operations"
-            " WHERE job_id = :j AND version_tag = :v AND operation_id = 'op001'",
-            j=job_id,
-            v=version,
-        )
-        return found[0] if found else None
+        return self.job_op_row(job_id, version, "op001")
 
     def imposition_print_row(self, imposition_id: str) -> dict | None:
-        found = self.rows(
-            self.logs,
-            "SELECT status, completed_at, completed_by, source_id, notes FROM imposition_operations"
-            " WHERE imposition_id = :i AND operation_id = 'op001'",
-            i=imposition_id,
-        )
-        return found[0] if found else None
+        return self.imposition_op_row(imposition_id, "op001")
 
     def job_operations_json(self, job_id: str) -> dict | None:
         return self.scalar(self.jm, "SELECT operations FROM jobs WHERE job_id = :j", j=job_id)
@@ -246,14 +213,8 @@ class Shop:
         )
 
     def state(self) -> dict[str, list]:
-        """Every table we write, minus what differs between runs (run ids, write times):
-        equal for two databases that processed the same backlog to the same effect."""
-        engines = {"jm": self.jm, "logs": self.logs}
-        return {
-            name: sorted(map(repr, self.rows(engines[db], sql)))
-            for db, queries in STATE_SQL.items()
-            for name, sql in queries.items()
-        }
+        """What two databases that processed the same backlog to the same effect share."""
+        return read_state(self.jm, self.logs)
 
     def snapshot(self) -> dict[str, list]:
         """Every table we write, sorted, without write timestamps: equal when nothing changed."""

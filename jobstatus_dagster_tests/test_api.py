@@ -24,8 +24,8 @@ from jobstatus_dagster.definitions import build_definitions
 from jobstatus_dagster.io.sources import chunk_reader
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows
 from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
-from jobstatus_dagster_tests.conftest import fresh_urls
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.databases import fresh_urls
 
 with warnings.catch_warnings():
     # starlette 1.x prefers httpx2 for its test client; httpx is what this venv has.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobstatus_dagster_tests.processes import live_processes
+from jobstatus_testkit.processes import processes_with
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,15 +25,6 @@ def _table(stdout: str, title: str) -> list[list[str]]:
             break
         body.append([cell.strip() for cell in line.split(" | ")])
     return body
-
-
-def _daemons_of(marker: str) -> list[int]:
-    """Processes still running whose environment names this run's DAGSTER_HOME marker."""
-    return [
-        pid
-        for pid, cmdline, environ in live_processes()
-        if b"dagster" in cmdline and marker.encode() in environ
-    ]
 
 
 def test_latency_bench_measures_every_row(tmp_path: Path) -> None:
@@ -79,4 +70,4 @@ def test_latency_bench_measures_every_row(tmp_path: Path) -> None:
         assert row[2] != "- / -" and row[4] != "- / -", row  # legs read from the run's events
 
     # The daemon, its code server and run workers went with it (their own process group).
-    assert not _daemons_of(marker)
+    assert not processes_with(marker, in_environ=True, command="dagster")

@@ -10,16 +10,10 @@ import pytest
 from jobstatus_dagster.db import migrate
 from jobstatus_dagster.faults import CRASH_POINTS
 from jobstatus_dagster_tests.backlog import fill_small_backlog
-from jobstatus_dagster_tests.conftest import fresh_urls
-from jobstatus_dagster_tests.processes import (
-    JOBSTATUS,
-    cli,
-    cli_env,
-    free_port,
-    live_processes,
-    port_open,
-)
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.cli import JOBSTATUS, cli_env, run_cli
+from jobstatus_testkit.databases import fresh_urls
+from jobstatus_testkit.processes import free_port, port_open, processes_with
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +23,22 @@ def control_state(pg_admin_uri, tmp_path_factory) -> dict:
     migrate(urls, baseline=True)
     with Shop(urls) as shop:
         fill_small_backlog(shop)
-        result = cli(urls, tmp_path_factory.mktemp("home"), "process", "--source", "both")
+        result = run_cli(urls, tmp_path_factory.mktemp("home"), "process", "--source", "both")
         assert result.returncode == 0, result.stderr[-3000:]
         return shop.state()
 
 
 def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> None:
     urls = fresh_urls(pg_admin_uri)
-    first = cli(urls, tmp_path, "migrate", "--baseline")
+    first = run_cli(urls, tmp_path, "migrate", "--baseline")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "0001_tracking" in first.stdout
-    again = cli(urls, tmp_path, "migrate", "--baseline")
+    again = run_cli(urls, tmp_path, "migrate", "--baseline")
     assert again.stdout.splitlines() == ["jobmanager: up to date", "logs: up to date"]
 
     with Shop(urls) as shop:
         fill_small_backlog(shop)
-        done = cli(urls, tmp_path, "process", "--source", "both")
+        done = run_cli(urls, tmp_path, "process", "--source", "both")
         assert done.returncode == 0, done.stderr[-3000:]
         lines = done.stdout.strip().splitlines()
         assert lines[0].startswith("print_os: ") and "marker 114" in lines[0]
@@ -52,11 +46,11 @@ def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> No
         assert shop.state() == control_state
 
         before = shop.snapshot()
-        second = cli(urls, tmp_path, "process")
+        second = run_cli(urls, tmp_path, "process")
         assert second.stdout.split("\n")[:2] == ["print_os: nothing new", "scanner: nothing new"]
         assert shop.snapshot() == before
 
-        status = cli(urls, tmp_path, "status", "7001_1", "--json")
+        status = run_cli(urls, tmp_path, "status", "7001_1", "--json")
         body = json.loads(status.stdout)
         # v1 and v2 both fully printed; RL1 was coated, the job barcode cut, RL2 backscored.
         assert body["current_status"] == {
@@ -67,7 +61,7 @@ def test_cli_migrate_process_status(pg_admin_uri, tmp_path, control_state) -> No
         }
         assert {v["version_tag"] for v in body["versions"]} == {"1", "2"}
         assert body["update_history"][0]["update_id"] > body["update_history"][-1]["update_id"]
-        unknown = cli(urls, tmp_path, "status", "0_0")
+        unknown = run_cli(urls, tmp_path, "status", "0_0")
         assert unknown.returncode != 0 and "unknown job" in unknown.stderr
 
 
@@ -80,7 +74,7 @@ def test_cli_process_runs_are_in_the_dagster_instance(pg_admin_uri, tmp_path) ->
     migrate(urls, baseline=True)
     with Shop(urls) as shop:
         fill_small_backlog(shop)
-    assert cli(urls, tmp_path, "process", "--source", "print_os").returncode == 0
+    assert run_cli(urls, tmp_path, "process", "--source", "print_os").returncode == 0
     with dg.instance_for_test(
         temp_dir=str(tmp_path), overrides=instance_overrides(urls.dagster)
     ) as instance:
@@ -99,9 +93,11 @@ def test_r18_kill_at_each_stage_then_rerun_gives_the_undisturbed_state(
     with Shop(urls) as shop:
         fill_small_backlog(shop)
         for source in ("print_os", "scanner"):
-            killed = cli(urls, tmp_path, "process", "--source", source, crash_at=crash_at)
+            killed = run_cli(
+                urls, tmp_path, "process", "--source", source, JOBSTATUS_CRASH_AT=crash_at
+            )
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        rerun = cli(urls, tmp_path, "process", "--source", "both")
+        rerun = run_cli(urls, tmp_path, "process", "--source", "both")
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert shop.state() == control_state
         duplicates = shop.scalar(
@@ -117,9 +113,9 @@ def test_r21_cli_backfill_reports_each_window_and_changes_nothing(pg_admin_uri, 
     migrate(urls, baseline=True)
     with Shop(urls) as shop:
         fill_small_backlog(shop)
-        assert cli(urls, tmp_path, "process").returncode == 0
+        assert run_cli(urls, tmp_path, "process").returncode == 0
         before, marker = shop.snapshot(), shop.marker()
-        result = cli(
+        result = run_cli(
             urls, tmp_path, "backfill", "--source", "print_os", "--from", "0", "--to", "104"
         )
         assert result.returncode == 0, result.stderr[-3000:]
@@ -131,19 +127,11 @@ def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> 
     """A database that is down (or restarting) mid-way: a clear error, not a traceback (R18)."""
     urls = fresh_urls(pg_admin_uri)
     gone = urls.jobmanager.replace(urls.jobmanager.split("?")[0].rsplit("/", 1)[1], "no_such_db")
-    result = cli(replace(urls, jobmanager=gone), tmp_path, "process", "--source", "print_os")
+    result = run_cli(replace(urls, jobmanager=gone), tmp_path, "process", "--source", "print_os")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "print_os: database unavailable" in result.stderr
     assert "no_such_db" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    return [
-        f"{pid}: {cmdline[:120]!r}"
-        for pid, cmdline, _ in live_processes()
-        if text.encode() in cmdline
-    ]
 
 
 def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
@@ -151,7 +139,7 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
 ) -> None:
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
     stopped by a service manager's SIGTERM: dagster dev, webserver, daemon and code servers all
-    exit, none is left orphaned (second session: code servers were)."""
+    exit, none is left orphaned (code servers once were; docs/decisions.md)."""
     import time
 
     urls = fresh_urls(pg_admin_uri)
@@ -171,17 +159,17 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if len(_processes_mentioning(str(home))) >= 3 and port_open(ports[0]):
+            if len(processes_with(str(home))) >= 3 and port_open(ports[0]):
                 break
             assert dev.poll() is None, "jobstatus dev exited on its own"
             time.sleep(1)
-        assert _processes_mentioning(str(home)), "dagster dev never started"
+        assert processes_with(str(home)), "dagster dev never started"
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
         deadline = time.monotonic() + 20
-        while _processes_mentioning(str(home)) and time.monotonic() < deadline:
+        while processes_with(str(home)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _processes_mentioning(str(home)) == []
+        assert processes_with(str(home)) == []
     finally:
         if dev.poll() is None:
             dev.kill()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobstatus_dagster.db import DatabaseUrls
-from jobstatus_dagster_tests.convergence import Env, check_schedule, open_env, schedules, shops
+from jobstatus_testkit.convergence import Env, check_schedule, open_env, schedules, shops
 
 EXAMPLES = int(os.environ.get("JOBSTATUS_CONVERGENCE_EXAMPLES", "12"))
 

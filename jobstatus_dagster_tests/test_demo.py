@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from jobstatus_dagster.core.identifiers import FILE_JOB_SQL, parse_file_id
 from jobstatus_dagster.db import DatabaseUrls, migrate, to_sqlalchemy_url
 from jobstatus_dagster.demo import DemoSummary, generate_shop, shop_is_empty, simulate_tick
-from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_testkit.databases import fresh_urls
 
 # The SQL job id of a file id (R4), with its "(?:" escaped from sa.text bind parameters.
 JOB_OF_FILE = FILE_JOB_SQL.replace(":", r"\:")

@@ -1,8 +1,6 @@
 """The fast subset of the fault suite (faults/, `make faults`): a kill at two stages, concurrent
 processors, out-of-order commits; on the demo shop at scale 1, against the session's server."""
 
-from collections.abc import Iterator
-
 import pytest
 
 from faults.harness import Cluster, Result
@@ -15,10 +13,8 @@ from faults.scenarios import (
 
 
 @pytest.fixture(scope="module")
-def suite(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    cluster = Cluster(tmp_path_factory.mktemp("faults"), admin_uri=pg_admin_uri)
-    yield Suite(cluster, quick=True)
-    cluster.close()
+def suite(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Suite:
+    return Suite(Cluster(tmp_path_factory.mktemp("faults"), pg_admin_uri), quick=True)
 
 
 def assert_exactly_once(result: Result) -> None:

@@ -15,7 +15,7 @@ from jobstatus_dagster.io.sources import (
     load_runlist_paths,
     load_runlists_of_impositions,
 )
-from jobstatus_dagster_tests.conftest import fresh_urls
+from jobstatus_testkit.databases import fresh_urls
 
 SHOP_TABLES = (
     '"print OS"',

@@ -16,8 +16,8 @@ from jobstatus_dagster.pipeline.runner import backfill, execute_window, process_
 from jobstatus_dagster.pipeline.windows import PlannedRun
 from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE
 from jobstatus_dagster_tests.backlog import fill_small_backlog
-from jobstatus_dagster_tests.processes import start_cli
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.cli import start_cli
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.source import SOURCE_NAMES
-from jobstatus_dagster_tests.convergence import (
+from jobstatus_testkit.convergence import (
     OPERATION_IDS,
     T0,
     Env,

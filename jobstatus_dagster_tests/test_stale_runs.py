@@ -37,8 +37,8 @@ from jobstatus_dagster.pipeline.stale_runs import (
 from jobstatus_dagster.pipeline.windows import IN_FLIGHT, PlannedRun
 from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
-from jobstatus_dagster_tests.processes import cli, start_cli
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.cli import run_cli, start_cli
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -106,7 +106,7 @@ def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
 
 def kill_mid_run(urls: DatabaseUrls, home: Path, instance, source: str) -> dg.DagsterRun:
     """`jobstatus process` SIGKILLed after loading its window: its run is left STARTED."""
-    killed = cli(urls, home, "process", "--source", source, crash_at="after_load")
+    killed = run_cli(urls, home, "process", "--source", source, JOBSTATUS_CRASH_AT="after_load")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     (run,) = runs_of(instance, source, "cli")
     assert run.status == dg.DagsterRunStatus.STARTED
@@ -229,7 +229,7 @@ def test_a_live_process_is_never_failed_however_quiet_its_run(
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
         finally:
             tx.rollback()
-        assert waiting.wait(timeout=120) == 0, waiting.stderr.read()[-2000:]
+        assert waiting.wait(timeout=120) == 0, waiting.output()[1][-2000:]
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
 
 

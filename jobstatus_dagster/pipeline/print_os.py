@@ -4,26 +4,14 @@ import time
 from dataclasses import dataclass
 
 import dagster as dg
-import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.config import Settings
-from jobstatus_dagster.core.identifiers import parse_file_ids
-from jobstatus_dagster.core.plan import PRINT_OS, UpdatePlan, Window
-from jobstatus_dagster.core.print_status import (
-    as_event_time,
-    compute_print_plan,
-    expand_to_files,
-    normalise_status,
-    validate_events,
-)
+from jobstatus_dagster.core.plan import UpdatePlan
+from jobstatus_dagster.core.print_status import compute_print_plan
+from jobstatus_dagster.core.resolution import ResolvedPrintWindow, resolve_prints
 from jobstatus_dagster.faults import crash_point
-from jobstatus_dagster.io.sources import (
-    load_attributed_versions,
-    load_files_of_jobs,
-    load_mapping_for_impositions,
-    load_print_history,
-)
+from jobstatus_dagster.io.sources import load_print_references
 from jobstatus_dagster.pipeline.assets import processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
@@ -38,52 +26,16 @@ from jobstatus_dagster.source import PRINT_OS_SOURCE
 load_print_os_window = build_load_op(PRINT_OS_SOURCE)
 
 
-@dataclass(frozen=True)
-class ResolvedPrintWindow:
-    window: Window
-    events: pd.DataFrame
-    event_files: pd.DataFrame
-    job_files: pd.DataFrame
-    history: pd.DataFrame
-    failures: pd.DataFrame
-    loaded: pd.DataFrame
-    reached_before: list[str]  # jobs the rows were attributed to before (R22)
-
-
 def resolve_print(
     loaded: LoadedWindow, jobmanager: sa.Engine, logs: sa.Engine, customer: str
 ) -> ResolvedPrintWindow:
     """Impositions → file ids → job versions (R4, R9), the versions the rows reached before
     (R22), and the print history of them all (R11)."""
-    events, failures = validate_events(loaded.rows, loaded.processing_time)
-    with transient_errors(loaded.window), jobmanager.connect() as conn:
-        before = load_attributed_versions(conn, PRINT_OS, loaded.rows["source_id"].tolist())
-    with transient_errors(loaded.window), logs.connect() as conn:
-        mapping = load_mapping_for_impositions(conn, events["imposition_id"].unique().tolist())
-        event_files, file_failures = expand_to_files(events, mapping, customer)
-        job_ids = sorted(set(event_files["job_id"]) | set(before["job_id"]))
-        job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else mapping.iloc[0:0]
-    parsed = parse_file_ids(job_mapping["file_id"], customer)
-    job_files = job_mapping.assign(**parsed).dropna(subset=["job_id"])
-    job_files = job_files[job_files["job_id"].isin(job_ids)].reset_index(drop=True)
-    with transient_errors(loaded.window), jobmanager.connect() as conn:
-        history = load_print_history(
-            conn, job_files["imposition_id"].unique().tolist(), loaded.horizon
+    with transient_errors(loaded.window):
+        refs = load_print_references(
+            jobmanager, logs, loaded.rows, loaded.processing_time, customer, loaded.horizon
         )
-    history = history.assign(
-        status=normalise_status(history["status"]),
-        event_time=as_event_time(history["event_time"], loaded.processing_time),
-    ).dropna(subset=["status", "marker"])
-    return ResolvedPrintWindow(
-        window=loaded.window,
-        events=events,
-        event_files=event_files,
-        job_files=job_files[["job_id", "version_tag", "file_id", "imposition_id"]],
-        history=history[["source_id", "imposition_id", "status", "marker", "event_time"]],
-        failures=pd.concat([failures, file_failures], ignore_index=True),
-        loaded=loaded.rows[["source_id", "marker", "kind"]],
-        reached_before=sorted(set(before["job_id"])),
-    )
+    return resolve_prints(loaded.window, loaded.rows, refs, loaded.processing_time, customer)
 
 
 def plan_print(

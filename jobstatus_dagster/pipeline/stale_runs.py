@@ -29,13 +29,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
 
 import dagster as dg
 
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
 from jobstatus_dagster.pipeline.resources import ProcessingSettings
+from jobstatus_dagster.processes import ProcessState, process_state
 
 HOST_TAG = "jobstatus/host"
 PID_TAG = "jobstatus/pid"
@@ -47,53 +46,12 @@ WORKER_STATUSES = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-# /proc/stat's btime has one-second resolution.
-CLOCK_SLACK_SECONDS = 2.0
 ENGINE_EVENTS_SCANNED = 50
 
 
 def worker_tags() -> dict[str, str]:
     """Tags naming the process that executes a run in-process (set by the runner)."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-
-
-class ProcessState(Enum):
-    ALIVE = "alive"
-    GONE = "no longer exists"
-    EXITED = "has exited"
-    REUSED = "no longer exists (its pid now belongs to a younger process)"
-    UNKNOWN = "unknown"
-
-
-def process_state(pid: int, running_at: float) -> ProcessState:
-    """Whether the process with ``pid`` on this host is the one that was running at
-    ``running_at`` (epoch seconds). Linux answers precisely; elsewhere a live pid is UNKNOWN."""
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return ProcessState.UNKNOWN
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return ProcessState.GONE
-    except PermissionError:
-        pass  # it exists, owned by another user
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot_time = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-    except FileNotFoundError:
-        return ProcessState.GONE if Path("/proc/self").exists() else ProcessState.UNKNOWN
-    except (OSError, StopIteration, ValueError):
-        return ProcessState.UNKNOWN
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    if fields[0] in ("Z", "X"):  # a zombie: killed, not yet reaped by its parent
-        return ProcessState.EXITED
-    started_at = boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    if started_at > running_at + CLOCK_SLACK_SECONDS:
-        return ProcessState.REUSED
-    return ProcessState.ALIVE
 
 
 @dataclass(frozen=True)

@@ -265,24 +265,18 @@ class Env:
         with self.logs.begin() as c:
             c.execute(sa.text("DELETE FROM imposition_file_mapping"))
             c.execute(sa.text("DELETE FROM production_planner_paths"))
-            rows = [{"i": i, "f": f} for i, fs in data.files.items() for f in fs]
-            if rows:
-                c.execute(
-                    sa.text(
-                        "INSERT INTO imposition_file_mapping (imposition_id, file_id)"
-                        " VALUES (:i, :f)"
-                    ),
-                    rows,
-                )
-            paths = [{"r": r, "i": i} for r, imps in data.runlists.items() for i in imps]
-            if paths:
-                c.execute(
-                    sa.text(
-                        "INSERT INTO production_planner_paths (runlist_id, imposition_id)"
-                        " VALUES (:r, :i)"
-                    ),
-                    paths,
-                )
+            references = {
+                "INSERT INTO imposition_file_mapping (imposition_id, file_id) VALUES (:i, :f)": [
+                    {"i": i, "f": f} for i, fs in data.files.items() for f in fs
+                ],
+                "INSERT INTO production_planner_paths (runlist_id, imposition_id)"
+                " VALUES (:r, :i)": [
+                    {"r": r, "i": i} for r, imps in data.runlists.items() for i in imps
+                ],
+            }
+            for insert, rows in references.items():
+                if rows:
+                    c.execute(sa.text(insert), rows)
             for name, code in data.codes.items():
                 c.execute(
                     sa.text(
@@ -449,14 +443,15 @@ class Env:
                 return
 
     def unprocessed(self, source: str) -> int:
-        table, column = ('"print OS"', "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        table, column = ("print OS", "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        rows = sa.table(table, sa.column(column))
+        done = sa.table("processed_source_rows", sa.column("source_type"), sa.column("source_id"))
+        never_processed = ~sa.exists().where(
+            done.c.source_type == source, done.c.source_id == rows.c[column]
+        )
         with self.jm.connect() as c:
             return c.execute(
-                sa.text(
-                    f"SELECT count(*) FROM {table} p WHERE NOT EXISTS (SELECT 1 FROM"  # noqa: S608
-                    f" processed_source_rows r WHERE r.source_type = :t AND r.source_id = p.{column})"
-                ),
-                {"t": source},
+                sa.select(sa.func.count()).select_from(rows).where(never_processed)
             ).scalar_one()
 
     def backfill(self, source: str, lo: int, hi: int) -> None:
