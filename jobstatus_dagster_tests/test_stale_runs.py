@@ -61,14 +61,14 @@ def nothing_left_in_flight(instance: dg.DagsterInstance) -> Iterator[None]:
         instance.report_run_canceled(run)
 
 
-def tick(shop: Shop, instance: dg.DagsterInstance, source: str) -> dg.SensorResult:
+def tick(
+    shop: Shop, instance: dg.DagsterInstance, source: str, stale_run_seconds: int = 600
+) -> dg.SensorResult:
     """One evaluation of the source's sensor, as the daemon would run it; then the
     fail_stalled_runs run it requests, if any, executed as the queue would."""
     sensor = shop.definitions().resolve_sensor_def(f"{source}_sensor")
-    resources = {
-        "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
-        "processing": ProcessingSettings(),
-    }
+    processing = ProcessingSettings(stale_run_seconds=stale_run_seconds)
+    resources = {"jobmanager": PostgresDatabase(url=shop.urls.jobmanager), "processing": processing}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
@@ -77,7 +77,10 @@ def tick(shop: Shop, instance: dg.DagsterInstance, source: str) -> dg.SensorResu
             recovery = shop.definitions().resolve_job_def("fail_stalled_runs")
             assert "jobstatus/source" not in request.tags  # never queued behind the stalled run
             outcome = recovery.execute_in_process(
-                run_config=request.run_config, instance=instance, tags=request.tags
+                run_config=request.run_config,
+                instance=instance,
+                tags=request.tags,
+                resources={"processing": processing},
             )
             assert outcome.success
     return result
@@ -185,9 +188,8 @@ def test_sensor_fails_a_run_with_no_known_process_only_after_the_quiet_threshold
     )
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.STARTING
 
-    monkeypatch.setenv("JOBSTATUS_STALE_RUN_SECONDS", "1")
     time.sleep(1.5)
-    result = tick(shop, instance, "print_os")
+    result = tick(shop, instance, "print_os", stale_run_seconds=1)
 
     (recovery,) = recoveries(result)
     assert orphan.run_id in recovery.run_key
@@ -223,7 +225,7 @@ def test_a_live_process_is_never_failed_however_quiet_its_run(
             run = wait_for_quiet_run(instance, "print_os", quiet_seconds=2.0)
             assert int(run.tags[PID_TAG]) == waiting.pid
 
-            result = tick(shop, instance, "print_os")
+            result = tick(shop, instance, "print_os", stale_run_seconds=1)
 
             assert recoveries(result) == []
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
