@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 import dagster as dg
 import pandas as pd
@@ -44,9 +45,11 @@ class SweepConfig(dg.Config):
 
         return Sweep(position(self.after), position(self.through))
 
+R = TypeVar("R")  # a source's resolved window
+
 
 class WindowConfig(dg.Config):
-    """The window (from_marker, to_marker] of source markers this run processes (R18).
+    """The window (from_marker, to_marker] of source markers this run processes.
 
     Left unset (a backfill launched from the UI), the run's partition key gives the range.
     """
@@ -195,7 +198,9 @@ def write_updates(
     jobmanager: PostgresDatabase,
     logs: PostgresDatabase,
 ) -> dict:
-    """R18: logs first, then jobmanager (audit, failures, marker) in one transaction."""
+    """Write the plan: the logs database first, then the audit, failures and marker in one
+    jobmanager transaction, so a crash in between is repaired by running again."""
+    # R18: the order and the single jobmanager transaction are what make a re-run repair.
     return write_and_report(context, plan, jobmanager, logs)
 
 
@@ -234,3 +239,65 @@ def write_and_report(
         )
     context.log.info(f"{plan.window.label}: {metadata}")
     return {k: v for k, v in metadata.items() if isinstance(v, int | float | str)}
+
+
+@dataclass(frozen=True)
+class ResolvedWork(Generic[R]):
+    """What a resolve op hands to its compute op: the resolved window and how to plan it again
+    (the loaded rows, the engines and the settings a re-plan needs)."""
+
+    resolved: R
+    loaded: LoadedWindow
+    jobmanager: sa.Engine
+    logs: sa.Engine
+    settings: Settings
+
+
+def build_resolve_op(
+    name: str,
+    description: str,
+    resolve: Callable[[LoadedWindow, sa.Engine, sa.Engine, str], R],
+    stats: Callable[[R], dict],
+) -> dg.OpDefinition:
+    """A source's resolve op: its io loader and pure resolution (``resolve``), and the figures
+    (``stats``) the UI shows for it."""
+
+    @dg.op(
+        name=name, description=description, tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY
+    )
+    def _resolve(
+        context: dg.OpExecutionContext,
+        loaded: LoadedWindow,
+        jobmanager: PostgresDatabase,
+        logs: PostgresDatabase,
+        processing: ProcessingSettings,
+    ) -> ResolvedWork:
+        started = time.perf_counter()
+        settings = processing.resolved()
+        resolved = resolve(loaded, jobmanager.engine, logs.engine, settings.file_customer)
+        context.add_output_metadata(
+            {**stats(resolved), "seconds": round(time.perf_counter() - started, 3)}
+        )
+        crash_point("after_resolve")
+        return ResolvedWork(resolved, loaded, jobmanager.engine, logs.engine, settings)
+
+    return _resolve
+
+
+def build_compute_op(
+    name: str,
+    description: str,
+    finish: Callable[[R, LoadedWindow, sa.Engine, sa.Engine, Settings], UpdatePlan],
+) -> dg.OpDefinition:
+    """A source's compute op: the pure status computation over the resolved window."""
+
+    @dg.op(name=name, description=description, tags={"kind": "pandas"})
+    def _compute(context: dg.OpExecutionContext, work: ResolvedWork) -> UpdatePlan:
+        started = time.perf_counter()
+        plan = finish(work.resolved, work.loaded, work.jobmanager, work.logs, work.settings)
+        context.add_output_metadata(
+            {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
+        )
+        return plan
+
+    return _compute
