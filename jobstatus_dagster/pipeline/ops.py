@@ -45,6 +45,7 @@ class SweepConfig(dg.Config):
 
         return Sweep(position(self.after), position(self.through))
 
+
 R = TypeVar("R")  # a source's resolved window
 
 
