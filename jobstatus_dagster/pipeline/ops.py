@@ -11,7 +11,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.config import Settings
-from jobstatus_dagster.core.plan import UpdatePlan, Window
+from jobstatus_dagster.core.plan import Position, Sweep, UpdatePlan, Window
 from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import (
     load_sweep,
@@ -29,6 +29,22 @@ from jobstatus_dagster.source import Source
 SOURCE_TAG = "jobstatus/source"
 WINDOW_TAG = "jobstatus/window"
 TRIGGER_TAG = "jobstatus/trigger"
+SWEEP_TAG = "jobstatus/sweep"
+
+
+class SweepConfig(dg.Config):
+    """A slice of the history (R19) the sensor found never-processed rows in: rows after
+    ``after`` through ``through`` in (marker, id) order; None is the lowest / the window start."""
+
+    after: list[int] | None = None
+    through: list[int] | None = None
+
+    def slice(self) -> Sweep:
+        def position(value: list[int] | None) -> Position | None:
+            return None if value is None else (int(value[0]), int(value[1]))
+
+        return Sweep(position(self.after), position(self.through))
+
 
 R = TypeVar("R")  # a source's resolved window
 
@@ -41,6 +57,7 @@ class WindowConfig(dg.Config):
 
     from_marker: int | None = None
     to_marker: int | None = None
+    sweep: SweepConfig | None = None  # unset: the slice after the stored sweep position
 
 
 def resolve_window(source_type: str, config: WindowConfig, partition_key: str | None) -> Window:
@@ -53,6 +70,8 @@ def resolve_window(source_type: str, config: WindowConfig, partition_key: str | 
             "no window: give from_marker and to_marker in the run config, or a partition",
             allow_retries=False,
         )
+    if config.sweep is not None:
+        window = replace(window, sweep=config.sweep.slice())
     if window.to_marker < window.from_marker:
         raise dg.Failure(f"empty window {window.label}", allow_retries=False)
     return window
