@@ -11,6 +11,7 @@ from jobstatus_dagster.pipeline.print_os import print_os_processing
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
+from jobstatus_dagster.pipeline.stale_runs import fail_stalled_runs
 from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE, Source
 
 
@@ -40,7 +41,7 @@ def build_definitions(
     return dg.Definitions(
         assets=[*SOURCE_SPECS, print_os_processing, scanner_processing, *TARGET_SPECS],
         asset_checks=CHECKS,
-        jobs=[process_print_os, process_scanner, checks_job],
+        jobs=[process_print_os, process_scanner, checks_job, fail_stalled_runs],
         schedules=[checks_schedule],
         sensors=[
             build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),

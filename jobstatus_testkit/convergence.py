@@ -25,7 +25,7 @@ from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, UpdatePlan, Window
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.io import writer
 from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, inspect_backlog
-from jobstatus_dagster.io.writer import advance_sweep, write_plan
+from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.ops import load_window_rows
 from jobstatus_dagster.pipeline.print_os import plan_print
 from jobstatus_dagster.pipeline.scanner import plan_scans
@@ -412,7 +412,7 @@ class Env:
 
     def next_window(self, source: str, chunk: int) -> Window | None:
         settings = self.settings.model_copy(update={"chunk_size": chunk})
-        with self.jm.connect() as conn:  # what a sensor tick sees (sensors.source_backlog)
+        with self.jm.connect() as conn:  # what `jobstatus process` sees (sensors.source_backlog)
             backlog = inspect_backlog(
                 conn,
                 source,
@@ -422,9 +422,6 @@ class Env:
                 retry_interval=settings.retry_interval_seconds,
                 sweep_rows=settings.sweep_rows,
             )
-            if backlog.clean_sweep is not None:
-                advance_sweep(conn, source, backlog.clean_sweep)
-                conn.commit()
         planned = plan_next_run(source, backlog, settings.partition_width, chunk)
         return None if planned is None else Window(source, planned.from_marker, planned.to_marker)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import pandas as pd
 import sqlalchemy as sa
@@ -210,8 +211,14 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
 def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> Sweep:
     """The next slice of ``rows`` rows at or below ``upper`` (the window start) after where the
     last run's sweep ended: one index range scan, whatever the history's size."""
+    return sweep_slice(conn, source_type, read_sweep_start(conn, source_type), upper, rows)
+
+
+def sweep_slice(
+    conn: sa.Connection, source_type: str, start: Position | None, upper: int, rows: int
+) -> Sweep:
+    """The slice of ``rows`` rows at or below ``upper`` after ``start`` (None: the lowest)."""
     src = source_named(source_type)
-    start = read_sweep_start(conn, source_type)
     last = conn.execute(
         composed(
             "SELECT {marker}, {id} FROM {table} p WHERE {slice}"
@@ -309,18 +316,25 @@ def engine_marker_bounds(engine: sa.Engine, source_type: str) -> tuple[int | Non
         return marker_bounds(conn, source_type)
 
 
+class StoredSweep(Enum):
+    """Where the history sweep stands in ``processing_markers`` (runs move it)."""
+
+    POSITION = "stored"
+
+
 @dataclass(frozen=True)
 class Backlog:
-    """What a sensor tick sees past the marker: cheap, index-only questions."""
+    """What a look at the source sees past and below the marker: cheap, index-only questions."""
 
     marker: int
     next_to: int | None  # end of the next window, None when nothing is past the marker
     next_from: int | None  # the first marker past the marker
     late_rows: int  # below the marker, never processed: look-back, NULL markers, sweep slice
     due_retries: int
-    retry_signature: str  # changes with every attempt, so a sensor run key is never reused
-    clean_sweep: Sweep | None = None  # the next sweep slice, when it holds nothing to process
-    next_rows: int = 0  # rows in the next chunk past the marker (chunk_size: maybe more behind)
+    retry_signature: str  # changes with every attempt
+    sweep: Sweep = Sweep(None, None)  # the history slice looked at
+    swept_rows: int = 0  # never-processed rows in it (up to 1000)
+    next_rows: int = 0  # rows in the next chunk past the marker
 
 
 def inspect_backlog(
@@ -332,7 +346,10 @@ def inspect_backlog(
     retry_limit: int,
     retry_interval: int,
     sweep_rows: int,
+    sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
 ) -> Backlog:
+    """Reads only. The history slice looked at starts after ``sweep_after``: by default where
+    the runs' sweep stands (R19), or where a sensor's own look has reached."""
     src = source_named(source_type)
     marker = read_marker(conn, source_type)
     next_from, next_to, next_rows = conn.execute(
@@ -343,7 +360,10 @@ def inspect_backlog(
         ),
         {"marker": marker, "chunk": chunk_size},
     ).one()
-    sweep = next_sweep(conn, source_type, marker, sweep_rows)
+    if isinstance(sweep_after, StoredSweep):
+        sweep = next_sweep(conn, source_type, marker, sweep_rows)
+    else:
+        sweep = sweep_slice(conn, source_type, sweep_after, marker, sweep_rows)
     swept = conn.execute(
         statement(
             sql.SQL("SELECT count(*) FROM ({} LIMIT 1000) x").format(
@@ -383,7 +403,8 @@ def inspect_backlog(
         int(late_rows) + int(swept),
         int(due_retries[0]),
         f"{due_retries[0]}x{due_retries[1]}",
-        None if swept else sweep,
+        sweep,
+        int(swept),
         int(next_rows),
     )
 
@@ -479,32 +500,31 @@ def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
     )
 
 
-def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
-    """production_planner_paths rows of these runlists: (runlist_id, imposition_id), trimmed (R4)."""
+def _planner_paths(conn: sa.Connection, key: str, ids: list[str]) -> pd.DataFrame:
+    """production_planner_paths rows (runlist_id, imposition_id), trimmed (R4), whose ``key``
+    column is one of ``ids``: one query, whichever side is known."""
     return pd.read_sql(
         composed(
             "SELECT DISTINCT {runlist} AS runlist_id, {imposition} AS imposition_id"
-            " FROM production_planner_paths WHERE {runlist} = ANY(:ids)",
-            **_TRIMMED,
+            " FROM production_planner_paths WHERE {key} = ANY(:ids)",
+            runlist=_TRIMMED["runlist"],
+            imposition=_TRIMMED["imposition"],
+            key=_TRIMMED[key],
         ),
         conn,
-        params={"ids": _trimmed(runlist_ids)},
+        params={"ids": _trimmed(ids)},
         dtype={"runlist_id": "string", "imposition_id": "string"},
     )
+
+
+def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
+    """The impositions of these runlists."""
+    return _planner_paths(conn, "runlist", runlist_ids)
 
 
 def load_runlists_of_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """The runlists holding these impositions: (runlist_id, imposition_id), trimmed (R4)."""
-    return pd.read_sql(
-        composed(
-            "SELECT DISTINCT {runlist} AS runlist_id, {imposition} AS imposition_id"
-            " FROM production_planner_paths WHERE {imposition} = ANY(:ids)",
-            **_TRIMMED,
-        ),
-        conn,
-        params={"ids": _trimmed(imposition_ids)},
-        dtype={"runlist_id": "string", "imposition_id": "string"},
-    )
+    """The runlists holding these impositions."""
+    return _planner_paths(conn, "imposition", imposition_ids)
 
 
 def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:

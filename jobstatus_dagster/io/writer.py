@@ -676,17 +676,32 @@ def _write_audit(conn: sa.Connection, audit: pd.DataFrame, params: dict) -> int:
 def _withdraw_attributions(conn: sa.Connection, evidence: Evidence, params: dict) -> int:
     """R22b: the audit keeps a withdrawn attribution and says when and why."""
     _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
+    return _mark_withdrawn(
+        conn, "job_status_updates", "tmp_withdrawn", _ATTRIBUTION_KEY, "job version", params
+    )
+
+
+def _mark_withdrawn(
+    conn: sa.Connection, table: str, withdrawn: str, key: list[str], what: str, params: dict
+) -> int:
+    """Audit rows of ``table`` keyed in the temp table ``withdrawn``: withdrawn now, with a note
+    saying re-processing no longer attributes them to this ``what`` (R22b)."""
     return conn.execute(
-        sa.text("""
-        UPDATE job_status_updates u SET withdrawn_at = now(), run_id = :run_id,
-            notes = concat_ws('; ', u.notes,
-                'withdrawn: re-processing no longer attributes it to this job version')
-        FROM tmp_withdrawn w
-        WHERE u.source_type = :source_type AND u.source_id = w.source_id
-          AND u.job_id = w.job_id AND u.version_tag = w.version_tag
-          AND u.operation = w.operation AND u.withdrawn_at IS NULL
-    """),
-        params,
+        composed(
+            """
+        UPDATE {table} u SET withdrawn_at = now(), run_id = :run_id,
+            notes = concat_ws('; ', u.notes, CAST(:note AS text))
+        FROM {withdrawn} w
+        WHERE u.source_type = :source_type AND {same_key} AND u.withdrawn_at IS NULL
+    """,
+            table=Identifier(table),
+            withdrawn=Identifier(withdrawn),
+            same_key=joined(
+                " AND ",
+                [sql.SQL("{} = {}").format(Identifier("u", k), Identifier("w", k)) for k in key],
+            ),
+        ),
+        {**params, "note": f"withdrawn: re-processing no longer attributes it to this {what}"},
     ).rowcount
 
 
@@ -740,18 +755,14 @@ def _write_imposition_attributions(
     """),
         params,
     )
-    return conn.execute(
-        sa.text("""
-        UPDATE imposition_status_updates u SET withdrawn_at = now(), run_id = :run_id,
-            notes = concat_ws('; ', u.notes,
-                'withdrawn: re-processing no longer attributes it to this imposition')
-        FROM tmp_imposition_withdrawn w
-        WHERE u.source_type = :source_type AND u.source_id = w.source_id
-          AND u.imposition_id = w.imposition_id AND u.operation = w.operation
-          AND u.withdrawn_at IS NULL
-    """),
+    return _mark_withdrawn(
+        conn,
+        "imposition_status_updates",
+        "tmp_imposition_withdrawn",
+        _IMPOSITION_KEY,
+        "imposition",
         params,
-    ).rowcount
+    )
 
 
 def _write_print_state(conn: sa.Connection, plan: UpdatePlan) -> None:

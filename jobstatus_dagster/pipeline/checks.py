@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from jobstatus_dagster.core.identifiers import file_id_sql_patterns
 from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
 from jobstatus_dagster.io.compose import Identifier, composed, trimmed
-from jobstatus_dagster.io.sources import load_operation_codes
+from jobstatus_dagster.io.sources import load_operation_codes, read_marker
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -104,15 +104,7 @@ def markers_keep_up(
     lag = {}
     with jobmanager.engine.connect() as conn:
         for src in SOURCES:
-            marker = (
-                conn.execute(
-                    sa.text(
-                        "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"
-                    ),
-                    {"t": src.marker_type},
-                ).scalar_one_or_none()
-                or 0
-            )
+            marker = read_marker(conn, src.name)
             lag[src.name] = conn.execute(
                 composed(
                     "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {marker} > :m LIMIT :cap) x",
