@@ -19,7 +19,7 @@ from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.partitions import key_bounds, keys_between
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import source_backlog
-from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
+from jobstatus_dagster.pipeline.windows import FINISHED, InFlight, PlannedRun, plan_sensor_runs
 from jobstatus_dagster.source import SOURCE_NAMES, source_named
 
 # workspace.yaml's code location: the daemon launches queued runs from it.
@@ -32,11 +32,6 @@ BACKFILL_DAEMON = "BACKFILL"
 # Daemons write a heartbeat every 30 s; two missed beats and it is taken as not running.
 HEARTBEAT_FRESH_SECONDS = 75
 POLL_SECONDS = 0.25
-FINISHED = {
-    dg.DagsterRunStatus.SUCCESS,
-    dg.DagsterRunStatus.FAILURE,
-    dg.DagsterRunStatus.CANCELED,
-}
 
 
 def daemon_serves(instance: dg.DagsterInstance, daemon_type: str = RUN_QUEUE_DAEMON) -> bool:
@@ -107,23 +102,21 @@ def submit_run(
 
 
 def plan_source(defs: dg.Definitions, source_type: str) -> list[PlannedRun]:
-    """The windows the sensor would launch one after the other for everything past the marker
-    now: the first (which also takes late rows and due retries), then a chunk per window."""
+    """The windows the sensor would request for everything past the marker now, all of them
+    (the sensor caps a tick's; a request wants the whole backlog): consecutive windows of new
+    rows, or one run at the marker for late rows and due retries."""
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     processing: ProcessingSettings = defs.resources["processing"]
     settings = processing.resolved()
     backlog = source_backlog(jobmanager, source_type, settings)
-    first = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
-    if first is None:
-        return []
-    planned = [first]
-    _, highest = engine_marker_bounds(jobmanager.engine, source_type)
-    if first.catching_up and highest is not None:
-        reader = chunk_reader(jobmanager.engine, source_type, settings.chunk_size)
-        planned += backfill_windows(
-            reader, source_type, first.to_marker, highest, settings.partition_width
-        )
-    return planned
+    return plan_sensor_runs(
+        source_type,
+        backlog,
+        chunk_reader(jobmanager.engine, source_type, settings.chunk_size),
+        InFlight(),
+        sys.maxsize,
+        settings.partition_width,
+    )
 
 
 @dataclass(frozen=True)
