@@ -11,6 +11,11 @@ from jobstatus_dagster.pipeline.print_os import print_os_processing
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
+from jobstatus_dagster.pipeline.webhooks import (
+    WebhookDelivery,
+    build_webhook_sensor,
+    deliver_webhooks_job,
+)
 from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE, Source
 
 
@@ -31,6 +36,8 @@ def build_definitions(
     print_os_interval_seconds: int = 30,
     scanner_interval_seconds: int = 30,
     processing: ProcessingSettings | None = None,
+    webhooks: WebhookDelivery | None = None,
+    webhook_interval_seconds: int = 10,
 ) -> dg.Definitions:
     process_print_os, process_scanner = (
         processing_job(PRINT_OS_SOURCE),
@@ -39,16 +46,18 @@ def build_definitions(
     return dg.Definitions(
         assets=[*SOURCE_SPECS, print_os_processing, scanner_processing, *TARGET_SPECS],
         asset_checks=CHECKS,
-        jobs=[process_print_os, process_scanner, checks_job],
+        jobs=[process_print_os, process_scanner, checks_job, deliver_webhooks_job],
         schedules=[checks_schedule],
         sensors=[
             build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),
             build_source_sensor(SCANNER_SOURCE.name, process_scanner, scanner_interval_seconds),
+            build_webhook_sensor(webhook_interval_seconds),
         ],
         resources={
             "jobmanager": PostgresDatabase(url=jobmanager_url),
             "logs": PostgresDatabase(url=logs_url),
             "processing": processing or ProcessingSettings(),
+            "webhooks": webhooks or WebhookDelivery(),
             # In-process executor: frames stay in memory, nothing pickled per op.
             "io_manager": dg.mem_io_manager,
         },
@@ -65,4 +74,11 @@ def defs() -> dg.Definitions:
         dg.EnvVar("JOBSTATUS_LOGS_URL"),
         settings.sensor_interval_seconds,
         settings.scanner_interval_seconds or settings.sensor_interval_seconds,
+        webhooks=WebhookDelivery(
+            max_attempts=settings.webhook_max_attempts,
+            backoff_seconds=settings.webhook_backoff_seconds,
+            backoff_max_seconds=settings.webhook_backoff_max_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        ),
+        webhook_interval_seconds=settings.webhook_interval_seconds,
     )
