@@ -425,7 +425,10 @@ def breakdown_table(
         window = [t for t in ticks[source] if measured.started <= t.timestamp <= measured.stopped]
         stamps = sorted(t.timestamp for t in window)
         spacing = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        in_flight = sum("in flight" in (t.skip_reason or "") for t in window)
+        in_flight = sum(
+            any(why in (t.skip_reason or "") for why in ("in flight", "queued or running"))
+            for t in window
+        )
         out.append(
             (
                 LABELS[source],

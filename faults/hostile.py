@@ -213,6 +213,7 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
 
     from jobstatus_dagster.api import create_app
     from jobstatus_dagster.definitions import build_definitions
+    from jobstatus_dagster.pipeline.resources import ProcessingSettings
     from jobstatus_dagster.pipeline.runner import instance_overrides
 
     with warnings.catch_warnings():
@@ -228,11 +229,9 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
         with dg.instance_for_test(
             temp_dir=str(home), overrides=instance_overrides(urls.dagster)
         ) as instance:
-            import os
-
-            os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
+            no_retries = ProcessingSettings(retry_interval_seconds=10**8)
             app = create_app(
-                build_definitions(urls.jobmanager, urls.logs),
+                build_definitions(urls.jobmanager, urls.logs, processing=no_retries),
                 instance,
                 urls.jobmanager,
                 urls.logs,
@@ -296,7 +295,6 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
 
                     fuzz()
                     result.runs += examples
-        os.environ.pop("JOBSTATUS_RETRY_INTERVAL_SECONDS", None)
         result.notes.insert(0, f"status codes: {dict(sorted(statuses.items()))}")
         if any(code >= 500 for code in statuses):
             result.equal = False

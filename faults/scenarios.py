@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from faults.harness import (
     STATUS_TABLES,
@@ -216,7 +217,6 @@ def concurrent_processors(suite: Suite, processes: int = 3, with_api: bool = Tru
 
 def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
     """POST /api/process-status-updates in this process while the CLIs run; its status code."""
-    import os
     import warnings
 
     import dagster as dg
@@ -231,28 +231,19 @@ def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
         from fastapi.testclient import TestClient
 
     time.sleep(1.0)  # let the CLIs get going
-    old = os.environ.get("JOBSTATUS_RETRY_INTERVAL_SECONDS")
-    os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = str(10**8)
-    try:
-        with dg.instance_for_test(
-            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
-        ) as instance:
-            defs = build_definitions(
-                urls.jobmanager, urls.logs, processing=ProcessingSettings(chunk_size=250)
+    with dg.instance_for_test(
+        temp_dir=str(home), overrides=instance_overrides(urls.dagster)
+    ) as instance:
+        processing = ProcessingSettings(chunk_size=250, retry_interval_seconds=10**8)
+        defs = build_definitions(urls.jobmanager, urls.logs, processing=processing)
+        app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.post(
+                "/api/process-status-updates",
+                json={"source": "both"},
+                headers={"Authorization": "Bearer tok"},
             )
-            app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
-            with TestClient(app, raise_server_exceptions=False) as client:
-                response = client.post(
-                    "/api/process-status-updates",
-                    json={"source": "both"},
-                    headers={"Authorization": "Bearer tok"},
-                )
-                return response.status_code
-    finally:
-        if old is None:
-            os.environ.pop("JOBSTATUS_RETRY_INTERVAL_SECONDS", None)
-        else:
-            os.environ["JOBSTATUS_RETRY_INTERVAL_SECONDS"] = old
+            return response.status_code
 
 
 # ----- 4. out-of-order commits ------------------------------------------------------------------
@@ -286,7 +277,13 @@ def effect_state(urls: DatabaseUrls) -> dict:
 EFFECT_SQL_FAILURES = (
     "SELECT DISTINCT source_type, reason, subject, retryable FROM processing_failures"
 )
-PRINT_COLUMNS = "id, name, status, marker, job_name, item_id, job_complete_time, copies, payload"
+PRINT_OS_ROWS = sa.table(
+    "print OS",
+    *(sa.column(c) for c in ("id", "name", "status", "marker", "job_name", "item_id")),
+    sa.column("job_complete_time"),
+    sa.column("copies"),
+    sa.column("payload", JSONB),
+)
 
 
 def out_of_order_commits(
@@ -390,8 +387,7 @@ def out_of_order_commits(
             runner.close()
         with jm.connect() as conn:
             new_rows = conn.execute(
-                sa.text(f'SELECT {PRINT_COLUMNS} FROM "print OS" WHERE id > :f ORDER BY id'),  # noqa: S608
-                {"f": first_id},
+                sa.select(PRINT_OS_ROWS).where(PRINT_OS_ROWS.c.id > first_id).order_by("id")
             ).all()
         jm.dispose()
         result.notes.append(
@@ -402,16 +398,7 @@ def out_of_order_commits(
         ceng = engine(control_urls.jobmanager)
         with ceng.begin() as conn:
             for row in new_rows:
-                values = dict(row._mapping)
-                values["payload"] = json.dumps(values["payload"])
-                conn.execute(
-                    sa.text(
-                        f'INSERT INTO "print OS" ({PRINT_COLUMNS}) VALUES (:id, :name, :status,'  # noqa: S608
-                        " :marker, :job_name, :item_id, :job_complete_time, :copies,"
-                        " CAST(:payload AS jsonb))"
-                    ),
-                    values,
-                )
+                conn.execute(sa.insert(PRINT_OS_ROWS), dict(row._mapping))
         ceng.dispose()
         if in_process:
             control_runner = InProcess(control_urls, suite.cluster.home())
@@ -558,14 +545,8 @@ def late_data(suite: Suite, share: float = 0.25, seed: int = 9) -> Result:
             result.notes.append("no retryable failure was recorded for the late impositions")
             result.equal = False
         with logs.begin() as conn:
-            names = ", ".join(columns)
-            conn.execute(
-                sa.text(
-                    f"INSERT INTO imposition_file_mapping ({names})"  # noqa: S608
-                    f" VALUES ({', '.join(':' + c for c in columns)})"
-                ),
-                [dict(r._mapping) for r in saved],
-            )
+            mapping = sa.table("imposition_file_mapping", *(sa.column(c) for c in columns))
+            conn.execute(sa.insert(mapping), [dict(r._mapping) for r in saved])
         for _ in range(5):
             process_clean(urls, home, JOBSTATUS_RETRY_INTERVAL_SECONDS="0")
             result.runs += 1

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from jobstatus_dagster.config import Settings, load_settings
+from jobstatus_dagster.config import ConfigurationError, Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
 from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES
@@ -24,7 +25,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Environment:
-    """The databases (embedded or configured) and the Dagster home of one CLI invocation."""
+    """The settings, databases (embedded or configured) and Dagster home of one CLI invocation."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -34,13 +35,18 @@ class Environment:
 
     def _prepare_dagster_home(self) -> Path:
         """DAGSTER_HOME as set by the operator, else a folder under the working folder."""
-        if os.environ.get("DAGSTER_HOME"):
-            return Path(os.environ["DAGSTER_HOME"])
-        home = self.settings.home_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
+        home = self.settings.dagster_home
+        if home is None:
+            home = self.settings.home_dir / "dagster_home"
+            home.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)  # for the instance here and in child processes
         return home
+
+    @property
+    def api_token(self) -> str | None:
+        token = self.settings.api_token
+        return token.get_secret_value() if token else None
 
     def instance(self):
         import dagster as dg
@@ -51,7 +57,19 @@ class Environment:
 
 
 def _env() -> Environment:
-    return Environment(load_settings())
+    """Read the settings once for this invocation; a configuration error is one clear line."""
+    try:
+        settings = load_settings()
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) + ': ' if e['loc'] else ''}{e['msg']}"
+            for e in err.errors()
+        )
+        raise click.ClickException(f"configuration: {problems}") from None
+    try:
+        return Environment(settings)
+    except ConfigurationError as err:
+        raise click.ClickException(f"configuration: {err}") from None
 
 
 @click.group()
@@ -87,12 +105,10 @@ def demo_data_command(scale: int, seed: int) -> None:
     click.echo(summary.line())
 
 
-def _definitions():
-    from jobstatus_dagster.definitions import build_definitions
+def _definitions(env: Environment):
+    from jobstatus_dagster.definitions import definitions_from_settings
 
-    return build_definitions(
-        os.environ["JOBSTATUS_JOBMANAGER_URL"], os.environ["JOBSTATUS_LOGS_URL"]
-    )
+    return definitions_from_settings(env.settings, env.urls.jobmanager, env.urls.logs)
 
 
 @main.command("process")
@@ -104,7 +120,7 @@ def process_command(source: str) -> None:
     from jobstatus_dagster.pipeline.runner import process_source
 
     env = _env()
-    defs = _definitions()
+    defs = _definitions(env)
     instance = env.instance()
     failed = False
     for name in SOURCE_NAMES if source == "both" else (source,):
@@ -146,7 +162,7 @@ def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
         raise click.BadParameter("--to must not be below --from")
     env = _env()
     with _database_outage(source):
-        outcome = backfill(_definitions(), env.instance(), source, from_marker, to_marker)
+        outcome = backfill(_definitions(env), env.instance(), source, from_marker, to_marker)
     for run in outcome.runs:
         state = "ok" if run.success else f"FAILED: {run.error}"
         click.echo(
@@ -219,7 +235,7 @@ def _api_app(env: Environment, token: str | None, read_token: str | None = None)
     from jobstatus_dagster.api import create_app
 
     return create_app(
-        _definitions(),
+        _definitions(env),
         env.instance(),
         env.urls.jobmanager,
         env.urls.logs,
@@ -245,7 +261,7 @@ def api_command(host: str, port: int) -> None:
     import uvicorn
 
     env = _env()
-    token = os.environ.get("JOBSTATUS_API_TOKEN")
+    token = env.api_token
     if not token:
         click.echo("JOBSTATUS_API_TOKEN is not set: the write endpoints answer 503.", err=True)
     read_token = _read_token(env)
@@ -279,7 +295,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     stop = threading.Event()
     if simulate_every > 0:
         threading.Thread(target=_simulate, args=(env, stop, simulate_every), daemon=True).start()
-    configured = os.environ.get("JOBSTATUS_API_TOKEN")
+    configured = env.api_token
     token = configured or secrets.token_urlsafe(24)
     configured_read = _read_token(env)
     read_token = configured_read or secrets.token_urlsafe(24)

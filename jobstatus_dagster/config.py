@@ -1,25 +1,33 @@
-"""Settings from the environment (prefix ``JOBSTATUS_``); no URL set means the embedded server."""
+"""The one configuration: typed, read from the environment (prefix ``JOBSTATUS_``) once per process.
+
+``Processing`` holds what runs and sensors read; the Dagster resource ``ProcessingSettings`` carries
+exactly these values. ``Settings`` adds where the databases are, the working folder and the API
+token. No database URL set means the embedded server; some but not all set is an error where the
+embedded server would start.
+"""
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Field name → the environment variable an operator sets.
+DATABASE_URL_VARIABLES = {
+    "jobmanager_url": "JOBSTATUS_JOBMANAGER_URL",
+    "logs_url": "JOBSTATUS_LOGS_URL",
+    "dagster_url": "JOBSTATUS_DAGSTER_URL",
+}
 
-class Settings(BaseSettings):
-    """Everything an operator may set. Read once per process, never at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="JOBSTATUS_", extra="ignore")
+class ConfigurationError(ValueError):
+    """Settings that cannot be run as given; the message names what to set."""
 
-    jobmanager_url: str | None = Field(None, description="libpq URL of the jobmanager database")
-    logs_url: str | None = Field(None, description="libpq URL of the logs database")
-    dagster_url: str | None = Field(None, description="libpq URL of Dagster's own storage")
-    home: Path = Field(
-        Path(".jobstatus"), description="working folder: embedded data, DAGSTER_HOME"
-    )
+
+class Processing(BaseModel):
+    """What processing reads: window sizes, cadence, retries and the checks' thresholds."""
 
     file_customer: str = "Labex"
     chunk_size: int = Field(5000, ge=1, description="source rows per run (one window)")
@@ -51,6 +59,43 @@ class Settings(BaseSettings):
         " failed as stale, so it stops blocking its source",
     )
 
+    @field_validator("file_customer")
+    @classmethod
+    def _customer_has_no_separator(cls, value: str) -> str:
+        # The file-id index expression splits on "_" (R4); a token with "_" would never match.
+        if not value or "_" in value:
+            raise ValueError("JOBSTATUS_FILE_CUSTOMER must be non-empty and contain no '_'")
+        return value
+
+    @property
+    def scanner_interval(self) -> int:
+        """The scanner sensor's interval: its own setting, else the print-OS one."""
+        return self.scanner_interval_seconds or self.sensor_interval_seconds
+
+    def processing_values(self) -> dict[str, object]:
+        """The processing values alone (what the Dagster resource carries)."""
+        return {name: getattr(self, name) for name in Processing.model_fields}
+
+
+class Settings(Processing, BaseSettings):
+    """Everything an operator may set. Built once per process (``load_settings``), then passed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JOBSTATUS_", extra="ignore", env_ignore_empty=True, populate_by_name=True
+    )
+
+    jobmanager_url: str | None = Field(None, description="libpq URL of the jobmanager database")
+    logs_url: str | None = Field(None, description="libpq URL of the logs database")
+    dagster_url: str | None = Field(None, description="libpq URL of Dagster's own storage")
+    home: Path = Field(
+        Path(".jobstatus"), description="working folder: embedded data, DAGSTER_HOME"
+    )
+    dagster_home: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("dagster_home", "DAGSTER_HOME"),
+        description="Dagster's home when the operator keeps one; else one under `home`",
+    )
+    api_token: SecretStr | None = Field(None, description="bearer token of the API's writes")
     # The integration API: who may read, and how webhooks are delivered.
     api_read_token: SecretStr | None = Field(
         None, description="bearer token of the API's reads (the write token also reads)"
@@ -72,22 +117,30 @@ class Settings(BaseSettings):
         10, ge=1, description="how often the webhook sensor looks for due deliveries"
     )
 
-    @field_validator("file_customer")
-    @classmethod
-    def _customer_has_no_separator(cls, value: str) -> str:
-        # The file-id index expression splits on "_" (R4); a token with "_" would never match.
-        if not value or "_" in value:
-            raise ValueError("JOBSTATUS_FILE_CUSTOMER must be non-empty and contain no '_'")
-        return value
+    def configured_database_urls(self) -> tuple[str, str, str] | None:
+        """The three URLs, or None for the embedded server. Some but not all set is an error:
+        a half-configured host must not quietly process against a private embedded server."""
+        values = {env: getattr(self, name) for name, env in DATABASE_URL_VARIABLES.items()}
+        missing = [env for env, value in values.items() if not value]
+        if not missing:
+            return tuple(values.values())
+        if len(missing) == len(values):
+            return None
+        given = [env for env in values if env not in missing]
+        raise ConfigurationError(
+            f"{_listed(missing)} not set but {_listed(given)} set: set all three database URLs,"
+            " or none of them for the embedded server"
+        )
 
     @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 
-    @property
-    def uses_embedded(self) -> bool:
-        return not (self.jobmanager_url and self.logs_url and self.dagster_url)
+
+def _listed(names: list[str]) -> str:
+    return f"{names[0]} is" if len(names) == 1 else f"{' and '.join(names)} are"
 
 
 def load_settings() -> Settings:
+    """Read the environment: the only place that does (once per process, never at import)."""
     return Settings()

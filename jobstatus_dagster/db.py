@@ -36,7 +36,8 @@ class DatabaseUrls:
     dagster: str
 
     def export(self) -> None:
-        """Publish to child processes (dagster dev, the daemon, run workers)."""
+        """Publish to child processes (dagster dev, the daemon, run workers) and to dagster.yaml.
+        These are the operator's own URLs, or the embedded server's when none was set."""
         os.environ["JOBSTATUS_JOBMANAGER_URL"] = self.jobmanager
         os.environ["JOBSTATUS_LOGS_URL"] = self.logs
         os.environ["JOBSTATUS_DAGSTER_URL"] = self.dagster
@@ -70,9 +71,11 @@ def ensure_databases(admin_uri: str, names: tuple[str, ...]) -> None:
 
 
 def resolve_urls(settings: Settings) -> tuple[DatabaseUrls, object | None]:
-    """The configured URLs, or the embedded server's (started here) when none are set."""
-    if not settings.uses_embedded:
-        return DatabaseUrls(settings.jobmanager_url, settings.logs_url, settings.dagster_url), None
+    """The configured URLs, or the embedded server's (started here) when none is set; a partial
+    set raises ``ConfigurationError`` naming what is missing, before anything starts."""
+    configured = settings.configured_database_urls()
+    if configured is not None:
+        return DatabaseUrls(*configured), None
     server = start_embedded(settings.home_dir)
     admin = server.get_uri("postgres")
     ensure_databases(admin, DATABASES)

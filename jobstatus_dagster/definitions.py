@@ -3,7 +3,7 @@
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from jobstatus_dagster.config import load_settings
+from jobstatus_dagster.config import DATABASE_URL_VARIABLES, Settings, load_settings
 from jobstatus_dagster.pipeline.assets import SOURCE_SPECS, TARGET_SPECS
 from jobstatus_dagster.pipeline.checks import CHECKS, checks_job, checks_schedule
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
@@ -11,6 +11,7 @@ from jobstatus_dagster.pipeline.print_os import print_os_processing
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
+from jobstatus_dagster.pipeline.stale_runs import fail_stalled_runs
 from jobstatus_dagster.pipeline.webhooks import (
     WebhookDelivery,
     build_webhook_sensor,
@@ -39,6 +40,7 @@ def build_definitions(
     webhooks: WebhookDelivery | None = None,
     webhook_interval_seconds: int = 10,
 ) -> dg.Definitions:
+    """Everything assembled; ``processing`` defaults to the documented values (tests, scripts)."""
     process_print_os, process_scanner = (
         processing_job(PRINT_OS_SOURCE),
         processing_job(SCANNER_SOURCE),
@@ -46,7 +48,13 @@ def build_definitions(
     return dg.Definitions(
         assets=[*SOURCE_SPECS, print_os_processing, scanner_processing, *TARGET_SPECS],
         asset_checks=CHECKS,
-        jobs=[process_print_os, process_scanner, checks_job, deliver_webhooks_job],
+        jobs=[
+            process_print_os,
+            process_scanner,
+            checks_job,
+            fail_stalled_runs,
+            deliver_webhooks_job,
+        ],
         schedules=[checks_schedule],
         sensors=[
             build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),
@@ -66,14 +74,19 @@ def build_definitions(
     )
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
-    settings = load_settings()
+def definitions_from_settings(
+    settings: Settings,
+    jobmanager_url: str | None = None,
+    logs_url: str | None = None,
+) -> dg.Definitions:
+    """The code location for one ``Settings``: its values go into the resources once. Without
+    URLs the database resources read them as EnvVars (the UI never shows a password)."""
     return build_definitions(
-        dg.EnvVar("JOBSTATUS_JOBMANAGER_URL"),
-        dg.EnvVar("JOBSTATUS_LOGS_URL"),
+        jobmanager_url or dg.EnvVar(DATABASE_URL_VARIABLES["jobmanager_url"]),
+        logs_url or dg.EnvVar(DATABASE_URL_VARIABLES["logs_url"]),
         settings.sensor_interval_seconds,
-        settings.scanner_interval_seconds or settings.sensor_interval_seconds,
+        settings.scanner_interval,
+        ProcessingSettings.from_settings(settings),
         webhooks=WebhookDelivery(
             max_attempts=settings.webhook_max_attempts,
             backoff_seconds=settings.webhook_backoff_seconds,
@@ -82,3 +95,9 @@ def defs() -> dg.Definitions:
         ),
         webhook_interval_seconds=settings.webhook_interval_seconds,
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The environment is read here, once per code-location process."""
+    return definitions_from_settings(load_settings())

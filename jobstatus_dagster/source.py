@@ -33,7 +33,7 @@ class Source:
     """One source table and what processing it means; every per-source name is derived here."""
 
     name: str  # the source_type of audit, failure and processed rows
-    table: str  # SQL identifier, quoted where the shop's name needs it
+    table_name: str  # the shop's name of the table, composed as a quoted identifier
     id_column: str  # the audit's source_id
     marker_column: str  # windows are ranges of it (R18)
     # processing_markers.marker_type: 'scanned_codes' for the scanner, as the shop's plan fixes
@@ -43,6 +43,11 @@ class Source:
     row_columns: tuple[tuple[str, str], ...]  # (expression over the row, column name)
     table_path: AssetPath
     reads: tuple[AssetPath, ...]  # other tables its resolution reads (lineage)
+
+    @property
+    def table(self) -> str:
+        """The table name quoted, for SQL text (io/ composes ``table_name`` instead)."""
+        return '"' + self.table_name.replace('"', '""') + '"'
 
     @property
     def graph_name(self) -> str:
@@ -93,7 +98,7 @@ class Source:
 
 PRINT_OS_SOURCE = Source(
     name=PRINT_OS,
-    table='"print OS"',
+    table_name="print OS",
     id_column="id",
     marker_column="marker",
     marker_type="print_os",
@@ -104,7 +109,7 @@ PRINT_OS_SOURCE = Source(
 )
 SCANNER_SOURCE = Source(
     name=SCANNER,
-    table="scanned_codes",
+    table_name="scanned_codes",
     id_column="scan_id",
     marker_column="scan_id",
     marker_type="scanned_codes",

@@ -139,7 +139,7 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
 ) -> None:
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
     stopped by a service manager's SIGTERM: dagster dev, webserver, daemon and code servers all
-    exit, none is left orphaned (second session: code servers were)."""
+    exit, none is left orphaned (code servers once were; docs/decisions.md)."""
     import time
 
     urls = fresh_urls(pg_admin_uri)

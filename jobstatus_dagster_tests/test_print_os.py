@@ -394,7 +394,7 @@ def test_r20_huge_and_hostile_values_are_recorded_not_crashed(shop: Shop, instan
 def test_r9_files_of_jobs_probe_the_index_whatever_share_of_the_mapping(shop: Shop) -> None:
     """R9's lookup of every file of a window's jobs goes through the expression index even when
     those jobs hold most of the mapping: a full scan runs the file-id regex on every row of the
-    shop (bench/README.md, third session). The planner hint ends with the lookup."""
+    shop (bench/README.md). The planner hint ends with the lookup."""
     from jobstatus_dagster.io.sources import load_files_of_jobs
 
     jobs = [shop.add_job() for _ in range(40)]

@@ -1,4 +1,5 @@
-"""A run whose worker was killed never blocks its source: the sensor and the API fail it first.
+"""A run whose worker was killed never blocks its source: the sensor sees it and requests the
+fail_stalled_runs job, which fails it; the API fails it before answering.
 
 Real processes, real kills (``JOBSTATUS_CRASH_AT`` SIGKILLs ``jobstatus process`` mid-run), a
 real Dagster instance on Postgres. Re-running the dead run's window is safe (R18).
@@ -60,15 +61,37 @@ def nothing_left_in_flight(instance: dg.DagsterInstance) -> Iterator[None]:
         instance.report_run_canceled(run)
 
 
-def tick(shop: Shop, instance: dg.DagsterInstance, source: str) -> dg.SensorResult | dg.SkipReason:
-    """One evaluation of the source's sensor, as the daemon would run it."""
+def tick(
+    shop: Shop, instance: dg.DagsterInstance, source: str, stale_run_seconds: int = 600
+) -> dg.SensorResult:
+    """One evaluation of the source's sensor, as the daemon would run it; then the
+    fail_stalled_runs run it requests, if any, executed as the queue would."""
     sensor = shop.definitions().resolve_sensor_def(f"{source}_sensor")
-    resources = {
-        "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
-        "processing": ProcessingSettings(),
-    }
+    processing = ProcessingSettings(stale_run_seconds=stale_run_seconds)
+    resources = {"jobmanager": PostgresDatabase(url=shop.urls.jobmanager), "processing": processing}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return sensor(context)
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    for request in result.run_requests or []:
+        if request.job_name == "fail_stalled_runs":
+            recovery = shop.definitions().resolve_job_def("fail_stalled_runs")
+            assert "jobstatus/source" not in request.tags  # never queued behind the stalled run
+            outcome = recovery.execute_in_process(
+                run_config=request.run_config,
+                instance=instance,
+                tags=request.tags,
+                resources={"processing": processing},
+            )
+            assert outcome.success
+    return result
+
+
+def windows(result: dg.SensorResult) -> list[dg.RunRequest]:
+    return [r for r in result.run_requests or [] if r.job_name != "fail_stalled_runs"]
+
+
+def recoveries(result: dg.SensorResult) -> list[dg.RunRequest]:
+    return [r for r in result.run_requests or [] if r.job_name == "fail_stalled_runs"]
 
 
 def runs_of(instance: dg.DagsterInstance, source: str, trigger: str) -> list[dg.DagsterRun]:
@@ -114,14 +137,20 @@ def test_sensor_fails_the_run_of_a_killed_process_and_launches_its_window(
 
     result = tick(shop, instance, "print_os")
 
-    # Failed at once (the process is provably gone), with the reason, and no longer in flight.
+    # Failed at once (the process is provably gone), with the reason, by the job the tick
+    # requested, and no longer in flight.
+    assert len(recoveries(result)) == 1
     assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
     assert failure_message(instance, dead.run_id) == (
         f"run worker gone: process {pid} on {socket.gethostname()} no longer exists"
     )
-    assert isinstance(result, dg.SensorResult), result
-    (request,) = result.run_requests
-    assert request.tags["jobstatus/window"] == dead.tags["jobstatus/window"] == "print_os:0-114"
+    # The tick planned past the dead run's window; the next one, the dead run now finished,
+    # requests that window again.
+    result = tick(shop, instance, "print_os")
+    assert recoveries(result) == []
+    request = windows(result)[0]
+    assert request.tags["jobstatus/window"] == dead.tags["jobstatus/window"]
+    assert request.tags["jobstatus/window"].startswith("print_os:0-")
     # The relaunched window repairs whatever the killed run left (R18).
     relaunched = job(shop, "print_os").execute_in_process(
         run_config=request.run_config,
@@ -130,10 +159,15 @@ def test_sensor_fails_the_run_of_a_killed_process_and_launches_its_window(
         partition_key=request.partition_key,
     )
     assert relaunched.success
+    for request in windows(result)[1:]:
+        assert (
+            job(shop, "print_os")
+            .execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
+            .success
+        )
     assert shop.marker("print_os") == 114
     skip = tick(shop, instance, "print_os")
-    assert isinstance(skip, dg.SkipReason)
-    assert skip.skip_message == "nothing past the print_os marker 114"
+    assert skip.skip_reason.skip_message == "nothing past the print_os marker 114"
 
 
 def test_sensor_fails_a_run_with_no_known_process_only_after_the_quiet_threshold(
@@ -148,22 +182,24 @@ def test_sensor_fails_a_run_with_no_known_process_only_after_the_quiet_threshold
         status=dg.DagsterRunStatus.STARTING,
         tags={"jobstatus/source": "print_os", "jobstatus/trigger": "sensor"},
     )
-    skip = tick(shop, instance, "print_os")  # default threshold: 600 s
-    assert skip.skip_message == f"run {orphan.run_id} for print_os is still in flight"
+    result = tick(shop, instance, "print_os")  # default threshold: 600 s
+    assert result.skip_reason.skip_message == (
+        f"1 run(s) for print_os already queued or running, up to marker {shop.marker('print_os')}"
+    )
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.STARTING
 
-    monkeypatch.setenv("JOBSTATUS_STALE_RUN_SECONDS", "1")
     time.sleep(1.5)
-    skip = tick(shop, instance, "print_os")
+    result = tick(shop, instance, "print_os", stale_run_seconds=1)
 
+    (recovery,) = recoveries(result)
+    assert orphan.run_id in recovery.run_key
     assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
     message = failure_message(instance, orphan.run_id)
     assert message.startswith("run worker gone: no event for ")
     assert message.endswith(" s in STARTING, past JOBSTATUS_STALE_RUN_SECONDS=1")
-    # The tick says what it did, then why it launches nothing.
-    assert skip.skip_message == (
-        f"marked run {orphan.run_id} (STARTING) failed: {message};"
-        f" nothing past the print_os marker {shop.marker('print_os')}"
+    assert windows(result) == []
+    assert tick(shop, instance, "print_os").skip_reason.skip_message == (
+        f"nothing past the print_os marker {shop.marker('print_os')}"
     )
 
 
@@ -189,9 +225,9 @@ def test_a_live_process_is_never_failed_however_quiet_its_run(
             run = wait_for_quiet_run(instance, "print_os", quiet_seconds=2.0)
             assert int(run.tags[PID_TAG]) == waiting.pid
 
-            skip = tick(shop, instance, "print_os")
+            result = tick(shop, instance, "print_os", stale_run_seconds=1)
 
-            assert skip.skip_message == f"run {run.run_id} for print_os is still in flight"
+            assert recoveries(result) == []
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
         finally:
             tx.rollback()
@@ -241,8 +277,8 @@ def test_worker_tags_inherited_by_a_reexecution_do_not_count(
         root_run_id=parent.run_id,
     )
     try:
-        skip = tick(shop, instance, "scanner")
-        assert skip.skip_message == f"run {child.run_id} for scanner is still in flight"
+        result = tick(shop, instance, "scanner")
+        assert recoveries(result) == []
         assert instance.get_run_by_id(child.run_id).status == dg.DagsterRunStatus.STARTED
     finally:
         instance.report_run_canceled(child)
@@ -250,7 +286,7 @@ def test_worker_tags_inherited_by_a_reexecution_do_not_count(
     own = instance.create_run_for_job(
         job(shop, "scanner"), run_config=config, status=dg.DagsterRunStatus.STARTED, tags=tags
     )
-    tick(shop, instance, "scanner")
+    assert len(recoveries(tick(shop, instance, "scanner"))) == 1
     assert instance.get_run_by_id(own.run_id).status == dg.DagsterRunStatus.FAILURE
     assert failure_message(instance, own.run_id) == (
         f"run worker gone: process {gone[PID_TAG]} on {gone[HOST_TAG]} no longer exists"
@@ -345,7 +381,7 @@ def test_dagster_yaml_enables_run_monitoring(
         # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
         # held a finished run 60 s.
         assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
-        # Sensors tick every 5 s: a day of skipped ticks is enough history.
+        # A sensor looks every 30 s: a day of skipped ticks is enough history.
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
         assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
     # Instances built in code (tests, bench, faults: instance_overrides) match the file.

@@ -2,12 +2,16 @@
 with a negative marker is still processed, by a bounded sweep of the history (defect D of the
 fault suite: such rows used to be neither processed nor recorded)."""
 
+import json
 from datetime import timedelta
 
+import dagster as dg
 import sqlalchemy as sa
 
+from jobstatus_dagster.pipeline.resources import PostgresDatabase
 from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster_tests.shop import T0, Shop
+from jobstatus_dagster_tests.test_sensor import window_config
 
 
 def files(job: str, *numbers: int) -> list[str]:
@@ -58,7 +62,34 @@ def test_r19_rows_far_below_the_marker_and_negative_markers_are_processed(urls, 
         assert len(shop.audit(job)) == 3
 
 
-def test_r19_sweep_is_bounded_per_run_and_goes_round_the_whole_history(urls, instance) -> None:
+def stored_sweep(shop: Shop) -> tuple:
+    with shop.jm.connect() as conn:
+        return tuple(
+            conn.execute(
+                sa.text(
+                    "SELECT sweep_marker, sweep_source_id FROM processing_markers"
+                    " WHERE marker_type = 'print_os'"
+                )
+            ).one()
+        )
+
+
+def tick(shop: Shop, instance, cursor: str | None) -> dg.SensorResult:
+    sensor = shop.definitions().resolve_sensor_def("print_os_sensor")
+    resources = {
+        "jobmanager": PostgresDatabase(url=shop.urls.jobmanager),
+        "processing": shop.processing,
+    }
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        return sensor(context)
+
+
+def test_r19_sweep_goes_round_the_whole_history_while_idle_a_bounded_slice_per_look(
+    urls, instance
+) -> None:
+    """With nothing new to process, each sensor look passes over one clean slice of the history
+    (its cursor keeps the place; nothing is written), until it meets a slice holding rows never
+    processed: then it requests a run for that slice, which processes them."""
     with Shop(urls, late_row_lookback=0, sweep_rows=3) as shop:
         job = shop.add_job()
         shop.add_job_operation(job, "1")
@@ -75,15 +106,43 @@ def test_r19_sweep_is_bounded_per_run_and_goes_round_the_whole_history(urls, ins
             shop.print_event(impositions[6], "PRINTED", marker=top - 1)[0],
             shop.print_event(impositions[7], "PRINTED", marker=top - 1)[0],
         ]
-        seen = []
-        for _ in range(8):  # ≤ 12 rows of history in this module, 3 per slice
-            seen.append(backlog(shop).late_rows)
-            if seen[-1]:
-                shop.process(instance)
-        assert all(n <= 3 for n in seen)  # a tick never looks at more than one slice
+        stored = stored_sweep(shop)
+        cursor, idle_places, requested = None, [], []
+        for _ in range(8):  # <= 12 rows of history in this module, 3 per slice
+            result = tick(shop, instance, cursor)
+            cursor = result.cursor
+            if not result.run_requests:
+                assert result.skip_reason.skip_message.startswith("nothing past")
+                idle_places.append(json.loads(cursor)["sweep_after"])
+                continue
+            (request,) = result.run_requests
+            requested.append(request)
+            assert stored_sweep(shop) == stored  # looks never move the runs' sweep
+            slice_ = window_config(request)["sweep"]
+            assert request.tags["jobstatus/sweep"]
+            result = (
+                shop.definitions()
+                .resolve_job_def("process_print_os")
+                .execute_in_process(
+                    run_config=request.run_config, instance=instance, tags=request.tags
+                )
+            )
+            assert result.success
+            if all(processed(shop, source_id) for source_id in late):
+                break
+        # The look walked on over clean slices before it found the late rows ...
+        assert len(idle_places) >= 2 and len(set(map(str, idle_places))) == len(idle_places)
+        # ... and a run for each slice holding some of them (they may straddle two) processed
+        # them; each run carried its slice, near the top of the history.
+        assert 1 <= len(requested) <= 2
+        assert slice_["after"] is not None and slice_["after"][0] <= top - 1
         assert all(processed(shop, source_id) for source_id in late)
         assert shop.job_print_row(job, "1")["status"] == "completed"
         assert shop.marker() == top
+        # The next look finds the slice clean and walks on.
+        after = tick(shop, instance, cursor)
+        assert after.run_requests == [] or after.run_requests is None
+        assert json.loads(after.cursor)["sweep_after"] != json.loads(cursor)["sweep_after"]
 
 
 def test_r19_scans_far_below_the_marker_are_processed(urls, instance) -> None:

@@ -25,7 +25,7 @@ from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, UpdatePlan, Window
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.io import writer
 from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, inspect_backlog
-from jobstatus_dagster.io.writer import advance_sweep, write_plan
+from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.ops import load_window_rows
 from jobstatus_dagster.pipeline.print_os import plan_print
 from jobstatus_dagster.pipeline.scanner import plan_scans
@@ -412,7 +412,7 @@ class Env:
 
     def next_window(self, source: str, chunk: int) -> Window | None:
         settings = self.settings.model_copy(update={"chunk_size": chunk})
-        with self.jm.connect() as conn:  # what a sensor tick sees (sensors.source_backlog)
+        with self.jm.connect() as conn:  # what `jobstatus process` sees (sensors.source_backlog)
             backlog = inspect_backlog(
                 conn,
                 source,
@@ -422,9 +422,6 @@ class Env:
                 retry_interval=settings.retry_interval_seconds,
                 sweep_rows=settings.sweep_rows,
             )
-            if backlog.clean_sweep is not None:
-                advance_sweep(conn, source, backlog.clean_sweep)
-                conn.commit()
         planned = plan_next_run(source, backlog, settings.partition_width, chunk)
         return None if planned is None else Window(source, planned.from_marker, planned.to_marker)
 
@@ -446,14 +443,15 @@ class Env:
                 return
 
     def unprocessed(self, source: str) -> int:
-        table, column = ('"print OS"', "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        table, column = ("print OS", "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+        rows = sa.table(table, sa.column(column))
+        done = sa.table("processed_source_rows", sa.column("source_type"), sa.column("source_id"))
+        never_processed = ~sa.exists().where(
+            done.c.source_type == source, done.c.source_id == rows.c[column]
+        )
         with self.jm.connect() as c:
             return c.execute(
-                sa.text(
-                    f"SELECT count(*) FROM {table} p WHERE NOT EXISTS (SELECT 1 FROM"  # noqa: S608
-                    f" processed_source_rows r WHERE r.source_type = :t AND r.source_id = p.{column})"
-                ),
-                {"t": source},
+                sa.select(sa.func.count()).select_from(rows).where(never_processed)
             ).scalar_one()
 
     def backfill(self, source: str, lo: int, hi: int) -> None:

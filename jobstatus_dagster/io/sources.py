@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import pandas as pd
 import sqlalchemy as sa
+from psycopg import sql
 
 from jobstatus_dagster.core.identifiers import (
     FILE_JOB_SQL,
     normalise_operation_codes,
     trim_id,
-    trimmed_sql,
 )
 from jobstatus_dagster.core.plan import PRINT_OS, Position, Sweep, Window
 from jobstatus_dagster.core.print_status import expand_to_files, validate_events
@@ -34,6 +35,15 @@ from jobstatus_dagster.core.resolution import (
     prepare_scans,
     print_job_ids,
     runlist_candidates,
+)
+from jobstatus_dagster.io.compose import (
+    Identifier,
+    composed,
+    composed_text,
+    expression,
+    joined,
+    statement,
+    trimmed,
 )
 from jobstatus_dagster.source import PRINT_OS_SOURCE, Source, source_named
 
@@ -71,41 +81,59 @@ def select_list(source: Source) -> str:
     )
 
 
-def _window_sql(src: Source) -> str:
-    """Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20)."""
-    not_processed = (
-        "NOT EXISTS (SELECT 1 FROM processed_source_rows r"  # noqa: S608 - constant identifiers
-        f" WHERE r.source_type = :source_type AND r.source_id = p.{src.id_column})"
-    )
-    return f"""
+def _parts(src: Source) -> dict[str, sql.Composable]:
+    """One source table's identifiers for composed statements (``p`` is the table's alias)."""
+    return {
+        "table": Identifier(src.table_name),
+        "select_list": expression(select_list(src)),
+        "marker": Identifier("p", src.marker_column),
+        "id": Identifier("p", src.id_column),
+        "m": Identifier(src.marker_column),
+    }
+
+
+def _not_processed(src: Source) -> sql.Composed:
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM processed_source_rows r"
+        " WHERE r.source_type = :source_type AND r.source_id = {id})"
+    ).format(id=Identifier("p", src.id_column))
+
+
+# Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20).
+_WINDOW = """
     SELECT * FROM (
-        SELECT {select_list(src)}, 'window' AS kind FROM {src.table} p
-        WHERE p.{src.marker_column} > :from_marker AND p.{src.marker_column} <= :to_marker
+        SELECT {select_list}, 'window' AS kind FROM {table} p
+        WHERE {marker} > :from_marker AND {marker} <= :to_marker
     ) w
     UNION ALL
     SELECT * FROM (
-        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
-        WHERE p.{src.marker_column} > :from_marker - :lookback
-          AND p.{src.marker_column} <= :from_marker AND {not_processed}
-        ORDER BY p.{src.marker_column} LIMIT :late_limit
+        SELECT {select_list}, 'late' AS kind FROM {table} p
+        WHERE {marker} > :from_marker - :lookback
+          AND {marker} <= :from_marker AND {not_processed}
+        ORDER BY {marker} LIMIT :late_limit
     ) l
     UNION ALL
     SELECT * FROM (
-        SELECT {select_list(src)}, 'late' AS kind FROM {src.table} p
-        WHERE p.{src.marker_column} IS NULL AND {not_processed}
-        ORDER BY p.{src.id_column} LIMIT :late_limit
+        SELECT {select_list}, 'late' AS kind FROM {table} p
+        WHERE {marker} IS NULL AND {not_processed}
+        ORDER BY {id} LIMIT :late_limit
     ) n
     UNION ALL
     SELECT * FROM (
-        SELECT {select_list(src)}, 'retry' AS kind FROM {src.table} p
-        WHERE p.{src.id_column} IN (
+        SELECT {select_list}, 'retry' AS kind FROM {table} p
+        WHERE {id} IN (
             SELECT f.source_id FROM processing_failures f
             WHERE f.source_type = :source_type AND f.resolved_at IS NULL AND f.retryable
               AND f.attempts < :retry_limit
               AND f.last_attempt_at <= now() - make_interval(secs => :retry_interval)
             GROUP BY f.source_id ORDER BY min(f.last_attempt_at) LIMIT :retry_batch)
     ) r
-    """  # noqa: S608 - identifiers are constants of the Source
+    """
+
+
+def _window_sql(src: Source) -> str:
+    """The window statement of one source table (bound parameters as ``:name``)."""
+    return composed_text(_WINDOW, **_parts(src), not_processed=_not_processed(src))
 
 
 def load_window(
@@ -139,21 +167,25 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
-def _position_after(src: Source, param: str) -> str:
+def _position_after(src: Source, param: str) -> sql.Composed:
     """Rows after a (marker, id) position in marker order; index-backed either way."""
+    marker, row_id = Identifier("p", src.marker_column), Identifier("p", src.id_column)
+    at_marker, at_id = sql.SQL(f":{param}_marker"), sql.SQL(f":{param}_id")
     if src.id_column == src.marker_column:
-        return f"p.{src.marker_column} > :{param}_marker"
-    return f"(p.{src.marker_column}, p.{src.id_column}) > (:{param}_marker, :{param}_id)"
+        return sql.SQL("{} > {}").format(marker, at_marker)
+    return sql.SQL("({}, {}) > ({}, {})").format(marker, row_id, at_marker, at_id)
 
 
-def _sweep_filter(src: Source, start: Position | None, end: Position | None) -> str:
+def _sweep_filter(src: Source, start: Position | None, end: Position | None) -> sql.Composed:
     """The slice (start, end] of rows at or below :upper in marker order."""
-    parts = [f"p.{src.marker_column} <= :upper"]
+    parts: list[sql.Composable] = [
+        sql.SQL("{} <= :upper").format(Identifier("p", src.marker_column))
+    ]
     if start is not None:
         parts.append(_position_after(src, "start"))
     if end is not None:
-        parts.append(f"NOT ({_position_after(src, 'end')})")
-    return " AND ".join(parts)
+        parts.append(sql.SQL("NOT ({})").format(_position_after(src, "end")))
+    return joined(" AND ", parts)
 
 
 def _sweep_params(start: Position | None, end: Position | None, upper: int) -> dict:
@@ -179,30 +211,40 @@ def read_sweep_start(conn: sa.Connection, source_type: str) -> Position | None:
 def next_sweep(conn: sa.Connection, source_type: str, upper: int, rows: int) -> Sweep:
     """The next slice of ``rows`` rows at or below ``upper`` (the window start) after where the
     last run's sweep ended: one index range scan, whatever the history's size."""
+    return sweep_slice(conn, source_type, read_sweep_start(conn, source_type), upper, rows)
+
+
+def sweep_slice(
+    conn: sa.Connection, source_type: str, start: Position | None, upper: int, rows: int
+) -> Sweep:
+    """The slice of ``rows`` rows at or below ``upper`` after ``start`` (None: the lowest)."""
     src = source_named(source_type)
-    start = read_sweep_start(conn, source_type)
-    m, i = src.marker_column, src.id_column
     last = conn.execute(
-        sa.text(
-            f"SELECT p.{m}, p.{i} FROM {src.table} p"  # noqa: S608 - constant identifiers
-            f" WHERE {_sweep_filter(src, start, None)}"
-            f" ORDER BY p.{m}, p.{i} OFFSET :skip LIMIT 1"
+        composed(
+            "SELECT {marker}, {id} FROM {table} p WHERE {slice}"
+            " ORDER BY {marker}, {id} OFFSET :skip LIMIT 1",
+            **_parts(src),
+            slice=_sweep_filter(src, start, None),
         ),
         {**_sweep_params(start, None, upper), "skip": rows - 1},
     ).one_or_none()
     return Sweep(start, None if last is None else (int(last[0]), int(last[1])))
 
 
-def _unprocessed_in_sweep(src: Source, sweep: Sweep, select: str) -> str:
+def _unprocessed_in_sweep(src: Source, sweep: Sweep, select: str) -> sql.Composed:
     """The LIMIT tells the planner the slice is small: index probes into processed_source_rows,
     never a hash of the whole history."""
-    m, i = src.marker_column, src.id_column
-    return (
-        f"SELECT {select} FROM (SELECT * FROM {src.table} p"  # noqa: S608 - constants
-        f" WHERE {_sweep_filter(src, sweep.start, sweep.end)}"
-        f" ORDER BY p.{m}, p.{i} LIMIT :sweep_rows) p"
-        " WHERE NOT EXISTS (SELECT 1 FROM processed_source_rows r"
-        f"   WHERE r.source_type = :source_type AND r.source_id = p.{i})"
+    parts = _parts(src)
+    return sql.SQL(
+        "SELECT {select} FROM (SELECT * FROM {table} p WHERE {slice}"
+        " ORDER BY {marker}, {id} LIMIT :sweep_rows) p WHERE {not_processed}"
+    ).format(
+        select=expression(select),
+        table=parts["table"],
+        marker=parts["marker"],
+        id=parts["id"],
+        slice=_sweep_filter(src, sweep.start, sweep.end),
+        not_processed=_not_processed(src),
     )
 
 
@@ -213,7 +255,7 @@ def load_sweep(
     e.g. rows committed with a marker far below the marker, or negative."""
     src = source_named(source_type)
     found = pd.read_sql(
-        sa.text(_unprocessed_in_sweep(src, sweep, f"{select_list(src)}, 'late' AS kind")),
+        statement(_unprocessed_in_sweep(src, sweep, f"{select_list(src)}, 'late' AS kind")),
         conn,
         params={
             **_sweep_params(sweep.start, sweep.end, upper),
@@ -236,9 +278,9 @@ def read_marker(conn: sa.Connection, source_type: str) -> int:
 
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
     """Lowest and highest marker present in the source table."""
-    src = source_named(source_type)
-    m = src.marker_column
-    lowest, highest = conn.execute(sa.text(f"SELECT min({m}), max({m}) FROM {src.table}")).one()
+    lowest, highest = conn.execute(
+        composed("SELECT min({m}), max({m}) FROM {table}", **_parts(source_named(source_type)))
+    ).one()
     return (None if lowest is None else int(lowest), None if highest is None else int(highest))
 
 
@@ -246,12 +288,11 @@ def next_chunk(
     conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
 ) -> tuple[int, int] | None:
     """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
-    src = source_named(source_type)
-    m = src.marker_column
     first, last = conn.execute(
-        sa.text(
-            f"SELECT min({m}), max({m}) FROM (SELECT {m} FROM {src.table}"
-            f" WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w"
+        composed(
+            "SELECT min({m}), max({m}) FROM (SELECT {m} FROM {table}"
+            " WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w",
+            **_parts(source_named(source_type)),
         ),
         {"lo": after, "hi": up_to, "chunk": chunk_size},
     ).one()
@@ -275,18 +316,25 @@ def engine_marker_bounds(engine: sa.Engine, source_type: str) -> tuple[int | Non
         return marker_bounds(conn, source_type)
 
 
+class StoredSweep(Enum):
+    """Where the history sweep stands in ``processing_markers`` (runs move it)."""
+
+    POSITION = "stored"
+
+
 @dataclass(frozen=True)
 class Backlog:
-    """What a sensor tick sees past the marker: cheap, index-only questions."""
+    """What a look at the source sees past and below the marker: cheap, index-only questions."""
 
     marker: int
     next_to: int | None  # end of the next window, None when nothing is past the marker
     next_from: int | None  # the first marker past the marker
     late_rows: int  # below the marker, never processed: look-back, NULL markers, sweep slice
     due_retries: int
-    retry_signature: str  # changes with every attempt, so a sensor run key is never reused
-    clean_sweep: Sweep | None = None  # the next sweep slice, when it holds nothing to process
-    next_rows: int = 0  # rows in the next chunk past the marker (chunk_size: maybe more behind)
+    retry_signature: str  # changes with every attempt
+    sweep: Sweep = Sweep(None, None)  # the history slice looked at
+    swept_rows: int = 0  # never-processed rows in it (up to 1000)
+    next_rows: int = 0  # rows in the next chunk past the marker
 
 
 def inspect_backlog(
@@ -298,20 +346,30 @@ def inspect_backlog(
     retry_limit: int,
     retry_interval: int,
     sweep_rows: int,
+    sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
 ) -> Backlog:
+    """Reads only. The history slice looked at starts after ``sweep_after``: by default where
+    the runs' sweep stands (R19), or where a sensor's own look has reached."""
     src = source_named(source_type)
     marker = read_marker(conn, source_type)
-    m = src.marker_column
     next_from, next_to, next_rows = conn.execute(
-        sa.text(
-            f"SELECT min({m}), max({m}), count(*) FROM (SELECT {m} FROM {src.table}"  # noqa: S608
-            f" WHERE {m} > :marker ORDER BY {m} LIMIT :chunk) w"
+        composed(
+            "SELECT min({m}), max({m}), count(*) FROM (SELECT {m} FROM {table}"
+            " WHERE {m} > :marker ORDER BY {m} LIMIT :chunk) w",
+            **_parts(src),
         ),
         {"marker": marker, "chunk": chunk_size},
     ).one()
-    sweep = next_sweep(conn, source_type, marker, sweep_rows)
+    if isinstance(sweep_after, StoredSweep):
+        sweep = next_sweep(conn, source_type, marker, sweep_rows)
+    else:
+        sweep = sweep_slice(conn, source_type, sweep_after, marker, sweep_rows)
     swept = conn.execute(
-        sa.text(f"SELECT count(*) FROM ({_unprocessed_in_sweep(src, sweep, '1')} LIMIT 1000) x"),
+        statement(
+            sql.SQL("SELECT count(*) FROM ({} LIMIT 1000) x").format(
+                _unprocessed_in_sweep(src, sweep, "1")
+            )
+        ),
         {
             **_sweep_params(sweep.start, sweep.end, marker),
             "source_type": source_type,
@@ -319,12 +377,13 @@ def inspect_backlog(
         },
     ).scalar_one()
     late_rows = conn.execute(
-        sa.text(
-            f"SELECT count(*) FROM (SELECT 1 FROM {src.table} p"  # noqa: S608
-            f" WHERE ((p.{m} > :marker - :lookback AND p.{m} <= :marker) OR p.{m} IS NULL)"
-            " AND NOT EXISTS (SELECT 1 FROM processed_source_rows r"
-            f"   WHERE r.source_type = :source_type AND r.source_id = p.{src.id_column})"
-            " LIMIT 1000) x"
+        composed(
+            "SELECT count(*) FROM (SELECT 1 FROM {table} p"
+            " WHERE (({marker} > :marker - :lookback AND {marker} <= :marker) OR {marker} IS NULL)"
+            " AND {not_processed} LIMIT 1000) x",
+            table=Identifier(src.table_name),
+            marker=Identifier("p", src.marker_column),
+            not_processed=_not_processed(src),
         ),
         {"marker": marker, "lookback": lookback, "source_type": source_type},
     ).scalar_one()
@@ -344,7 +403,8 @@ def inspect_backlog(
         int(late_rows) + int(swept),
         int(due_retries[0]),
         f"{due_retries[0]}x{due_retries[1]}",
-        None if swept else sweep,
+        sweep,
+        int(swept),
         int(next_rows),
     )
 
@@ -356,18 +416,21 @@ def _trimmed(ids: list[str]) -> list[str]:
 
 # R4: every identifier column below is compared and returned trimmed; each comparison is the
 # exact expression an index of logs 0002 / jobmanager 0003 holds.
-_IMPOSITION = trimmed_sql("imposition_id")
-_FILE = trimmed_sql("file_id")
-_RUNLIST = trimmed_sql("runlist_id")
-_PRINT_NAME = trimmed_sql("name")
+_TRIMMED = {
+    "imposition": trimmed(Identifier("imposition_id")),
+    "file": trimmed(Identifier("file_id")),
+    "runlist": trimmed(Identifier("runlist_id")),
+    "print_name": trimmed(Identifier("name")),
+}
 
 
 def load_mapping_for_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
     """imposition_file_mapping rows of these impositions (logs), ids trimmed (R4)."""
     return pd.read_sql(
-        sa.text(
-            f"SELECT DISTINCT {_IMPOSITION} AS imposition_id, {_FILE} AS file_id"
-            f" FROM imposition_file_mapping WHERE {_IMPOSITION} = ANY(:ids)"
+        composed(
+            "SELECT DISTINCT {imposition} AS imposition_id, {file} AS file_id"
+            " FROM imposition_file_mapping WHERE {imposition} = ANY(:ids)",
+            **_TRIMMED,
         ),
         conn,
         params={"ids": _trimmed(imposition_ids)},
@@ -390,10 +453,12 @@ def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
     """
     conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
     files = pd.read_sql(
-        sa.text(
-            f"SELECT DISTINCT {_IMPOSITION} AS imposition_id, {_FILE} AS file_id"
-            f" FROM imposition_file_mapping WHERE {_FILE_JOB_TEXT} = ANY(:ids)"
-        ),  # constant expressions, indexed by the migrations
+        composed(
+            "SELECT DISTINCT {imposition} AS imposition_id, {file} AS file_id"
+            " FROM imposition_file_mapping WHERE {file_job} = ANY(:ids)",
+            **_TRIMMED,
+            file_job=expression(_FILE_JOB_TEXT),  # indexed by the migrations
+        ),
         conn,
         params={"ids": list(job_ids)},
         dtype={"imposition_id": "string", "file_id": "string"},
@@ -408,10 +473,13 @@ def load_print_history(
     """Print events of these impositions with marker ≤ horizon (R11's whole history). Names
     compare trimmed (R4): an event of 'IMP-J ' is history of 'IMP-J'."""
     return pd.read_sql(
-        sa.text(
-            f"SELECT p.id AS source_id, {_PRINT_NAME} AS imposition_id, p.status, p.marker,"
-            f" {event_time_sql(PRINT_OS_SOURCE)} AS event_time"
-            f' FROM "print OS" p WHERE {_PRINT_NAME} = ANY(:ids) AND p.marker <= :horizon'
+        composed(
+            "SELECT p.id AS source_id, {print_name} AS imposition_id, p.status, p.marker,"
+            " {event_time} AS event_time"
+            " FROM {table} p WHERE {print_name} = ANY(:ids) AND p.marker <= :horizon",
+            **_TRIMMED,
+            event_time=expression(event_time_sql(PRINT_OS_SOURCE)),
+            table=Identifier(PRINT_OS_SOURCE.table_name),
         ),
         conn,
         params={"ids": _trimmed(imposition_ids), "horizon": horizon},
@@ -432,41 +500,45 @@ def load_operation_codes(conn: sa.Connection) -> pd.DataFrame:
     )
 
 
-def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
-    """production_planner_paths rows of these runlists: (runlist_id, imposition_id), trimmed (R4)."""
+def _planner_paths(conn: sa.Connection, key: str, ids: list[str]) -> pd.DataFrame:
+    """production_planner_paths rows (runlist_id, imposition_id), trimmed (R4), whose ``key``
+    column is one of ``ids``: one query, whichever side is known."""
     return pd.read_sql(
-        sa.text(
-            f"SELECT DISTINCT {_RUNLIST} AS runlist_id, {_IMPOSITION} AS imposition_id"
-            f" FROM production_planner_paths WHERE {_RUNLIST} = ANY(:ids)"
+        composed(
+            "SELECT DISTINCT {runlist} AS runlist_id, {imposition} AS imposition_id"
+            " FROM production_planner_paths WHERE {key} = ANY(:ids)",
+            runlist=_TRIMMED["runlist"],
+            imposition=_TRIMMED["imposition"],
+            key=_TRIMMED[key],
         ),
         conn,
-        params={"ids": _trimmed(runlist_ids)},
+        params={"ids": _trimmed(ids)},
         dtype={"runlist_id": "string", "imposition_id": "string"},
     )
+
+
+def load_runlist_paths(conn: sa.Connection, runlist_ids: list[str]) -> pd.DataFrame:
+    """The impositions of these runlists."""
+    return _planner_paths(conn, "runlist", runlist_ids)
 
 
 def load_runlists_of_impositions(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
-    """The runlists holding these impositions: (runlist_id, imposition_id), trimmed (R4)."""
-    return pd.read_sql(
-        sa.text(
-            f"SELECT DISTINCT {_RUNLIST} AS runlist_id, {_IMPOSITION} AS imposition_id"
-            f" FROM production_planner_paths WHERE {_IMPOSITION} = ANY(:ids)"
-        ),
-        conn,
-        params={"ids": _trimmed(imposition_ids)},
-        dtype={"runlist_id": "string", "imposition_id": "string"},
-    )
+    """The runlists holding these impositions."""
+    return _planner_paths(conn, "imposition", imposition_ids)
 
 
 def load_print_rows(conn: sa.Connection, imposition_ids: list[str]) -> pd.DataFrame:
     """Every print row of these impositions, whatever its status (R6): (imposition_id, marker,
     complete_time); the scan's choice keeps those at or before its own time."""
     return pd.read_sql(
-        sa.text(
-            f"SELECT {_PRINT_NAME} AS imposition_id, marker,"
-            f" COALESCE({finite_time('job_complete_time')}, {finite_time('created_at')})"
-            " AS complete_time"
-            f' FROM "print OS" WHERE {_PRINT_NAME} = ANY(:ids) AND marker IS NOT NULL'
+        composed(
+            "SELECT {print_name} AS imposition_id, marker, {complete_time} AS complete_time"
+            " FROM {table} WHERE {print_name} = ANY(:ids) AND marker IS NOT NULL",
+            **_TRIMMED,
+            complete_time=expression(
+                f"COALESCE({finite_time('job_complete_time')}, {finite_time('created_at')})"
+            ),
+            table=Identifier(PRINT_OS_SOURCE.table_name),
         ),
         conn,
         params={"ids": _trimmed(imposition_ids)},

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from psycopg import sql
 
-from jobstatus_dagster.core.identifiers import trimmed_sql
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -32,6 +32,7 @@ from jobstatus_dagster.core.plan import (
 )
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
+from jobstatus_dagster.io.compose import Identifier, composed, expression, joined, trimmed
 from jobstatus_dagster.io.sources import load_operation_codes, read_generation
 from jobstatus_dagster.source import source_named
 
@@ -152,15 +153,25 @@ def _copy_into(
     without statistics (autovacuum never analyses temp tables) the R20 resolution UPDATE took
     2 s to 6.8 s per scan window, growing; with them it stays under 0.3 s. The audit table is
     left alone: analysing 45,000 rows costs more than it saves."""
-    conn.execute(sa.text(f"CREATE TEMP TABLE {table} ({_TEMP_TABLES[table]}) ON COMMIT DROP"))
+    name = Identifier(table)
+    conn.execute(
+        composed(
+            "CREATE TEMP TABLE {name} ({columns}) ON COMMIT DROP",
+            name=name,
+            columns=expression(_TEMP_TABLES[table]),
+        )
+    )
     if frame.empty:
         return
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy_sql = sql.SQL("COPY {name} ({columns}) FROM STDIN").format(
+            name=name, columns=joined(", ", [Identifier(c) for c in columns])
+        )
+        with cur.copy(copy_sql) as copy:
             copy.write(copy_text(frame, columns))
         if analyze:
-            cur.execute(f"ANALYZE {table}")
+            cur.execute(sql.SQL("ANALYZE {name}").format(name=name))
 
 
 def _read(conn: sa.Connection, sql: str, **params: object) -> pd.DataFrame:
@@ -332,8 +343,20 @@ def _one_per_row(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 _TARGET_SET = """completed_at = t.event_time, completed_by = t.source_type,
                source_id = t.source_id, status = t.status, notes = t.notes"""
-_TARGET_DIFFERS = """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
-              IS DISTINCT FROM ({p}.{time}, {p}.{by}, {p}.source_id, {p}.status, {p}.notes)"""
+
+
+def _target_differs(p: str, time: str, by: str) -> sql.Composed:
+    """The target row differs from the values of ``p`` (so a re-run writes nothing)."""
+    return sql.SQL(
+        """(o.completed_at, o.completed_by, o.source_id, o.status, o.notes)
+              IS DISTINCT FROM ({time}, {by}, {source_id}, {status}, {notes})"""
+    ).format(
+        time=Identifier(p, time),
+        by=Identifier(p, by),
+        source_id=Identifier(p, "source_id"),
+        status=Identifier(p, "status"),
+        notes=Identifier(p, "notes"),
+    )
 
 
 def _project_logs_table(
@@ -364,64 +387,109 @@ def _project_logs_table(
     _copy_into(conn, f"tmp_{short}", values, columns)
     _copy_into(conn, f"tmp_{short}_withdrawn", withdrawn, [*keys, "operation", "operation_id"])
     _copy_into(conn, f"tmp_{short}_touched", touched, [*keys, "operation"])
-    # R4: the shop's identifiers compare trimmed (the key column through its expression index).
-    match = " AND ".join(f"{trimmed_sql('o.' + k)} = t.{k}" for k in [*keys, "operation_id"])
+    names = {
+        "target": Identifier(table),
+        "row_id": Identifier("o", row_id),
+        "values": Identifier(f"tmp_{short}"),
+        "withdrawn": Identifier(f"tmp_{short}_withdrawn"),
+        "touched": Identifier(f"tmp_{short}_touched"),
+        # R4: the shop's identifiers compare trimmed (the key column through its expression index).
+        "match": joined(
+            " AND ",
+            [
+                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("t", k))
+                for k in [*keys, "operation_id"]
+            ],
+        ),
+        "touched_match": joined(
+            " AND ",
+            [
+                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("k", k))
+                for k in keys
+            ],
+        ),
+        "key_list": joined(", ", [Identifier("t", k) for k in keys]),
+        "target_set": expression(_TARGET_SET),
+        "original_differs": _target_differs("g", "completed_at", "completed_by"),
+        "value_differs": _target_differs("t", "event_time", "source_type"),
+    }
+    params = {"table_name": table}
     # R22b: what the row held before jobstatus first wrote it, kept once.
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         INSERT INTO operation_row_originals (table_name, row_id, completed_at, completed_by,
             source_id, status, notes)
-        SELECT DISTINCT ON (o.{row_id}) '{table}', o.{row_id}, o.completed_at, o.completed_by,
-               o.source_id, o.status, o.notes
-        FROM {table} o JOIN tmp_{short} t ON {match}
+        SELECT DISTINCT ON ({row_id}) CAST(:table_name AS text), {row_id}, o.completed_at,
+               o.completed_by, o.source_id, o.status, o.notes
+        FROM {target} o JOIN {values} t ON {match}
         ON CONFLICT (table_name, row_id) DO NOTHING
-    """)
-    )  # noqa: S608 - constant identifiers
+    """,
+            **names,
+        ),
+        params,
+    )
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         UPDATE operation_row_originals g SET operation = t.operation
-        FROM {table} o JOIN tmp_{short} t ON {match}
-        WHERE g.table_name = '{table}' AND g.row_id = o.{row_id}
+        FROM {target} o JOIN {values} t ON {match}
+        WHERE g.table_name = :table_name AND g.row_id = {row_id}
           AND g.operation IS DISTINCT FROM t.operation
-    """)
-    )  # noqa: S608
-    touched_match = " AND ".join(f"{trimmed_sql('o.' + k)} = k.{k}" for k in keys)
+    """,
+            **names,
+        ),
+        params,
+    )
     stale = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+        composed(
+            """
+        UPDATE {target} o SET completed_at = g.completed_at, completed_by = g.completed_by,
                source_id = g.source_id, status = g.status, notes = g.notes
-        FROM tmp_{short}_touched k
-        JOIN operation_row_originals g ON g.table_name = '{table}' AND g.operation = k.operation
-        WHERE {touched_match} AND g.row_id = o.{row_id}
-          AND NOT EXISTS (SELECT 1 FROM tmp_{short} t WHERE {match})
-          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
-    """)
-    ).rowcount  # noqa: S608
+        FROM {touched} k
+        JOIN operation_row_originals g ON g.table_name = :table_name AND g.operation = k.operation
+        WHERE {touched_match} AND g.row_id = {row_id}
+          AND NOT EXISTS (SELECT 1 FROM {values} t WHERE {match})
+          AND {original_differs}
+    """,
+            **names,
+        ),
+        params,
+    ).rowcount
     updated = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET {_TARGET_SET}
-        FROM tmp_{short} t
-        WHERE {match} AND {_TARGET_DIFFERS.format(p="t", time="event_time", by="source_type")}
-    """)
-    ).rowcount  # noqa: S608
+        composed(
+            """
+        UPDATE {target} o SET {target_set}
+        FROM {values} t
+        WHERE {match} AND {value_differs}
+    """,
+            **names,
+        )
+    ).rowcount
     restored = conn.execute(
-        sa.text(f"""
-        UPDATE {table} o SET completed_at = g.completed_at, completed_by = g.completed_by,
+        composed(
+            """
+        UPDATE {target} o SET completed_at = g.completed_at, completed_by = g.completed_by,
                source_id = g.source_id, status = g.status, notes = g.notes
-        FROM tmp_{short}_withdrawn t
-        JOIN operation_row_originals g ON g.table_name = '{table}'
-        WHERE {match} AND g.row_id = o.{row_id}
-          AND {_TARGET_DIFFERS.format(p="g", time="completed_at", by="completed_by")}
-    """)
-    ).rowcount  # noqa: S608
-    key_list = ", ".join(f"t.{k}" for k in keys)
+        FROM {withdrawn} t
+        JOIN operation_row_originals g ON g.table_name = :table_name
+        WHERE {match} AND g.row_id = {row_id}
+          AND {original_differs}
+    """,
+            **names,
+        ),
+        params,
+    ).rowcount
     missing = pd.read_sql(
-        sa.text(f"""
+        composed(
+            """
         SELECT t.source_type, t.source_id, concat_ws('/', {key_list}, t.operation) AS subject
-        FROM tmp_{short} t WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {match})
-    """),
+        FROM {values} t WHERE NOT EXISTS (SELECT 1 FROM {target} o WHERE {match})
+    """,
+            **names,
+        ),
         conn,
-    )  # noqa: S608
+    )
     failures = failure_rows(
         missing,
         "",
@@ -519,11 +587,26 @@ def write_jobmanager(
     run_id: str,
     report: WriteReport,
 ) -> WriteReport:
-    """Audit, attributions, print state, job state, jobs.operations, failures, processed rows,
-    the marker and the generation: one transaction (R18)."""
-    window = plan.window
-    params = {"run_id": run_id, "source_type": window.source_type}
-    audit = pd.concat(
+    """The jobmanager half of a write, step by step in one transaction (R18): each step fills
+    the temp tables it reads and runs its set-based statements."""
+    params = {"run_id": run_id, "source_type": plan.window.source_type}
+    report.audit_rows_written = _write_audit(conn, _audit_table(plan, evidence, projection), params)
+    report.attributions_withdrawn = _withdraw_attributions(conn, evidence, params)
+    report.audit_rows_written += _apply_verdicts(conn, projection, params)
+    report.attributions_withdrawn += _write_imposition_attributions(conn, plan, evidence, params)
+    _write_print_state(conn, plan)
+    report.job_states_changed = _write_operation_state(conn, projection)
+    report.jobs_updated = _write_jobs_operations(conn)
+    _record_failures(conn, plan, logs_failures, params, report)
+    report.rows_marked_processed = _mark_processed(conn, plan, params)
+    report.marker_after = _advance_marker(conn, plan)
+    return report
+
+
+def _audit_table(plan: UpdatePlan, evidence: Evidence, projection: Projection) -> pd.DataFrame:
+    """The plan's own attributions with their verdicts, and the print rows outside the window
+    whose counts it recomputed (always applied)."""
+    return pd.concat(
         [
             _audit_rows(evidence, projection),
             plan.attributions[~plan.attributions["own"].astype(bool)].assign(
@@ -532,6 +615,10 @@ def write_jobmanager(
         ],
         ignore_index=True,
     )
+
+
+def _write_audit(conn: sa.Connection, audit: pd.DataFrame, params: dict) -> int:
+    """R17: one audit row per (source, job version, operation); re-processing updates it."""
     # Statistics for the temp tables the audit UPDATEs join: without them the planner may hash
     # the whole audit instead of probing its key index (a cost growing with the history).
     _copy_into(
@@ -541,31 +628,6 @@ def write_jobmanager(
         [*ATTRIBUTION_COLUMNS, "applied", "notes"],
         analyze=True,
     )
-    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
-    _copy_into(
-        conn,
-        "tmp_imposition_attributions",
-        plan.imposition_attributions,
-        IMPOSITION_ATTRIBUTION_COLUMNS,
-    )
-    _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
-    _copy_into(
-        conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns), analyze=True
-    )
-    _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
-    _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
-    _copy_into(
-        conn,
-        "tmp_job_state",
-        projection.job_state,
-        list(projection.job_state.columns),
-        analyze=True,
-    )
-    _copy_into(
-        conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
-    )
-
-    # R17: one audit row per (source, job version, operation); re-processing updates it.
     written = conn.execute(
         sa.text("""
         INSERT INTO job_status_updates AS u (source_type, source_id, marker, job_id, version_tag,
@@ -608,21 +670,47 @@ def write_jobmanager(
     """),
         params,
     ).rowcount
-    # R22b: the audit keeps a withdrawn attribution and says when and why.
-    report.attributions_withdrawn = conn.execute(
-        sa.text("""
-        UPDATE job_status_updates u SET withdrawn_at = now(), run_id = :run_id,
-            notes = concat_ws('; ', u.notes,
-                'withdrawn: re-processing no longer attributes it to this job version')
-        FROM tmp_withdrawn w
-        WHERE u.source_type = :source_type AND u.source_id = w.source_id
-          AND u.job_id = w.job_id AND u.version_tag = w.version_tag
-          AND u.operation = w.operation AND u.withdrawn_at IS NULL
-    """),
-        params,
+    return written
+
+
+def _withdraw_attributions(conn: sa.Connection, evidence: Evidence, params: dict) -> int:
+    """R22b: the audit keeps a withdrawn attribution and says when and why."""
+    _copy_into(conn, "tmp_withdrawn", evidence.withdrawn, _ATTRIBUTION_KEY, analyze=True)
+    return _mark_withdrawn(
+        conn, "job_status_updates", "tmp_withdrawn", _ATTRIBUTION_KEY, "job version", params
+    )
+
+
+def _mark_withdrawn(
+    conn: sa.Connection, table: str, withdrawn: str, key: list[str], what: str, params: dict
+) -> int:
+    """Audit rows of ``table`` keyed in the temp table ``withdrawn``: withdrawn now, with a note
+    saying re-processing no longer attributes them to this ``what`` (R22b)."""
+    return conn.execute(
+        composed(
+            """
+        UPDATE {table} u SET withdrawn_at = now(), run_id = :run_id,
+            notes = concat_ws('; ', u.notes, CAST(:note AS text))
+        FROM {withdrawn} w
+        WHERE u.source_type = :source_type AND {same_key} AND u.withdrawn_at IS NULL
+    """,
+            table=Identifier(table),
+            withdrawn=Identifier(withdrawn),
+            same_key=joined(
+                " AND ",
+                [sql.SQL("{} = {}").format(Identifier("u", k), Identifier("w", k)) for k in key],
+            ),
+        ),
+        {**params, "note": f"withdrawn: re-processing no longer attributes it to this {what}"},
     ).rowcount
-    # R23: later scans of the same keys may change verdict when an earlier one arrives late.
-    written += conn.execute(
+
+
+def _apply_verdicts(conn: sa.Connection, projection: Projection, params: dict) -> int:
+    """R23: later scans of the same keys may change verdict when an earlier one arrives late."""
+    _copy_into(
+        conn, "tmp_verdicts", projection.verdicts, list(projection.verdicts.columns), analyze=True
+    )
+    return conn.execute(
         sa.text("""
         UPDATE job_status_updates u SET applied = v.applied, notes = v.notes,
             processed_at = now(), run_id = :run_id
@@ -634,8 +722,20 @@ def write_jobmanager(
     """),
         params,
     ).rowcount
-    report.audit_rows_written = written
 
+
+def _write_imposition_attributions(
+    conn: sa.Connection, plan: UpdatePlan, evidence: Evidence, params: dict
+) -> int:
+    """The imposition audit, upserted, and its withdrawn attributions marked (R22b); returns
+    how many were withdrawn."""
+    _copy_into(
+        conn,
+        "tmp_imposition_attributions",
+        plan.imposition_attributions,
+        IMPOSITION_ATTRIBUTION_COLUMNS,
+    )
+    _copy_into(conn, "tmp_imposition_withdrawn", evidence.imposition_withdrawn, _IMPOSITION_KEY)
     conn.execute(
         sa.text("""
         INSERT INTO imposition_status_updates AS u (source_type, source_id, marker,
@@ -655,20 +755,20 @@ def write_jobmanager(
     """),
         params,
     )
-    report.attributions_withdrawn += conn.execute(
-        sa.text("""
-        UPDATE imposition_status_updates u SET withdrawn_at = now(), run_id = :run_id,
-            notes = concat_ws('; ', u.notes,
-                'withdrawn: re-processing no longer attributes it to this imposition')
-        FROM tmp_imposition_withdrawn w
-        WHERE u.source_type = :source_type AND u.source_id = w.source_id
-          AND u.imposition_id = w.imposition_id AND u.operation = w.operation
-          AND u.withdrawn_at IS NULL
-    """),
+    return _mark_withdrawn(
+        conn,
+        "imposition_status_updates",
+        "tmp_imposition_withdrawn",
+        _IMPOSITION_KEY,
+        "imposition",
         params,
-    ).rowcount
+    )
 
-    # R11/R12: PrintOS's print state of the reached jobs, replaced as a whole per job.
+
+def _write_print_state(conn: sa.Connection, plan: UpdatePlan) -> None:
+    """R11/R12: PrintOS's print state of the reached jobs, replaced as a whole per job."""
+    _copy_into(conn, "tmp_print_state", plan.print_state, PRINT_STATE_COLUMNS)
+    _copy_into(conn, "tmp_print_jobs", pd.DataFrame({"job_id": plan.print_jobs}), ["job_id"])
     conn.execute(
         sa.text("""
         DELETE FROM job_print_state s USING tmp_print_jobs j
@@ -695,7 +795,19 @@ def write_jobmanager(
     """)
     )
 
-    # R15 state per (job, operation) as projected; jobs.operations is its projection.
+
+def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
+    """R15 state per (job, operation) as projected; jobs.operations is its projection."""
+    _copy_into(
+        conn,
+        "tmp_job_state",
+        projection.job_state,
+        list(projection.job_state.columns),
+        analyze=True,
+    )
+    _copy_into(
+        conn, "tmp_job_state_withdrawn", projection.job_state_withdrawn, ["job_id", "operation"]
+    )
     changed = conn.execute(
         sa.text("""
         INSERT INTO job_operation_state AS s (job_id, operation, value, status, version_tag,
@@ -719,9 +831,14 @@ def write_jobmanager(
         WHERE s.job_id = w.job_id AND s.operation = w.operation
     """)
     ).rowcount
-    report.job_states_changed = changed
-    report.jobs_updated = conn.execute(
-        sa.text(f"""
+    return changed
+
+
+def _write_jobs_operations(conn: sa.Connection) -> int:
+    """jobs.operations: the operation state just written, merged into each job's JSON."""
+    return conn.execute(
+        composed(
+            """
         UPDATE jobs j SET operations = (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
         FROM (SELECT job_id,
                      COALESCE(jsonb_object_agg(operation, value)
@@ -730,12 +847,23 @@ def write_jobmanager(
               FROM (SELECT job_id, operation, value FROM tmp_job_state
                     UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
               GROUP BY job_id) p
-        WHERE {trimmed_sql("j.job_id")} = p.job_id
+        WHERE {job_id} = p.job_id
           AND (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
               IS DISTINCT FROM COALESCE(j.operations, '{{}}'::jsonb)
-    """)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
     ).rowcount
 
+
+def _record_failures(
+    conn: sa.Connection,
+    plan: UpdatePlan,
+    logs_failures: pd.DataFrame,
+    params: dict,
+    report: WriteReport,
+) -> None:
+    """This run's failures (the plan's and the logs write's) and the rows it processed."""
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
     # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
     failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
@@ -744,7 +872,10 @@ def write_jobmanager(
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"], analyze=True)
     write_failures(conn, params, report)
 
-    report.rows_marked_processed = conn.execute(
+
+def _mark_processed(conn: sa.Connection, plan: UpdatePlan, params: dict) -> int:
+    """R19: every row this run processed, so the sweep never loads it again."""
+    return conn.execute(
         sa.text("""
         INSERT INTO processed_source_rows (source_type, source_id, marker, run_id, processed_at)
         SELECT :source_type, source_id, marker, :run_id, CAST(:processing_time AS timestamp)
@@ -754,6 +885,10 @@ def write_jobmanager(
         {**params, "processing_time": plan.processing_time},
     ).rowcount
 
+
+def _advance_marker(conn: sa.Connection, plan: UpdatePlan) -> int:
+    """The sweep, the marker and the generation; returns the marker now stored."""
+    window = plan.window
     if window.sweep is not None:
         advance_sweep(conn, window.source_type, window.sweep)
 
@@ -772,28 +907,31 @@ def write_jobmanager(
             "to_marker": advance_to(plan),
         },
     )
-    report.marker_after = int(
+    marker_after = int(
         conn.execute(
             sa.text("SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"),
             {"t": source_named(window.source_type).marker_type},
         ).scalar_one()
     )
+    # R24: a plan read at an older generation is made again under the lock.
     conn.execute(sa.text("UPDATE processing_generation SET generation = generation + 1"))
-    return report
+    return marker_after
 
 
 def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> None:
     """R16/R20: failures of this run recorded, those of its rows that did not recur resolved."""
     # A job absent from jobs is skipped there and recorded, retryably (it may arrive).
     conn.execute(
-        sa.text(f"""
+        composed(
+            """
         INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
         SELECT DISTINCT a.source_type, a.source_id, 'missing_job', a.job_id,
                'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
         FROM tmp_attributions a
-        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j
-                                    WHERE {trimmed_sql("j.job_id")} = a.job_id)
-    """)
+        WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {job_id} = a.job_id)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
     )
     # A failure is re-counted only when its row came back as a retry (R20): re-processing a
     # window or a backfill that meets the same failure changes nothing (R17, R21).

@@ -20,84 +20,43 @@ JOB_STATUS_UPDATES = dg.AssetKey(["jobmanager", "job_status_updates"])
 PROCESSING_FAILURES = dg.AssetKey(["jobmanager", "processing_failures"])
 MARKERS = dg.AssetKey(["jobmanager", "processing_markers"])
 
-SOURCE_SPECS = [
-    dg.AssetSpec(
-        PRINT_OS_TABLE,
-        description='"print OS": PrintOS writes every printed or aborted imposition.',
-        group_name="shop_sources",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        SCANNED_CODES,
-        description="Barcode scans from the finishing machines.",
-        group_name="shop_sources",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        FILE_MAPPING,
-        description="imposition_id → file ids (file ids name job versions, R4).",
-        group_name="shop_sources",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        PLANNER_PATHS,
-        description="runlist_id → imposition ids.",
-        group_name="shop_sources",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        OPERATION_CODES,
-        description="operation name → operation_id (R8), edited by the shop.",
-        group_name="shop_sources",
-        kinds={"postgres"},
-    ),
-]
 
-_BOTH = [each.processing_key for each in SOURCES]
-TARGET_SPECS = [
-    dg.AssetSpec(
-        IMPOSITION_OPERATIONS,
-        deps=_BOTH,
-        description="Per imposition and operation: status, completed_at/by, source (R13–R15).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        JOB_OPERATIONS,
-        deps=_BOTH,
-        description="Per job version and operation: status with counts in notes (R11–R15).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        JOBS_OPERATIONS,
-        deps=_BOTH,
-        description="jobs.operations JSONB: {print, coating, kiss_cut, …} (R12, R15).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        JOB_STATUS_UPDATES,
-        deps=_BOTH,
-        description="The audit trail, one row per (source, job version, operation) (R17).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        PROCESSING_FAILURES,
-        deps=_BOTH,
-        description="What could not be applied, retryable or not (R20).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-    dg.AssetSpec(
-        MARKERS,
-        deps=_BOTH,
-        description="How far each source has been processed (R18).",
-        group_name="job_status",
-        kinds={"postgres"},
-    ),
-]
+def _table_specs(
+    group: str, descriptions: dict[dg.AssetKey, str], deps: list[dg.AssetKey] | None = None
+) -> list[dg.AssetSpec]:
+    """Postgres tables as external assets of one group (nothing materializes them but runs)."""
+    return [
+        dg.AssetSpec(key, description=text, deps=deps, group_name=group, kinds={"postgres"})
+        for key, text in descriptions.items()
+    ]
+
+
+SOURCE_SPECS = _table_specs(
+    "shop_sources",
+    {
+        PRINT_OS_TABLE: '"print OS": PrintOS writes every printed or aborted imposition.',
+        SCANNED_CODES: "Barcode scans from the finishing machines.",
+        FILE_MAPPING: "imposition_id → file ids; a file id names a job version.",
+        PLANNER_PATHS: "runlist_id → imposition ids.",
+        OPERATION_CODES: "operation name → operation_id, edited by the shop.",
+    },
+)
+
+TARGET_SPECS = _table_specs(
+    "job_status",
+    {
+        IMPOSITION_OPERATIONS: "Per imposition and operation: status, when, by which machine,"
+        " from which source row.",
+        JOB_OPERATIONS: "Per job version and operation: status, with printed/aborted counts in"
+        " the notes.",
+        JOBS_OPERATIONS: "jobs.operations: the current status of each operation of a job"
+        " (print, coating, kiss_cut, …).",
+        JOB_STATUS_UPDATES: "The audit trail: one row per source row, job version and operation.",
+        PROCESSING_FAILURES: "Rows that could not be applied, and whether they are retried.",
+        MARKERS: "How far each source has been processed.",
+    },
+    deps=[each.processing_key for each in SOURCES],
+)
 
 
 def processing_ins(source: Source) -> dict[str, dg.AssetIn]:

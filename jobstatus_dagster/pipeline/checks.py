@@ -4,9 +4,10 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.identifiers import file_id_sql_patterns, trimmed_sql
+from jobstatus_dagster.core.identifiers import file_id_sql_patterns
 from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
-from jobstatus_dagster.io.sources import load_operation_codes
+from jobstatus_dagster.io.compose import Identifier, composed, trimmed
+from jobstatus_dagster.io.sources import load_operation_codes, read_marker
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -70,13 +71,13 @@ def file_ids_match_the_pattern(
     # is malformed, not foreign.
     with logs.engine.connect() as conn:
         count, sample, foreign = conn.execute(
-            sa.text(
-                "SELECT count(*) FILTER (WHERE NOT ok), (array_agg(f ORDER BY id DESC)"  # noqa: S608 - constant expression
+            composed(
+                "SELECT count(*) FILTER (WHERE NOT ok), (array_agg(f ORDER BY id DESC)"
                 " FILTER (WHERE NOT ok))[1:10], count(*) FILTER (WHERE ok AND NOT mine)"
                 " FROM (SELECT id, f, f ~ :ours AS mine, f ~ :ours OR (f ~ :anyone"
                 "   AND lower(substring(f from '^FILE_[^_]+_([^_]+)_')) <> lower(:customer)) AS ok"
-                f"   FROM (SELECT id, {trimmed_sql('file_id')} AS f"
-                "     FROM imposition_file_mapping) m) c"
+                "   FROM (SELECT id, {file_id} AS f FROM imposition_file_mapping) m) c",
+                file_id=trimmed(Identifier("file_id")),
             ),
             {"ours": ours, "anyone": anyone, "customer": customer},
         ).one()
@@ -103,19 +104,12 @@ def markers_keep_up(
     lag = {}
     with jobmanager.engine.connect() as conn:
         for src in SOURCES:
-            marker = (
-                conn.execute(
-                    sa.text(
-                        "SELECT last_processed_id FROM processing_markers WHERE marker_type = :t"
-                    ),
-                    {"t": src.marker_type},
-                ).scalar_one_or_none()
-                or 0
-            )
+            marker = read_marker(conn, src.name)
             lag[src.name] = conn.execute(
-                sa.text(
-                    f"SELECT count(*) FROM (SELECT 1 FROM {src.table}"  # noqa: S608 - constants
-                    f" WHERE {src.marker_column} > :m LIMIT :cap) x"
+                composed(
+                    "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {marker} > :m LIMIT :cap) x",
+                    table=Identifier(src.table_name),
+                    marker=Identifier(src.marker_column),
                 ),
                 {"m": marker, "cap": limit + 1},
             ).scalar_one()

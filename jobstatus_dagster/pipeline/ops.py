@@ -4,13 +4,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
 from jobstatus_dagster.config import Settings
-from jobstatus_dagster.core.plan import UpdatePlan, Window
+from jobstatus_dagster.core.plan import Position, Sweep, UpdatePlan, Window
 from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import (
     load_sweep,
@@ -28,16 +29,35 @@ from jobstatus_dagster.source import Source
 SOURCE_TAG = "jobstatus/source"
 WINDOW_TAG = "jobstatus/window"
 TRIGGER_TAG = "jobstatus/trigger"
+SWEEP_TAG = "jobstatus/sweep"
+
+
+class SweepConfig(dg.Config):
+    """A slice of the history (R19) the sensor found never-processed rows in: rows after
+    ``after`` through ``through`` in (marker, id) order; None is the lowest / the window start."""
+
+    after: list[int] | None = None
+    through: list[int] | None = None
+
+    def slice(self) -> Sweep:
+        def position(value: list[int] | None) -> Position | None:
+            return None if value is None else (int(value[0]), int(value[1]))
+
+        return Sweep(position(self.after), position(self.through))
+
+
+R = TypeVar("R")  # a source's resolved window
 
 
 class WindowConfig(dg.Config):
-    """The window (from_marker, to_marker] of source markers this run processes (R18).
+    """The window (from_marker, to_marker] of source markers this run processes.
 
     Left unset (a backfill launched from the UI), the run's partition key gives the range.
     """
 
     from_marker: int | None = None
     to_marker: int | None = None
+    sweep: SweepConfig | None = None  # unset: the slice after the stored sweep position
 
 
 def resolve_window(source_type: str, config: WindowConfig, partition_key: str | None) -> Window:
@@ -50,6 +70,8 @@ def resolve_window(source_type: str, config: WindowConfig, partition_key: str | 
             "no window: give from_marker and to_marker in the run config, or a partition",
             allow_retries=False,
         )
+    if config.sweep is not None:
+        window = replace(window, sweep=config.sweep.slice())
     if window.to_marker < window.from_marker:
         raise dg.Failure(f"empty window {window.label}", allow_retries=False)
     return window
@@ -177,7 +199,9 @@ def write_updates(
     jobmanager: PostgresDatabase,
     logs: PostgresDatabase,
 ) -> dict:
-    """R18: logs first, then jobmanager (audit, failures, marker) in one transaction."""
+    """Write the plan: the logs database first, then the audit, failures and marker in one
+    jobmanager transaction, so a crash in between is repaired by running again."""
+    # R18: the order and the single jobmanager transaction are what make a re-run repair.
     return write_and_report(context, plan, jobmanager, logs)
 
 
@@ -216,3 +240,65 @@ def write_and_report(
         )
     context.log.info(f"{plan.window.label}: {metadata}")
     return {k: v for k, v in metadata.items() if isinstance(v, int | float | str)}
+
+
+@dataclass(frozen=True)
+class ResolvedWork(Generic[R]):
+    """What a resolve op hands to its compute op: the resolved window and how to plan it again
+    (the loaded rows, the engines and the settings a re-plan needs)."""
+
+    resolved: R
+    loaded: LoadedWindow
+    jobmanager: sa.Engine
+    logs: sa.Engine
+    settings: Settings
+
+
+def build_resolve_op(
+    name: str,
+    description: str,
+    resolve: Callable[[LoadedWindow, sa.Engine, sa.Engine, str], R],
+    stats: Callable[[R], dict],
+) -> dg.OpDefinition:
+    """A source's resolve op: its io loader and pure resolution (``resolve``), and the figures
+    (``stats``) the UI shows for it."""
+
+    @dg.op(
+        name=name, description=description, tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY
+    )
+    def _resolve(
+        context: dg.OpExecutionContext,
+        loaded: LoadedWindow,
+        jobmanager: PostgresDatabase,
+        logs: PostgresDatabase,
+        processing: ProcessingSettings,
+    ) -> ResolvedWork:
+        started = time.perf_counter()
+        settings = processing.resolved()
+        resolved = resolve(loaded, jobmanager.engine, logs.engine, settings.file_customer)
+        context.add_output_metadata(
+            {**stats(resolved), "seconds": round(time.perf_counter() - started, 3)}
+        )
+        crash_point("after_resolve")
+        return ResolvedWork(resolved, loaded, jobmanager.engine, logs.engine, settings)
+
+    return _resolve
+
+
+def build_compute_op(
+    name: str,
+    description: str,
+    finish: Callable[[R, LoadedWindow, sa.Engine, sa.Engine, Settings], UpdatePlan],
+) -> dg.OpDefinition:
+    """A source's compute op: the pure status computation over the resolved window."""
+
+    @dg.op(name=name, description=description, tags={"kind": "pandas"})
+    def _compute(context: dg.OpExecutionContext, work: ResolvedWork) -> UpdatePlan:
+        started = time.perf_counter()
+        plan = finish(work.resolved, work.loaded, work.jobmanager, work.logs, work.settings)
+        context.add_output_metadata(
+            {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
+        )
+        return plan
+
+    return _compute

@@ -1,7 +1,4 @@
-"""The print-OS job: load → resolve → compute → write (SPEC R4, R9–R18, R20)."""
-
-import time
-from dataclasses import dataclass
+"""The print-OS job: load → resolve → compute → write (R4, R9–R18, R20)."""
 
 import dagster as dg
 import sqlalchemy as sa
@@ -10,17 +7,17 @@ from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import UpdatePlan
 from jobstatus_dagster.core.print_status import compute_print_plan
 from jobstatus_dagster.core.resolution import ResolvedPrintWindow, resolve_prints
-from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import load_print_references
 from jobstatus_dagster.pipeline.assets import processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
+    build_compute_op,
     build_load_op,
+    build_resolve_op,
     can_replan,
     write_updates,
 )
-from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
+from jobstatus_dagster.pipeline.retries import transient_errors
 from jobstatus_dagster.source import PRINT_OS_SOURCE
 
 load_print_os_window = build_load_op(PRINT_OS_SOURCE)
@@ -67,53 +64,28 @@ def finish_print_plan(
     return can_replan(plan, loaded, jobmanager, logs, settings, plan_print)
 
 
-@dataclass(frozen=True)
-class PrintWork:
-    """What the resolve op hands to the compute op."""
-
-    resolved: ResolvedPrintWindow
-    loaded: LoadedWindow
-    jobmanager: sa.Engine
-    logs: sa.Engine
-    settings: Settings
-
-
-@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
-def resolve_print_window(
-    context: dg.OpExecutionContext,
-    loaded: LoadedWindow,
-    jobmanager: PostgresDatabase,
-    logs: PostgresDatabase,
-    processing: ProcessingSettings,
-) -> PrintWork:
-    """Impositions → file ids → job versions (R4, R9), and the print history they need (R11)."""
-    started = time.perf_counter()
-    settings = processing.resolved()
-    resolved = resolve_print(loaded, jobmanager.engine, logs.engine, settings.file_customer)
-    context.add_output_metadata(
-        {
-            "valid_events": len(resolved.events),
-            "impositions": int(resolved.events["imposition_id"].nunique()),
-            "job_versions": len(resolved.event_files[["job_id", "version_tag"]].drop_duplicates()),
-            "jobs": int(resolved.job_files["job_id"].nunique()),
-            "history_events": len(resolved.history),
-            "failures": len(resolved.failures),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-    crash_point("after_resolve")
-    return PrintWork(resolved, loaded, jobmanager.engine, logs.engine, settings)
+def _print_stats(resolved: ResolvedPrintWindow) -> dict:
+    return {
+        "valid_events": len(resolved.events),
+        "impositions": int(resolved.events["imposition_id"].nunique()),
+        "job_versions": len(resolved.event_files[["job_id", "version_tag"]].drop_duplicates()),
+        "jobs": int(resolved.job_files["job_id"].nunique()),
+        "history_events": len(resolved.history),
+        "failures": len(resolved.failures),
+    }
 
 
-@dg.op(tags={"kind": "pandas"})
-def compute_print_updates(context: dg.OpExecutionContext, work: PrintWork) -> UpdatePlan:
-    """Per-job-version printed/aborted/partial counts over all files (R10–R13). Pure."""
-    started = time.perf_counter()
-    plan = finish_print_plan(work.resolved, work.loaded, work.jobmanager, work.logs, work.settings)
-    context.add_output_metadata(
-        {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
-    )
-    return plan
+resolve_print_window = build_resolve_op(
+    "resolve_print_window",
+    "Press events → impositions → files → job versions, and the print history of those jobs.",
+    resolve_print,
+    _print_stats,
+)
+compute_print_updates = build_compute_op(
+    "compute_print_updates",
+    "Printed, aborted and partial counts per job version, over all of its files.",
+    finish_print_plan,
+)
 
 
 @dg.graph_asset(

@@ -4,7 +4,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from jobstatus_dagster.config import Settings, load_settings
+from jobstatus_dagster.config import Processing, Settings
 from jobstatus_dagster.db import make_engine
 
 
@@ -28,20 +28,14 @@ class PostgresDatabase(dg.ConfigurableResource):
         return self._engine
 
 
-class ProcessingSettings(dg.ConfigurableResource):
-    """Tuning knobs; unset fields fall back to the JOBSTATUS_* environment at run time."""
+class ProcessingSettings(dg.ConfigurableResource, Processing):
+    """The processing values of the one ``Settings``, carried by the resource (shown in the UI,
+    never re-read from the environment). Unset fields keep their documented defaults."""
 
-    chunk_size: int | None = None
-    partition_width: int | None = None
-    late_row_lookback: int | None = None
-    sweep_rows: int | None = None
-    retry_limit: int | None = None
-    retry_batch: int | None = None
-    retry_interval_seconds: int | None = None
-    file_customer: str | None = None
-    failure_age_hours: float | None = None
-    max_marker_lag: int | None = None
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ProcessingSettings":
+        return cls(**settings.processing_values())
 
-    def resolved(self) -> Settings:
-        overrides = {k: v for k, v in self.model_dump().items() if v is not None}
-        return load_settings().model_copy(update=overrides)
+    def resolved(self) -> Processing:
+        """The values runs and sensors read (kept under this name for its many callers)."""
+        return self

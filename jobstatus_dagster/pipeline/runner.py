@@ -56,7 +56,7 @@ class SourceOutcome:
 # dagster.yaml's `compute_logs`: no stdout/stderr capture. Every op logs through context.log into
 # the event log (the UI's run view); capture cost a `tail` and a watcher process per stream and
 # run, and its teardown (terminate, then wait up to 30 s per process) once held a run 60 s after
-# its last step (CI, third session).
+# its last step (docs/decisions.md).
 NO_COMPUTE_LOGS = {
     "module": "dagster._core.storage.noop_compute_log_manager",
     "class": "NoOpComputeLogManager",

@@ -1,7 +1,4 @@
-"""The scanner job: load → resolve → compute → write (SPEC R5–R8, R14–R18, R20)."""
-
-import time
-from dataclasses import dataclass
+"""The scanner job: load → resolve → compute → write (R5–R8, R14–R18, R20)."""
 
 import dagster as dg
 import sqlalchemy as sa
@@ -10,17 +7,17 @@ from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import UpdatePlan
 from jobstatus_dagster.core.resolution import ResolvedScanWindow, resolve_scans
 from jobstatus_dagster.core.scans import compute_scan_plan
-from jobstatus_dagster.faults import crash_point
 from jobstatus_dagster.io.sources import load_scan_references
 from jobstatus_dagster.pipeline.assets import processing_ins
 from jobstatus_dagster.pipeline.ops import (
     LoadedWindow,
+    build_compute_op,
     build_load_op,
+    build_resolve_op,
     can_replan,
     write_updates,
 )
-from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.retries import TRANSIENT_RETRY, transient_errors
+from jobstatus_dagster.pipeline.retries import transient_errors
 from jobstatus_dagster.source import SCANNER_SOURCE
 
 load_scanner_window = build_load_op(SCANNER_SOURCE)
@@ -64,49 +61,22 @@ def finish_scan_plan(
     return can_replan(plan, loaded, jobmanager, logs, settings, plan_scans)
 
 
-@dataclass(frozen=True)
-class ScanWork:
-    """What the resolve op hands to the compute op."""
-
-    resolved: ResolvedScanWindow
-    loaded: LoadedWindow
-    jobmanager: sa.Engine
-    logs: sa.Engine
-    settings: Settings
+def _scan_stats(resolved: ResolvedScanWindow) -> dict:
+    return {**resolved.stats, "failures": len(resolved.failures)}
 
 
-@dg.op(tags={"kind": "pandas"}, retry_policy=TRANSIENT_RETRY)
-def resolve_scan_window(
-    context: dg.OpExecutionContext,
-    loaded: LoadedWindow,
-    jobmanager: PostgresDatabase,
-    logs: PostgresDatabase,
-    processing: ProcessingSettings,
-) -> ScanWork:
-    """Codes → runlist or job (R5, R6) → impositions → files → job versions; operations (R7)."""
-    started = time.perf_counter()
-    settings = processing.resolved()
-    resolved = resolve_scan(loaded, jobmanager.engine, logs.engine, settings.file_customer)
-    context.add_output_metadata(
-        {
-            **resolved.stats,
-            "failures": len(resolved.failures),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-    crash_point("after_resolve")
-    return ScanWork(resolved, loaded, jobmanager.engine, logs.engine, settings)
-
-
-@dg.op(tags={"kind": "pandas"})
-def compute_scan_updates(context: dg.OpExecutionContext, work: ScanWork) -> UpdatePlan:
-    """Operation attributions per scan, job version and imposition (R5–R8, R15). Pure."""
-    started = time.perf_counter()
-    plan = finish_scan_plan(work.resolved, work.loaded, work.jobmanager, work.logs, work.settings)
-    context.add_output_metadata(
-        {**plan.summary(), "seconds": round(time.perf_counter() - started, 3)}
-    )
-    return plan
+resolve_scan_window = build_resolve_op(
+    "resolve_scan_window",
+    "Scanned codes → runlist or job → impositions → files → job versions, and the operations"
+    " each scan reports.",
+    resolve_scan,
+    _scan_stats,
+)
+compute_scan_updates = build_compute_op(
+    "compute_scan_updates",
+    "Operation status per scan, job version and imposition.",
+    finish_scan_plan,
+)
 
 
 @dg.graph_asset(

@@ -1,26 +1,133 @@
-"""Sensors: launch a run for the next window past the marker, one run per source at a time."""
+"""Sensors: one look at a source per tick, answered with one SensorResult.
+
+A tick only reads (the shop's database and the run history) and returns the runs to queue, the
+marker-range partitions they need, a cursor a person can read and, when nothing is due, why.
+Catching up is several consecutive windows requested in one tick; the run queue's
+one-run-per-source limit runs them one after the other (bench/README.md, issue 13).
+"""
 
 import json
-import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from jobstatus_dagster.config import Settings
-from jobstatus_dagster.io.sources import Backlog, inspect_backlog
-from jobstatus_dagster.io.writer import advance_sweep
+from jobstatus_dagster.core.plan import Position
+from jobstatus_dagster.io.sources import Backlog, StoredSweep, inspect_backlog, next_chunk
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.stale_runs import fail_stale_runs
-from jobstatus_dagster.pipeline.windows import IN_FLIGHT, plan_next_run
-from jobstatus_dagster.source import source_named
+from jobstatus_dagster.pipeline.stale_runs import (
+    fail_stalled_runs,
+    fail_stalled_runs_request,
+    stalled_runs,
+)
+from jobstatus_dagster.pipeline.windows import (
+    FINISHED,
+    IN_FLIGHT,
+    InFlight,
+    PlannedRun,
+    plan_sensor_runs,
+)
+from jobstatus_dagster.source import PRINT_OS, SCANNER, source_named
+
+# At most this many runs of a source wait in the queue at once: enough to drain a backlog at the
+# queue's pace between two looks, few enough that a re-plan after a failure redoes little.
+WINDOWS_PER_TICK = 10
 
 
-def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Settings) -> Backlog:
-    """What is there to process. A clean slice of the history sweep is passed over here, so
-    the sweep keeps going round while no run is needed (R19 for rows far below the marker)."""
+def source_backlog(
+    jobmanager: PostgresDatabase,
+    source_type: str,
+    settings: Settings,
+    sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
+) -> Backlog:
+    """What there is to process; reads only."""
     with jobmanager.engine.connect() as conn:
+        return inspect_backlog(
+            conn,
+            source_type,
+            chunk_size=settings.chunk_size,
+            lookback=settings.late_row_lookback,
+            retry_limit=settings.retry_limit,
+            retry_interval=settings.retry_interval_seconds,
+            sweep_rows=settings.sweep_rows,
+            sweep_after=sweep_after,
+        )
+
+
+@dataclass(frozen=True)
+class SensorCursor:
+    """What the sensor saw at its last look, as the UI shows it. Only ``sweep_after`` steers the
+    next look (where its walk through the history goes on); what is unprocessed is always read
+    from the database, never from here."""
+
+    marker_seen: int | None = None
+    looked_at: str | None = None  # UTC, ISO 8601
+    requested_up_to: int | None = None  # the highest window end queued or running
+    waiting_runs: int = 0  # runs of the source queued or running after this look
+    sweep_after: list[int] | None = None  # (marker, id) the history walk goes on after
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> "SensorCursor":
+        """An unreadable cursor (an older version's, a hand edit) counts as none."""
+        try:
+            data = json.loads(cursor or "{}")
+            sweep = data.get("sweep_after")
+            return cls(
+                marker_seen=_opt_int(data.get("marker_seen")),
+                looked_at=data.get("looked_at"),
+                requested_up_to=_opt_int(data.get("requested_up_to")),
+                waiting_runs=int(data.get("waiting_runs", 0)),
+                sweep_after=None if sweep is None else [int(sweep[0]), int(sweep[1])],
+            )
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            return cls()
+
+    @property
+    def sweep_position(self) -> Position | None:
+        return None if self.sweep_after is None else (self.sweep_after[0], self.sweep_after[1])
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+def _run_key(planned: PlannedRun, finished: int) -> str:
+    """Stable while the window's run waits or runs (the daemon then drops a repeat); a fresh
+    key once a run of it has finished, so a failed window is requested again."""
+    return f"{planned.window_tag}#{finished}"
+
+
+def look(
+    context: dg.SensorEvaluationContext,
+    source_type: str,
+    job_name: str,
+    jobmanager: PostgresDatabase,
+    settings: Settings,
+) -> dg.SensorResult:
+    """One tick: read the source and the runs in flight, plan, answer."""
+    now = datetime.now(UTC)
+    cursor = SensorCursor.parse(context.cursor)
+    instance = context.instance
+    waiting = [
+        record.dagster_run.tags
+        for record in instance.get_run_records(
+            dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT)
+        )
+    ]
+    in_flight = InFlight.of(waiting)
+    stalled = stalled_runs(instance, source_type, settings.stale_run_seconds)
+    # One snapshot for the whole look: rows committed meanwhile wait for the next one, instead of
+    # making a tiny extra window of their own; read-only, so a tick can never write.
+    with jobmanager.engine.connect().execution_options(
+        isolation_level="REPEATABLE READ", postgresql_readonly=True
+    ) as conn:
         backlog = inspect_backlog(
             conn,
             source_type,
@@ -29,120 +136,100 @@ def source_backlog(jobmanager: PostgresDatabase, source_type: str, settings: Set
             retry_limit=settings.retry_limit,
             retry_interval=settings.retry_interval_seconds,
             sweep_rows=settings.sweep_rows,
+            sweep_after=cursor.sweep_position,
         )
-        if backlog.clean_sweep is not None:
-            advance_sweep(conn, source_type, backlog.clean_sweep)
-            conn.commit()
-    return backlog
+        planned = plan_sensor_runs(
+            source_type,
+            backlog,
+            lambda lo, hi: next_chunk(conn, source_type, lo, hi, settings.chunk_size),
+            in_flight,
+            WINDOWS_PER_TICK,
+            settings.partition_width,
+        )
+    finished = (
+        Counter(
+            record.dagster_run.tags[WINDOW_TAG]
+            for record in instance.get_run_records(
+                dg.RunsFilter(tags={WINDOW_TAG: [p.window_tag for p in planned]}, statuses=FINISHED)
+            )
+        )
+        if planned
+        else Counter()
+    )
+    requests = [
+        dg.RunRequest(
+            run_key=_run_key(p, finished[p.window_tag]),
+            job_name=job_name,
+            run_config=p.run_config(),
+            tags=p.tags("sensor"),
+            partition_key=p.partition_key,
+        )
+        for p in planned
+    ]
+    for p in planned:
+        context.log.info(f"requesting {p.window_tag}: {p.reason}")
+    if stalled:
+        for record, reason in stalled:
+            context.log.warning(f"run {record.dagster_run.run_id}: worker gone ({reason})")
+        requests.append(fail_stalled_runs_request(instance, source_type, stalled))
+    # A slice holding never-processed rows is looked at again until a run has processed them.
+    sweep_after = backlog.sweep.start if backlog.swept_rows else backlog.sweep.end
+    ends = [p.to_marker for p in planned] + [in_flight.windows_end or backlog.marker]
+    cursor = SensorCursor(
+        marker_seen=backlog.marker,
+        looked_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        requested_up_to=max(ends),
+        waiting_runs=in_flight.runs + len(planned),
+        sweep_after=None if sweep_after is None else list(sweep_after),
+    )
+    if not requests:
+        return dg.SensorResult(
+            skip_reason=_nothing_to_do(source_type, backlog, in_flight), cursor=cursor.dumps()
+        )
+    partitions = source_named(source_type).partitions
+    keys = sorted({p.partition_key for p in planned})
+    new_keys = [k for k in keys if not instance.has_dynamic_partition(partitions.name, k)]
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=cursor.dumps(),
+        dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],
+    )
 
 
-# The sensor daemon evaluates sensors once per loop of this length: the sensor ticks every loop
-# and keeps its own cadence (the interval) in its cursor, so a launch is never a whole interval
-# late. Its minimum interval is below the loop: at exactly 5 s, a loop that came round a little
-# early skipped the sensor, and ticks came 5 and 10 s apart (bench/latency.py: 7.5-9.5 s).
-SENSOR_LOOP_SECONDS = 5
-SENSOR_MINIMUM_INTERVAL_SECONDS = 1
+def _nothing_to_do(source_type: str, backlog: Backlog, in_flight: InFlight) -> str:
+    if in_flight.runs:
+        return (
+            f"{in_flight.runs} run(s) for {source_type} already queued or running, up to"
+            f" marker {in_flight.windows_end or backlog.marker}"
+        )
+    return f"nothing past the {source_type} marker {backlog.marker}"
 
 
-@dataclass(frozen=True)
-class SensorCadence:
-    """The sensor's cursor: the earliest time its next tick may look at the source.
-
-    Ticks before it skip without a query. A tick that finds nothing, or launches the last window
-    of a backlog, waits one interval (less half a daemon loop, so ticks stay an interval apart);
-    one that launches while rows remain behind its window, or finds a run in flight, leaves it:
-    the next tick, one loop later, launches as soon as the source is free (bench/README.md §4).
-    """
-
-    next_check: float = 0.0
-
-    @classmethod
-    def parse(cls, cursor: str | None) -> "SensorCadence":
-        try:
-            return cls(float(json.loads(cursor or "{}").get("next_check", 0.0)))
-        except (ValueError, TypeError, AttributeError):
-            return cls()  # unreadable cursor (older version, hand edit): check now
-
-    @staticmethod
-    def after(now: float, interval_seconds: int) -> str:
-        wait = max(0.0, interval_seconds - SENSOR_LOOP_SECONDS / 2)
-        return json.dumps({"next_check": now + wait})
-
-    @staticmethod
-    def now(now: float) -> str:
-        return json.dumps({"next_check": now})
+SOURCE_WORDS = {PRINT_OS: "print events", SCANNER: "barcode scans"}
 
 
 def build_source_sensor(
     source_type: str, job: dg.JobDefinition | UnresolvedAssetJobDefinition, interval_seconds: int
 ) -> dg.SensorDefinition:
+    rows = SOURCE_WORDS.get(source_type, f"{source_type} rows")
+
     @dg.sensor(
         name=source_named(source_type).sensor_name,
-        job=job,
-        minimum_interval_seconds=min(SENSOR_MINIMUM_INTERVAL_SECONDS, interval_seconds),
+        jobs=[job, fail_stalled_runs],
+        minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Launches {job.name} for the next window past the {source_type} marker: looks every"
-            f" {interval_seconds} s, and straight after each run while a backlog remains."
+            f"Every {interval_seconds} s, looks for {rows} not yet processed and queues a run for"
+            f" each range of them (up to {WINDOWS_PER_TICK} at a time; they run one after the"
+            " other). Also walks through older ones a slice at a time, so one that was saved"
+            " late is still processed."
         ),
     )
     def _sensor(
         context: dg.SensorEvaluationContext,
         jobmanager: PostgresDatabase,
         processing: ProcessingSettings,
-    ) -> dg.SensorResult | dg.SkipReason:
-        now = time.time()
-        due = SensorCadence.parse(context.cursor).next_check
-        if now < due:
-            return dg.SkipReason(f"next look at the {source_type} source in {due - now:.0f} s")
-        settings = processing.resolved()
-        # A run whose worker was killed stays in flight forever: fail it, or never launch again.
-        stale = fail_stale_runs(context.instance, source_type, settings.stale_run_seconds)
-        for run in stale:
-            context.log.warning(run.line())
-        recovered = "".join(f"{run.line()}; " for run in stale)
-        in_flight = context.instance.get_run_records(
-            dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT), limit=1
-        )
-        if in_flight:
-            return dg.SkipReason(
-                f"{recovered}run {in_flight[0].dagster_run.run_id} for {source_type}"
-                " is still in flight"
-            )
-        backlog = source_backlog(jobmanager, source_type, settings)
-        planned = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
-        if planned is None:
-            context.update_cursor(SensorCadence.after(now, interval_seconds))
-            return dg.SkipReason(
-                f"{recovered}nothing past the {source_type} marker {backlog.marker}"
-            )
-        # A run key is never reused; a failed window gets a fresh key per attempt.
-        attempts = context.instance.get_runs_count(
-            dg.RunsFilter(tags={WINDOW_TAG: planned.window_tag})
-        )
-        run_key = (
-            f"{planned.window_tag}#late{backlog.late_rows}"
-            f"#retry{backlog.retry_signature}#attempt{attempts}"
-        )
-        context.log.info(f"launching {planned.window_tag}: {planned.reason}")
-        # The marker range becomes a partition the data team can see and backfill.
-        partitions = source_named(source_type).partitions
-        if not context.instance.has_dynamic_partition(partitions.name, planned.partition_key):
-            context.instance.add_dynamic_partitions(partitions.name, [planned.partition_key])
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=run_key,
-                    run_config=planned.run_config(),
-                    tags=planned.tags("sensor"),
-                    partition_key=planned.partition_key,
-                )
-            ],
-            cursor=(
-                SensorCadence.now(now)
-                if planned.catching_up
-                else SensorCadence.after(now, interval_seconds)
-            ),
-        )
+    ) -> dg.SensorResult:
+        return look(context, source_type, job.name, jobmanager, processing.resolved())
 
     return _sensor

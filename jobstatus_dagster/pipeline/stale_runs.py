@@ -2,11 +2,16 @@
 
 A run whose process was SIGKILLed (a ``jobstatus process`` or API process running it in-process,
 or a daemon-launched run worker whose code server died too) stays NOT_STARTED/STARTING/STARTED:
-the sensor skips, the run queue's tag limit holds and the API answers 409, for good. Dagster's
-run monitoring (``dagster.yaml``) only covers part of it: the DefaultRunLauncher has no worker
-health check, and in-process runs have no launcher at all. So before refusing, the sensor and
-the API fail such runs here; re-running their window is safe (R18), and the marker row lock
-still serializes the writes (R19).
+the run queue's one-run-per-source limit holds every later run of the source behind it, for
+good. Dagster's run monitoring (``dagster.yaml``) cannot see it: it asks the run launcher
+whether a worker is healthy, the DefaultRunLauncher has no such check
+(``supports_check_run_worker_health`` is False), and a run executed in-process by the CLI or
+the API has no launcher at all. Re-running a failed run's window is safe (R18), and the marker
+row lock still serializes the writes (R19).
+
+Who fails them: the source's sensor only reads (``stalled_runs``) and, when it finds one,
+requests a run of the ``fail_stalled_runs`` job (in the UI, beside the processing jobs), which
+fails them; the API does it itself before it would refuse a request.
 
 A run's worker is gone when either
 
@@ -20,8 +25,6 @@ A run whose process is known to be alive is never failed here: a hung but live w
 monitoring's ``max_runtime_seconds``. QUEUED runs have no worker and are left to the run queue.
 """
 
-from __future__ import annotations
-
 import os
 import socket
 import time
@@ -29,7 +32,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from jobstatus_dagster.pipeline.ops import SOURCE_TAG
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
+from jobstatus_dagster.pipeline.resources import ProcessingSettings
 from jobstatus_dagster.processes import ProcessState, process_state
 
 HOST_TAG = "jobstatus/host"
@@ -104,7 +108,7 @@ def _tagged_worker(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[st
     return host, pid
 
 
-def _last_activity(instance: dg.DagsterInstance, record: dg.RunRecord) -> float:
+def last_activity(instance: dg.DagsterInstance, record: dg.RunRecord) -> float:
     """When the run last recorded anything: its newest event, else its last status change."""
     latest = instance.get_records_for_run(record.dagster_run.run_id, limit=1, ascending=False)
     times = [record.update_timestamp.timestamp(), record.create_timestamp.timestamp()]
@@ -125,7 +129,7 @@ def worker_gone(
             return None
         if state is not ProcessState.UNKNOWN:
             return f"process {pid} on {host} {state.value}"
-    quiet = time.time() - _last_activity(instance, record)
+    quiet = time.time() - last_activity(instance, record)
     if quiet > stale_after_seconds:
         where = f" (process {worker[1]} on {worker[0]})" if worker else ""
         return (
@@ -135,18 +139,23 @@ def worker_gone(
     return None
 
 
+def stalled_runs(
+    instance: dg.DagsterInstance, source_type: str, stale_after_seconds: int
+) -> list[tuple[dg.RunRecord, str]]:
+    """The source's runs whose worker is gone, with why. Reads only."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=WORKER_STATUSES)
+    )
+    found = [(record, worker_gone(instance, record, stale_after_seconds)) for record in records]
+    return [(record, reason) for record, reason in found if reason is not None]
+
+
 def fail_stale_runs(
     instance: dg.DagsterInstance, source_type: str, stale_after_seconds: int
 ) -> list[StaleRun]:
     """Mark every run of the source whose worker is gone as failed; return what was failed."""
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=WORKER_STATUSES)
-    )
     failed: list[StaleRun] = []
-    for record in records:
-        reason = worker_gone(instance, record, stale_after_seconds)
-        if reason is None:
-            continue
+    for record, reason in stalled_runs(instance, source_type, stale_after_seconds):
         current = instance.get_run_by_id(record.dagster_run.run_id)
         if current is None or current.is_finished:  # it finished (or was failed) meanwhile
             continue
@@ -154,3 +163,47 @@ def fail_stale_runs(
         instance.report_run_failed(current, stale.message)
         failed.append(stale)
     return failed
+
+
+class StalledRunsConfig(dg.Config):
+    source_type: str
+
+
+@dg.op
+def fail_stalled_runs_op(
+    context: dg.OpExecutionContext, config: StalledRunsConfig, processing: ProcessingSettings
+) -> None:
+    """Fails the source's runs whose worker is gone, so the queue runs what waits behind them."""
+    settings = processing.resolved()
+    failed = fail_stale_runs(context.instance, config.source_type, settings.stale_run_seconds)
+    for run in failed:
+        context.log.warning(run.line())
+    context.add_output_metadata({"runs_failed": len(failed)})
+
+
+@dg.job(
+    name="fail_stalled_runs",
+    description=(
+        "Marks runs as failed whose process has died (a killed command or server), so the"
+        " source's waiting runs can go ahead. Requested by a source's sensor when it sees one."
+    ),
+    executor_def=dg.in_process_executor,
+)
+def fail_stalled_runs() -> None:
+    fail_stalled_runs_op()
+
+
+def fail_stalled_runs_request(
+    instance: dg.DagsterInstance, source_type: str, stalled: list[tuple[dg.RunRecord, str]]
+) -> dg.RunRequest:
+    """One request per set of stalled runs; the key changes once they record anything new."""
+    key = ",".join(
+        f"{record.dagster_run.run_id}@{last_activity(instance, record):.0f}"
+        for record, _ in stalled
+    )
+    return dg.RunRequest(
+        run_key=f"fail stalled {source_type}: {key}",
+        job_name=fail_stalled_runs.name,
+        run_config={"ops": {"fail_stalled_runs_op": {"config": {"source_type": source_type}}}},
+        tags={TRIGGER_TAG: "sensor"},
+    )
