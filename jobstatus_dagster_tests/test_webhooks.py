@@ -259,7 +259,7 @@ def test_a_delivery_gives_up_after_the_limit_and_the_dagster_run_says_so(
     assert gave_up[0]["attempts"] == limit
     assert gave_up[0]["last_error"].startswith(f"gave up after {limit} attempts")
     assert not run.success
-    failure = run.failure_data_for_node("deliver_webhooks")
+    failure = run.failure_data_for_node("deliver_due_webhooks")
     assert failure is not None and "given up" in failure.error.message
     attempts = shop.scalar(
         shop.jm,

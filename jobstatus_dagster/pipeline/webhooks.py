@@ -135,7 +135,7 @@ def deliver_due(
     return report
 
 
-@dg.op(name="deliver_webhooks", tags={"kind": "webhooks"})
+@dg.op(name="deliver_due_webhooks", tags={"kind": "webhooks"})
 def deliver_webhooks_op(
     context: dg.OpExecutionContext, jobmanager: PostgresDatabase, webhooks: WebhookDelivery
 ) -> None:
