@@ -15,8 +15,11 @@ Status codes:
 - 202: accepted but not finished within ``wait`` (a long backlog, a busy source, or no daemon
   running for the instance, which ``daemon_running`` says). The body lists the runs (and the
   backfill); follow each with ``GET /api/runs/{run_id}``.
-- 401: a write without ``Authorization: Bearer <token>`` or with a wrong token
-  (``WWW-Authenticate: Bearer``). Reads are open.
+- 401: a request without ``Authorization: Bearer <token>`` or with a wrong token
+  (``WWW-Authenticate: Bearer``). Writes need the write token; reads (job status, runs, the
+  feed, job lists) the read token or the write token, unless reads are deliberately public.
+- 503 on reads: no read token configured (``JOBSTATUS_API_READ_TOKEN`` unset) and reads not
+  declared public (``JOBSTATUS_API_PUBLIC_READS=true``). ``/api/health`` stays open for probes.
 - 503 on writes: no token configured (``JOBSTATUS_API_TOKEN`` unset) - writes stay closed rather
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
 - 404: unknown job or run. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
@@ -49,8 +52,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobstatus_dagster import api_integration
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER
 from jobstatus_dagster.db import to_sqlalchemy_url
+from jobstatus_dagster.io.feed import read_as_of
 from jobstatus_dagster.io.sources import read_marker
 from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.pipeline import queue
@@ -72,7 +77,8 @@ logger = logging.getLogger(__name__)
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="bearerAuth",
-    description="Writes need `Authorization: Bearer <JOBSTATUS_API_TOKEN>`.",
+    description="Writes need `Authorization: Bearer <JOBSTATUS_API_TOKEN>`; reads that token or"
+    " `JOBSTATUS_API_READ_TOKEN`.",
 )
 
 
@@ -206,6 +212,9 @@ class JobStatusResponse(BaseModel):
     update_history: list[UpdateRecord] = Field(description="newest first")
     next_before: int | None = Field(
         description="pass as `before` for the next (older) page; null on the last page"
+    )
+    as_of: dict[str, api_integration.SourceFreshness] = Field(
+        description=api_integration.AS_OF_DESCRIPTION
     )
 
 
@@ -432,8 +441,9 @@ def _engine(libpq_url: str) -> sa.Engine:
 
 # ----- the app -----------------------------------------------------------------------------
 ERRORS_READ: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
     404: {"model": ErrorBody, "description": "unknown job"},
-    503: {"model": ErrorBody, "description": "a database is unreachable"},
+    503: {"model": ErrorBody, "description": "reads closed (no read token), or a database down"},
 }
 ERRORS_WRITE: dict[int | str, dict[str, Any]] = {
     202: {"model": AcceptedBody, "description": "runs not finished within `wait`: follow them"},
@@ -451,10 +461,13 @@ def create_app(
     jobmanager_url: str,
     logs_url: str,
     token: str | None,
+    read_token: str | None = None,
+    public_reads: bool = False,
 ) -> FastAPI:
     """The API over one code location's definitions and one Dagster instance.
 
-    ``token`` None (or empty) closes the write endpoints (503) instead of opening them.
+    ``token`` None (or empty) closes the write endpoints (503) instead of opening them;
+    ``read_token`` None closes the reads likewise, unless ``public_reads`` opens them to anyone.
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
@@ -493,7 +506,31 @@ def create_app(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    expected_read = read_token.encode() if read_token else None
+
+    def require_read_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if credentials is None and public_reads:
+            return
+        if expected_read is None and not public_reads:
+            raise HTTPException(
+                503,
+                "reads are closed: no read token configured (JOBSTATUS_API_READ_TOKEN), and"
+                " reads are not public (JOBSTATUS_API_PUBLIC_READS)",
+            )
+        given = credentials.credentials.encode() if credentials is not None else b""
+        # Both compared, in constant time, whichever matches: the write token also reads.
+        as_reader = hmac.compare_digest(given, expected_read or b"\0")
+        as_writer = hmac.compare_digest(given, expected or b"\0")
+        if not given or not (as_reader or as_writer):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
     write = [Depends(require_token)]
+    read = [Depends(require_read_token)]
+    app.include_router(api_integration.build_router(jobmanager, logs, read, write))
 
     @app.post(
         "/api/process-print-os",
@@ -536,7 +573,8 @@ def create_app(
 
     @app.get(
         "/api/runs/{run_id}",
-        responses={404: {"model": ErrorBody, "description": "unknown run"}},
+        dependencies=read,
+        responses={**ERRORS_READ, 404: {"model": ErrorBody, "description": "unknown run"}},
         summary="A processing run: its status, and what it wrote once it finished",
     )
     def run_status(
@@ -549,6 +587,7 @@ def create_app(
 
     @app.get(
         "/api/job-status/{job_id}",
+        dependencies=read,
         responses=ERRORS_READ,
         summary="A job's current operations, print state per version and audit history",
     )
@@ -570,6 +609,8 @@ def create_app(
         status = read_job_status(jobmanager, logs, job_id, limit=limit, before=before)
         if status is None:
             raise HTTPException(404, f"unknown job {job_id}")
+        with jobmanager.connect() as conn:
+            status["as_of"] = read_as_of(conn)
         return JobStatusResponse.model_validate(status)
 
     @app.get(

@@ -304,10 +304,23 @@ def simulate_command(every: float) -> None:
         stop.set()
 
 
-def _api_app(env: Environment, token: str | None):
+def _api_app(env: Environment, token: str | None, read_token: str | None = None):
     from jobstatus_dagster.api import create_app
 
-    return create_app(_definitions(env), env.instance(), env.urls.jobmanager, env.urls.logs, token)
+    return create_app(
+        _definitions(env),
+        env.instance(),
+        env.urls.jobmanager,
+        env.urls.logs,
+        token,
+        read_token=read_token,
+        public_reads=env.settings.api_public_reads,
+    )
+
+
+def _read_token(env: Environment) -> str | None:
+    configured = env.settings.api_read_token
+    return configured.get_secret_value() if configured else None
 
 
 @main.command("api")
@@ -326,7 +339,14 @@ def api_command(host: str, port: int) -> None:
     token = env.api_token
     if not token:
         click.echo("JOBSTATUS_API_TOKEN is not set: the write endpoints answer 503.", err=True)
-    uvicorn.run(_api_app(env, token), host=host, port=port)
+    read_token = _read_token(env)
+    if not read_token and not env.settings.api_public_reads:
+        click.echo(
+            "JOBSTATUS_API_READ_TOKEN is not set and JOBSTATUS_API_PUBLIC_READS is not true:"
+            " the read endpoints answer 503.",
+            err=True,
+        )
+    uvicorn.run(_api_app(env, token, read_token), host=host, port=port)
 
 
 @main.command("dev")
@@ -352,14 +372,26 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         threading.Thread(target=_simulate, args=(env, stop, simulate_every), daemon=True).start()
     configured = env.api_token
     token = configured or secrets.token_urlsafe(24)
+    configured_read = _read_token(env)
+    read_token = configured_read or secrets.token_urlsafe(24)
     api = uvicorn.Server(
-        uvicorn.Config(_api_app(env, token), host="127.0.0.1", port=api_port, log_level="warning")
+        uvicorn.Config(
+            _api_app(env, token, read_token),
+            host="127.0.0.1",
+            port=api_port,
+            log_level="warning",
+        )
     )
     threading.Thread(target=api.run, name="jobstatus-api", daemon=True).start()
     click.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={env.dagster_home})")
     click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
     if not configured:
         click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
+    if not configured_read:
+        click.echo(
+            "API read token (this session only; set JOBSTATUS_API_READ_TOKEN to keep one):"
+            f" {read_token}"
+        )
     interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop dagster dev and the embedded server
     dagster_dev = [
         str(Path(sys.executable).with_name("dagster")),

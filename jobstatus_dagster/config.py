@@ -96,6 +96,26 @@ class Settings(Processing, BaseSettings):
         description="Dagster's home when the operator keeps one; else one under `home`",
     )
     api_token: SecretStr | None = Field(None, description="bearer token of the API's writes")
+    # The integration API: who may read, and how webhooks are delivered.
+    api_read_token: SecretStr | None = Field(
+        None, description="bearer token of the API's reads (the write token also reads)"
+    )
+    api_public_reads: bool = Field(
+        False, description="true: reads need no token (deliberately open to anyone)"
+    )
+    webhook_max_attempts: int = Field(
+        30, ge=1, description="attempts of one webhook delivery before it is given up"
+    )
+    webhook_backoff_seconds: float = Field(
+        2.0, gt=0, description="wait after a delivery's first failure, doubled at each failure"
+    )
+    webhook_backoff_max_seconds: float = Field(
+        300.0, gt=0, description="longest wait between two attempts of one delivery"
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
+    webhook_interval_seconds: int = Field(
+        10, ge=1, description="how often the webhook sensor looks for due deliveries"
+    )
 
     def configured_database_urls(self) -> tuple[str, str, str] | None:
         """The three URLs, or None for the embedded server. Some but not all set is an error:

@@ -12,6 +12,11 @@ from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSet
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
 from jobstatus_dagster.pipeline.stale_runs import fail_stalled_runs
+from jobstatus_dagster.pipeline.webhooks import (
+    WebhookDelivery,
+    build_webhook_sensor,
+    deliver_webhooks_job,
+)
 from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE, Source
 
 
@@ -32,6 +37,8 @@ def build_definitions(
     print_os_interval_seconds: int = 30,
     scanner_interval_seconds: int = 30,
     processing: ProcessingSettings | None = None,
+    webhooks: WebhookDelivery | None = None,
+    webhook_interval_seconds: int = 10,
 ) -> dg.Definitions:
     """Everything assembled; ``processing`` defaults to the documented values (tests, scripts)."""
     process_print_os, process_scanner = (
@@ -41,16 +48,24 @@ def build_definitions(
     return dg.Definitions(
         assets=[*SOURCE_SPECS, print_os_processing, scanner_processing, *TARGET_SPECS],
         asset_checks=CHECKS,
-        jobs=[process_print_os, process_scanner, checks_job, fail_stalled_runs],
+        jobs=[
+            process_print_os,
+            process_scanner,
+            checks_job,
+            fail_stalled_runs,
+            deliver_webhooks_job,
+        ],
         schedules=[checks_schedule],
         sensors=[
             build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),
             build_source_sensor(SCANNER_SOURCE.name, process_scanner, scanner_interval_seconds),
+            build_webhook_sensor(webhook_interval_seconds),
         ],
         resources={
             "jobmanager": PostgresDatabase(url=jobmanager_url),
             "logs": PostgresDatabase(url=logs_url),
             "processing": processing or ProcessingSettings(),
+            "webhooks": webhooks or WebhookDelivery(),
             # In-process executor: frames stay in memory, nothing pickled per op.
             "io_manager": dg.mem_io_manager,
         },
@@ -72,6 +87,13 @@ def definitions_from_settings(
         settings.sensor_interval_seconds,
         settings.scanner_interval,
         ProcessingSettings.from_settings(settings),
+        webhooks=WebhookDelivery(
+            max_attempts=settings.webhook_max_attempts,
+            backoff_seconds=settings.webhook_backoff_seconds,
+            backoff_max_seconds=settings.webhook_backoff_max_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        ),
+        webhook_interval_seconds=settings.webhook_interval_seconds,
     )
 
 

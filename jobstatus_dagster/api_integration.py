@@ -1,0 +1,459 @@
+"""The integration endpoints: the change feed, the job list (JSON or CSV), webhook subscriptions.
+
+What a shop's MIS, dashboards and customer service expect: poll what changed since a marker,
+list and filter jobs, export them as CSV, or be told by a signed POST. Mounted on the same app
+(and OpenAPI document) as the processing endpoints by ``create_app``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
+from fastapi.params import Depends
+from fastapi.responses import StreamingResponse
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from jobstatus_dagster.io import outbox
+from jobstatus_dagster.io.feed import (
+    FEED_COLUMNS,
+    JobFilter,
+    export_feed,
+    export_jobs,
+    known_operations,
+    read_as_of,
+    read_feed,
+    read_jobs,
+)
+
+MAX_UPDATE_ID = 2**63 - 1
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+CSV = "text/csv"
+JobStatus = Literal["completed", "partial", "aborted", "pending"]
+NEXT_AFTER_HEADER = "Jobstatus-Next-After"
+# A cursor is a job id as the jobs table holds it: printable, no control characters (which
+# Postgres text cannot hold either).
+JOB_CURSOR_PATTERN = r"^[^\x00-\x1f\x7f]{1,100}$"
+OPERATION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+JOB_CSV_COLUMNS = (
+    "job_id",
+    "in_jobs_table",
+    "updated_at",
+    "print_status",
+    "operations",
+    "versions",
+    "current_status",
+)
+
+
+# ----- bodies ------------------------------------------------------------------------------
+def _as_utc(value: datetime) -> datetime:
+    """Stored times are naive UTC (like the shop's); answers say so with an offset."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _iso_time(value: object) -> object:
+    """Only ISO 8601 text is a time here (pydantic would take 10.0 as seconds since 1970)."""
+    if not isinstance(value, str) or not value[:4].isdigit() or value[4:5] != "-":
+        raise ValueError("expected an ISO 8601 time, e.g. 2026-11-29T08:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
+
+
+class SourceFreshness(BaseModel):
+    marker: int = Field(description="the source's events are processed up to this marker")
+    processed_at: UtcDatetime | None = Field(description="when that marker was reached (UTC)")
+
+
+AsOf = dict[str, SourceFreshness]
+AS_OF_DESCRIPTION = (
+    "How fresh this answer is: per source (print_os, scanner), the marker processed up to"
+    " and when. Events past these markers are not reflected yet."
+)
+
+
+class StatusUpdate(BaseModel):
+    """One recorded status change of a job version's operation."""
+
+    update_id: int = Field(description="position in the feed; ascending, never reused")
+    job_id: str
+    version_tag: str
+    operation: str
+    status: str | None
+    applied: bool = Field(
+        description="false when a higher-precedence or later event holds this operation"
+    )
+    printed_count: int | None
+    aborted_count: int | None
+    total_count: int | None
+    notes: str | None
+    event_time: UtcDatetime | None = Field(description="when it happened at the press or scanner")
+    processed_at: UtcDatetime = Field(description="when jobstatus recorded it")
+    source_type: str = Field(description="print_os or scanner")
+    source_id: int = Field(description='"print OS".id or scan_id')
+    withdrawn_at: UtcDatetime | None = Field(
+        description="set when corrected data no longer supports this change"
+    )
+    run_id: str | None = Field(description="the Dagster run that recorded it")
+
+
+class StatusUpdatesPage(BaseModel):
+    updates: list[StatusUpdate] = Field(description="ascending by update_id")
+    next_after: int = Field(
+        description="pass as `after` to continue; equals `after` when nothing is new yet"
+    )
+    as_of: AsOf = Field(description=AS_OF_DESCRIPTION)
+
+
+class JobOperationState(BaseModel):
+    operation: str
+    status: str | None
+    value: bool
+    version_tag: str | None
+    completed_by: str | None
+    source_id: int | None
+    event_time: UtcDatetime | None
+    notes: str | None
+    updated_at: UtcDatetime | None
+
+
+class JobVersionPrint(BaseModel):
+    version_tag: str
+    status: str | None
+    printed: int
+    aborted: int
+    total: int
+    highest: bool = Field(description="the job's highest version: the one `print` reports")
+    notes: str | None
+    event_time: UtcDatetime | None
+    updated_at: UtcDatetime | None
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    in_jobs_table: bool
+    updated_at: UtcDatetime | None = Field(description="when this job's state last changed")
+    current_status: dict[str, Any] = Field(description="jobs.operations as the shop reads it")
+    operations: list[JobOperationState] = Field(description="current state per operation")
+    versions: list[JobVersionPrint] = Field(description="print state per job version")
+
+
+class JobsPage(BaseModel):
+    jobs: list[JobSummary] = Field(description="ascending by job_id")
+    next_after: str | None = Field(
+        description="pass as `after` for the next page; null on the last page"
+    )
+    as_of: AsOf = Field(description=AS_OF_DESCRIPTION)
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(max_length=2048, description="http or https URL that receives the POSTs")
+    secret: str = Field(
+        min_length=8, max_length=256, description="signs every body; never shown again"
+    )
+    operations: list[Annotated[str, Field(pattern=OPERATION_PATTERN)]] | None = Field(
+        None,
+        max_length=50,
+        description='only changes of these operations (e.g. ["coating"]); all when absent',
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = AnyHttpUrl(value)  # raises for anything but a well-formed http(s) URL
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("the URL must be http or https with a host")
+        return value
+
+
+class Webhook(BaseModel):
+    id: int
+    url: str
+    operations: list[str] | None
+    created_at: UtcDatetime
+
+
+class WebhookState(Webhook):
+    pending: int = Field(description="deliveries still to be made or retried")
+    delivered: int
+    failed: int = Field(description="deliveries given up after the attempt limit")
+    last_failure: str | None = Field(description="why the latest given-up delivery failed")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description,
+            "content": {CSV: {"schema": {"type": "string"}}},
+        }
+    }
+
+
+# ----- CSV ---------------------------------------------------------------------------------
+def _cell(value: object) -> object:
+    if isinstance(value, datetime):
+        return _as_utc(value).isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return "" if value is None else value
+
+
+def csv_lines(columns: Sequence[str], pages: Iterable[list[dict]], row) -> Iterator[str]:
+    """A header, then one CSV chunk per page: memory bounded by a page."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for page in pages:
+        writer.writerows([_cell(value) for value in row(item)] for item in page)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _feed_row(update: dict) -> list:
+    return [update[column] for column in FEED_COLUMNS]
+
+
+def _job_row(job: dict) -> list:
+    print_state = next((o for o in job["operations"] if o["operation"] == "print"), None)
+    return [
+        job["job_id"],
+        job["in_jobs_table"],
+        job["updated_at"],
+        print_state["status"] if print_state else None,
+        ";".join(f"{o['operation']}={o['status'] or ''}" for o in job["operations"]),
+        ";".join(
+            f"{v['version_tag']}={v['status'] or ''} {v['printed']}/{v['total']}"
+            for v in job["versions"]
+        ),
+        job["current_status"],
+    ]
+
+
+def wants_csv(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return any(part.split(";")[0].strip().lower() == CSV for part in accept.split(","))
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """Timestamps are stored as naive UTC; an aware time is converted, a naive one is UTC."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+# ----- the router --------------------------------------------------------------------------
+def build_router(
+    jobmanager: sa.Engine,
+    logs: sa.Engine,
+    read: Sequence[Depends],
+    write: Sequence[Depends],
+) -> APIRouter:
+    """The endpoints over the app's engines; ``read``/``write`` are its auth dependencies."""
+    router = APIRouter()
+    read_errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+        422: {"description": "a parameter is malformed"},
+        503: {"model": ErrorBody, "description": "reads are closed, or a database is down"},
+    }
+    write_errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorBody, "description": "body not UTF-8, or an unreadable Content-Length"},
+        401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+        413: {"model": ErrorBody, "description": "body over 64 KiB"},
+        503: {"model": ErrorBody, "description": "no API token configured, or a database is down"},
+    }
+
+    def check_operations(names: Iterable[str]) -> None:
+        with logs.connect() as conn:
+            known = known_operations(conn)
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise HTTPException(
+                422,
+                f"unknown operation {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+            )
+
+    @router.get(
+        "/api/status-updates",
+        dependencies=list(read),
+        response_model=StatusUpdatesPage,
+        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        summary="The change feed: status changes after `after`, oldest first",
+        description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
+        " empty; a change is never returned twice nor skipped, even while processing commits."
+        " With `Accept: text/csv` the same rows come as CSV (header row first); without"
+        " `limit` a CSV export runs to the end of the feed, streamed. The next page's"
+        " `after` is then the last row's update_id (also in the `Jobstatus-Next-After`"
+        " header when `limit` is given).",
+    )
+    def status_updates(
+        request: Request,
+        after: Annotated[
+            int, Query(ge=0, le=MAX_UPDATE_ID, description="the last update_id already seen")
+        ] = 0,
+        limit: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_LIMIT, description=f"page size; {DEFAULT_LIMIT} when absent"),
+        ] = None,
+    ) -> Any:
+        if wants_csv(request):
+            if limit is None:
+                pages: Iterable[list[dict]] = export_feed(jobmanager, after)
+                headers = {}
+            else:
+                with jobmanager.connect() as conn:
+                    page = read_feed(conn, after, limit)
+                pages = [page]
+                headers = {NEXT_AFTER_HEADER: str(page[-1]["update_id"] if page else after)}
+            return StreamingResponse(
+                csv_lines(FEED_COLUMNS, pages, _feed_row), media_type=CSV, headers=headers
+            )
+        with jobmanager.connect() as conn:
+            as_of = read_as_of(conn)
+            updates = read_feed(conn, after, limit or DEFAULT_LIMIT)
+        return StatusUpdatesPage(
+            updates=[StatusUpdate.model_validate(u) for u in updates],
+            next_after=updates[-1]["update_id"] if updates else after,
+            as_of={k: SourceFreshness.model_validate(v) for k, v in as_of.items()},
+        )
+
+    @router.get(
+        "/api/jobs",
+        dependencies=list(read),
+        response_model=JobsPage,
+        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        summary="Jobs with their current operations and print state, filtered, by job id",
+        description="Filters combine: `operation=coating&status=completed` lists the jobs whose"
+        " coating is completed; `status` alone is about print (completed, partial, aborted;"
+        " `pending`: no status yet). `updated_since` keeps jobs whose state changed at or"
+        " after that time (UTC when no offset is given). Pages follow job ids: pass"
+        " `next_after` as `after`. With `Accept: text/csv` the same jobs come as CSV; without"
+        " `limit` a CSV export runs to the end, streamed.",
+    )
+    def jobs(
+        request: Request,
+        status: Annotated[
+            JobStatus | None, Query(description="completed, partial, aborted, pending")
+        ] = None,
+        operation: Annotated[
+            str | None,
+            Query(pattern=OPERATION_PATTERN, description="an operation name, e.g. coating"),
+        ] = None,
+        updated_since: Annotated[
+            IsoTime | None, Query(description="ISO 8601 time, e.g. 2026-11-29T08:00:00Z")
+        ] = None,
+        after: Annotated[
+            str | None,
+            Query(pattern=JOB_CURSOR_PATTERN, description="the last job id already seen"),
+        ] = None,
+        limit: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_LIMIT, description=f"page size; {DEFAULT_LIMIT} when absent"),
+        ] = None,
+    ) -> Any:
+        if operation is not None:
+            check_operations([operation])
+        if status in ("partial", "aborted") and operation not in (None, "print"):
+            raise HTTPException(422, f"status {status} applies to print only")
+        job_filter = JobFilter(status, operation, _naive_utc(updated_since))
+        start = after or ""
+        if wants_csv(request):
+            if limit is None:
+                pages: Iterable[list[dict]] = export_jobs(jobmanager, job_filter, start)
+                headers = {}
+            else:
+                with jobmanager.connect() as conn:
+                    page = read_jobs(conn, job_filter, start, limit)
+                pages = [page]
+                headers = {NEXT_AFTER_HEADER: page[-1]["job_id"] if len(page) == limit else ""}
+            return StreamingResponse(
+                csv_lines(JOB_CSV_COLUMNS, pages, _job_row), media_type=CSV, headers=headers
+            )
+        size = limit or DEFAULT_LIMIT
+        with jobmanager.connect() as conn:
+            as_of = read_as_of(conn)
+            found = read_jobs(conn, job_filter, start, size)
+        return JobsPage(
+            jobs=[JobSummary.model_validate(job) for job in found],
+            next_after=found[-1]["job_id"] if len(found) == size else None,
+            as_of={k: SourceFreshness.model_validate(v) for k, v in as_of.items()},
+        )
+
+    @router.post(
+        "/api/webhooks",
+        dependencies=list(write),
+        status_code=201,
+        responses=write_errors,
+        summary="Subscribe a URL to status changes (signed JSON POSTs)",
+        description="Every status change that lands (an applied change, or a withdrawal) is"
+        " POSTed as JSON to `url`, signed: `X-Jobstatus-Signature: sha256=<hex HMAC-SHA256 of"
+        " the raw body with the secret>`. `X-Jobstatus-Delivery` is the same on every retry"
+        " (de-duplicate on it); `X-Jobstatus-Update-Id` is the change's update_id. Any 2xx"
+        " answer acknowledges; anything else is retried with backoff until the attempt limit."
+        " A job's changes arrive in order.",
+    )
+    def create_webhook(
+        webhook: Annotated[WebhookRequest, Body()],
+    ) -> Webhook:
+        if webhook.operations:
+            check_operations(webhook.operations)
+        with jobmanager.begin() as conn:
+            created = outbox.create_subscription(
+                conn, webhook.url, webhook.secret, webhook.operations
+            )
+        return Webhook.model_validate(created)
+
+    @router.get(
+        "/api/webhooks",
+        dependencies=list(write),
+        responses=write_errors,
+        summary="The subscriptions and how their deliveries stand (secrets are never shown)",
+    )
+    def list_webhooks() -> list[WebhookState]:
+        with jobmanager.connect() as conn:
+            return [WebhookState.model_validate(s) for s in outbox.list_subscriptions(conn)]
+
+    @router.delete(
+        "/api/webhooks/{webhook_id}",
+        dependencies=list(write),
+        status_code=204,
+        responses={**write_errors, 404: {"model": ErrorBody, "description": "unknown webhook"}},
+        summary="Unsubscribe: no more deliveries; pending ones are given up",
+    )
+    def delete_webhook(
+        webhook_id: Annotated[int, Path(ge=1, le=MAX_UPDATE_ID)],
+    ) -> Response:
+        with jobmanager.begin() as conn:
+            if not outbox.delete_subscription(conn, webhook_id):
+                raise HTTPException(404, f"unknown webhook {webhook_id}")
+        return Response(status_code=204)
+
+    return router

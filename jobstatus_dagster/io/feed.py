@@ -1,0 +1,199 @@
+"""Reads for the shop's other systems: the change feed, job lists, and how fresh they are.
+
+Every page is a fixed number of set-based queries whatever its size: one for the rows, one for
+``as_of``. Exports walk the same keyset pages one after the other, so memory stays bounded by a
+page whatever the export's length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg import sql
+
+from jobstatus_dagster.core.identifiers import version_sort_key
+from jobstatus_dagster.io.compose import composed, expression
+from jobstatus_dagster.source import SOURCES
+
+# Job-list statuses: the three a print state can have (R11), and 'pending' for no status yet.
+STATE_STATUSES = ("completed", "partial", "aborted")
+PENDING = "pending"
+JOB_STATUSES = (*STATE_STATUSES, PENDING)
+EXPORT_BATCH = 5000
+
+FEED_COLUMNS = (
+    "update_id",
+    "job_id",
+    "version_tag",
+    "operation",
+    "status",
+    "applied",
+    "printed_count",
+    "aborted_count",
+    "total_count",
+    "notes",
+    "event_time",
+    "processed_at",
+    "source_type",
+    "source_id",
+    "withdrawn_at",
+    "run_id",
+)
+
+# Ids are drawn under the writers' lock (sql/jobmanager/0013), so update_id order is commit
+# order: a reader that saw id n never later sees a new id below n.
+FEED_SQL = sa.text(
+    "SELECT update_id, job_id, version_tag, operation, status, applied, printed_count,"
+    " aborted_count, total_count, notes, event_time, processed_at, source_type, source_id,"
+    " withdrawn_at, run_id FROM job_status_updates WHERE update_id > :after"
+    " ORDER BY update_id LIMIT :limit"
+)
+
+AS_OF_SQL = sa.text(
+    "SELECT marker_type, last_processed_id, last_processed_at FROM processing_markers"
+)
+
+# The candidate job ids of one page, per kind of filter; each is a keyset scan of an index in
+# job-id order that stops at the page's size.
+_SINCE = (
+    " AND (CAST(:since AS timestamp) IS NULL"
+    " OR EXISTS (SELECT 1 FROM job_operation_state t WHERE t.job_id = c.job_id"
+    " AND t.updated_at >= :since)"
+    " OR EXISTS (SELECT 1 FROM job_print_state t WHERE t.job_id = c.job_id"
+    " AND t.updated_at >= :since))"
+)
+PAGE_ANY = (
+    "SELECT job_id FROM ("
+    " SELECT job_id FROM jobs WHERE job_id > :after AND CAST(:operation AS text) IS NULL"
+    " UNION ALL SELECT job_id FROM job_operation_state WHERE job_id > :after"
+    " AND (CAST(:operation AS text) IS NULL OR operation = :operation)"
+    ") c WHERE true {since} GROUP BY job_id ORDER BY job_id LIMIT :limit"
+)
+PAGE_STATUS = (
+    "SELECT job_id FROM job_operation_state c WHERE operation = :operation AND status = :status"
+    " AND job_id > :after {since} ORDER BY job_id LIMIT :limit"
+)
+PAGE_PENDING = (
+    "SELECT job_id FROM jobs c WHERE job_id > :after AND NOT EXISTS (SELECT 1"
+    " FROM job_operation_state s WHERE s.job_id = c.job_id AND s.operation = :operation"
+    " AND s.status IS NOT NULL) {since} ORDER BY job_id LIMIT :limit"
+)
+# What a list shows of each job of the page, in one statement with the page.
+JOBS_SQL = """
+WITH page AS ({page})
+SELECT p.job_id, j.job_id IS NOT NULL AS in_jobs_table,
+       COALESCE(j.operations, '{{}}'::jsonb) AS current_status,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object(
+           'operation', s.operation, 'status', s.status, 'value', s.value,
+           'version_tag', s.version_tag, 'completed_by', s.source_type,
+           'source_id', s.source_id, 'event_time', s.event_time, 'notes', s.notes,
+           'updated_at', s.updated_at) ORDER BY s.operation)
+         FROM job_operation_state s WHERE s.job_id = p.job_id), '[]'::jsonb) AS operations,
+       COALESCE((SELECT jsonb_agg(jsonb_build_object(
+           'version_tag', v.version_tag, 'status', v.status, 'printed', v.printed_count,
+           'aborted', v.aborted_count, 'total', v.total_count, 'highest', v.highest,
+           'notes', v.notes, 'event_time', v.event_time, 'updated_at', v.updated_at))
+         FROM job_print_state v WHERE v.job_id = p.job_id), '[]'::jsonb) AS versions,
+       GREATEST((SELECT max(updated_at) FROM job_operation_state s WHERE s.job_id = p.job_id),
+                (SELECT max(updated_at) FROM job_print_state v WHERE v.job_id = p.job_id))
+           AS updated_at
+FROM page p LEFT JOIN jobs j ON j.job_id = p.job_id
+ORDER BY p.job_id
+"""
+
+
+def _jobs_statement(page: str) -> sa.TextClause:
+    """A page query (a constant) inside the list's statement; no value is ever in the text."""
+    return composed(JOBS_SQL, page=sql.SQL(page).format(since=expression(_SINCE)))
+
+
+JOBS_ANY = _jobs_statement(PAGE_ANY)
+JOBS_STATUS = _jobs_statement(PAGE_STATUS)
+JOBS_PENDING = _jobs_statement(PAGE_PENDING)
+
+KNOWN_OPERATIONS_SQL = sa.text("SELECT DISTINCT operation FROM operation_codes")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The job list's filters; ``status`` without ``operation`` is about ``print``."""
+
+    status: str | None = None
+    operation: str | None = None
+    updated_since: datetime | None = None
+
+    def query(self) -> tuple[sa.TextClause, dict[str, Any]]:
+        operation = self.operation or ("print" if self.status else None)
+        params = {"operation": operation, "status": self.status, "since": self.updated_since}
+        if self.status == PENDING:
+            return JOBS_PENDING, params
+        if self.status is not None:
+            return JOBS_STATUS, params
+        return JOBS_ANY, params
+
+
+def read_as_of(conn: sa.Connection) -> dict[str, dict[str, Any]]:
+    """Per source: the marker processed up to, and when; what any answer is as fresh as."""
+    rows = {row.marker_type: row for row in conn.execute(AS_OF_SQL)}
+    as_of: dict[str, dict[str, Any]] = {}
+    for source in SOURCES:
+        row = rows.get(source.marker_type)
+        as_of[source.name] = {
+            "marker": int(row.last_processed_id) if row else 0,
+            "processed_at": row.last_processed_at if row else None,
+        }
+    return as_of
+
+
+def read_feed(conn: sa.Connection, after: int, limit: int) -> list[dict[str, Any]]:
+    """Audit rows past ``after``, ascending: one page of the change feed."""
+    return [
+        dict(row) for row in conn.execute(FEED_SQL, {"after": after, "limit": limit}).mappings()
+    ]
+
+
+def read_jobs(
+    conn: sa.Connection, job_filter: JobFilter, after: str, limit: int
+) -> list[dict[str, Any]]:
+    """One keyset page of jobs past ``after`` (job-id order) with their state."""
+    sql, params = job_filter.query()
+    jobs = [
+        dict(row)
+        for row in conn.execute(sql, {**params, "after": after, "limit": limit}).mappings()
+    ]
+    for job in jobs:
+        job["versions"] = sorted(job["versions"], key=lambda v: version_sort_key(v["version_tag"]))
+    return jobs
+
+
+def known_operations(logs: sa.Connection) -> set[str]:
+    """Operation names the shop has (operation_codes, R8), print among them."""
+    return {row[0] for row in logs.execute(KNOWN_OPERATIONS_SQL)} | {"print"}
+
+
+def export_feed(engine: sa.Engine, after: int, batch: int = EXPORT_BATCH) -> Iterator[list[dict]]:
+    """Every audit row past ``after``, a page at a time (one short query per page)."""
+    while True:
+        with engine.connect() as conn:
+            rows = read_feed(conn, after, batch)
+        if not rows:
+            return
+        yield rows
+        after = rows[-1]["update_id"]
+
+
+def export_jobs(
+    engine: sa.Engine, job_filter: JobFilter, after: str, batch: int = EXPORT_BATCH
+) -> Iterator[list[dict]]:
+    """Every job past ``after`` that the filter keeps, a page at a time."""
+    while True:
+        with engine.connect() as conn:
+            jobs = read_jobs(conn, job_filter, after, batch)
+        if not jobs:
+            return
+        yield jobs
+        after = jobs[-1]["job_id"]

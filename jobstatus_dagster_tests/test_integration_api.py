@@ -1,0 +1,403 @@
+"""The integration API against the real server (uvicorn on 127.0.0.1) and Postgres: who may
+read, the change feed (order, paging, no skip under concurrent commits), job lists, CSV."""
+
+import csv
+import io
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from jobstatus_dagster.api import create_app
+from jobstatus_dagster.io.writer import WRITER_LOCK
+from jobstatus_dagster_tests.backlog import fill_small_backlog
+from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.serving import serve
+
+WRITE_TOKEN = "write-t0ken"
+READ_TOKEN = "read-t0ken"
+WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+WRONG = {"Authorization": "Bearer nope"}
+CSV = {"Accept": "text/csv"}
+
+
+@pytest.fixture(scope="module")
+def processed_shop(shop: Shop, instance: dg.DagsterInstance) -> Shop:
+    fill_small_backlog(shop)
+    shop.process(instance, "print_os")
+    shop.process(instance, "scanner")
+    return shop
+
+
+def make_app(shop: Shop, instance: dg.DagsterInstance, **auth: object):
+    return create_app(shop.definitions(), instance, shop.urls.jobmanager, shop.urls.logs, **auth)
+
+
+@pytest.fixture(scope="module")
+def base_url(processed_shop: Shop, instance: dg.DagsterInstance) -> Iterator[str]:
+    app = make_app(processed_shop, instance, token=WRITE_TOKEN, read_token=READ_TOKEN)
+    with serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+def audit_ids(shop: Shop) -> list[int]:
+    return [r["update_id"] for r in shop.rows(shop.jm, "SELECT update_id FROM job_status_updates")]
+
+
+def follow_feed(api: httpx.Client, after: int = 0, limit: int = 3) -> tuple[list[dict], int]:
+    """Every update past ``after``, a page at a time, the way a client loops."""
+    seen: list[dict] = []
+    while True:
+        page = api.get("/api/status-updates", params={"after": after, "limit": limit}, headers=READ)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        if not body["updates"]:
+            assert body["next_after"] == after
+            return seen, after
+        seen += body["updates"]
+        after = body["next_after"]
+        assert after == body["updates"][-1]["update_id"]
+
+
+# ----- auth --------------------------------------------------------------------------------
+READS = [
+    ("GET", "/api/job-status/7001_1"),
+    ("GET", "/api/status-updates"),
+    ("GET", "/api/jobs"),
+]
+WRITES = [
+    ("POST", "/api/webhooks", {"url": "http://127.0.0.1:9/hook", "secret": "s3cret-s3cret"}),
+    ("GET", "/api/webhooks", None),
+    ("DELETE", "/api/webhooks/987654", None),
+    ("POST", "/api/process-print-os", {"force": False}),
+    ("POST", "/api/process-status-updates", {"source": "both"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), READS)
+def test_reads_need_the_read_or_the_write_token(api: httpx.Client, method: str, path: str) -> None:
+    for headers in ({}, WRONG, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"}):
+        refused = api.request(method, path, headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+    for headers in (READ, WRITE):
+        assert api.request(method, path, headers=headers).status_code == 200, headers
+        assert api.request(method, path, headers={**headers, **CSV}).status_code in (200, 406)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), WRITES)
+def test_writes_need_the_write_token_and_the_read_token_is_not_enough(
+    api: httpx.Client, processed_shop: Shop, method: str, path: str, body: dict | None
+) -> None:
+    before = processed_shop.snapshot()
+    subscriptions = processed_shop.scalar(
+        processed_shop.jm, "SELECT count(*) FROM webhook_subscriptions"
+    )
+    for headers in ({}, WRONG, READ):
+        refused = api.request(method, path, json=body, headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+    assert processed_shop.snapshot() == before
+    assert (
+        processed_shop.scalar(processed_shop.jm, "SELECT count(*) FROM webhook_subscriptions")
+        == subscriptions
+    )
+    if path.startswith("/api/webhooks"):
+        answer = api.request(method, path, json=body, headers=WRITE)
+        assert answer.status_code == {"POST": 201, "GET": 200, "DELETE": 404}[method], answer.text
+
+
+def test_reads_are_closed_without_a_read_token_unless_declared_public(
+    processed_shop: Shop, instance: dg.DagsterInstance
+) -> None:
+    closed = make_app(processed_shop, instance, token=WRITE_TOKEN)
+    with serve(closed) as url, httpx.Client(base_url=url) as client:
+        for _, path in READS:
+            for headers in ({}, READ, WRITE, WRONG):
+                answer = client.get(path, headers=headers)
+                assert answer.status_code == 503, (path, headers)
+                assert "JOBSTATUS_API_READ_TOKEN" in answer.json()["detail"]
+        assert client.get("/api/health").status_code == 200
+    public = make_app(processed_shop, instance, token=WRITE_TOKEN, public_reads=True)
+    with serve(public) as url, httpx.Client(base_url=url) as client:
+        for _, path in READS:
+            assert client.get(path).status_code == 200, path
+            assert client.get(path, headers=WRITE).status_code == 200, path
+            assert client.get(path, headers=WRONG).status_code == 401, path
+        assert client.post("/api/webhooks", json={}).status_code == 401
+
+
+# ----- the change feed ---------------------------------------------------------------------
+def test_feed_pages_to_the_end_in_order_each_row_once(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    seen, last = follow_feed(api, limit=3)
+    ids = [u["update_id"] for u in seen]
+    assert ids == sorted(audit_ids(processed_shop))
+    assert len(set(ids)) == len(ids) > 3
+    assert last == ids[-1]
+    first = seen[0]
+    row = processed_shop.rows(
+        processed_shop.jm, "SELECT * FROM job_status_updates WHERE update_id = :u", u=ids[0]
+    )[0]
+    for key in ("job_id", "version_tag", "operation", "status", "applied", "notes", "source_type"):
+        assert first[key] == row[key]
+    body = api.get("/api/status-updates", params={"after": last}, headers=READ).json()
+    assert body == {"updates": [], "next_after": last, "as_of": body["as_of"]}
+    assert body["as_of"]["print_os"]["marker"] == processed_shop.marker("print_os")
+    assert body["as_of"]["scanner"]["marker"] == processed_shop.marker("scanned_codes")
+
+
+def _insert_audit_row(conn: sa.Connection, source_id: int) -> int:
+    return conn.execute(
+        sa.text(
+            "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
+            " operation, status) VALUES ('scanner', :s, '7001_1', '1', 'coating', 'completed')"
+            " RETURNING update_id"
+        ),
+        {"s": source_id},
+    ).scalar_one()
+
+
+def test_feed_never_skips_an_id_committed_after_a_higher_one_was_read(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    """A transaction holds a lower update id while another inserts a higher one and commits:
+    a reader that follows next_after must still get both (the R19 problem on the audit)."""
+    _, start = follow_feed(api)
+    jm = processed_shop.jm
+    holder = jm.connect()
+    holder_tx = holder.begin()
+    lower = _insert_audit_row(holder, 9_000_001)
+    committed: list[int] = []
+
+    def later_writer() -> None:
+        with jm.begin() as conn:
+            committed.append(_insert_audit_row(conn, 9_000_002))
+
+    writer = threading.Thread(target=later_writer)
+    writer.start()
+    try:
+        time.sleep(1.0)
+        seen_while_open, after = follow_feed(api, start)
+        assert [u["update_id"] for u in seen_while_open] == []
+        assert after == start
+    finally:
+        holder_tx.commit()
+        holder.close()
+        writer.join(30)
+    assert committed and committed[0] > lower
+    seen, _ = follow_feed(api, after)
+    assert [u["update_id"] for u in seen] == [lower, committed[0]]
+
+
+def test_feed_ids_are_drawn_under_the_writers_lock(processed_shop: Shop) -> None:
+    """Why no id can become visible below one already read: drawing one takes the lock every
+    writer of the audit holds until commit."""
+    with processed_shop.jm.connect() as conn, conn.begin():
+        _insert_audit_row(conn, 9_000_003)
+        held = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND (classid::bigint << 32 | objid::bigint) = :k"
+            ),
+            {"k": WRITER_LOCK},
+        ).scalar_one()
+        conn.rollback()
+    assert held == 1
+
+
+# ----- job lists ---------------------------------------------------------------------------
+def jobs_of(api: httpx.Client, **params: object) -> list[dict]:
+    """Every page of /api/jobs with these filters, followed to the end."""
+    found: list[dict] = []
+    after = None
+    while True:
+        query = {**params, "limit": 1, **({"after": after} if after else {})}
+        page = api.get("/api/jobs", params=query, headers=READ)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        found += body["jobs"]
+        after = body["next_after"]
+        if after is None:
+            return found
+
+
+def state_jobs(shop: Shop, operation: str, status: str) -> list[str]:
+    return [
+        r["job_id"]
+        for r in shop.rows(
+            shop.jm,
+            "SELECT job_id FROM job_operation_state WHERE operation = :o AND status = :s"
+            " ORDER BY job_id",
+            o=operation,
+            s=status,
+        )
+    ]
+
+
+def test_jobs_list_pages_to_the_end_with_state_and_as_of(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    everything = jobs_of(api)
+    ids = [job["job_id"] for job in everything]
+    known = processed_shop.rows(
+        processed_shop.jm,
+        "SELECT job_id FROM jobs UNION SELECT job_id FROM job_operation_state ORDER BY 1",
+    )
+    assert ids == [r["job_id"] for r in known]
+    job = next(j for j in everything if j["job_id"] == "7001_1")
+    assert job["current_status"] == processed_shop.job_operations_json("7001_1")
+    assert {o["operation"] for o in job["operations"]} >= {"print"}
+    assert [v["version_tag"] for v in job["versions"]] == ["1", "2"]
+    page = api.get("/api/jobs", params={"limit": 2}, headers=READ).json()
+    assert page["next_after"] == page["jobs"][-1]["job_id"]
+    assert set(page["as_of"]) == {"print_os", "scanner"}
+    status = api.get("/api/job-status/7001_1", headers=READ).json()
+    assert status["as_of"] == page["as_of"]
+
+
+def test_jobs_filters_combine(api: httpx.Client, processed_shop: Shop) -> None:
+    coating = jobs_of(api, operation="coating", status="completed")
+    assert [j["job_id"] for j in coating] == state_jobs(processed_shop, "coating", "completed")
+    assert coating, "the backlog completes coating somewhere"
+    for job in coating:
+        assert any(
+            o["operation"] == "coating" and o["status"] == "completed" for o in job["operations"]
+        )
+    for status in ("completed", "partial", "aborted"):
+        listed = [j["job_id"] for j in jobs_of(api, status=status)]
+        assert listed == state_jobs(processed_shop, "print", status), status
+    pending = {j["job_id"] for j in jobs_of(api, operation="coating", status="pending")}
+    in_jobs = {
+        r["job_id"] for r in processed_shop.rows(processed_shop.jm, "SELECT job_id FROM jobs")
+    }
+    assert pending == in_jobs - set(state_jobs(processed_shop, "coating", "completed"))
+    with_coating = {j["job_id"] for j in jobs_of(api, operation="coating")}
+    assert with_coating == {
+        r["job_id"]
+        for r in processed_shop.rows(
+            processed_shop.jm, "SELECT job_id FROM job_operation_state WHERE operation = 'coating'"
+        )
+    }
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert jobs_of(api, updated_since=future) == []
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    recent = [j["job_id"] for j in jobs_of(api, updated_since=past, operation="coating")]
+    assert set(recent) == with_coating
+
+
+# ----- CSV ---------------------------------------------------------------------------------
+def read_csv(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def test_feed_as_csv_round_trips_and_exports_to_the_end(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    as_json, _ = follow_feed(api, limit=1000)
+    rows = read_csv(api.get("/api/status-updates", headers={**READ, **CSV}))
+    assert [int(r["update_id"]) for r in rows] == [u["update_id"] for u in as_json]
+    for row, update in zip(rows, as_json, strict=True):
+        assert row["job_id"] == update["job_id"]
+        assert row["notes"] == (update["notes"] or "")
+        assert row["applied"] == str(update["applied"])
+        assert row["status"] == (update["status"] or "")
+    page = api.get("/api/status-updates", params={"after": 0, "limit": 2}, headers={**READ, **CSV})
+    paged = read_csv(page)
+    assert [int(r["update_id"]) for r in paged] == [u["update_id"] for u in as_json[:2]]
+    assert page.headers["jobstatus-next-after"] == paged[-1]["update_id"]
+
+
+def test_jobs_as_csv_with_the_same_filters_and_paging(api: httpx.Client) -> None:
+    as_json = jobs_of(api, operation="coating", status="completed")
+    rows = read_csv(
+        api.get(
+            "/api/jobs",
+            params={"operation": "coating", "status": "completed"},
+            headers={**READ, **CSV},
+        )
+    )
+    assert [r["job_id"] for r in rows] == [j["job_id"] for j in as_json]
+    everything = read_csv(api.get("/api/jobs", headers={**READ, **CSV}))
+    first = read_csv(api.get("/api/jobs", params={"limit": 2}, headers={**READ, **CSV}))
+    rest = read_csv(
+        api.get("/api/jobs", params={"after": first[-1]["job_id"]}, headers={**READ, **CSV})
+    )
+    assert [r["job_id"] for r in first + rest] == [r["job_id"] for r in everything]
+    assert "coating=completed" in rows[0]["operations"]
+
+
+# ----- bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "params", "says"),
+    [
+        ("/api/status-updates", {"after": "-1"}, "after"),
+        ("/api/status-updates", {"after": "abc"}, "after"),
+        ("/api/status-updates", {"after": str(2**64)}, "after"),
+        ("/api/status-updates", {"limit": "0"}, "limit"),
+        ("/api/status-updates", {"limit": "1001"}, "limit"),
+        ("/api/jobs", {"status": "done"}, "status"),
+        ("/api/jobs", {"operation": "Coating!"}, "operation"),
+        ("/api/jobs", {"operation": "laminate"}, "unknown operation laminate"),
+        ("/api/jobs", {"operation": "coating", "status": "partial"}, "print only"),
+        ("/api/jobs", {"updated_since": "yesterday"}, "updated_since"),
+        ("/api/jobs", {"after": "a\x01b"}, "after"),
+        ("/api/jobs", {"limit": "x"}, "limit"),
+    ],
+)
+def test_bad_parameters_are_422_saying_which(
+    api: httpx.Client, path: str, params: dict, says: str
+) -> None:
+    answer = api.get(path, params=params, headers=READ)
+    assert answer.status_code == 422, answer.text
+    assert says in answer.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "ftp://example.com/x", "secret": "s3cret-s3cret"},
+        {"url": "not a url", "secret": "s3cret-s3cret"},
+        {"url": "http://example.com/x", "secret": "short"},
+        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "operations": ["nope"]},
+        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "extra": 1},
+        {"secret": "s3cret-s3cret"},
+    ],
+)
+def test_bad_webhooks_are_422(api: httpx.Client, body: dict) -> None:
+    assert api.post("/api/webhooks", json=body, headers=WRITE).status_code == 422
+
+
+def test_webhook_secret_is_never_returned_and_unknown_is_404(api: httpx.Client) -> None:
+    secret = "never-shown-" + "x" * 10
+    created = api.post(
+        "/api/webhooks",
+        json={"url": "https://example.com/hook", "secret": secret, "operations": ["coating"]},
+        headers=WRITE,
+    )
+    assert created.status_code == 201
+    assert secret not in created.text
+    listed = api.get("/api/webhooks", headers=WRITE)
+    assert secret not in listed.text
+    webhook_id = created.json()["id"]
+    assert any(w["id"] == webhook_id for w in listed.json())
+    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204
+    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 404
+    assert all(w["id"] != webhook_id for w in api.get("/api/webhooks", headers=WRITE).json())
+    big = {"url": "https://example.com/" + "a" * 70_000, "secret": "s3cret-s3cret"}
+    assert api.post("/api/webhooks", json=big, headers=WRITE).status_code == 413
