@@ -138,7 +138,7 @@ def test_process_print_os_reports_what_the_database_holds(
 
 def test_a_run_can_be_followed_by_its_id(processed: dict, client: TestClient) -> None:
     run_id = processed["runs"][0]["run_id"]
-    response = client.get(f"/api/runs/{run_id}")
+    response = client.get(f"/api/runs/{run_id}", headers=AUTH)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "SUCCESS" and body["finished"] and body["error"] is None
@@ -150,9 +150,9 @@ def test_a_run_can_be_followed_by_its_id(processed: dict, client: TestClient) ->
     assert body["counts"]["rows_read"] == processed["processed_count"]
     assert body["counts"]["jobs_updated"] == processed["jobs_updated"]
     assert body["counts"]["marker_after"] == 114
-    unknown = client.get("/api/runs/00000000-0000-0000-0000-000000000000")
+    unknown = client.get("/api/runs/00000000-0000-0000-0000-000000000000", headers=AUTH)
     assert unknown.status_code == 404
-    assert client.get("/api/runs/1'; DROP TABLE runs;--").status_code == 422
+    assert client.get("/api/runs/1'; DROP TABLE runs;--", headers=AUTH).status_code == 422
 
 
 def test_process_status_updates_per_source_then_nothing_new(
@@ -318,7 +318,7 @@ def test_a_failed_run_is_a_502_naming_it_and_nothing_is_written(
     assert run.status == dg.DagsterRunStatus.FAILURE
     assert run.tags["jobstatus/trigger"] == "api"
     assert shop.snapshot() == before
-    followed = client.get(f"/api/runs/{body['run_id']}").json()
+    followed = client.get(f"/api/runs/{body['run_id']}", headers=AUTH).json()
     assert followed["status"] == "FAILURE" and followed["error"] == body["error"]
     again = client.post("/api/process-print-os", json={}, headers=AUTH)  # resumes there (R18)
     assert again.status_code == 200, again.text
@@ -580,12 +580,12 @@ def test_a_request_queues_behind_a_run_of_its_source_and_the_other_source_goes_o
             "/api/process-status-updates", json={"source": "scanner"}, headers=AUTH
         )
         assert scanner.status_code == 200, scanner.text
-        assert client.get(f"/api/runs/{run['run_id']}").json()["status"] == "QUEUED"
+        assert client.get(f"/api/runs/{run['run_id']}", headers=AUTH).json()["status"] == "QUEUED"
     finally:
         instance.report_run_canceled(blocker)
     (done,) = queue.wait_for_runs(instance, [run["run_id"]], 120)
     assert done.status == dg.DagsterRunStatus.SUCCESS
-    followed = client.get(f"/api/runs/{run['run_id']}").json()
+    followed = client.get(f"/api/runs/{run['run_id']}", headers=AUTH).json()
     assert followed["finished"] and followed["counts"]["marker_after"] == shop.marker("print_os")
 
 
@@ -607,7 +607,7 @@ def test_with_the_daemon_down_a_request_answers_202_within_its_wait(
             body = response.json()
             assert body["daemon_running"] is False and "no Dagster daemon" in body["detail"]
             (run,) = body["runs"]
-            followed = down_client.get(f"/api/runs/{run['run_id']}")
+            followed = down_client.get(f"/api/runs/{run['run_id']}", headers=AUTH)
             assert followed.status_code == 200
             assert followed.json()["status"] == "QUEUED" and not followed.json()["finished"]
             assert down.get_run_by_id(run["run_id"]).tags["jobstatus/trigger"] == "api"

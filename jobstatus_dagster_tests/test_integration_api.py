@@ -97,6 +97,17 @@ def test_reads_need_the_read_or_the_write_token(api: httpx.Client, method: str, 
         assert api.request(method, path, headers={**headers, **CSV}).status_code in (200, 406)
 
 
+def test_following_a_run_is_a_read(api: httpx.Client) -> None:
+    """GET /api/runs/{id} tells whether processing happened: a read like the others."""
+    path = "/api/runs/00000000-0000-0000-0000-000000000000"
+    for headers in ({}, WRONG):
+        refused = api.get(path, headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["www-authenticate"] == "Bearer"
+    for headers in (READ, WRITE):
+        assert api.get(path, headers=headers).status_code == 404, headers  # past auth: unknown
+
+
 @pytest.mark.parametrize(("method", "path", "body"), WRITES)
 def test_writes_need_the_write_token_and_the_read_token_is_not_enough(
     api: httpx.Client, processed_shop: Shop, method: str, path: str, body: dict | None
