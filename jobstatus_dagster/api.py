@@ -160,7 +160,7 @@ class RunStatusResponse(BaseModel):
 
 
 class UpdateRecord(BaseModel):
-    """One audit row (R17)."""
+    """One audit row: what one source row said about one job version's operation."""
 
     update_id: int
     operation_type: str
@@ -168,7 +168,7 @@ class UpdateRecord(BaseModel):
     source_type: str
     source_id: int
     version_tag: str
-    updated_at: datetime | None = Field(description="event time (R14)")
+    updated_at: datetime | None = Field(description="when it happened at the press or scanner")
     processed_at: datetime
     printed_count: int | None
     aborted_count: int | None
@@ -177,7 +177,7 @@ class UpdateRecord(BaseModel):
     notes: str | None
     run_id: str | None
     withdrawn_at: datetime | None = Field(
-        None, description="set when re-processing no longer attributes this row (R22b)"
+        None, description="set when re-processing no longer attributes this row to the job version"
     )
 
 
@@ -193,7 +193,7 @@ class VersionOperation(BaseModel):
 
 
 class VersionStatus(BaseModel):
-    """A job version's print state (R11) and its job_operations rows."""
+    """A job version's print state (printed, aborted, total files) and its job_operations rows."""
 
     version_tag: str
     status: str | None

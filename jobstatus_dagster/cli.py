@@ -190,7 +190,7 @@ def _database_outage(source: str) -> Iterator[None]:
         reason = str(err.orig or err).strip().splitlines()[0]
         click.echo(
             f"{source}: database unavailable ({reason}); windows already processed stay"
-            " committed, the one in progress is not (R18): run again once the database is back",
+            " committed, the one in progress is not: run again once the database is back",
             err=True,
         )
         sys.exit(2)

@@ -37,20 +37,20 @@ class Processing(BaseModel):
     sensor_interval_seconds: int = Field(30, ge=1, description="print-OS sensor (and default)")
     scanner_interval_seconds: int | None = Field(None, ge=1, description="scanner sensor")
     late_row_lookback: int = Field(
-        10_000, ge=0, description="markers below the marker re-checked for late commits (R19)"
+        10_000, ge=0, description="markers below the marker re-checked for rows committed late"
     )
     sweep_rows: int = Field(
         10_000,
         ge=1,
         description="rows of the processed history re-checked per run, in marker order and"
-        " round and round, for rows never processed (R19: any marker, even far below)",
+        " round and round, for rows never processed, however far below the marker",
     )
     retry_limit: int = Field(5, ge=1, description="attempts before a retryable failure gives up")
     retry_batch: int = Field(1000, ge=0, description="retryable failures re-tried per run")
     failure_age_hours: float = Field(24, gt=0, description="check: failures unresolved this long")
     max_marker_lag: int = Field(20_000, ge=0, description="check: rows allowed past a marker")
     retry_interval_seconds: int = Field(
-        300, ge=0, description="wait between attempts of a retryable failure (R20)"
+        300, ge=0, description="wait between attempts of a retryable failure"
     )
     stale_run_seconds: int = Field(
         600,

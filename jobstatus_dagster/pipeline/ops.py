@@ -33,7 +33,7 @@ SWEEP_TAG = "jobstatus/sweep"
 
 
 class SweepConfig(dg.Config):
-    """A slice of the history (R19) the sensor found never-processed rows in: rows after
+    """A slice of the history the sensor found never-processed rows in: rows after
     ``after`` through ``through`` in (marker, id) order; None is the lowest / the window start."""
 
     after: list[int] | None = None
@@ -166,7 +166,8 @@ def build_load_op(source: Source) -> dg.OpDefinition:
         jobmanager: PostgresDatabase,
         processing: ProcessingSettings,
     ) -> LoadedWindow:
-        """Window rows, late rows committed out of order (R19) and due retries (R20)."""
+        """The window's rows, rows committed late below the marker, and failures due a retry."""
+        # R19 (late rows, the sweep slice) and R20 (due retries).
         partition_key = context.partition_key if context.has_partition_key else None
         window = resolve_window(source.name, config, partition_key)
         started = time.perf_counter()
