@@ -376,6 +376,8 @@ class Processor:
             return None, []
         queue.ensure_pools(self.instance)
         backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
+        if backfill_id is None:
+            return None, []
         done, runs = queue.wait_for_backfill(self.instance, backfill_id, wait)
         if not done:
             self._accepted(runs, backfill_id)

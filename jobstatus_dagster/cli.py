@@ -81,10 +81,14 @@ def main() -> None:
 @click.option("--baseline", is_flag=True, help="First create the shop's own tables where missing.")
 def migrate_command(baseline: bool) -> None:
     """Apply the migrations (safe to run again)."""
+    from jobstatus_dagster.pipeline import queue
+
     env = _env()
     applied = migrate(env.urls, baseline=baseline)
     for database, ids in applied.items():
         click.echo(f"{database}: {', '.join(ids) if ids else 'up to date'}")
+    # The one-run-per-source pools exist before any daemon dequeues a run (queue.ensure_pools).
+    queue.ensure_pools(env.instance())
 
 
 @main.command("demo-data")
@@ -106,7 +110,9 @@ def demo_data_command(scale: int, seed: int) -> None:
 def _definitions(env: Environment):
     from jobstatus_dagster.definitions import definitions_from_settings
 
-    return definitions_from_settings(env.settings, env.urls.jobmanager, env.urls.logs)
+    # The URLs as EnvVars (Environment exported them): a run's stored job snapshot, which the UI
+    # shows, then names the variable and never holds a password.
+    return definitions_from_settings(env.settings)
 
 
 @main.command("process")
@@ -221,6 +227,9 @@ def backfill_command(source: str, from_marker: int, to_marker: int) -> None:
         backfill_id, ranges = queue.submit_backfill(
             defs, instance, source, from_marker, to_marker, "backfill"
         )
+        if backfill_id is None:
+            click.echo(f"{source}: no rows in markers ({from_marker}, {to_marker}]: nothing to do")
+            return
         click.echo(
             f"{source}: backfill {backfill_id} submitted: markers ({from_marker}, {to_marker}]"
             f" lie in {len(ranges)} marker range(s) ({', '.join(ranges)}), each processed whole;"
@@ -361,9 +370,11 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     import uvicorn
 
     from jobstatus_dagster.demo import generate_shop, shop_is_empty
+    from jobstatus_dagster.pipeline import queue
 
     env = _env()
     migrate(env.urls, baseline=True)
+    queue.ensure_pools(env.instance())  # before the daemon dequeues the sensors' first runs
     with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
         if shop_is_empty(jm, logs):
             click.echo(generate_shop(jm, logs).line())

@@ -192,7 +192,7 @@ def foreign_file_failures(file_ids: pd.Series, customer: str = "Labex") -> pd.Da
         + tokens
         + ", not "
         + customer
-        + "; not ours, skipped (R4, R20)",
+        + "; another customer's file, skipped",
     )
 
 

@@ -187,7 +187,8 @@ def scanner_verdicts(evidence: pd.DataFrame, print_versions: set[tuple[str, str]
     notes = frame["evidence_notes"].astype("string")
     notes = notes.where(applied, notes + held_note)
     notes = notes.where(
-        ~by_print, frame["evidence_notes"] + "; not applied: print_os holds print (R15)"
+        ~by_print,
+        frame["evidence_notes"] + "; not applied: the press's own print status takes precedence",
     )
     return frame.assign(applied=applied.to_numpy(dtype=bool) & ~by_print, notes=notes)[
         AUDIT_VERDICT_COLUMNS

@@ -236,7 +236,9 @@ def compute_scan_plan(
             SCANNER,
             "bad_file_id",
             bad_for_scans["file_id"],
-            "file id " + bad_for_scans["file_id"] + " does not match R4",
+            "file id "
+            + bad_for_scans["file_id"]
+            + " does not read FILE_<version>_<customer>_<job id>",
         )
     )
     # An imposition of the runlist without files yet: its jobs cannot be reached now, so the scan

@@ -299,6 +299,25 @@ def next_chunk(
     return None if first is None else (int(first), int(last))
 
 
+def marker_buckets(
+    engine: sa.Engine, source_type: str, after: int, up_to: int, width: int
+) -> list[int]:
+    """The lower bounds of the marker-range buckets (lo, lo + width] holding rows in
+    (after, up_to], ascending: a backfill runs the ranges that have rows, not the empty ones."""
+    source = source_named(source_type)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            composed(
+                "SELECT DISTINCT floor(({marker} - 1)::numeric / :width)::bigint * :width AS lo"
+                " FROM {table} WHERE {marker} > :after AND {marker} <= :up_to ORDER BY lo",
+                marker=Identifier(source.marker_column),
+                table=Identifier(source.table_name),
+            ),
+            {"after": after, "up_to": up_to, "width": width},
+        ).scalars()
+        return [int(lo) for lo in rows]
+
+
 def chunk_reader(
     engine: sa.Engine, source_type: str, chunk_size: int
 ) -> Callable[[int, int], tuple[int, int] | None]:

@@ -495,7 +495,11 @@ def _project_logs_table(
         "",
         "missing_operation_row",
         missing["subject"],
-        "no " + table + " row for " + missing["subject"].astype("string") + "; not invented (R16)",
+        "no "
+        + table
+        + " row for "
+        + missing["subject"].astype("string")
+        + "; not created by jobstatus",
     )
     failures["source_type"] = missing["source_type"].to_numpy()
     return int(updated), int(restored) + int(stale), failures

@@ -14,12 +14,18 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds
+from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, marker_buckets
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
-from jobstatus_dagster.pipeline.partitions import key_bounds, keys_between
+from jobstatus_dagster.pipeline.partitions import bucket_key, key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.sensors import source_backlog
-from jobstatus_dagster.pipeline.windows import FINISHED, InFlight, PlannedRun, plan_sensor_runs
+from jobstatus_dagster.pipeline.windows import (
+    FINISHED,
+    IN_FLIGHT,
+    InFlight,
+    PlannedRun,
+    plan_sensor_runs,
+)
 from jobstatus_dagster.source import SOURCE_NAMES, source_named
 
 # workspace.yaml's code location: the daemon launches queued runs from it.
@@ -101,10 +107,19 @@ def submit_run(
     return run.run_id
 
 
-def plan_source(defs: dg.Definitions, source_type: str) -> list[PlannedRun]:
-    """The windows the sensor would request for everything past the marker now, all of them
-    (the sensor caps a tick's; a request wants the whole backlog): consecutive windows of new
-    rows, or one run at the marker for late rows and due retries."""
+def runs_in_flight(instance: dg.DagsterInstance, source_type: str) -> list[dg.DagsterRun]:
+    """The source's runs queued or running now, whoever asked for them, oldest first."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT)
+    )
+    return [record.dagster_run for record in reversed(records)]  # records come newest first
+
+
+def plan_source(defs: dg.Definitions, source_type: str, in_flight: InFlight) -> list[PlannedRun]:
+    """The windows the sensor would request for everything past the marker and past the runs
+    already queued or running, all of them (the sensor caps a tick's; a request wants the whole
+    backlog): consecutive windows of new rows, or one run at the marker for late rows and due
+    retries."""
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     processing: ProcessingSettings = defs.resources["processing"]
     settings = processing.resolved()
@@ -113,7 +128,7 @@ def plan_source(defs: dg.Definitions, source_type: str) -> list[PlannedRun]:
         source_type,
         backlog,
         chunk_reader(jobmanager.engine, source_type, settings.chunk_size),
-        InFlight(),
+        in_flight,
         sys.maxsize,
         settings.partition_width,
     )
@@ -132,13 +147,20 @@ class Submitted:
 def submit_source(
     defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str
 ) -> Submitted:
-    """Queue a run per window past the marker. Consecutive windows may wait in the queue
+    """Queue a run per window past the marker and the runs in flight. Consecutive windows may wait in the queue
     together: the pool runs them one at a time, and a window whose predecessor failed still
     writes, but never moves the marker past the failed one."""
     source = source_named(source_type)
     job = defs.resolve_job_def(source.job_name)
     submitted = Submitted(source_type)
-    for planned in plan_source(defs, source_type):
+    # Runs already waiting (the sensor's, another request's) are this request's too: waited
+    # for, not queued again.
+    waiting = runs_in_flight(instance, source_type)
+    for run in waiting:
+        submitted.run_ids.append(run.run_id)
+        submitted.windows[run.run_id] = run_window(run)
+    in_flight = InFlight.of([run.tags for run in waiting])
+    for planned in plan_source(defs, source_type, in_flight):
         run_id = submit_run(
             instance,
             job,
@@ -159,14 +181,19 @@ def submit_backfill(
     from_marker: int,
     to_marker: int,
     trigger: str,
-) -> tuple[str, list[str]]:
-    """A partition backfill of the processing asset over every marker range that meets
+) -> tuple[str | None, list[str]]:
+    """A partition backfill of the processing asset over every marker range holding rows in
     (from_marker, to_marker], as the asset page's "Backfill" makes it; returns its id and its
-    ranges. Each range runs whole: re-processing is idempotent and never lowers the marker."""
+    ranges (None and none when no row lies there). Each range runs whole: re-processing is idempotent and never lowers the marker."""
     from dagster._core.execution.backfill import PartitionBackfill
 
     width = defs.resources["processing"].resolved().partition_width
-    keys = keys_between(from_marker, to_marker, width)
+    buckets = marker_buckets(
+        defs.resources["jobmanager"].engine, source_type, from_marker, to_marker, width
+    )
+    keys = [bucket_key(lo + 1, width) for lo in buckets]  # ranges without rows are not run
+    if not keys:
+        return None, []
     source = source_named(source_type)
     partitions = source.partitions
     missing = [k for k in keys if not instance.has_dynamic_partition(partitions.name, k)]

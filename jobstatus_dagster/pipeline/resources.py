@@ -23,8 +23,12 @@ class PostgresDatabase(dg.ConfigurableResource):
 
     @property
     def engine(self) -> sa.Engine:
-        if self._engine is None:  # used outside a run (direct instantiation in scripts)
-            self._engine = make_engine(self.url)
+        if self._engine is None:  # used outside a run (the API, the CLI, scripts)
+            # Outside a run an EnvVar is not resolved for us: it is still the variable's name.
+            url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
+            if not url:
+                raise ValueError(f"{self.url} is not set")
+            self._engine = make_engine(url)
         return self._engine
 
 
