@@ -269,7 +269,7 @@ def _print_event(jm, lg, source_id, name, status, marker, at) -> None:
 
 
 def reference_scans(jobmanager_url: str, logs_url: str, limit: int) -> tuple[int, float]:
-    """The first ``limit`` scans, one at a time (plan §2.2); returns (scans, seconds)."""
+    """The first ``limit`` scans, one at a time (the reference loop); returns (scans, seconds)."""
     return _one_at_a_time(
         jobmanager_url,
         logs_url,

@@ -282,9 +282,9 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
                     )
                     @given(case=operation.as_strategy())
                     def fuzz(case) -> None:
-                        # Processing requests run a Dagster run synchronously (plan §7):
-                        # seconds each, longer on a loaded machine; schemathesis' 10 s read
-                        # timeout crashed the scenario once, not the API.
+                        # Processing requests queue Dagster runs and wait for them up to the
+                        # body's `wait` (default 60 s, at most 600), so an answer can take that
+                        # long; schemathesis' 10 s read timeout would cut it short.
                         response = case.call(headers=AUTH, timeout=300)
                         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                         if response.status_code >= 500:

@@ -1,4 +1,4 @@
-"""The HTTP API (plan §7, SPEC §6): trigger processing and read a job's status over HTTP.
+"""The HTTP API (docs/rules.md §6, Surfaces): trigger processing and read a job's status over HTTP.
 
 Processing requests are Dagster runs: the API plans the windows past the markers as the sensor
 would, puts a run per window into the instance's run queue (tagged ``jobstatus/trigger=api``) and

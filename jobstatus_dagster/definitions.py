@@ -21,7 +21,9 @@ from jobstatus_dagster.source import PRINT_OS_SOURCE, SCANNER_SOURCE, Source
 
 
 def processing_job(source: Source) -> UnresolvedAssetJobDefinition:
-    """One job per source, so runs carry the source tag the run queue limits to one (§6)."""
+    """One job per source, so its runs carry the source tag (sensors and the API find a source's
+    runs by it); one run per source at a time is the pool on the source's load op (dagster.yaml,
+    docs/rules.md §6)."""
     return dg.define_asset_job(
         source.job_name,
         selection=dg.AssetSelection.assets(source.processing_key),

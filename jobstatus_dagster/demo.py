@@ -3,7 +3,7 @@
 The processor is only convincing against data shaped like the shop's: jobs reissued as new
 versions, impositions that gang several jobs, reprints, runlists, a press history with aborts,
 repeated lots and mixed-case statuses, scans in every JSON shape the scanners send (R7), and a
-few rows of every malformed kind SPEC R20 names. Everything follows from one seed, times are
+few rows of every malformed kind R20 names. Everything follows from one seed, times are
 offsets from "three weeks ago", and rows are written with COPY, so scale 250 (50,000 jobs)
 loads in seconds.
 """

@@ -1,4 +1,4 @@
-"""Deterministic crash points for the fault suite (SPEC R18): off unless JOBSTATUS_CRASH_AT is set.
+"""Deterministic crash points for the fault suite (R18): off unless JOBSTATUS_CRASH_AT is set.
 
 ``JOBSTATUS_CRASH_AT=after_logs_commit`` makes the process SIGKILL itself at that point, exactly
 as a power cut would; nothing after it runs, no cleanup, no rollback message to the server.

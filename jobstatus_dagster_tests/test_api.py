@@ -1,5 +1,5 @@
-"""The HTTP API against the real databases, a real Dagster instance and a real daemon (plan §7,
-SPEC §6).
+"""The HTTP API against the real databases, a real Dagster instance and a real daemon (docs/rules.md
+§6, Surfaces).
 
 One shop per module: the small backlog is processed through the API (runs queued, dequeued and
 executed by `dagster-daemon`), then every refusal is checked to leave the databases and the run

@@ -1,4 +1,4 @@
-"""SPEC R14, R21–R24: the state is a function of the data, whatever the windowing, order,
+"""R14, R21–R24 (docs/rules.md): the state is a function of the data, whatever the windowing, order,
 overlap or replay. One regression test per finding of the convergence review (issue 12)."""
 
 from datetime import timedelta

@@ -1,5 +1,5 @@
-"""Operating it in Dagster (issue 4, SPEC R18–R21, §6): lineage, materializations, marker-range
-backfills, retries, failure visibility, serialization and asset checks."""
+"""Operating it in Dagster (issue 4, docs/rules.md R18–R21 and §6): lineage, materializations,
+marker-range backfills, retries, failure visibility, serialization and asset checks."""
 
 import dagster as dg
 import pytest

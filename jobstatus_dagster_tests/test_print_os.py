@@ -1,4 +1,4 @@
-"""SPEC R9–R21 on the print-OS path, against the embedded Postgres and a real Dagster instance."""
+"""R9–R21 (docs/rules.md) on the print-OS path, against the embedded Postgres and a real Dagster instance."""
 
 import threading
 import time

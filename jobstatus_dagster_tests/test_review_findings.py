@@ -1,6 +1,6 @@
 """Review of the convergence design (issue 12): each test is a concrete schedule that breaks a
-SPEC rule on ef1e090. They drive the product's own planners and writer through the harness of
-tests/convergence.py (no Dagster run), and compare with a from-scratch run where R22 applies."""
+rule of docs/rules.md on ef1e090. They drive the product's own planners and writer through the
+harness of jobstatus_testkit/convergence.py (no Dagster run), and compare with a from-scratch run where R22 applies."""
 
 import json
 from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""SPEC R5–R8, R14–R17, R20 on the scanner path, against the embedded Postgres."""
+"""R5–R8, R14–R17, R20 (docs/rules.md) on the scanner path, against the embedded Postgres."""
 
 from datetime import timedelta
 

@@ -1,5 +1,5 @@
 """The print-OS sensor: one look per tick, several windows per look, run keys, readable cursor,
-and no write to the shop's database (§6, R18, R19)."""
+and no write to the shop's database (docs/rules.md §6, R18, R19)."""
 
 import json
 import re

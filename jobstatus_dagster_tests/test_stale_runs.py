@@ -345,7 +345,7 @@ def test_dagster_yaml_enables_run_monitoring(
         # bench/latency.py: the queue is checked every second, dequeues on threads.
         coordinator = configured.run_coordinator
         assert coordinator.dequeue_interval_seconds == 1 and coordinator.dequeue_use_threads
-        # One run per source (SPEC §6): a pool per source, one run at a time, held in the queue.
+        # One run per source (docs/rules.md §6): a pool per source, one run at a time, held in the queue.
         pools = configured.get_concurrency_config().pool_config
         assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
         # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once

@@ -1,5 +1,5 @@
 """Marker-range partitions: fixed-width buckets of source markers, so the data team can pick
-ranges in the UI and backfill them (SPEC R21). A key names its range: ``000000010000-000000020000``
+ranges in the UI and backfill them (R21). A key names its range: ``000000010000-000000020000``
 is markers (10000, 20000]. Each source's partitions definition is ``Source.partitions``."""
 
 import re

@@ -1,17 +1,18 @@
 """Failing runs whose worker is gone, so a killed process never blocks its source forever.
 
-A run whose process was SIGKILLed (a ``jobstatus process`` or API process running it in-process,
-or a daemon-launched run worker whose code server died too) stays NOT_STARTED/STARTING/STARTED:
-the run queue's one-run-per-source limit holds every later run of the source behind it, for
-good. Dagster's run monitoring (``dagster.yaml``) cannot see it: it asks the run launcher
-whether a worker is healthy, the DefaultRunLauncher has no such check
-(``supports_check_run_worker_health`` is False), and a run executed in-process by the CLI or
-the API has no launcher at all. Re-running a failed run's window is safe (R18), and the marker
-row lock still serializes the writes (R19).
+A run whose process was SIGKILLed (a ``jobstatus process`` or ``jobstatus backfill`` running it
+in-process because no daemon serves the instance, or a daemon-launched run worker whose code
+server died too) stays NOT_STARTED/STARTING/STARTED: the source's concurrency pool (one run at a
+time, ``dagster.yaml``) holds every later run of the source in the queue behind it, for good.
+Dagster's run monitoring (``dagster.yaml``) cannot see it: it asks the run launcher whether a
+worker is healthy, the DefaultRunLauncher has no such check (``supports_check_run_worker_health``
+is False), and a run executed in-process by the CLI has no launcher at all. (The API does not run
+anything itself: it puts runs into the queue, which the daemon launches.) Re-running a failed
+run's window is safe (R18), and the marker row lock still serializes the writes (R19).
 
 Who fails them: the source's sensor only reads (``stalled_runs``) and, when it finds one,
 requests a run of the ``fail_stalled_runs`` job (in the UI, beside the processing jobs), which
-fails them; the API does it itself before it would refuse a request.
+fails them; nothing else does.
 
 A run's worker is gone when either
 
