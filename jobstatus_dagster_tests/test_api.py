@@ -272,7 +272,9 @@ def test_a_backlog_is_queued_as_one_run_per_window(
     ends = markers[3::4] + [markers[-1]]
     expected = [f"print_os:{lo}-{hi}" for lo, hi in zip([marker, *ends], ends, strict=False)]
     chunked = Shop(urls, chunk_size=4)
-    app = create_app(chunked.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN)
+    app = create_app(
+        chunked.definitions(), instance, urls.jobmanager, urls.logs, token=TOKEN, read_token=TOKEN
+    )
     with chunked, TestClient(app) as chunked_client:
         response = chunked_client.post("/api/process-print-os", json={}, headers=AUTH)
     assert response.status_code == 200, response.text
@@ -596,7 +598,9 @@ def test_with_the_daemon_down_a_request_answers_202_within_its_wait(
     the request's wait is over and says why nothing ran."""
     alone = fresh_urls(pg_admin_uri).dagster
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=instance_overrides(alone)) as down:
-        app = create_app(shop.definitions(), down, urls.jobmanager, urls.logs, token=TOKEN)
+        app = create_app(
+            shop.definitions(), down, urls.jobmanager, urls.logs, token=TOKEN, read_token=TOKEN
+        )
         new_print_event(shop)
         with TestClient(app) as down_client:
             started = time.monotonic()
