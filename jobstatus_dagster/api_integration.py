@@ -46,6 +46,7 @@ DEFAULT_LIMIT = 100
 CSV = "text/csv"
 JobStatus = Literal["completed", "partial", "aborted", "pending"]
 NEXT_AFTER_HEADER = "Jobstatus-Next-After"
+AS_OF_HEADER = "Jobstatus-As-Of"
 # A cursor is a job id as the jobs table holds it: printable, no control characters (which
 # Postgres text cannot hold either).
 JOB_CURSOR_PATTERN = r"^[^\x00-\x1f\x7f]{1,100}$"
@@ -267,7 +268,18 @@ def _naive_utc(value: datetime | None) -> datetime | None:
     """Timestamps are stored as naive UTC; an aware time is converted, a naive one is UTC."""
     if value is None or value.tzinfo is None:
         return value
-    return value.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # 9999-12-31T23:59-23:59 and the like: past the calendar in UTC
+        raise HTTPException(422, "updated_since is out of range once converted to UTC") from None
+
+
+def _as_of_header(jobmanager: sa.Engine) -> dict[str, str]:
+    """A CSV body has no room for ``as_of``: the header carries it, as JSON."""
+    with jobmanager.connect() as conn:
+        as_of = read_as_of(conn)
+    shown = {k: SourceFreshness.model_validate(v).model_dump(mode="json") for k, v in as_of.items()}
+    return {AS_OF_HEADER: json.dumps(shown, separators=(",", ":"))}
 
 
 # ----- the router --------------------------------------------------------------------------
@@ -308,7 +320,10 @@ def build_router(
         responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
         summary="The change feed: status changes after `after`, oldest first",
         description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
-        " empty; a change is never returned twice nor skipped, even while processing commits."
+        " empty; an audit row is never returned twice nor skipped, even while processing"
+        " commits. A row is listed once, as it was written: when re-processing later withdraws"
+        " it or changes its verdict, the row does not come round again (its `withdrawn_at` shows"
+        " in the job's status, and webhooks deliver the withdrawal)."
         " With `Accept: text/csv` the same rows come as CSV (header row first); without"
         " `limit` a CSV export runs to the end of the feed, streamed. The next page's"
         " `after` is then the last row's update_id (also in the `Jobstatus-Next-After`"
@@ -334,7 +349,9 @@ def build_router(
                 pages = [page]
                 headers = {NEXT_AFTER_HEADER: str(page[-1]["update_id"] if page else after)}
             return StreamingResponse(
-                csv_lines(FEED_COLUMNS, pages, _feed_row), media_type=CSV, headers=headers
+                csv_lines(FEED_COLUMNS, pages, _feed_row),
+                media_type=CSV,
+                headers={**headers, **_as_of_header(jobmanager)},
             )
         with jobmanager.connect() as conn:
             as_of = read_as_of(conn)
@@ -353,7 +370,8 @@ def build_router(
         summary="Jobs with their current operations and print state, filtered, by job id",
         description="Filters combine: `operation=coating&status=completed` lists the jobs whose"
         " coating is completed; `status` alone is about print (completed, partial, aborted;"
-        " `pending`: no status yet). `updated_since` keeps jobs whose state changed at or"
+        " `pending`: a job of the jobs table with no status yet for that operation, whether or"
+        " not the job needs it). `updated_since` keeps jobs whose state changed at or"
         " after that time (UTC when no offset is given). Pages follow job ids: pass"
         " `next_after` as `after`. With `Accept: text/csv` the same jobs come as CSV; without"
         " `limit` a CSV export runs to the end, streamed.",
@@ -395,7 +413,9 @@ def build_router(
                 pages = [page]
                 headers = {NEXT_AFTER_HEADER: page[-1]["job_id"] if len(page) == limit else ""}
             return StreamingResponse(
-                csv_lines(JOB_CSV_COLUMNS, pages, _job_row), media_type=CSV, headers=headers
+                csv_lines(JOB_CSV_COLUMNS, pages, _job_row),
+                media_type=CSV,
+                headers={**headers, **_as_of_header(jobmanager)},
             )
         size = limit or DEFAULT_LIMIT
         with jobmanager.connect() as conn:

@@ -3,6 +3,7 @@ read, the change feed (order, paging, no skip under concurrent commits), job lis
 
 import csv
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -334,6 +335,14 @@ def test_feed_as_csv_round_trips_and_exports_to_the_end(
     assert page.headers["jobstatus-next-after"] == paged[-1]["update_id"]
 
 
+def test_csv_answers_say_how_fresh_they_are_in_a_header(api: httpx.Client) -> None:
+    """A CSV body has no room for as_of: the Jobstatus-As-Of header carries the same object."""
+    for path in ("/api/status-updates", "/api/jobs"):
+        as_json = api.get(path, headers=READ).json()["as_of"]
+        answer = api.get(path, params={"limit": 1}, headers={**READ, **CSV})
+        assert json.loads(answer.headers["jobstatus-as-of"]) == as_json, path
+
+
 def test_jobs_as_csv_with_the_same_filters_and_paging(api: httpx.Client) -> None:
     as_json = jobs_of(api, operation="coating", status="completed")
     rows = read_csv(
@@ -367,6 +376,8 @@ def test_jobs_as_csv_with_the_same_filters_and_paging(api: httpx.Client) -> None
         ("/api/jobs", {"operation": "laminate"}, "unknown operation laminate"),
         ("/api/jobs", {"operation": "coating", "status": "partial"}, "print only"),
         ("/api/jobs", {"updated_since": "yesterday"}, "updated_since"),
+        ("/api/jobs", {"updated_since": "9999-12-31T23:59:59.999999-23:59"}, "updated_since"),
+        ("/api/jobs", {"updated_since": "0001-01-01T00:00:00+23:59"}, "updated_since"),
         ("/api/jobs", {"after": "a\x01b"}, "after"),
         ("/api/jobs", {"limit": "x"}, "limit"),
     ],

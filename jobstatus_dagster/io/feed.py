@@ -64,7 +64,10 @@ _SINCE = (
     " OR EXISTS (SELECT 1 FROM job_operation_state t WHERE t.job_id = c.job_id"
     " AND t.updated_at >= :since)"
     " OR EXISTS (SELECT 1 FROM job_print_state t WHERE t.job_id = c.job_id"
-    " AND t.updated_at >= :since))"
+    " AND t.updated_at >= :since)"
+    # A job whose state was withdrawn as a whole has no state row left to carry the time.
+    " OR EXISTS (SELECT 1 FROM job_status_updates t WHERE t.job_id = c.job_id"
+    " AND t.withdrawn_at >= :since))"
 )
 PAGE_ANY = (
     "SELECT job_id FROM ("
