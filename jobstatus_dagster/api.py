@@ -39,11 +39,13 @@ import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import dagster as dg
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -357,32 +359,45 @@ class Processor:
         self.instance = instance
         self.jobmanager = jobmanager
 
-    def process(self, sources: tuple[str, ...], wait: float) -> dict[str, list[dg.DagsterRun]]:
+    async def process(
+        self, sources: tuple[str, ...], wait: float
+    ) -> dict[str, list[dg.DagsterRun]]:
         """A queued run per window past each source's marker; the finished runs per source."""
-        queue.ensure_pools(self.instance)
-        submitted = {s: queue.submit_source(self.defs, self.instance, s, TRIGGER) for s in sources}
+        submitted = await run_in_threadpool(self._submit, sources)
         run_ids = [run_id for sub in submitted.values() for run_id in sub.run_ids]
-        runs = queue.wait_for_runs(self.instance, run_ids, wait)
-        self._check(sources[0], runs, None)
+        _, runs = await queue.wait_until_async(
+            partial(queue.runs_settled, self.instance, run_ids), wait
+        )
+        await run_in_threadpool(self._check, sources[0], runs, None)
         return {
             source: [run for run in runs if run.run_id in sub.windows]
             for source, sub in submitted.items()
         }
 
-    def backfill(self, source: str, wait: float) -> tuple[str | None, list[dg.DagsterRun]]:
-        """A partition backfill over every marker range of the source; its finished runs."""
-        bounds = queue.whole_source_bounds(self.defs, source)
-        if bounds is None:
-            return None, []
+    def _submit(self, sources: tuple[str, ...]) -> dict[str, queue.Submitted]:
         queue.ensure_pools(self.instance)
-        backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
+        return {s: queue.submit_source(self.defs, self.instance, s, TRIGGER) for s in sources}
+
+    async def backfill(self, source: str, wait: float) -> tuple[str | None, list[dg.DagsterRun]]:
+        """A partition backfill over every marker range of the source; its finished runs."""
+        backfill_id = await run_in_threadpool(self._submit_backfill, source)
         if backfill_id is None:
             return None, []
-        done, runs = queue.wait_for_backfill(self.instance, backfill_id, wait)
+        done, runs = await queue.wait_until_async(
+            partial(queue.backfill_settled, self.instance, backfill_id), wait
+        )
         if not done:
-            self._accepted(runs, backfill_id)
-        self._check(source, runs, backfill_id)
+            await run_in_threadpool(self._accepted, runs, backfill_id)
+        await run_in_threadpool(self._check, source, runs, backfill_id)
         return backfill_id, runs
+
+    def _submit_backfill(self, source: str) -> str | None:
+        bounds = queue.whole_source_bounds(self.defs, source)
+        if bounds is None:
+            return None
+        queue.ensure_pools(self.instance)
+        backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
+        return backfill_id
 
     def _check(self, source: str, runs: list[dg.DagsterRun], backfill_id: str | None) -> None:
         if not all(run.status in queue.FINISHED for run in runs):
@@ -540,13 +555,19 @@ def create_app(
         responses=ERRORS_WRITE,
         summary="Process print-OS events past the marker (force: all of them again)",
     )
-    def process_print_os(
+    async def process_print_os(
         request: Annotated[ProcessPrintOsRequest, Body()] = ProcessPrintOsRequest(),  # noqa: B008
     ) -> ProcessPrintOsResponse:
+        # Async: a request waiting for its runs holds no worker thread (reads go on meanwhile).
         if request.force:
-            backfill_id, runs = processor.backfill(PRINT_OS, request.wait)
+            backfill_id, runs = await processor.backfill(PRINT_OS, request.wait)
         else:
-            backfill_id, runs = None, processor.process((PRINT_OS,), request.wait)[PRINT_OS]
+            backfill_id, runs = None, (await processor.process((PRINT_OS,), request.wait))[PRINT_OS]
+        return await run_in_threadpool(print_os_answer, runs, backfill_id)
+
+    def print_os_answer(
+        runs: list[dg.DagsterRun], backfill_id: str | None
+    ) -> ProcessPrintOsResponse:
         return ProcessPrintOsResponse(
             processed_count=processor.counts(runs, "rows_read"),
             jobs_updated=processor.counts(runs, "jobs_updated"),
@@ -561,11 +582,16 @@ def create_app(
         responses=ERRORS_WRITE,
         summary="Process print-OS events and/or scans past their markers",
     )
-    def process_status_updates(
+    async def process_status_updates(
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
         sources = SOURCE_NAMES if request.source == "both" else (request.source,)
-        runs = processor.process(sources, request.wait)
+        runs = await processor.process(sources, request.wait)
+        return await run_in_threadpool(status_updates_answer, sources, runs)
+
+    def status_updates_answer(
+        sources: tuple[str, ...], runs: dict[str, list[dg.DagsterRun]]
+    ) -> ProcessStatusUpdatesResponse:
         return ProcessStatusUpdatesResponse(
             print_os_processed=processor.counts(runs.get(PRINT_OS, []), "rows_read"),
             scanner_processed=processor.counts(runs.get(SCANNER, []), "rows_read"),

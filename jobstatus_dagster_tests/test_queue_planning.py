@@ -2,16 +2,21 @@
 runs and the queue can be read as it was left): backfills over the marker ranges that hold rows
 (R21), and requests that wait for the runs already queued instead of queuing them again."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 
+from jobstatus_dagster.api import create_app
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.instance import instance_overrides
 from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.databases import fresh_urls
+from jobstatus_testkit.serving import serve
 
 WIDTH = 100
 
@@ -73,3 +78,36 @@ def test_a_request_waits_for_the_runs_already_queued_instead_of_queuing_them_aga
     assert more.run_ids[: len(first.run_ids)] == first.run_ids
     (added,) = more.run_ids[len(first.run_ids) :]
     assert more.windows[added] == "print_os:1000000050-1000000060"
+
+
+def test_requests_waiting_for_their_runs_do_not_hold_up_other_requests(
+    sparse: Shop, idle: dg.DagsterInstance, urls: DatabaseUrls
+) -> None:
+    """More waiting processing requests than the server has worker threads (40), on an instance
+    no daemon serves: a read still answers at once, and each request answers within its wait."""
+    app = create_app(
+        sparse.definitions(), idle, urls.jobmanager, urls.logs, token="w", read_token="r"
+    )
+    with serve(app) as url:
+        started = time.monotonic()
+
+        def waiting_request(_: int) -> tuple[int, float]:
+            answer = httpx.post(
+                f"{url}/api/process-status-updates",
+                json={"wait": 10},
+                headers={"Authorization": "Bearer w"},
+                timeout=60,
+            )
+            return answer.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(max_workers=45) as pool:
+            answers = pool.map(waiting_request, range(45))
+            time.sleep(2)
+            asked = time.monotonic()
+            read = httpx.get(f"{url}/api/health", timeout=60)
+            read_took = time.monotonic() - asked
+            answers = list(answers)
+    assert read.status_code == 200
+    assert read_took < 4, read_took  # not behind the waiting requests (about 8 s when it was)
+    assert {status for status, _ in answers} == {202}
+    assert max(took for _, took in answers) < 30

@@ -8,11 +8,15 @@ from __future__ import annotations
 import secrets
 import string
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
+import anyio
 import dagster as dg
+import sqlalchemy as sa
 
 from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, marker_buckets
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
@@ -54,9 +58,18 @@ def ensure_pools(instance: dg.DagsterInstance) -> None:
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return
-    missing = set(SOURCE_NAMES) - storage.get_concurrency_keys()
-    for pool in sorted(missing):
-        storage.initialize_concurrency_limit_to_default(pool)
+    with _POOLS_LOCK:  # concurrent requests of one API process: one creates, the others see it
+        missing = set(SOURCE_NAMES) - storage.get_concurrency_keys()
+        for pool in sorted(missing):
+            try:
+                storage.initialize_concurrency_limit_to_default(pool)
+            except sa.exc.IntegrityError:
+                # Another process (CLI, daemon) created it meanwhile: it exists, as wanted.
+                if pool not in storage.get_concurrency_keys():
+                    raise
+
+
+_POOLS_LOCK = threading.Lock()
 
 
 def _job_origins(job_name: str):
@@ -230,17 +243,13 @@ def whole_source_bounds(defs: dg.Definitions, source_type: str) -> tuple[int, in
     return min(0, lowest - 1), highest
 
 
-def wait_for_runs(
-    instance: dg.DagsterInstance, run_ids: Sequence[str], seconds: float
-) -> list[dg.DagsterRun]:
-    """The runs once all have finished, or as they are when ``seconds`` have passed."""
-    deadline = time.monotonic() + seconds
-    while True:
-        runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
-        found = [run for run in runs if run is not None]
-        if all(run.status in FINISHED for run in found) or time.monotonic() >= deadline:
-            return found
-        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+def runs_settled(
+    instance: dg.DagsterInstance, run_ids: Sequence[str]
+) -> tuple[bool, list[dg.DagsterRun]]:
+    """(all finished, the runs as they are now): one look, no waiting."""
+    runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+    found = [run for run in runs if run is not None]
+    return all(run.status in FINISHED for run in found), found
 
 
 def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
@@ -249,21 +258,55 @@ def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.Dag
     return sorted(runs, key=lambda run: run.tags.get(PARTITION_TAG, ""))
 
 
+def backfill_settled(
+    instance: dg.DagsterInstance, backfill_id: str
+) -> tuple[bool, list[dg.DagsterRun]]:
+    """(done, runs): done once the backfill daemon has launched every range and all its runs
+    finished; one look, no waiting."""
+    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
+    backfill = instance.get_backfill(backfill_id)
+    runs = backfill_runs(instance, backfill_id)
+    done = backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
+    return done and all(run.status in FINISHED for run in runs), runs
+
+
+Look = Callable[[], tuple[bool, list[dg.DagsterRun]]]
+
+
+def wait_until(look: Look, seconds: float) -> tuple[bool, list[dg.DagsterRun]]:
+    """``look`` until it says done, or as things stand when ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, runs = look()
+        if done or time.monotonic() >= deadline:
+            return done, runs
+        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+async def wait_until_async(look: Look, seconds: float) -> tuple[bool, list[dg.DagsterRun]]:
+    """``wait_until`` for the API: each look runs in a worker thread, the waits in between hold
+    none, so requests waiting for their runs never starve the API's other requests."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, runs = await anyio.to_thread.run_sync(look)
+        if done or time.monotonic() >= deadline:
+            return done, runs
+        await anyio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def wait_for_runs(
+    instance: dg.DagsterInstance, run_ids: Sequence[str], seconds: float
+) -> list[dg.DagsterRun]:
+    """The runs once all have finished, or as they are when ``seconds`` have passed."""
+    return wait_until(partial(runs_settled, instance, run_ids), seconds)[1]
+
+
 def wait_for_backfill(
     instance: dg.DagsterInstance, backfill_id: str, seconds: float
 ) -> tuple[bool, list[dg.DagsterRun]]:
-    """(done, runs): done once the backfill daemon has launched every range and all its runs
-    finished, else as things stand when ``seconds`` have passed."""
-    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
-
-    deadline = time.monotonic() + seconds
-    while True:
-        backfill = instance.get_backfill(backfill_id)
-        runs = backfill_runs(instance, backfill_id)
-        done = backfill is not None and backfill.status in BULK_ACTION_TERMINAL_STATUSES
-        if (done and all(run.status in FINISHED for run in runs)) or (time.monotonic() >= deadline):
-            return done and all(run.status in FINISHED for run in runs), runs
-        time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+    """(done, runs) of the backfill once done, else as things stand when ``seconds`` passed."""
+    return wait_until(partial(backfill_settled, instance, backfill_id), seconds)
 
 
 def run_counts(instance: dg.DagsterInstance, run_id: str) -> dict[str, int | float | str]:
