@@ -367,3 +367,46 @@ def test_a_slow_receiver_neither_holds_up_others_nor_overruns_the_run(
     tried = [r for r in slow_rows if r["attempts"] > 0]
     assert 1 <= len(tried) < jobs, "what was not attempted stays pending for the next pass"
     assert all(r["attempts"] == 1 for r in tried)
+
+
+def test_payload_times_are_utc_with_z(hooked_shop: tuple[Shop, int, int]) -> None:
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, "http://127.0.0.1:9/times")
+    add_changes(shop, 8000300, 1)
+    shop.execute(
+        shop.jm,
+        "UPDATE job_status_updates SET withdrawn_at = TIMESTAMP '2026-11-30 04:06:04',"
+        " event_time = TIMESTAMP '2026-11-30 04:00:00.5' WHERE source_id = 8000300",
+    )
+    payloads = [r["payload"] for r in outbox(shop, hook)]
+    assert [p["event"] for p in payloads] == ["status", "withdrawn"]
+    withdrawn = payloads[1]
+    assert withdrawn["event_time"] == "2026-11-30T04:00:00.5Z"
+    assert withdrawn["withdrawn_at"] == "2026-11-30T04:06:04Z"
+    assert withdrawn["processed_at"].endswith("Z")
+    assert payloads[0]["event_time"] is None and payloads[0]["withdrawn_at"] is None
+    api_time = shop.scalar(
+        shop.jm,
+        "SELECT processed_at FROM job_status_updates WHERE source_id = 8000300",
+    )
+    assert withdrawn["processed_at"] == api_time.isoformat() + "Z"
+
+
+def test_update_ids_come_from_the_column_s_own_sequence_named_directly(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    shop, _, _ = hooked_shop
+    sequence = shop.scalar(
+        shop.jm, "SELECT pg_get_serial_sequence('job_status_updates', 'update_id')"
+    )
+    source = shop.scalar(
+        shop.jm, "SELECT prosrc FROM pg_proc WHERE proname = 'jobstatus_draw_update_id'"
+    )
+    assert "pg_get_serial_sequence" not in source, "no per-row catalog lookup"
+    assert f"nextval('{sequence.removeprefix('public.')}'::regclass)" in source
+    before = shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}")
+    add_changes(shop, 8000400, 1)
+    drawn = shop.scalar(
+        shop.jm, "SELECT update_id FROM job_status_updates WHERE source_id = 8000400"
+    )
+    assert drawn == shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}") > before
