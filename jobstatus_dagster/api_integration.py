@@ -10,10 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 from fastapi.params import Depends
@@ -25,7 +28,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    field_validator,
 )
 
 from jobstatus_dagster.io import outbox
@@ -51,6 +53,8 @@ AS_OF_HEADER = "Jobstatus-As-Of"
 # Postgres text cannot hold either).
 JOB_CURSOR_PATTERN = r"^[^\x00-\x1f\x7f]{1,100}$"
 OPERATION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+UNPRINTABLE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 JOB_CSV_COLUMNS = (
     "job_id",
@@ -168,26 +172,55 @@ class JobsPage(BaseModel):
     as_of: AsOf = Field(description=AS_OF_DESCRIPTION)
 
 
+def _webhook_url(value: str) -> str:
+    """The URL as it will be POSTed to: http(s), a host, no whitespace or control characters
+    (which a lenient parser would strip or read into something else); stored normalised."""
+    if UNPRINTABLE.search(value):
+        raise ValueError("the URL must not contain whitespace or control characters")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("the URL must be http:// or https:// with a host")
+    normalised = str(AnyHttpUrl(value))  # raises for anything but a well-formed http(s) URL
+    httpx.URL(normalised)  # what delivery will parse; InvalidURL is a ValueError
+    return normalised
+
+
+def _printable(value: str) -> str:
+    if CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _operations(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("an empty list would receive nothing: omit operations for all")
+    return list(dict.fromkeys(value))
+
+
 class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    url: str = Field(max_length=2048, description="http or https URL that receives the POSTs")
-    secret: str = Field(
-        min_length=8, max_length=256, description="signs every body; never shown again"
+    url: Annotated[str, AfterValidator(_webhook_url)] = Field(
+        max_length=2048,
+        description="http or https URL that receives the POSTs (stored normalised);"
+        " no whitespace or control characters",
     )
-    operations: list[Annotated[str, Field(pattern=OPERATION_PATTERN)]] | None = Field(
+    secret: Annotated[str, AfterValidator(_printable)] = Field(
+        min_length=8,
+        max_length=256,
+        description="signs every body; never shown again; no control characters",
+    )
+    operations: Annotated[
+        list[Annotated[str, Field(pattern=OPERATION_PATTERN)]] | None,
+        AfterValidator(_operations),
+    ] = Field(
         None,
         max_length=50,
-        description='only changes of these operations (e.g. ["coating"]); all when absent',
+        description='only changes of these operations (e.g. ["coating"]); all when absent'
+        " (an empty list is refused); duplicates are dropped",
     )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parsed = AnyHttpUrl(value)  # raises for anything but a well-formed http(s) URL
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError("the URL must be http or https with a host")
-        return value
 
 
 class Webhook(BaseModel):

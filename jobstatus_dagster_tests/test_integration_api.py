@@ -399,6 +399,20 @@ def test_bad_parameters_are_422_saying_which(
         {"url": "http://example.com/x", "secret": "s3cret-s3cret", "operations": ["nope"]},
         {"url": "http://example.com/x", "secret": "s3cret-s3cret", "extra": 1},
         {"secret": "s3cret-s3cret"},
+        # Accepted once, then never deliverable (or worse, stopping every delivery).
+        {"url": "http://127.0.0.1:18998/x\n", "secret": "s3cret-s3cret"},
+        {"url": " http://example.com/x", "secret": "s3cret-s3cret"},
+        {"url": "http://example.com/a b", "secret": "s3cret-s3cret"},
+        {"url": "http://example.com/x\t", "secret": "s3cret-s3cret"},
+        {"url": "http:///path", "secret": "s3cret-s3cret"},
+        {"url": "http:example.com", "secret": "s3cret-s3cret"},
+        {"url": "http://:80/x", "secret": "s3cret-s3cret"},
+        {"url": "mailto:a@example.com", "secret": "s3cret-s3cret"},
+        # Postgres text holds no NUL: a 422, not a 500.
+        {"url": "http://example.com/x\u0000", "secret": "s3cret-s3cret"},
+        {"url": "http://example.com/x", "secret": "s3cret-s3cret\u0000"},
+        {"url": "http://example.com/x", "secret": "s3cret\ns3cret"},
+        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "operations": []},
     ],
 )
 def test_bad_webhooks_are_422(api: httpx.Client, body: dict) -> None:
@@ -423,3 +437,34 @@ def test_webhook_secret_is_never_returned_and_unknown_is_404(api: httpx.Client) 
     assert all(w["id"] != webhook_id for w in api.get("/api/webhooks", headers=WRITE).json())
     big = {"url": "https://example.com/" + "a" * 70_000, "secret": "s3cret-s3cret"}
     assert api.post("/api/webhooks", json=big, headers=WRITE).status_code == 413
+
+
+def test_webhook_url_is_stored_normalised_and_operations_de_duplicated(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    created = api.post(
+        "/api/webhooks",
+        json={
+            "url": "HTTPS://MIS.Example:443/Hook?x=1",
+            "secret": "s3cret-s3cret",
+            "operations": ["coating", "print", "coating"],
+        },
+        headers=WRITE,
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["url"] == "https://mis.example/Hook?x=1"
+    assert body["operations"] == ["coating", "print"]
+    stored = processed_shop.rows(
+        processed_shop.jm,
+        "SELECT url, operations FROM webhook_subscriptions WHERE subscription_id = :i",
+        i=body["id"],
+    )
+    assert stored == [{"url": "https://mis.example/Hook?x=1", "operations": ["coating", "print"]}]
+    empty = api.post(
+        "/api/webhooks",
+        json={"url": "https://mis.example/", "secret": "s3cret-s3cret", "operations": []},
+        headers=WRITE,
+    )
+    assert empty.status_code == 422 and "omit operations" in empty.text
+    assert api.delete(f"/api/webhooks/{body['id']}", headers=WRITE).status_code == 204

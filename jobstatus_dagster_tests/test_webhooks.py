@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -268,3 +269,144 @@ def test_a_delivery_gives_up_after_the_limit_and_the_dagster_run_says_so(
         s=dead,
     )
     assert attempts == limit
+
+
+def only_subscriptions(shop: Shop, *urls: str) -> list[int]:
+    """Earlier tests' subscriptions are deleted (their pending deliveries given up)."""
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_outbox SET state = 'failed', finished_at = now() WHERE state = 'pending'",
+    )
+    shop.execute(shop.jm, "UPDATE webhook_subscriptions SET deleted_at = now()")
+    return [subscribe(shop, url) for url in urls]
+
+
+def add_changes(shop: Shop, first_source_id: int, jobs: int) -> None:
+    """One applied change for each of ``jobs`` distinct jobs: each is the head of its queue."""
+    with shop.jm.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
+                " operation, status) VALUES ('scanner', :s, :j, '1', 'coating', 'completed')"
+            ),
+            [{"s": first_source_id + i, "j": f"{7100 + i}_1"} for i in range(jobs)],
+        )
+
+
+def test_an_undeliverable_url_is_a_failed_attempt_and_blocks_nobody_else(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    # Stored before the API validated URLs (or written by hand): httpx raises InvalidURL,
+    # which is not an httpx.HTTPError.
+    bad, good = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/x\n", f"http://127.0.0.1:{port}/good"
+    )
+    add_changes(shop, 8000100, 2)
+    receiver = Receiver()
+    with receiver.up(port):
+        report = deliver_due(shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2))
+    assert report.delivered == 2 and report.failed_attempts == 2
+    assert {r["state"] for r in outbox(shop, good)} == {"delivered"}
+    failed = outbox(shop, bad)
+    assert [(r["state"], r["attempts"]) for r in failed] == [("pending", 1), ("pending", 1)]
+    assert all("InvalidURL" in r["last_error"] for r in failed)
+    reasons = shop.rows(
+        shop.jm,
+        "SELECT a.error FROM webhook_attempts a JOIN webhook_outbox o USING (outbox_id)"
+        " WHERE o.subscription_id = :s",
+        s=bad,
+    )
+    assert len(reasons) == 2 and all("InvalidURL" in r["error"] for r in reasons)
+
+
+class SlowReceiver(Receiver):
+    """Answers after ``delay`` seconds: longer than the deliverer's timeout."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        base = super().handler()
+        delay = self.delay
+
+        class Handler(base):  # type: ignore[valid-type, misc]
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                if self.path.startswith("/slow"):
+                    time.sleep(delay)
+                super().do_POST()
+
+        return Handler
+
+
+def test_a_slow_receiver_neither_holds_up_others_nor_overruns_the_run(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    slow, fast = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/slow", f"http://127.0.0.1:{port}/fast"
+    )
+    jobs = 16
+    add_changes(shop, 8000200, jobs)
+    settings = WebhookDelivery(
+        backoff_seconds=3600, timeout_seconds=0.3, run_seconds=3.0, attempts_per_subscription=4
+    )
+    receiver = SlowReceiver(delay=1.5)
+    with receiver.up(port):
+        started = time.monotonic()
+        report = deliver_due(shop.jm, settings)
+        took = time.monotonic() - started
+    # Deadline checked before each attempt: at most one timeout past run_seconds (plus slack
+    # for a busy machine), not one per slow delivery.
+    assert took < settings.run_seconds + settings.timeout_seconds + 2.0, took
+    assert {r["state"] for r in outbox(shop, fast)} == {"delivered"}, "fast got everything"
+    assert report.delivered == jobs
+    slow_rows = outbox(shop, slow)
+    assert {r["state"] for r in slow_rows} == {"pending"}
+    tried = [r for r in slow_rows if r["attempts"] > 0]
+    assert 1 <= len(tried) < jobs, "what was not attempted stays pending for the next pass"
+    assert all(r["attempts"] == 1 for r in tried)
+
+
+def test_payload_times_are_utc_with_z(hooked_shop: tuple[Shop, int, int]) -> None:
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, "http://127.0.0.1:9/times")
+    add_changes(shop, 8000300, 1)
+    shop.execute(
+        shop.jm,
+        "UPDATE job_status_updates SET withdrawn_at = TIMESTAMP '2026-11-30 04:06:04',"
+        " event_time = TIMESTAMP '2026-11-30 04:00:00.5' WHERE source_id = 8000300",
+    )
+    payloads = [r["payload"] for r in outbox(shop, hook)]
+    assert [p["event"] for p in payloads] == ["status", "withdrawn"]
+    withdrawn = payloads[1]
+    assert withdrawn["event_time"] == "2026-11-30T04:00:00.5Z"
+    assert withdrawn["withdrawn_at"] == "2026-11-30T04:06:04Z"
+    assert withdrawn["processed_at"].endswith("Z")
+    assert payloads[0]["event_time"] is None and payloads[0]["withdrawn_at"] is None
+    api_time = shop.scalar(
+        shop.jm,
+        "SELECT processed_at FROM job_status_updates WHERE source_id = 8000300",
+    )
+    assert withdrawn["processed_at"] == api_time.isoformat() + "Z"
+
+
+def test_update_ids_come_from_the_column_s_own_sequence_named_directly(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    shop, _, _ = hooked_shop
+    sequence = shop.scalar(
+        shop.jm, "SELECT pg_get_serial_sequence('job_status_updates', 'update_id')"
+    )
+    source = shop.scalar(
+        shop.jm, "SELECT prosrc FROM pg_proc WHERE proname = 'jobstatus_draw_update_id'"
+    )
+    assert "pg_get_serial_sequence" not in source, "no per-row catalog lookup"
+    assert f"nextval('{sequence.removeprefix('public.')}'::regclass)" in source
+    before = shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}")
+    add_changes(shop, 8000400, 1)
+    drawn = shop.scalar(
+        shop.jm, "SELECT update_id FROM job_status_updates WHERE source_id = 8000400"
+    )
+    assert drawn == shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}") > before

@@ -23,6 +23,7 @@ class Due:
     outbox_id: int
     delivery_id: str
     update_id: int
+    subscription_id: int
     url: str
     secret: str
     body: bytes
@@ -95,34 +96,40 @@ def delete_subscription(conn: sa.Connection, subscription_id: int) -> bool:
     return deleted > 0
 
 
-# Only the head of each (subscription, job) queue may go: a job's changes arrive in order.
+# Only the head of each (subscription, job) queue may go: a job's changes arrive in order. At
+# most :per_subscription heads of one subscription per pass, taken in turns (every
+# subscription's first, then every second...), so one subscriber's backlog cannot fill a pass.
 DUE_SQL = sa.text("""
-    SELECT h.outbox_id, h.delivery_id::text AS delivery_id, h.update_id, s.url, s.secret,
-           h.payload::text AS body, h.attempts
-    FROM (SELECT DISTINCT ON (subscription_id, job_id) outbox_id, delivery_id, subscription_id,
-                 update_id, payload, attempts, next_attempt_at
-          FROM webhook_outbox WHERE state = 'pending'
-          ORDER BY subscription_id, job_id, outbox_id) h
+    SELECT d.outbox_id, d.delivery_id::text AS delivery_id, d.update_id, d.subscription_id,
+           s.url, s.secret, d.payload::text AS body, d.attempts
+    FROM (SELECT h.*, row_number() OVER (PARTITION BY h.subscription_id
+                                         ORDER BY h.outbox_id) AS turn
+          FROM (SELECT DISTINCT ON (subscription_id, job_id) outbox_id, delivery_id,
+                       subscription_id, update_id, payload, attempts, next_attempt_at
+                FROM webhook_outbox WHERE state = 'pending'
+                ORDER BY subscription_id, job_id, outbox_id) h
+          WHERE h.next_attempt_at <= now()) d
     JOIN webhook_subscriptions s USING (subscription_id)
-    WHERE h.next_attempt_at <= now()
-    ORDER BY h.outbox_id
+    WHERE d.turn <= :per_subscription
+    ORDER BY d.turn, d.outbox_id
     LIMIT :limit
 """)
 
 
-def due_deliveries(conn: sa.Connection, limit: int) -> list[Due]:
+def due_deliveries(conn: sa.Connection, limit: int, per_subscription: int) -> list[Due]:
     return [
         Due(
             row.outbox_id,
             row.delivery_id,
             row.update_id,
+            row.subscription_id,
             row.url,
             row.secret,
             # The body is signed byte for byte; jsonb's text form is canonical and stable.
             row.body.encode(),
             row.attempts,
         )
-        for row in conn.execute(DUE_SQL, {"limit": limit})
+        for row in conn.execute(DUE_SQL, {"limit": limit, "per_subscription": per_subscription})
     ]
 
 

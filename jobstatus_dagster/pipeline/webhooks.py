@@ -43,6 +43,9 @@ class WebhookDelivery(dg.ConfigurableResource):
     backoff_max_seconds: float = 300.0
     timeout_seconds: float = 10.0
     run_seconds: float = 240.0  # one run delivers for at most this long, then the next tick
+    # Attempts per subscription per pass: a slow or down receiver costs the others at most
+    # this many timeouts per pass (and one, once an attempt of it failed in the pass).
+    attempts_per_subscription: int = 5
 
 
 @dataclass
@@ -73,7 +76,9 @@ def _attempt(client: httpx.Client, due: outbox.Due) -> outbox.Outcome:
     started = time.monotonic()
     try:
         answer = client.post(due.url, content=due.body, headers=headers)
-    except httpx.HTTPError as error:
+    except Exception as error:  # noqa: BLE001 - whatever one attempt raises is its failure
+        # Not only httpx.HTTPError: an unusable stored URL raises httpx.InvalidURL (a plain
+        # Exception), which must not end the run and stop every other subscriber's deliveries.
         elapsed = int((time.monotonic() - started) * 1000)
         reason = f"{type(error).__name__}: {error}"[:500]
         return outbox.Outcome(due.outbox_id, False, None, reason, elapsed)
@@ -81,6 +86,25 @@ def _attempt(client: httpx.Client, due: outbox.Due) -> outbox.Outcome:
     ok = 200 <= answer.status_code < 300
     error = None if ok else f"HTTP {answer.status_code}"
     return outbox.Outcome(due.outbox_id, ok, answer.status_code, error, elapsed)
+
+
+def _attempt_pass(
+    client: httpx.Client, batch: list[outbox.Due], deadline: float
+) -> list[tuple[outbox.Due, outbox.Outcome]]:
+    """Attempt the batch in its order until the deadline; after a failure, the subscription's
+    other deliveries wait for the next pass. What is not attempted stays pending."""
+    done: list[tuple[outbox.Due, outbox.Outcome]] = []
+    failing: set[int] = set()
+    for due in batch:
+        if time.monotonic() >= deadline:
+            break
+        if due.subscription_id in failing:
+            continue
+        outcome = _attempt(client, due)
+        if not outcome.ok:
+            failing.add(due.subscription_id)
+        done.append((due, outcome))
+    return done
 
 
 def deliver_due(
@@ -102,20 +126,22 @@ def deliver_due(
             with httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False) as client:
                 while time.monotonic() < deadline:
                     with jobmanager.connect() as conn:
-                        batch = outbox.due_deliveries(conn, BATCH)
+                        batch = outbox.due_deliveries(
+                            conn, BATCH, settings.attempts_per_subscription
+                        )
                     if not batch:
                         break
-                    outcomes = [_attempt(client, due) for due in batch]
+                    attempted = _attempt_pass(client, batch, deadline)
                     with jobmanager.begin() as conn:
                         outbox.record_outcomes(
                             conn,
-                            outcomes,
+                            [outcome for _, outcome in attempted],
                             max_attempts=settings.max_attempts,
                             backoff_seconds=settings.backoff_seconds,
                             backoff_max_seconds=settings.backoff_max_seconds,
                             run_id=run_id,
                         )
-                    for due, outcome in zip(batch, outcomes, strict=True):
+                    for due, outcome in attempted:
                         if outcome.ok:
                             report.delivered += 1
                             continue

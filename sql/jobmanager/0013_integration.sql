@@ -12,7 +12,7 @@ CREATE OR REPLACE FUNCTION jobstatus_draw_update_id() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7316052209);
-    NEW.update_id := nextval(pg_get_serial_sequence('job_status_updates', 'update_id'));
+    NEW.update_id := nextval('job_status_updates_update_id_seq'::regclass);  -- the column's own
     RETURN NEW;
 END $$;
 CREATE OR REPLACE TRIGGER job_status_updates_draw_id
@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 CREATE INDEX IF NOT EXISTS idx_webhook_attempts_outbox ON webhook_attempts (outbox_id);
 
 -- What a receiver gets for one audit row (given as jsonb: a transition table's rows are records).
+-- Times are naive UTC in the table; to_jsonb gives them as ISO 8601 without a zone, so a 'Z'
+-- is appended: the same text the API answers (e.g. 2026-11-30T04:06:04.954847Z).
 CREATE OR REPLACE FUNCTION jobstatus_webhook_payload(u jsonb, event text, delivery uuid)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
     SELECT jsonb_build_object(
@@ -79,9 +81,10 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
         'operation', u -> 'operation', 'status', u -> 'status', 'applied', u -> 'applied',
         'printed_count', u -> 'printed_count', 'aborted_count', u -> 'aborted_count',
         'total_count', u -> 'total_count', 'notes', u -> 'notes',
-        'event_time', u -> 'event_time', 'processed_at', u -> 'processed_at',
+        'event_time', to_jsonb((u ->> 'event_time') || 'Z'),
+        'processed_at', to_jsonb((u ->> 'processed_at') || 'Z'),
         'source_type', u -> 'source_type', 'source_id', u -> 'source_id',
-        'withdrawn_at', u -> 'withdrawn_at')
+        'withdrawn_at', to_jsonb((u ->> 'withdrawn_at') || 'Z'))
 $$;
 
 -- A change lands when an audit row is applied (new, or newly applied, or its status changed
