@@ -43,6 +43,8 @@ class Source:
     row_columns: tuple[tuple[str, str], ...]  # (expression over the row, column name)
     table_path: AssetPath
     reads: tuple[AssetPath, ...]  # other tables its resolution reads (lineage)
+    rows_label: str  # what its rows are, in the shop's words (sensor and job descriptions)
+    kind: str  # the stem of its resolve and compute ops: resolve_<kind>_window, …
 
     @property
     def table(self) -> str:
@@ -80,6 +82,14 @@ class Source:
         return f"load_{self.name}_window"
 
     @property
+    def resolve_op_name(self) -> str:
+        return f"resolve_{self.kind}_window"
+
+    @property
+    def compute_op_name(self) -> str:
+        return f"compute_{self.kind}_updates"
+
+    @property
     def sensor_name(self) -> str:
         return f"{self.name}_sensor"
 
@@ -106,6 +116,8 @@ PRINT_OS_SOURCE = Source(
     row_columns=(("name", "imposition_id"), ("status", "status")),
     table_path=PRINT_OS_TABLE,
     reads=(FILE_MAPPING, OPERATION_CODES),
+    rows_label="print events",
+    kind="print",
 )
 SCANNER_SOURCE = Source(
     name=SCANNER,
@@ -121,6 +133,8 @@ SCANNER_SOURCE = Source(
     ),
     table_path=SCANNED_CODES,
     reads=(FILE_MAPPING, PLANNER_PATHS, OPERATION_CODES, PRINT_OS_TABLE),
+    rows_label="barcode scans",
+    kind="scan",
 )
 
 SOURCES = (PRINT_OS_SOURCE, SCANNER_SOURCE)

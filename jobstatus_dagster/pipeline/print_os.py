@@ -76,13 +76,13 @@ def _print_stats(resolved: ResolvedPrintWindow) -> dict:
 
 
 resolve_print_window = build_resolve_op(
-    "resolve_print_window",
+    PRINT_OS_SOURCE.resolve_op_name,
     "Press events → impositions → files → job versions, and the print history of those jobs.",
     resolve_print,
     _print_stats,
 )
 compute_print_updates = build_compute_op(
-    "compute_print_updates",
+    PRINT_OS_SOURCE.compute_op_name,
     "Printed, aborted and partial counts per job version, over all of its files.",
     finish_print_plan,
 )

@@ -66,14 +66,14 @@ def _scan_stats(resolved: ResolvedScanWindow) -> dict:
 
 
 resolve_scan_window = build_resolve_op(
-    "resolve_scan_window",
+    SCANNER_SOURCE.resolve_op_name,
     "Scanned codes → runlist or job → impositions → files → job versions, and the operations"
     " each scan reports.",
     resolve_scan,
     _scan_stats,
 )
 compute_scan_updates = build_compute_op(
-    "compute_scan_updates",
+    SCANNER_SOURCE.compute_op_name,
     "Operation status per scan, job version and imposition.",
     finish_scan_plan,
 )

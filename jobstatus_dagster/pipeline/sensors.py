@@ -31,7 +31,7 @@ from jobstatus_dagster.pipeline.windows import (
     PlannedRun,
     plan_sensor_runs,
 )
-from jobstatus_dagster.source import PRINT_OS, SCANNER, source_named
+from jobstatus_dagster.source import source_named
 
 # At most this many runs of a source wait in the queue at once: enough to drain a backlog at the
 # queue's pace between two looks, few enough that a re-plan after a failure redoes little.
@@ -205,13 +205,10 @@ def _nothing_to_do(source_type: str, backlog: Backlog, in_flight: InFlight) -> s
     return f"nothing past the {source_type} marker {backlog.marker}"
 
 
-SOURCE_WORDS = {PRINT_OS: "print events", SCANNER: "barcode scans"}
-
-
 def build_source_sensor(
     source_type: str, job: dg.JobDefinition | UnresolvedAssetJobDefinition, interval_seconds: int
 ) -> dg.SensorDefinition:
-    rows = SOURCE_WORDS.get(source_type, f"{source_type} rows")
+    rows = source_named(source_type).rows_label
 
     @dg.sensor(
         name=source_named(source_type).sensor_name,
