@@ -8,8 +8,8 @@ from datetime import timedelta
 import dagster as dg
 import sqlalchemy as sa
 
+from jobstatus_dagster.io.sources import source_backlog
 from jobstatus_dagster.pipeline.resources import PostgresDatabase
-from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster_tests.shop import T0, Shop
 from jobstatus_dagster_tests.test_sensor import window_config
 
@@ -34,7 +34,7 @@ def processed(shop: Shop, source_id: int, source_type: str = "print_os") -> bool
 def backlog(shop: Shop, source_type: str = "print_os"):
     defs = shop.definitions()
     return source_backlog(
-        defs.resources["jobmanager"], source_type, defs.resources["processing"].resolved()
+        defs.resources["jobmanager"].engine, source_type, defs.resources["processing"].resolved()
     )
 
 

@@ -24,7 +24,7 @@ from jobstatus_dagster.config import Settings, load_settings
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, UpdatePlan, Window
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
 from jobstatus_dagster.io import writer
-from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, inspect_backlog
+from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, source_backlog
 from jobstatus_dagster.io.writer import write_plan
 from jobstatus_dagster.pipeline.ops import load_window_rows
 from jobstatus_dagster.pipeline.print_os import plan_print
@@ -412,16 +412,7 @@ class Env:
 
     def next_window(self, source: str, chunk: int) -> Window | None:
         settings = self.settings.model_copy(update={"chunk_size": chunk})
-        with self.jm.connect() as conn:  # what `jobstatus process` sees (sensors.source_backlog)
-            backlog = inspect_backlog(
-                conn,
-                source,
-                chunk_size=chunk,
-                lookback=settings.late_row_lookback,
-                retry_limit=settings.retry_limit,
-                retry_interval=settings.retry_interval_seconds,
-                sweep_rows=settings.sweep_rows,
-            )
+        backlog = source_backlog(self.jm, source, settings)  # what `jobstatus process` sees
         planned = plan_next_run(source, backlog, settings.partition_width, chunk)
         return None if planned is None else Window(source, planned.from_marker, planned.to_marker)
 

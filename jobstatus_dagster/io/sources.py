@@ -16,6 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from psycopg import sql
 
+from jobstatus_dagster.config import Processing
 from jobstatus_dagster.core.identifiers import (
     FILE_JOB_SQL,
     normalise_operation_codes,
@@ -356,19 +357,29 @@ class Backlog:
     next_rows: int = 0  # rows in the next chunk past the marker
 
 
+def source_backlog(
+    engine: sa.Engine,
+    source_type: str,
+    settings: Processing,
+    sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
+) -> Backlog:
+    """``inspect_backlog`` on a connection of its own."""
+    with engine.connect() as conn:
+        return inspect_backlog(conn, source_type, settings, sweep_after)
+
+
 def inspect_backlog(
     conn: sa.Connection,
     source_type: str,
-    *,
-    chunk_size: int,
-    lookback: int,
-    retry_limit: int,
-    retry_interval: int,
-    sweep_rows: int,
+    settings: Processing,
     sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
 ) -> Backlog:
-    """Reads only. The history slice looked at starts after ``sweep_after``: by default where
-    the runs' sweep stands (R19), or where a sensor's own look has reached."""
+    """What there is to process; reads only. The history slice looked at starts after
+    ``sweep_after``: by default where the runs' sweep stands (R19), or where a sensor's own look
+    has reached."""
+    chunk_size, lookback = settings.chunk_size, settings.late_row_lookback
+    retry_limit, retry_interval = settings.retry_limit, settings.retry_interval_seconds
+    sweep_rows = settings.sweep_rows
     src = source_named(source_type)
     marker = read_marker(conn, source_type)
     next_from, next_to, next_rows = conn.execute(

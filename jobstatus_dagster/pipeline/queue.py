@@ -18,11 +18,15 @@ import anyio
 import dagster as dg
 import sqlalchemy as sa
 
-from jobstatus_dagster.io.sources import chunk_reader, engine_marker_bounds, marker_buckets
+from jobstatus_dagster.io.sources import (
+    chunk_reader,
+    engine_marker_bounds,
+    marker_buckets,
+    source_backlog,
+)
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.partitions import bucket_key, key_bounds
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.windows import (
     FINISHED,
     IN_FLIGHT,
@@ -136,7 +140,7 @@ def plan_source(defs: dg.Definitions, source_type: str, in_flight: InFlight) -> 
     jobmanager: PostgresDatabase = defs.resources["jobmanager"]
     processing: ProcessingSettings = defs.resources["processing"]
     settings = processing.resolved()
-    backlog = source_backlog(jobmanager, source_type, settings)
+    backlog = source_backlog(jobmanager.engine, source_type, settings)
     return plan_sensor_runs(
         source_type,
         backlog,

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from jobstatus_dagster.io.sources import chunk_reader
+from jobstatus_dagster.io.sources import chunk_reader, source_backlog
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
-from jobstatus_dagster.pipeline.sensors import source_backlog
 from jobstatus_dagster.pipeline.stale_runs import worker_tags
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows, plan_next_run
 from jobstatus_dagster.source import source_named
@@ -88,7 +87,7 @@ def process_source(
     outcome = SourceOutcome(source_type)
     swept_below_marker = False
     while True:
-        backlog = source_backlog(jobmanager, source_type, settings)
+        backlog = source_backlog(jobmanager.engine, source_type, settings)
         planned = plan_next_run(source_type, backlog, settings.partition_width, settings.chunk_size)
         if planned is None:
             break

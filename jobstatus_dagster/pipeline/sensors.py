@@ -16,7 +16,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import Position
-from jobstatus_dagster.io.sources import Backlog, StoredSweep, inspect_backlog, next_chunk
+from jobstatus_dagster.io.sources import Backlog, inspect_backlog, next_chunk
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import (
@@ -36,26 +36,6 @@ from jobstatus_dagster.source import source_named
 # At most this many runs of a source wait in the queue at once: enough to drain a backlog at the
 # queue's pace between two looks, few enough that a re-plan after a failure redoes little.
 WINDOWS_PER_TICK = 10
-
-
-def source_backlog(
-    jobmanager: PostgresDatabase,
-    source_type: str,
-    settings: Settings,
-    sweep_after: Position | None | StoredSweep = StoredSweep.POSITION,
-) -> Backlog:
-    """What there is to process; reads only."""
-    with jobmanager.engine.connect() as conn:
-        return inspect_backlog(
-            conn,
-            source_type,
-            chunk_size=settings.chunk_size,
-            lookback=settings.late_row_lookback,
-            retry_limit=settings.retry_limit,
-            retry_interval=settings.retry_interval_seconds,
-            sweep_rows=settings.sweep_rows,
-            sweep_after=sweep_after,
-        )
 
 
 @dataclass(frozen=True)
@@ -128,16 +108,7 @@ def look(
     with jobmanager.engine.connect().execution_options(
         isolation_level="REPEATABLE READ", postgresql_readonly=True
     ) as conn:
-        backlog = inspect_backlog(
-            conn,
-            source_type,
-            chunk_size=settings.chunk_size,
-            lookback=settings.late_row_lookback,
-            retry_limit=settings.retry_limit,
-            retry_interval=settings.retry_interval_seconds,
-            sweep_rows=settings.sweep_rows,
-            sweep_after=cursor.sweep_position,
-        )
+        backlog = inspect_backlog(conn, source_type, settings, cursor.sweep_position)
         planned = plan_sensor_runs(
             source_type,
             backlog,
