@@ -252,6 +252,8 @@ def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
 
 # ----- CSV ---------------------------------------------------------------------------------
 def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as the JSON answers say it
     if isinstance(value, datetime):
         return _as_utc(value).isoformat()
     if isinstance(value, dict | list):
@@ -293,8 +295,22 @@ def _job_row(job: dict) -> list:
 
 
 def wants_csv(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip().lower() == CSV for part in accept.split(","))
+    """CSV when the client names text/csv (q above 0) and does not prefer application/json to
+    it by a higher q-value; JSON otherwise (wildcards mean JSON, the default)."""
+    quality: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(quality.get(media.lower(), 0.0), q)
+    csv_q = quality.get(CSV, 0.0)
+    return csv_q > 0 and csv_q >= quality.get("application/json", 0.0)
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:

@@ -327,12 +327,31 @@ def test_feed_as_csv_round_trips_and_exports_to_the_end(
     for row, update in zip(rows, as_json, strict=True):
         assert row["job_id"] == update["job_id"]
         assert row["notes"] == (update["notes"] or "")
-        assert row["applied"] == str(update["applied"])
+        assert row["applied"] == str(update["applied"]).lower()  # true/false, as in JSON
         assert row["status"] == (update["status"] or "")
     page = api.get("/api/status-updates", params={"after": 0, "limit": 2}, headers={**READ, **CSV})
     paged = read_csv(page)
     assert [int(r["update_id"]) for r in paged] == [u["update_id"] for u in as_json[:2]]
     assert page.headers["jobstatus-next-after"] == paged[-1]["update_id"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "csv_expected"),
+    [
+        ("text/csv", True),
+        ("text/csv;q=0.9, */*;q=0.1", True),
+        ("application/json;q=0.9, text/csv;q=0.1", False),
+        ("text/csv;q=0", False),
+        ("*/*", False),
+        ("", False),
+    ],
+)
+def test_csv_is_chosen_by_the_accept_header_q_values(
+    api: httpx.Client, accept: str, csv_expected: bool
+) -> None:
+    answer = api.get("/api/status-updates", params={"limit": 1}, headers={**READ, "Accept": accept})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/csv") is csv_expected, accept
 
 
 def test_csv_answers_say_how_fresh_they_are_in_a_header(api: httpx.Client) -> None:
