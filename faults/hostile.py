@@ -225,7 +225,11 @@ def api_fuzz_and_burst(suite: Suite, examples: int = 60, burst: int = 12) -> Res
 
             def post(n: int) -> None:
                 path, body = bodies[n % len(bodies)]
-                answers.append(settle(client, client.post(path, json=body, headers=API_AUTH)))
+                response = client.post(path, json=body, headers=API_AUTH)
+                code, runs = settle(client, response)
+                if code not in (200, 202):
+                    runs = [*runs, f"{path} {body}: {response.text[:300]}"]
+                answers.append((code, runs))
 
             threads = [threading.Thread(target=post, args=(n,)) for n in range(burst)]
             for t in threads:
