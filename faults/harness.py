@@ -217,6 +217,92 @@ def timed(result: Result) -> Iterator[Result]:
         result.seconds = round(time.monotonic() - started, 1)
 
 
+# ----- the API, over an instance a daemon serves -------------------------------------------------
+# The processing endpoints queue Dagster runs and wait for them up to the request's `wait`: 200
+# with counts once they finished, 202 with the runs when not, 502 naming a failed run. The runs
+# execute in the run workers of a real `dagster-daemon` (jobstatus_testkit.daemon).
+API_TOKEN = "faults-token"  # noqa: S105 - a throwaway token of an in-process app
+API_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def processing_settings(env: dict[str, str]):
+    """The ProcessingSettings that ``env`` (JOBSTATUS_… variables) gives the daemon's code
+    location, for the API's planning of windows: both sides cut the same windows."""
+    from jobstatus_dagster.pipeline.resources import ProcessingSettings
+
+    fields = {key.removeprefix("JOBSTATUS_").lower(): value for key, value in env.items()}
+    return ProcessingSettings(
+        **{
+            key: int(value)
+            for key, value in fields.items()
+            if key in ProcessingSettings.model_fields
+        }
+    )
+
+
+@contextmanager
+def served_api(urls: DatabaseUrls, home: Path, **env: str) -> Iterator[tuple]:
+    """(app, TestClient) of the API on ``urls``, its instance served by a daemon started here
+    (retries off, ``env`` on top, for the daemon's run workers and the API's planning alike);
+    the daemon's process group is stopped on exit."""
+    import warnings
+
+    import dagster as dg
+
+    from jobstatus_dagster.api import create_app
+    from jobstatus_dagster.definitions import build_definitions
+    from jobstatus_dagster.instance import instance_overrides
+    from jobstatus_testkit.daemon import running_daemon
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    settings = {**QUIET, **env}
+    with (
+        dg.instance_for_test(
+            temp_dir=str(home), overrides=instance_overrides(urls.dagster)
+        ) as instance,
+        running_daemon(urls, home / "daemon", instance, **settings),
+    ):
+        defs = build_definitions(
+            urls.jobmanager, urls.logs, processing=processing_settings(settings)
+        )
+        app = create_app(
+            defs, instance, urls.jobmanager, urls.logs, API_TOKEN, read_token=API_TOKEN
+        )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield app, client
+
+
+def settle(client, response, timeout: float = 900) -> tuple[int, list[str]]:
+    """A processing request's answer once its runs finished: (HTTP status, each run's final
+    Dagster status). A 202 is followed with GET /api/runs/{run_id} until every run finished
+    (the status stays 202); a 200 or 502 names its runs already."""
+    if response.status_code not in (200, 202, 502):
+        return response.status_code, []
+    body = response.json()
+    runs = body.get("runs") or []
+    if response.status_code != 202:
+        return response.status_code, [run.get("status", "?") for run in runs]
+    deadline = time.monotonic() + timeout
+    finished = []
+    for run in runs:
+        while True:
+            got = client.get(f"/api/runs/{run['run_id']}", headers=API_AUTH)
+            if got.status_code != 200:
+                finished.append(f"GET {got.status_code}")
+                break
+            if got.json()["finished"]:
+                finished.append(got.json()["status"])
+                break
+            if time.monotonic() > deadline:
+                finished.append(f"{got.json()['status']} after {timeout:.0f} s")
+                break
+            time.sleep(1.0)
+    return response.status_code, finished
+
+
 # ----- in-process runs (no interpreter start-up: for the fast pytest subset) ---------------------
 class InProcess:
     """`jobstatus process` without a new interpreter: process_source on a Dagster instance kept

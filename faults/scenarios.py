@@ -9,13 +9,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from faults.harness import (
+    API_AUTH,
     STATUS_TABLES,
     Cluster,
     InProcess,
@@ -25,6 +26,8 @@ from faults.harness import (
     make_backlog,
     process_clean,
     run_cli,
+    served_api,
+    settle,
     start_cli,
     timed,
 )
@@ -185,65 +188,60 @@ def random_kills(suite: Suite, kills: int = 10, seed: int = 11) -> Result:
 
 
 # ----- 3. concurrent processors -----------------------------------------------------------------
+# The CLIs process in their own processes, in parallel, on a Dagster storage of their own (so
+# that they do not see the API's daemon and go through its run queue: racing writers, as
+# before the queue). The API's request is a fourth processor: its runs execute in the run
+# workers of a real daemon while the CLIs write. It answers 200 (done within `wait`) or 202
+# (followed with GET /api/runs/{id} until finished); every run it queued must succeed.
 def concurrent_processors(suite: Suite, processes: int = 3, with_api: bool = True) -> Result:
     result = Result(f"3 concurrent processors ({processes} CLI{' + API' if with_api else ''})")
     with timed(result):
         control = suite.control(suite.small_scale, **suite.chunks)
         urls = suite.clone(suite.small_scale, "concurrent")
         home = suite.cluster.home()
-        procs = [
-            start_cli(urls, home, "process", "--source", "both", **suite.chunks)
-            for _ in range(processes)
-        ]
-        result.runs += processes
-        if with_api:
-            status = _api_request_while(urls, home, procs)
-            result.runs += 1
-            if status not in (200, 409):
-                result.notes.append(f"API answered {status}")
-                result.equal = False
-        for proc in procs:
-            out, err = proc.communicate(timeout=900)
-            if proc.returncode != 0:
-                result.notes.append(
-                    f"a concurrent CLI failed (rc {proc.returncode}): {out} {err[-800:]}"
+        if not with_api:
+            procs = _start_clis(urls, home, suite, processes)
+            result.runs += processes
+            _wait_for_clis(result, procs)
+        else:
+            # The template's Dagster storage, cloned: as initialised as the API's.
+            cli_dagster = suite.clone(suite.small_scale, "clidagster").dagster
+            cli_urls = replace(urls, dagster=cli_dagster)
+            with served_api(urls, suite.cluster.home(), **suite.chunks) as (_, client):
+                procs = _start_clis(cli_urls, home, suite, processes)
+                result.runs += processes
+                time.sleep(1.0)  # let the CLIs get going
+                response = client.post(
+                    "/api/process-status-updates", json={"source": "both"}, headers=API_AUTH
                 )
-                result.equal = False
+                status, runs = settle(client, response)
+                result.runs += 1
+                result.notes.append(f"API answered {status}; its runs: {runs}")
+                if status not in (200, 202) or any(run != "SUCCESS" for run in runs):
+                    result.notes.append(f"API request did not succeed: {response.text[:500]}")
+                    result.equal = False
+                _wait_for_clis(result, procs)
         process_clean(urls, home, **suite.chunks)
         result.runs += 1
         finish(suite, result, urls, control)
     return result
 
 
-def _api_request_while(urls: DatabaseUrls, home: Path, procs: list) -> int:
-    """POST /api/process-status-updates in this process while the CLIs run; its status code."""
-    import warnings
+def _start_clis(urls: DatabaseUrls, home: Path, suite: Suite, processes: int) -> list:
+    return [
+        start_cli(urls, home, "process", "--source", "both", **suite.chunks)
+        for _ in range(processes)
+    ]
 
-    import dagster as dg
 
-    from jobstatus_dagster.api import create_app
-    from jobstatus_dagster.definitions import build_definitions
-    from jobstatus_dagster.instance import instance_overrides
-    from jobstatus_dagster.pipeline.resources import ProcessingSettings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
-    time.sleep(1.0)  # let the CLIs get going
-    with dg.instance_for_test(
-        temp_dir=str(home), overrides=instance_overrides(urls.dagster)
-    ) as instance:
-        processing = ProcessingSettings(chunk_size=250, retry_interval_seconds=10**8)
-        defs = build_definitions(urls.jobmanager, urls.logs, processing=processing)
-        app = create_app(defs, instance, urls.jobmanager, urls.logs, "tok")
-        with TestClient(app, raise_server_exceptions=False) as client:
-            response = client.post(
-                "/api/process-status-updates",
-                json={"source": "both"},
-                headers={"Authorization": "Bearer tok"},
+def _wait_for_clis(result: Result, procs: list) -> None:
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            result.notes.append(
+                f"a concurrent CLI failed (rc {proc.returncode}): {out} {err[-800:]}"
             )
-            return response.status_code
+            result.equal = False
 
 
 # ----- 4. out-of-order commits ------------------------------------------------------------------

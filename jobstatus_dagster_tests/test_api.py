@@ -27,8 +27,8 @@ from jobstatus_dagster.io.sources import chunk_reader
 from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows
 from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
-from jobstatus_dagster_tests.daemon import running_daemon
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.daemon import running_daemon
 from jobstatus_testkit.databases import fresh_urls
 
 with warnings.catch_warnings():

@@ -14,9 +14,9 @@ from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.windows import PlannedRun
 from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
-from jobstatus_dagster_tests.daemon import running_daemon
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.cli import run_cli
+from jobstatus_testkit.daemon import running_daemon
 
 BACKFILL_WAIT = 240  # the backfill daemon looks every 30 s: once to launch, once to finish
 
