@@ -67,8 +67,10 @@ def ensure_pools(instance: dg.DagsterInstance) -> None:
         for pool in sorted(missing):
             try:
                 storage.initialize_concurrency_limit_to_default(pool)
-            except sa.exc.IntegrityError:
-                # Another process (CLI, daemon) created it meanwhile: it exists, as wanted.
+            except sa.exc.DBAPIError:
+                # Another process (CLI, daemon) created it meanwhile: it exists, as wanted. The
+                # storage's own fallback then runs in the failed transaction (InFailedSqlTransaction
+                # rather than IntegrityError), hence the wider class, then a fresh look.
                 if pool not in storage.get_concurrency_keys():
                     raise
 
