@@ -118,7 +118,7 @@ def test_r23_verdict_of_a_scan_that_is_its_version_rows_value(env: Env) -> None:
 def test_r15_scanner_print_of_a_version_print_os_never_printed(env: Env) -> None:
     """PrintOS printed version 1; the scanner reports version 2 printed. job_operations
     (J, 2, print) takes the scan (PrintOS has no write for that row), yet the audit says
-    "not applied: print_os holds print": the verdict looks at the job, the row at the version."""
+    "not applied: the press's own print status takes precedence": the verdict looks at the job, the row at the version."""
     data = shop(
         jobs=[J],
         in_jobs={J},

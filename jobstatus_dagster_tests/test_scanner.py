@@ -227,7 +227,7 @@ def test_r15_scanner_print_never_overrides_print_os(shop: Shop, instance) -> Non
         a for a in shop.audit(job) if a["source_id"] == later and a["operation"] == "print"
     ]
     assert len(scanner_print) == 1 and scanner_print[0]["applied"] is False
-    assert "not applied: print_os" in scanner_print[0]["notes"]
+    assert "not applied: the press's own print status takes precedence" in scanner_print[0]["notes"]
 
 
 def test_r15_scanner_print_applies_where_print_os_never_wrote(shop: Shop, instance) -> None:
