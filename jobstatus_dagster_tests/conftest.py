@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster.instance import instance_overrides
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.daemon import running_daemon
 from jobstatus_testkit.databases import Server, embedded_server
 from jobstatus_testkit.databases import engines as open_engines
 
@@ -50,3 +51,12 @@ def shop(urls: DatabaseUrls) -> Iterator[Shop]:
 def engines(urls: DatabaseUrls) -> Iterator[tuple[sa.Engine, sa.Engine]]:
     with open_engines(urls) as pair:
         yield pair
+
+
+@pytest.fixture(scope="module")
+def daemon(
+    urls: DatabaseUrls, instance: dg.DagsterInstance, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """A real dagster-daemon serving the module's instance: queued runs and backfills execute."""
+    with running_daemon(urls, tmp_path_factory.mktemp("daemon"), instance):
+        yield

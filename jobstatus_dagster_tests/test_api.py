@@ -28,7 +28,6 @@ from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.windows import PlannedRun, backfill_windows
 from jobstatus_dagster_tests.backlog import JOBS, fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
-from jobstatus_testkit.daemon import running_daemon
 from jobstatus_testkit.databases import fresh_urls
 
 with warnings.catch_warnings():
@@ -42,14 +41,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # A backfill waits for the backfill daemon, which looks every 30 s (twice: launch, then done).
 BACKFILL_WAIT = 240
 READ = {"Authorization": "Bearer r"}
-
-
-@pytest.fixture(scope="module")
-def daemon(
-    urls: DatabaseUrls, instance: dg.DagsterInstance, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    with running_daemon(urls, tmp_path_factory.mktemp("daemon"), instance):
-        yield
 
 
 @pytest.fixture(scope="module")

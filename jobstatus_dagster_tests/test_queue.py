@@ -3,7 +3,6 @@
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,17 +15,8 @@ from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.cli import run_cli
-from jobstatus_testkit.daemon import running_daemon
 
 BACKFILL_WAIT = 240  # the backfill daemon looks every 30 s: once to launch, once to finish
-
-
-@pytest.fixture(scope="module")
-def daemon(
-    urls: DatabaseUrls, instance: dg.DagsterInstance, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
-    with running_daemon(urls, tmp_path_factory.mktemp("daemon"), instance):
-        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
