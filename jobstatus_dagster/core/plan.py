@@ -141,7 +141,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Window:
-    """Source ids/markers (from_marker, to_marker] of one run; horizon bounds the history read."""
+    """Source ids/markers (from_marker, to_marker] of one run."""
 
     source_type: str
     from_marker: int

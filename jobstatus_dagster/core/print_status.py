@@ -239,7 +239,7 @@ def compute_print_plan(
     event_files: their files today (source_id, imposition_id, file_id, job_id, version_tag).
     job_files: every file of every version of the jobs the window reaches now or reached
         before (job_id, version_tag, file_id, imposition_id), over all impositions (R9).
-    history: valid print events of those impositions up to the horizon (same columns as events).
+    history: valid print events of those impositions, processed or the run's own (same columns).
     loaded: every row the run read (source_id, marker, kind), valid or not.
     """
     history = (

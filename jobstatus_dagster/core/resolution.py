@@ -31,7 +31,7 @@ class PrintReferences:
     reached_before: pd.DataFrame  # (job_id, version_tag) the rows were attributed to (R22)
     mapping: pd.DataFrame  # (imposition_id, file_id) of the rows' impositions
     job_mapping: pd.DataFrame  # (imposition_id, file_id) naming any version of the jobs (R9)
-    history: pd.DataFrame  # print rows of those jobs' impositions up to the horizon (R11)
+    history: pd.DataFrame  # processed print rows of those jobs' impositions and its own (R11, R22a)
 
 
 @dataclass(frozen=True)

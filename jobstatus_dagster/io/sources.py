@@ -498,21 +498,30 @@ def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
 
 
 def load_print_history(
-    conn: sa.Connection, imposition_ids: list[str], horizon: int
+    conn: sa.Connection, imposition_ids: list[str], source_ids: list[int]
 ) -> pd.DataFrame:
-    """Print events of these impositions with marker ≤ horizon (R11's whole history). Names
-    compare trimmed (R4): an event of 'IMP-J ' is history of 'IMP-J'."""
+    """Print events of these impositions that are processed already or are this run's own rows
+    (R11's whole history, R22a: the state is a function of the rows processed so far, so a
+    re-run of a low window still counts the rows processed above it, and a row committed late
+    below the marker counts once it is processed). Names compare trimmed (R4): an event of
+    'IMP-J ' is history of 'IMP-J'."""
     return pd.read_sql(
         composed(
             "SELECT p.id AS source_id, {print_name} AS imposition_id, p.status, p.marker,"
             " {event_time} AS event_time"
-            " FROM {table} p WHERE {print_name} = ANY(:ids) AND p.marker <= :horizon",
+            " FROM {table} p WHERE {print_name} = ANY(:ids)"
+            " AND (p.id = ANY(:own) OR EXISTS (SELECT 1 FROM processed_source_rows r"
+            "      WHERE r.source_type = :source_type AND r.source_id = p.id))",
             **_TRIMMED,
             event_time=expression(event_time_sql(PRINT_OS_SOURCE)),
             table=Identifier(PRINT_OS_SOURCE.table_name),
         ),
         conn,
-        params={"ids": _trimmed(imposition_ids), "horizon": horizon},
+        params={
+            "ids": _trimmed(imposition_ids),
+            "own": [int(i) for i in source_ids],
+            "source_type": PRINT_OS,
+        },
         dtype={"imposition_id": "string", "status": "string"},
     )
 
@@ -609,7 +618,6 @@ def load_print_references(
     rows: pd.DataFrame,
     processing_time: datetime,
     customer: str,
-    horizon: int,
 ) -> PrintReferences:
     """Everything a window of print rows resolves against (core.resolution.resolve_prints):
     four queries, whatever the number of rows."""
@@ -623,7 +631,9 @@ def load_print_references(
         job_mapping = load_files_of_jobs(conn, job_ids) if job_ids else mapping.iloc[0:0]
     job_files = job_file_rows(job_mapping, job_ids, customer)
     with jobmanager.connect() as conn:
-        history = load_print_history(conn, job_files["imposition_id"].unique().tolist(), horizon)
+        history = load_print_history(
+            conn, job_files["imposition_id"].unique().tolist(), rows["source_id"].tolist()
+        )
     return PrintReferences(before, mapping, job_mapping, history)
 
 

@@ -81,7 +81,6 @@ def resolve_window(source_type: str, config: WindowConfig, partition_key: str | 
 class LoadedWindow:
     window: Window
     rows: pd.DataFrame
-    horizon: int  # history is read up to here: never behind the marker (R21)
     processing_time: datetime
     generation: int  # R24: read before anything else; the write re-plans if it moved on
     swept: int = 0
@@ -122,7 +121,6 @@ def load_window_rows(
     return LoadedWindow(
         replace(window, sweep=sweep),
         rows,
-        max(marker, window.to_marker),
         processing_time or utc_now(),
         generation,
         len(swept),

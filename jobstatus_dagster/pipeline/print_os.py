@@ -30,7 +30,7 @@ def resolve_print(
     (R22), and the print history of them all (R11)."""
     with transient_errors(loaded.window):
         refs = load_print_references(
-            jobmanager, logs, loaded.rows, loaded.processing_time, customer, loaded.horizon
+            jobmanager, logs, loaded.rows, loaded.processing_time, customer
         )
     return resolve_prints(loaded.window, loaded.rows, refs, loaded.processing_time, customer)
 
