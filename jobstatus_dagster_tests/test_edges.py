@@ -2,7 +2,6 @@
 rule of docs/rules.md. They drive the product's own planners and writer through the harness of
 jobstatus_testkit/convergence.py (no Dagster run) and compare with a from-scratch run."""
 
-import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
