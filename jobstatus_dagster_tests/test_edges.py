@@ -2,6 +2,7 @@
 rule of docs/rules.md. They drive the product's own planners and writer through the harness of
 jobstatus_testkit/convergence.py (no Dagster run) and compare with a from-scratch run."""
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -157,4 +158,107 @@ def test_r22a_a_row_committed_late_below_the_marker_counts_once_processed(env: E
     assert from_scratch_over_processed(env, data) == []
     env.drain(PRINT_OS)
     assert job_op(env, J, "1", PRINT_OP)["status"] == "completed"
+    assert from_scratch_over_processed(env, data) == []
+
+
+# ----- finding 2: a deleted source row ----------------------------------------------------------
+def delete_source_row(env: Env, source: str, row_id: int) -> None:
+    table, column = ('"print OS"', "id") if source == PRINT_OS else ("scanned_codes", "scan_id")
+    with env.jm.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} = :i"), {"i": row_id})
+    env.committed.discard((source, row_id))
+
+
+def imposition_op(env: Env, imposition: str, operation_id: str) -> dict | None:
+    return one(
+        env.logs,
+        "SELECT status, source_id, completed_by FROM imposition_operations"
+        " WHERE imposition_id = :i AND operation_id = :o",
+        i=imposition,
+        o=operation_id,
+    )
+
+
+def test_r22b_a_deleted_print_row_is_withdrawn_by_a_backfill_over_its_range(env: Env) -> None:
+    """IMP-3 ABORTED at marker 1, PRINTED at marker 2, both processed; the shop deletes the
+    PRINTED row; a backfill of (0,2] withdraws it: the imposition and the job say aborted, the
+    audit keeps the withdrawn row, and it is no longer a processed row."""
+    data = shop(
+        files={"IMP-3": [f"FILE_1_Labex_{J}_a"]},
+        job_ops={(J, "1", PRINT_OP): "legacy"},
+        imposition_ops={("IMP-3", PRINT_OP): None},
+        prints=[(1, "IMP-3", "ABORTED", 1, at(1), at(1)), (2, "IMP-3", "PRINTED", 2, at(2), at(2))],
+    )
+    start(env, data)
+    env.drain(PRINT_OS)
+    assert imposition_op(env, "IMP-3", PRINT_OP)["status"] == "completed"
+    delete_source_row(env, PRINT_OS, 2)
+    data.prints.pop()
+    env.backfill(PRINT_OS, 0, 2)
+    assert imposition_op(env, "IMP-3", PRINT_OP) == {
+        "status": "aborted",
+        "source_id": 1,
+        "completed_by": "print_os",
+    }
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "aborted"
+    assert flags(env, J)["print"] is False
+    withdrawn = one(
+        env.jm,
+        "SELECT count(*) AS n FROM job_status_updates WHERE source_id = 2"
+        " AND source_type = 'print_os' AND withdrawn_at IS NOT NULL",
+    )
+    assert withdrawn["n"] == 1  # the audit keeps its history and shows the withdrawal
+    assert (PRINT_OS, 2) not in processed_rows(env)
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r22b_a_deleted_scan_is_withdrawn_by_a_backfill_over_its_range(env: Env) -> None:
+    """A coating scan of J_1, processed; the shop deletes it; a backfill of its range returns
+    job_operations to what it held before and takes coating out of jobs.operations."""
+    data = shop(
+        files={"IMP-3": [f"FILE_1_Labex_{J}_a"]},
+        job_ops={(J, "1", COATING): "legacy"},
+        scans=[(1, f"{J}_1", at(5), json.dumps({"coating": True}))],
+    )
+    start(env, data)
+    env.drain(SCANNER)
+    assert job_op(env, J, "1", COATING)["status"] == "completed"
+    assert flags(env, J)["coating"] is True
+    delete_source_row(env, SCANNER, 1)
+    data.scans.clear()
+    env.backfill(SCANNER, 0, 1)
+    assert job_op(env, J, "1", COATING) == {
+        "status": "legacy",
+        "source_id": None,
+        "completed_by": None,
+        "notes": None,
+    }
+    assert "coating" not in flags(env, J)
+    assert processed_rows(env) == set()
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r22b_a_print_row_whose_marker_the_shop_corrected_is_processed_where_it_is_now(
+    env: Env,
+) -> None:
+    """A row processed at marker 2 whose marker the shop changes to 50: a backfill over its old
+    range re-processes it with what it holds now, and it is a processed row at marker 50."""
+    data = shop(
+        files={"IMP-3": [f"FILE_1_Labex_{J}_a"], "IMP-4": [f"FILE_1_Labex_{J}_b"]},
+        job_ops={(J, "1", PRINT_OP): None},
+        prints=[(1, "IMP-3", "PRINTED", 1, at(1), at(1)), (2, "IMP-4", "ABORTED", 2, at(2), at(2))],
+    )
+    start(env, data)
+    env.drain(PRINT_OS)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "partial"
+    with env.jm.begin() as conn:
+        conn.execute(
+            sa.text("""UPDATE "print OS" SET marker = 50, status = 'PRINTED' WHERE id = 2""")
+        )
+    data.prints[1] = (2, "IMP-4", "PRINTED", 50, at(2), at(2))
+    env.backfill(PRINT_OS, 0, 2)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "completed"
+    assert (
+        one(env.jm, "SELECT marker FROM processed_source_rows WHERE source_id = 2")["marker"] == 50
+    )
     assert from_scratch_over_processed(env, data) == []

@@ -66,7 +66,17 @@ AUDIT_VERDICT_COLUMNS = [
     "notes",
 ]
 FAILURE_COLUMNS = ["source_type", "source_id", "reason", "subject", "detail", "retryable"]
-PROCESSED_COLUMNS = ["source_id", "marker", "kind"]  # kind: window | late | retry
+PROCESSED_COLUMNS = ["source_id", "marker", "kind"]  # kind: window | late | moved | retry | gone
+# R22b: a processed row the shop deleted; the run withdraws what it was attributed.
+GONE = "gone"
+
+
+def present_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The loaded rows that still exist (resolution never sees a deleted row)."""
+    if "kind" not in rows:
+        return rows
+    return rows[rows["kind"] != GONE].reset_index(drop=True)
+
 
 # R20: data that may arrive late; retried on later runs. A missing *_operations row may be
 # planned later, and an operation with no code (R8) may get one when the shop edits the table.

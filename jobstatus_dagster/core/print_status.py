@@ -31,6 +31,7 @@ from jobstatus_dagster.core.plan import (
     UpdatePlan,
     Window,
     failure_rows,
+    present_rows,
 )
 
 PRINTED, ABORTED = "PRINTED", "ABORTED"
@@ -73,6 +74,7 @@ def validate_events(
     ``events`` has source_id, imposition_id, status, marker, event_time (R14: a missing
     event time falls back to the processing time).
     """
+    events = present_rows(events)  # R22b: a deleted row is only withdrawn
     raw_status = events["status"].astype("string").fillna("NULL")
     events = events.assign(
         imposition_id=trim_ids(events["imposition_id"]),  # R4: as the SQL lookups trim

@@ -12,7 +12,7 @@ from datetime import datetime
 import pandas as pd
 
 from jobstatus_dagster.core.identifiers import parse_file_ids, trim_ids
-from jobstatus_dagster.core.plan import SCANNER, Window, failure_rows
+from jobstatus_dagster.core.plan import SCANNER, Window, failure_rows, present_rows
 from jobstatus_dagster.core.print_status import (
     as_event_time,
     expand_to_files,
@@ -118,7 +118,9 @@ class ResolvedScanWindow:
 
 
 def prepare_scans(rows: pd.DataFrame, processing_time: datetime) -> pd.DataFrame:
-    """Codes trimmed as the SQL runlist lookup trims them (R4, R5); event times (R14)."""
+    """The present rows (R22b: a deleted row is only withdrawn), codes trimmed as the SQL
+    runlist lookup trims them (R4, R5); event times (R14)."""
+    rows = present_rows(rows)
     return rows.assign(
         code_text=trim_ids(rows["code_text"]),
         event_time=as_event_time(rows["event_time"], processing_time),

@@ -22,7 +22,7 @@ from jobstatus_dagster.core.identifiers import (
     normalise_operation_codes,
     trim_id,
 )
-from jobstatus_dagster.core.plan import PRINT_OS, Position, Sweep, Window
+from jobstatus_dagster.core.plan import GONE, PRINT_OS, Position, Sweep, Window
 from jobstatus_dagster.core.print_status import expand_to_files, validate_events
 from jobstatus_dagster.core.resolution import (
     PrintReferences,
@@ -100,7 +100,9 @@ def _not_processed(src: Source) -> sql.Composed:
     ).format(id=Identifier("p", src.id_column))
 
 
-# Window rows, late rows (R19), marker-less rows and rows of retryable failures (R20).
+# Window rows, late rows (R19), marker-less rows, rows processed in the window whose marker the
+# shop has changed since (R22b: re-processed where they were, withdrawn there), and rows of
+# retryable failures (R20).
 _WINDOW = """
     SELECT * FROM (
         SELECT {select_list}, 'window' AS kind FROM {table} p
@@ -119,6 +121,13 @@ _WINDOW = """
         WHERE {marker} IS NULL AND {not_processed}
         ORDER BY {id} LIMIT :late_limit
     ) n
+    UNION ALL
+    SELECT * FROM (
+        SELECT {select_list}, 'moved' AS kind FROM {table} p
+        JOIN processed_source_rows r ON r.source_type = :source_type AND r.source_id = {id}
+        WHERE r.marker > :from_marker AND r.marker <= :to_marker
+          AND {marker} IS DISTINCT FROM r.marker
+    ) m
     UNION ALL
     SELECT * FROM (
         SELECT {select_list}, 'retry' AS kind FROM {table} p
@@ -163,9 +172,30 @@ def load_window(
             "retry_interval": retry_interval,
         },
     )
+    gone = pd.read_sql(
+        sa.text(composed_text(_GONE, **_parts(src))),
+        conn,
+        params={
+            "source_type": window.source_type,
+            "from_marker": window.from_marker,
+            "to_marker": window.to_marker,
+        },
+    )
+    if len(gone):
+        rows = pd.concat([rows, gone.assign(kind=GONE)], ignore_index=True)
     rows["source_id"] = rows["source_id"].astype("int64")
     rows["marker"] = rows["marker"].astype("Int64")
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
+
+
+# R22b: rows processed in the window that the shop has deleted since; what they were
+# attributed is withdrawn, and they are no longer processed rows.
+_GONE = """
+    SELECT r.source_id, r.marker FROM processed_source_rows r
+    WHERE r.source_type = :source_type AND r.marker > :from_marker AND r.marker <= :to_marker
+      AND NOT EXISTS (SELECT 1 FROM {table} p WHERE {id} = r.source_id)
+    ORDER BY r.source_id
+    """
 
 
 def _position_after(src: Source, param: str) -> sql.Composed:
@@ -277,10 +307,27 @@ def read_marker(conn: sa.Connection, source_type: str) -> int:
     return int(value or 0)
 
 
+# R22b: the markers a backfill covers are those of the rows there now and of the rows processed
+# there (a row the shop deleted or moved since is withdrawn by a window over its old marker).
+_MARKERS_IN_RANGE = """(SELECT {m} AS marker FROM {table} WHERE {m} > :lo AND {m} <= :hi
+      UNION ALL SELECT marker FROM processed_source_rows
+      WHERE source_type = :source_type AND marker > :lo AND marker <= :hi) k"""
+_MARKER_BOUNDS = """SELECT
+    least((SELECT min({m}) FROM {table}), (SELECT min(marker) FROM processed_source_rows
+          WHERE source_type = :source_type)),
+    greatest((SELECT max({m}) FROM {table}), (SELECT max(marker) FROM processed_source_rows
+          WHERE source_type = :source_type))"""
+
+
+def _markers_in_range(source_type: str) -> str:
+    return composed_text(_MARKERS_IN_RANGE, **_parts(source_named(source_type)))
+
+
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
-    """Lowest and highest marker present in the source table."""
+    """Lowest and highest marker present in the source table or processed from it."""
     lowest, highest = conn.execute(
-        composed("SELECT min({m}), max({m}) FROM {table}", **_parts(source_named(source_type)))
+        composed(_MARKER_BOUNDS, **_parts(source_named(source_type))),
+        {"source_type": source_type},
     ).one()
     return (None if lowest is None else int(lowest), None if highest is None else int(highest))
 
@@ -288,14 +335,15 @@ def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, in
 def next_chunk(
     conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
 ) -> tuple[int, int] | None:
-    """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
+    """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None (rows
+    there now, and rows processed there)."""
+    markers = _markers_in_range(source_type)
     first, last = conn.execute(
-        composed(
-            "SELECT min({m}), max({m}) FROM (SELECT {m} FROM {table}"
-            " WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w",
-            **_parts(source_named(source_type)),
+        sa.text(
+            f"SELECT min(marker), max(marker) FROM (SELECT marker FROM {markers}"
+            " ORDER BY marker LIMIT :chunk) w"
         ),
-        {"lo": after, "hi": up_to, "chunk": chunk_size},
+        {"lo": after, "hi": up_to, "chunk": chunk_size, "source_type": source_type},
     ).one()
     return None if first is None else (int(first), int(last))
 
@@ -304,17 +352,16 @@ def marker_buckets(
     engine: sa.Engine, source_type: str, after: int, up_to: int, width: int
 ) -> list[int]:
     """The lower bounds of the marker-range buckets (lo, lo + width] holding rows in
-    (after, up_to], ascending: a backfill runs the ranges that have rows, not the empty ones."""
-    source = source_named(source_type)
+    (after, up_to], now or when processed, ascending: a backfill runs the ranges that have
+    rows, not the empty ones."""
+    markers = _markers_in_range(source_type)
     with engine.connect() as conn:
         rows = conn.execute(
-            composed(
-                "SELECT DISTINCT floor(({marker} - 1)::numeric / :width)::bigint * :width AS lo"
-                " FROM {table} WHERE {marker} > :after AND {marker} <= :up_to ORDER BY lo",
-                marker=Identifier(source.marker_column),
-                table=Identifier(source.table_name),
+            sa.text(
+                "SELECT DISTINCT floor((marker - 1)::numeric / :width)::bigint * :width AS lo"
+                f" FROM {markers} ORDER BY lo"
             ),
-            {"after": after, "up_to": up_to, "width": width},
+            {"lo": after, "hi": up_to, "width": width, "source_type": source_type},
         ).scalars()
         return [int(lo) for lo in rows]
 

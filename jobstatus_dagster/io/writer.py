@@ -21,6 +21,7 @@ from psycopg import sql
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
+    GONE,
     IMPOSITION_ATTRIBUTION_COLUMNS,
     PRINT,
     PRINT_STATE_COLUMNS,
@@ -878,16 +879,30 @@ def _record_failures(
 
 
 def _mark_processed(conn: sa.Connection, plan: UpdatePlan, params: dict) -> int:
-    """R19: every row this run processed, so the sweep never loads it again."""
-    return conn.execute(
+    """R19: every row this run processed, so the sweep never loads it again, at its marker now
+    (R22b: a row the shop moved is processed where it is); a row the shop deleted is no longer
+    a processed row."""
+    forgotten = conn.execute(
         sa.text("""
-        INSERT INTO processed_source_rows (source_type, source_id, marker, run_id, processed_at)
-        SELECT :source_type, source_id, marker, :run_id, CAST(:processing_time AS timestamp)
-        FROM tmp_processed
-        ON CONFLICT (source_type, source_id) DO NOTHING
+        DELETE FROM processed_source_rows r USING tmp_processed t
+        WHERE r.source_type = :source_type AND r.source_id = t.source_id AND t.kind = :gone
     """),
-        {**params, "processing_time": plan.processing_time},
+        {**params, "gone": GONE},
     ).rowcount
+    return (
+        forgotten
+        + conn.execute(
+            sa.text("""
+        INSERT INTO processed_source_rows AS r (source_type, source_id, marker, run_id,
+            processed_at)
+        SELECT :source_type, source_id, marker, :run_id, CAST(:processing_time AS timestamp)
+        FROM tmp_processed WHERE kind <> :gone
+        ON CONFLICT (source_type, source_id) DO UPDATE SET marker = excluded.marker
+        WHERE r.marker IS DISTINCT FROM excluded.marker
+    """),
+            {**params, "processing_time": plan.processing_time, "gone": GONE},
+        ).rowcount
+    )
 
 
 def _advance_marker(conn: sa.Connection, plan: UpdatePlan) -> int:
