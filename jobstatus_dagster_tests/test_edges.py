@@ -262,3 +262,57 @@ def test_r22b_a_print_row_whose_marker_the_shop_corrected_is_processed_where_it_
         one(env.jm, "SELECT marker FROM processed_source_rows WHERE source_id = 2")["marker"] == 50
     )
     assert from_scratch_over_processed(env, data) == []
+
+
+# ----- finding 7: a withdrawal restores the shop's newest value --------------------------------
+@pytest.mark.parametrize("shop_write", ["delete_and_add_again", "write_over_ours"])
+def test_r22b_a_value_the_shop_wrote_after_ours_is_the_original_a_withdrawal_restores(
+    env: Env, shop_write: str
+) -> None:
+    """The row held the shop's 'legacy'; a scan wrote it; the shop deleted the row and added it
+    again with 'pending' (or wrote 'pending' over ours); a backfill wrote it again; a planner
+    correction then withdrew it: the row returns to 'pending', not to 'legacy'."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"]},
+        runlists={"RL-1": ["IMP-1"]},
+        job_ops={(J, "1", COATING): "legacy"},
+        scans=[(1, "RL-1", at(5), json.dumps({"coating": True}))],
+    )
+    start(env, data)
+    env.drain(SCANNER)
+    assert job_op(env, J, "1", COATING)["status"] == "completed"
+    row_id = f"{J}:1:{COATING}"
+    with env.logs.begin() as conn:
+        if shop_write == "delete_and_add_again":
+            conn.execute(
+                sa.text("DELETE FROM job_operations WHERE job_operation_id = :r"), {"r": row_id}
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO job_operations (job_operation_id, job_id, version_tag,"
+                    " operation_id, status) VALUES (:r, :j, '1', :o, 'pending')"
+                ),
+                {"r": row_id, "j": J, "o": COATING},
+            )
+        else:
+            conn.execute(
+                sa.text(
+                    "UPDATE job_operations SET status = 'pending', completed_at = NULL,"
+                    " completed_by = NULL, source_id = NULL, notes = NULL"
+                    " WHERE job_operation_id = :r"
+                ),
+                {"r": row_id},
+            )
+    data.job_ops[(J, "1", COATING)] = "pending"
+    env.backfill_all(SCANNER)
+    assert job_op(env, J, "1", COATING)["status"] == "completed"
+    data.runlists["RL-1"] = []
+    env.write_reference(data)
+    env.backfill_all(SCANNER)
+    assert job_op(env, J, "1", COATING) == {
+        "status": "pending",
+        "source_id": None,
+        "completed_by": None,
+        "notes": None,
+    }
+    assert from_scratch_over_processed(env, data) == []

@@ -360,6 +360,19 @@ def _target_differs(p: str, time: str, by: str) -> sql.Composed:
     )
 
 
+def _reached_rows(names: dict[str, sql.Composable]) -> sql.Composed:
+    """The target rows a write may change (its values', its withdrawn keys', its touched keys'),
+    with their id as text and what they hold, as a subquery."""
+    held = sql.SQL(
+        "SELECT CAST({row_id} AS text) AS row_id, o.completed_at, o.completed_by, o.source_id,"
+        " o.status, o.notes FROM {target} o"
+    ).format(**names)
+    return sql.SQL(
+        "({held} JOIN {values} t ON {match} UNION {held} JOIN {withdrawn} t ON {match}"
+        " UNION {held} JOIN {touched} k ON {touched_match})"
+    ).format(held=held, **names)
+
+
 def _project_logs_table(
     conn: sa.Connection,
     table: str,
@@ -414,15 +427,33 @@ def _project_logs_table(
         "original_differs": _target_differs("g", "completed_at", "completed_by"),
         "value_differs": _target_differs("t", "event_time", "source_type"),
     }
+    names["reached"] = _reached_rows(names)
     params = {"table_name": table}
+    # R22b: a row that no longer holds what jobstatus last left in it was written by the shop
+    # (over ours, or deleted and added again): its value now is its new original.
+    conn.execute(
+        composed(
+            """
+        DELETE FROM operation_row_originals g USING {reached} r
+        WHERE g.table_name = :table_name AND g.row_id = r.row_id AND g.written_known
+          AND (r.completed_at, r.completed_by, r.source_id, r.status, r.notes)
+              IS DISTINCT FROM (g.written_completed_at, g.written_completed_by,
+                                g.written_source_id, g.written_status, g.written_notes)
+    """,
+            **names,
+        ),
+        params,
+    )
     # R22b: what the row held before jobstatus first wrote it, kept once.
     conn.execute(
         composed(
             """
         INSERT INTO operation_row_originals (table_name, row_id, completed_at, completed_by,
-            source_id, status, notes)
+            source_id, status, notes, written_completed_at, written_completed_by,
+            written_source_id, written_status, written_notes, written_known)
         SELECT DISTINCT ON ({row_id}) CAST(:table_name AS text), {row_id}, o.completed_at,
-               o.completed_by, o.source_id, o.status, o.notes
+               o.completed_by, o.source_id, o.status, o.notes, o.completed_at,
+               o.completed_by, o.source_id, o.status, o.notes, true
         FROM {target} o JOIN {values} t ON {match}
         ON CONFLICT (table_name, row_id) DO NOTHING
     """,
@@ -481,6 +512,25 @@ def _project_logs_table(
         ),
         params,
     ).rowcount
+    # R22b: what each reached row holds now that jobstatus wrote it, to see the shop's later
+    # writes over it.
+    conn.execute(
+        composed(
+            """
+        UPDATE operation_row_originals g SET written_completed_at = r.completed_at,
+               written_completed_by = r.completed_by, written_source_id = r.source_id,
+               written_status = r.status, written_notes = r.notes, written_known = true
+        FROM {reached} r
+        WHERE g.table_name = :table_name AND g.row_id = r.row_id
+          AND (NOT g.written_known
+               OR (r.completed_at, r.completed_by, r.source_id, r.status, r.notes)
+                  IS DISTINCT FROM (g.written_completed_at, g.written_completed_by,
+                                    g.written_source_id, g.written_status, g.written_notes))
+    """,
+            **names,
+        ),
+        params,
+    )
     missing = pd.read_sql(
         composed(
             """
