@@ -316,3 +316,62 @@ def test_r22b_a_value_the_shop_wrote_after_ours_is_the_original_a_withdrawal_res
         "notes": None,
     }
     assert from_scratch_over_processed(env, data) == []
+
+
+# ----- finding 5: the print flag follows the highest version, per-version precedence -----------
+def two_versions(prints: list, scans: list) -> ShopData:
+    return shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": [f"FILE_2_Labex_{J}_a"]},
+        job_ops={(J, "1", PRINT_OP): None, (J, "2", PRINT_OP): None},
+        prints=prints,
+        scans=scans,
+    )
+
+
+@pytest.mark.parametrize("first", SOURCE_NAMES)
+def test_r12_a_scanned_print_of_the_highest_version_makes_the_flag_true(
+    env: Env, first: str
+) -> None:
+    """PrintOS printed version 1 only; a scan says version 2 printed. PrintOS having no event
+    for version 2 is no evidence about it (R15): version 2 is completed by the scan, and the
+    flag follows it (R12), whichever source is processed first."""
+    data = two_versions(
+        prints=[(1, "IMP-1", "PRINTED", 1, at(1), at(1))],
+        scans=[(1, f"{J}_2", at(9), json.dumps({"print": True}))],
+    )
+    start(env, data)
+    env.drain(first)
+    env.drain(SCANNER if first == PRINT_OS else PRINT_OS)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "completed"
+    assert job_op(env, J, "2", PRINT_OP)["status"] == "completed"
+    assert job_op(env, J, "2", PRINT_OP)["completed_by"] == "scanner"
+    assert flags(env, J)["print"] is True
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r12_a_scanned_print_of_a_lower_version_never_makes_the_flag_true(env: Env) -> None:
+    """No PrintOS events; version 2 has files; a scan says version 1 printed: version 1 is
+    completed, the flag stays false (version 2 is not printed) and says why."""
+    data = two_versions(prints=[], scans=[(1, f"{J}_1", at(9), json.dumps({"print": True}))])
+    start(env, data)
+    env.drain(SCANNER)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "completed"
+    assert flags(env, J)["print"] is False
+    state = one(env.jm, "SELECT version_tag, notes FROM job_operation_state WHERE job_id = :j", j=J)
+    assert state == {"version_tag": "2", "notes": "version 2: not printed yet"}
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r12_a_press_abort_of_the_highest_version_beats_its_scanned_print(env: Env) -> None:
+    """R15 per version: PrintOS aborted version 2, a scan says version 2 printed: the press
+    wins for print, so version 2 is aborted and the flag is false."""
+    data = two_versions(
+        prints=[(1, "IMP-2", "ABORTED", 1, at(1), at(1))],
+        scans=[(1, f"{J}_2", at(9), json.dumps({"print": True}))],
+    )
+    start(env, data)
+    env.drain(SCANNER)
+    env.drain(PRINT_OS)
+    assert job_op(env, J, "2", PRINT_OP)["status"] == "aborted"
+    assert flags(env, J)["print"] is False
+    assert from_scratch_over_processed(env, data) == []

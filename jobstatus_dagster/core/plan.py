@@ -185,6 +185,7 @@ class UpdatePlan:
     processing_time: datetime | None = None  # R14: recorded as the rows' first processing
     generation: int = -1
     replan: Callable[[], UpdatePlan] | None = None
+    customer: str = "Labex"  # R4's customer token: the writer reads job versions with it (R12)
 
     def summary(self) -> dict[str, int]:
         own = (

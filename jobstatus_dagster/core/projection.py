@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from jobstatus_dagster.core.identifiers import highest_versions
 from jobstatus_dagster.core.plan import (
     AUDIT_VERDICT_COLUMNS,
     IMPOSITION_OP_COLUMNS,
@@ -86,48 +87,114 @@ def project_versions(
 
 
 def project_jobs(
-    touched: pd.DataFrame, scanner_evidence: pd.DataFrame, print_state: pd.DataFrame
+    touched: pd.DataFrame,
+    scanner_evidence: pd.DataFrame,
+    print_state: pd.DataFrame,
+    versions: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """job_operation_state (and so jobs.operations) of each touched (job, operation).
 
-    print (R12): true only when the job's highest version is completed, from PrintOS's state
-    when PrintOS reached the job, else true from the latest scan. Other operations: true from
-    the latest scan of any version of the job.
+    print (R12): true exactly when the job's highest version is completed, by R15 per version
+    (_print_flags). Other operations: true from the latest scan of any version of the job.
     """
     touched_jobs = touched[JOB_KEYS].drop_duplicates()
     scans = _scanner_targets(scanner_evidence).merge(touched_jobs)
-    scans = _latest(
-        scans.assign(precedence=[precedence(SCANNER, op) for op in scans["operation"]]),
-        JOB_KEYS,
-        ["version_tag"],
-    ).assign(value=True)
-
+    scans = scans.assign(precedence=[precedence(SCANNER, op) for op in scans["operation"]])
+    is_print = scans["operation"] == PRINT
+    others = _latest(scans[~is_print], JOB_KEYS, ["version_tag"]).assign(value=True)
     print_jobs = touched_jobs.loc[touched_jobs["operation"] == PRINT, ["job_id"]]
+    flags = _print_flags(print_jobs, scans[is_print], print_state, versions)
+    values = pd.concat(
+        [flags[JOB_STATE_COLUMNS], others[JOB_STATE_COLUMNS]], ignore_index=True
+    ).reset_index(drop=True)
+    return values, _missing_keys(touched_jobs, values, JOB_KEYS)
+
+
+def _print_flags(
+    print_jobs: pd.DataFrame,
+    print_scans: pd.DataFrame,
+    print_state: pd.DataFrame,
+    versions: pd.DataFrame,
+) -> pd.DataFrame:
+    """R12/R15: the print flag of each job with print evidence. Its version is the highest of
+    those with files, PrintOS state or print scans; that version's status is PrintOS's where
+    PrintOS has an event for it, else the scans' (a scanned print completes it), else it is
+    not printed: a completed lower version never makes the flag true."""
+    key = ["job_id", "version_tag"]
+    print_jobs, print_scans, print_state, versions = (
+        _text_keys(f) for f in (print_jobs, print_scans, print_state, versions)
+    )
     state = print_state.merge(print_jobs, on="job_id")
-    highest = state[state["highest"].astype(bool)].drop(columns=["event_time", "source_id"])
-    latest = _latest(state.dropna(subset=["event_time"]), ["job_id"])[
+    scans = print_scans.merge(print_jobs, on="job_id")
+    evidenced = pd.DataFrame(
+        {"job_id": pd.Series(sorted(set(state["job_id"]) | set(scans["job_id"])), dtype=object)}
+    )
+    known = pd.concat(
+        [state[key], scans[key], versions[key].merge(evidenced, on="job_id")], ignore_index=True
+    ).merge(evidenced, on="job_id")
+    highest = highest_versions(known)
+    latest_print = _latest(state.dropna(subset=["event_time"]), ["job_id"])[
         ["job_id", "event_time", "source_id"]
     ]
-    highest = highest.merge(latest, on="job_id", how="left")
-    version_note = "version " + highest["version_tag"].astype("string") + ": "
-    from_print = highest.assign(
+    note = "version " + highest["version_tag"].astype("string") + ": "
+    highest = highest.assign(version_note=note)
+
+    printed = state[state["status"].notna()].drop(columns=["event_time", "source_id"])
+    from_print = highest.merge(printed, on=key).merge(latest_print, on="job_id", how="left")
+    from_print = from_print.assign(
         operation=PRINT,
-        value=(highest["status"] == "completed").fillna(False).astype(bool),
-        notes=(version_note + highest["notes"].astype("string")).where(
-            highest["status"].notna(),
-            version_note + "not printed yet (" + highest["notes"].astype("string") + ")",
-        ),
-        status=highest["status"].fillna("not_printed"),
+        value=(from_print["status"] == "completed").astype(bool),
+        notes=from_print["version_note"] + from_print["notes"].astype("string"),
         source_type=PRINT_OS,
         precedence=precedence(PRINT_OS, PRINT),
     )
-    scans = scans.merge(from_print[JOB_KEYS], on=JOB_KEYS, how="left", indicator=True).query(
-        "_merge == 'left_only'"
+    rest = _minus_keys(highest, from_print, key)
+    from_scans = _latest(rest.merge(scans, on=key), key).assign(value=True)
+    unprinted = _minus_keys(rest, from_scans, key)
+    unprinted = unprinted.merge(
+        state[[*key, "notes"]].rename(columns={"notes": "state_notes"}), on=key, how="left"
     )
-    values = pd.concat(
-        [from_print[JOB_STATE_COLUMNS], scans[JOB_STATE_COLUMNS]], ignore_index=True
-    ).reset_index(drop=True)
-    return values, _missing_keys(touched_jobs, values, JOB_KEYS)
+    by_press = unprinted.merge(latest_print, on="job_id")
+    by_press = by_press.assign(source_type=PRINT_OS, precedence=precedence(PRINT_OS, PRINT))
+    by_scanner = _minus_keys(unprinted, by_press, ["job_id"]).merge(
+        _latest(scans, ["job_id"])[["job_id", "event_time", "source_id", "precedence"]],
+        on="job_id",
+    )
+    by_scanner = by_scanner.assign(source_type=SCANNER)
+    # A job whose versions PrintOS reached but never printed: its state has no event time.
+    no_event = _minus_keys(unprinted, pd.concat([by_press, by_scanner]), ["job_id"]).assign(
+        event_time=pd.NaT,
+        source_id=pd.NA,
+        source_type=PRINT_OS,
+        precedence=precedence(PRINT_OS, PRINT),
+    )
+    unprinted = pd.concat([by_press, by_scanner, no_event], ignore_index=True)
+    detail = unprinted["state_notes"].astype("string")
+    unprinted = unprinted.assign(
+        operation=PRINT,
+        value=False,
+        status="not_printed",
+        notes=(unprinted["version_note"] + "not printed yet (" + detail + ")").fillna(
+            unprinted["version_note"] + "not printed yet"
+        ),
+    )
+    frames = [f[JOB_STATE_COLUMNS] for f in (from_print, from_scans, unprinted) if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=JOB_STATE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _text_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """Key columns as objects, so empty frames (float columns) merge with full ones."""
+    keys = [c for c in ("job_id", "version_tag") if c in frame]
+    return frame.astype({c: object for c in keys})
+
+
+def _minus_keys(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    if frame.empty or other.empty:
+        return frame.reset_index(drop=True)
+    merged = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
+    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
 
 
 def project_impositions(
@@ -201,15 +268,19 @@ def project(
     scanner_evidence: pd.DataFrame,
     imposition_evidence: pd.DataFrame,
     print_state: pd.DataFrame,
+    versions: pd.DataFrame,
 ) -> Projection:
     """Everything the targets of the touched keys hold, from the evidence of those keys.
 
     scanner_evidence: current scanner attributions of every touched (job, operation), any
     version; imposition_evidence: current attributions of the touched impositions;
-    print_state: PrintOS's print state of every version of the touched jobs.
+    print_state: PrintOS's print state of every version of the touched jobs;
+    versions: (job_id, version_tag) with files of the touched print jobs (R12).
     """
     job_ops, job_ops_withdrawn = project_versions(touched_versions, scanner_evidence, print_state)
-    job_state, job_state_withdrawn = project_jobs(touched_versions, scanner_evidence, print_state)
+    job_state, job_state_withdrawn = project_jobs(
+        touched_versions, scanner_evidence, print_state, versions
+    )
     imposition_ops, imposition_withdrawn = project_impositions(
         touched_impositions, imposition_evidence
     )

@@ -319,8 +319,8 @@ _MARKER_BOUNDS = """SELECT
           WHERE source_type = :source_type))"""
 
 
-def _markers_in_range(source_type: str) -> str:
-    return composed_text(_MARKERS_IN_RANGE, **_parts(source_named(source_type)))
+def _markers_in_range(source_type: str) -> sql.Composed:
+    return sql.SQL(_MARKERS_IN_RANGE).format(**_parts(source_named(source_type)))
 
 
 def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, int | None]:
@@ -337,11 +337,11 @@ def next_chunk(
 ) -> tuple[int, int] | None:
     """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None (rows
     there now, and rows processed there)."""
-    markers = _markers_in_range(source_type)
     first, last = conn.execute(
-        sa.text(
-            f"SELECT min(marker), max(marker) FROM (SELECT marker FROM {markers}"
-            " ORDER BY marker LIMIT :chunk) w"
+        composed(
+            "SELECT min(marker), max(marker) FROM (SELECT marker FROM {markers}"
+            " ORDER BY marker LIMIT :chunk) w",
+            markers=_markers_in_range(source_type),
         ),
         {"lo": after, "hi": up_to, "chunk": chunk_size, "source_type": source_type},
     ).one()
@@ -354,12 +354,12 @@ def marker_buckets(
     """The lower bounds of the marker-range buckets (lo, lo + width] holding rows in
     (after, up_to], now or when processed, ascending: a backfill runs the ranges that have
     rows, not the empty ones."""
-    markers = _markers_in_range(source_type)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text(
+            composed(
                 "SELECT DISTINCT floor((marker - 1)::numeric / :width)::bigint * :width AS lo"
-                f" FROM {markers} ORDER BY lo"
+                " FROM {markers} ORDER BY lo",
+                markers=_markers_in_range(source_type),
             ),
             {"lo": after, "hi": up_to, "width": width, "source_type": source_type},
         ).scalars()
@@ -542,6 +542,17 @@ def load_files_of_jobs(conn: sa.Connection, job_ids: list[str]) -> pd.DataFrame:
     )
     conn.exec_driver_sql("SET LOCAL enable_seqscan = on")
     return files
+
+
+def load_versions_of_jobs(conn: sa.Connection, job_ids: list[str], customer: str) -> pd.DataFrame:
+    """(job_id, version_tag) of every version of these jobs that has a file in the mapping (R9,
+    R12: the highest of them is the job's version)."""
+    if not job_ids:
+        return pd.DataFrame(
+            {"job_id": pd.Series(dtype="string"), "version_tag": pd.Series(dtype="string")}
+        )
+    files = job_file_rows(load_files_of_jobs(conn, job_ids), job_ids, customer)
+    return files[["job_id", "version_tag"]].drop_duplicates().reset_index(drop=True)
 
 
 def load_print_history(

@@ -34,7 +34,11 @@ from jobstatus_dagster.core.plan import (
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.compose import Identifier, composed, expression, joined, trimmed
-from jobstatus_dagster.io.sources import load_operation_codes, read_generation
+from jobstatus_dagster.io.sources import (
+    load_operation_codes,
+    load_versions_of_jobs,
+    read_generation,
+)
 from jobstatus_dagster.source import source_named
 
 # One lock for every writer of the targets, whatever the source: both sources write
@@ -191,6 +195,7 @@ class Evidence:
     scanner: pd.DataFrame  # scanner attributions of every touched (job, operation)
     impositions: pd.DataFrame  # attributions of every touched (imposition, operation)
     print_state: pd.DataFrame  # PrintOS print state of every version of the touched jobs
+    versions: pd.DataFrame  # (job_id, version_tag) with files, of every touched print job (R12)
 
 
 def _minus(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -205,7 +210,7 @@ _ATTRIBUTION_KEY = ["source_id", *_VERSION_KEY]
 _IMPOSITION_KEY = ["source_id", "imposition_id", "operation"]
 
 
-def gather_evidence(conn: sa.Connection, plan: UpdatePlan) -> Evidence:
+def gather_evidence(conn: sa.Connection, plan: UpdatePlan, logs: sa.Engine) -> Evidence:
     """A fixed number of indexed reads, each bounded by the keys touched, not the history."""
     source_type = plan.window.source_type
     ids = plan.processed["source_id"].astype("int64").tolist()
@@ -303,6 +308,14 @@ def gather_evidence(conn: sa.Connection, plan: UpdatePlan) -> Evidence:
     )[PRINT_STATE_COLUMNS]
     for frame in (scanner, impositions, print_state):
         frame["event_time"] = pd.to_datetime(frame["event_time"]).astype("datetime64[us]")
+    # R12: the job's versions are those with files; the plan's own print state holds them for
+    # its jobs, the mapping for the others (a job only scanned so far).
+    unplanned = sorted(set(print_jobs) - set(plan.print_jobs))
+    with logs.connect() as lg:
+        mapped = load_versions_of_jobs(lg, unplanned, plan.customer)
+    versions = pd.concat(
+        [print_state[["job_id", "version_tag"]], mapped], ignore_index=True
+    ).drop_duplicates()
     return Evidence(
         own=own,
         withdrawn=withdrawn,
@@ -312,6 +325,7 @@ def gather_evidence(conn: sa.Connection, plan: UpdatePlan) -> Evidence:
         scanner=scanner.reset_index(drop=True),
         impositions=impositions.reset_index(drop=True),
         print_state=print_state,
+        versions=versions.reset_index(drop=True),
     )
 
 
@@ -1098,13 +1112,14 @@ def write_plan(
         replanned = 0
         if plan.generation != read_generation(jm) and plan.replan is not None:
             plan, replanned = plan.replan(), 1
-        evidence = gather_evidence(jm, plan)
+        evidence = gather_evidence(jm, plan, logs)
         projection = project(
             evidence.touched_versions,
             evidence.touched_impositions,
             evidence.scanner,
             evidence.impositions,
             evidence.print_state,
+            evidence.versions,
         )
         with logs.begin() as lg:
             report, logs_failures = write_logs(

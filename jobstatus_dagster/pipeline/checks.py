@@ -132,9 +132,13 @@ def print_flag_agrees_with_job_operations(
     with jobmanager.engine.connect() as conn:
         states = pd.read_sql(
             sa.text(
-                "SELECT s.job_id, s.version_tag, s.value, (j.operations ->> 'print')::boolean"
-                " AS flag FROM job_operation_state s JOIN jobs j ON j.job_id = s.job_id"
-                " WHERE s.operation = 'print' AND s.source_type = 'print_os'"
+                # R12: whichever source established it; R4: the shop's job ids trimmed; a
+                # jobs.operations that is not an object holds no flag (R20: left as it was).
+                "SELECT s.job_id, s.version_tag, s.value, CASE WHEN jsonb_typeof(j.operations)"
+                " = 'object' THEN (j.operations ->> 'print')::boolean END AS flag"
+                " FROM job_operation_state s"
+                " JOIN jobs j ON btrim(j.job_id, E' \\t\\n\\r') = s.job_id"
+                " WHERE s.operation = 'print'"
             ),
             conn,
         )
@@ -144,8 +148,11 @@ def print_flag_agrees_with_job_operations(
         print_ids = codes.loc[codes["operation"] == "print", "operation_id"].dropna().tolist()
         rows = pd.read_sql(
             sa.text(
-                "SELECT o.job_id, o.version_tag, o.status FROM job_operations o"
-                " WHERE o.operation_id = ANY(:codes) AND o.job_id = ANY(:jobs)"
+                "SELECT btrim(o.job_id, E' \\t\\n\\r') AS job_id,"
+                " btrim(o.version_tag, E' \\t\\n\\r') AS version_tag, o.status"
+                " FROM job_operations o"
+                " WHERE btrim(o.operation_id, E' \\t\\n\\r') = ANY(:codes)"
+                " AND btrim(o.job_id, E' \\t\\n\\r') = ANY(:jobs)"
             ),
             conn,
             params={"codes": print_ids, "jobs": states["job_id"].unique().tolist()},

@@ -141,6 +141,7 @@ def can_replan(
     lock if another write landed meanwhile."""
     plan.generation = loaded.generation
     plan.processing_time = loaded.processing_time
+    plan.customer = settings.file_customer
 
     def replan() -> UpdatePlan:
         again = load_window_rows(jobmanager, loaded.window, settings, loaded.processing_time)
