@@ -375,3 +375,46 @@ def test_r12_a_press_abort_of_the_highest_version_beats_its_scanned_print(env: E
     assert job_op(env, J, "2", PRINT_OP)["status"] == "aborted"
     assert flags(env, J)["print"] is False
     assert from_scratch_over_processed(env, data) == []
+
+
+# ----- finding 8: open failures are a function of the data -------------------------------------
+def open_failures(env: Env) -> set[tuple]:
+    with env.jm.connect() as conn:
+        return {
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT source_type, source_id, reason, subject FROM processing_failures"
+                    " WHERE resolved_at IS NULL"
+                )
+            )
+        }
+
+
+@pytest.mark.parametrize("operation", ["coating", "backscore"])
+def test_r22_a_failure_about_a_key_ends_resolved_when_a_later_scan_wins_the_key(
+    env: Env, operation: str
+) -> None:
+    """Two scans of J_1 report an operation whose job_operations row is missing (coating) or
+    which has no code (backscore): processed one window each, the first scan's failure is
+    superseded by the second's, as in one window; it ends resolved, not open."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"]},
+        codes={**OPERATION_IDS, "backscore": None},
+        scans=[
+            (1, f"{J}_1", at(5), json.dumps([operation])),
+            (2, f"{J}_1", at(6), json.dumps([operation])),
+        ],
+    )
+    start(env, data)
+    process(env, SCANNER, 0, 1)
+    process(env, SCANNER, 1, 2)
+    assert open_failures(env) == {
+        (
+            SCANNER,
+            2,
+            "unmapped_operation" if operation == "backscore" else "missing_operation_row",
+            f"{J}/1/{operation}",
+        )
+    }
+    assert from_scratch_over_processed(env, data) == []

@@ -165,7 +165,7 @@ def test_r8_operation_without_code_still_updates_jobs_and_audit(shop: Shop, inst
     run_scanner(shop, instance)
     assert shop.job_operations_json(job) == {"backscore": True}
     assert [a["operation"] for a in shop.audit(job)] == ["backscore"]
-    assert shop.failures(scan_id, "unmapped_operation")[0]["subject"] == "backscore"
+    assert shop.failures(scan_id, "unmapped_operation")[0]["subject"] == f"{job}/1/backscore"
 
 
 def test_r8_the_shop_maps_an_operation_by_editing_the_table(urls, instance) -> None:

@@ -75,6 +75,7 @@ _TEMP_TABLES = {
     "tmp_job_ops_withdrawn": "job_id text, version_tag text, operation text, operation_id text",
     "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
     "tmp_processed": "source_id bigint, marker bigint, kind text",
+    "tmp_reprojected": "subject text",
 }
 
 
@@ -330,10 +331,11 @@ def gather_evidence(conn: sa.Connection, plan: UpdatePlan, logs: sa.Engine) -> E
 
 
 def _with_operation_ids(
-    frame: pd.DataFrame, codes: pd.DataFrame
+    frame: pd.DataFrame, codes: pd.DataFrame, keys: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """R8: attach operation_id; a value whose operation has no code yet is a retryable failure
-    (withdrawn keys carry no source, so they yield none)."""
+    of the key's winner, its subject the key (withdrawn keys carry no source, so they yield
+    none)."""
     merged = frame.merge(codes, on="operation", how="left")
     unmapped = merged[merged["operation_id"].isna()]
     if "source_id" not in frame or unmapped.empty:
@@ -342,12 +344,22 @@ def _with_operation_ids(
         unmapped,
         "",
         "unmapped_operation",
-        unmapped["operation"],
+        key_subjects(unmapped, keys),
         "operation "
         + unmapped["operation"].astype("string")
         + " has no operation_id in operation_codes",
     ).assign(source_type=unmapped["source_type"].to_numpy())
     return merged[merged["operation_id"].notna()].reset_index(drop=True), failures
+
+
+def key_subjects(frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """The subject of a failure about a target key: its identifiers and operation joined by
+    '/', as the missing-row failures name it (R20)."""
+    parts = [frame[k].astype("string") for k in [*keys, "operation"]]
+    subject = parts[0]
+    for part in parts[1:]:
+        subject = subject + "/" + part
+    return subject
 
 
 def _one_per_row(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -579,8 +591,10 @@ def write_logs(
     """imposition_operations and job_operations (logs); returns the failures found on the way."""
     report = WriteReport()
     codes = load_operation_codes(conn).dropna(subset=["operation_id"])
-    imposition_ops, unmapped_a = _with_operation_ids(projection.imposition_ops, codes)
-    job_ops, unmapped_b = _with_operation_ids(projection.job_ops, codes)
+    imposition_ops, unmapped_a = _with_operation_ids(
+        projection.imposition_ops, codes, ["imposition_id"]
+    )
+    job_ops, unmapped_b = _with_operation_ids(projection.job_ops, codes, ["job_id", "version_tag"])
     # Two names the shop mapped to one code write one row: the later event wins it (R15).
     imposition_ops = _one_per_row(imposition_ops, ["imposition_id"])
     job_ops = _one_per_row(job_ops, ["job_id", "version_tag"])
@@ -666,7 +680,7 @@ def write_jobmanager(
     _write_print_state(conn, plan)
     report.job_states_changed = _write_operation_state(conn, projection)
     report.jobs_updated = _write_jobs_operations(conn)
-    _record_failures(conn, plan, logs_failures, params, report)
+    _record_failures(conn, plan, logs_failures, _reprojected(evidence), params, report)
     report.rows_marked_processed = _mark_processed(conn, plan, params)
     report.marker_after = _advance_marker(conn, plan)
     return report
@@ -925,20 +939,39 @@ def _write_jobs_operations(conn: sa.Connection) -> int:
     ).rowcount
 
 
+def _reprojected(evidence: Evidence) -> pd.DataFrame:
+    """The subjects of the target keys this write projected again: their failures about the
+    key (missing row, operation with no code) are this write's to record or resolve."""
+    subjects = pd.concat(
+        [
+            key_subjects(evidence.touched_versions, ["job_id", "version_tag"]),
+            key_subjects(evidence.touched_impositions, ["imposition_id"]),
+        ],
+        ignore_index=True,
+    )
+    return pd.DataFrame({"subject": _failure_subject(subjects)}).drop_duplicates()
+
+
+def _failure_subject(subjects: pd.Series) -> pd.Series:
+    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
+    return subjects.astype("string").fillna("").str.slice(0, 200)
+
+
 def _record_failures(
     conn: sa.Connection,
     plan: UpdatePlan,
     logs_failures: pd.DataFrame,
+    reprojected: pd.DataFrame,
     params: dict,
     report: WriteReport,
 ) -> None:
     """This run's failures (the plan's and the logs write's) and the rows it processed."""
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
-    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
-    failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
+    failures["subject"] = _failure_subject(failures["subject"])
     failures["detail"] = failures["detail"].astype("string").str.slice(0, 2000)
     _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS, analyze=True)
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"], analyze=True)
+    _copy_into(conn, "tmp_reprojected", reprojected, ["subject"], analyze=True)
     write_failures(conn, params, report)
 
 
@@ -1054,6 +1087,20 @@ def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> No
         UPDATE processing_failures f SET resolved_at = now(), run_id = :run_id
         WHERE f.source_type = :source_type AND f.resolved_at IS NULL
           AND f.source_id IN (SELECT source_id FROM tmp_processed)
+          AND NOT EXISTS (SELECT 1 FROM tmp_failures t WHERE t.source_id = f.source_id
+                          AND t.source_type = f.source_type
+                          AND t.reason = f.reason AND COALESCE(t.subject, '') = f.subject)
+    """),
+        params,
+    ).rowcount
+    # R22: a failure about a target key belongs to the key's winner; one superseded by a later
+    # winner (another source row, either source) is resolved, whatever the windowing.
+    report.failures_resolved += conn.execute(
+        sa.text("""
+        UPDATE processing_failures f SET resolved_at = now(), run_id = :run_id
+        FROM tmp_reprojected k
+        WHERE f.subject = k.subject AND f.resolved_at IS NULL
+          AND f.reason IN ('missing_operation_row', 'unmapped_operation')
           AND NOT EXISTS (SELECT 1 FROM tmp_failures t WHERE t.source_id = f.source_id
                           AND t.source_type = f.source_type
                           AND t.reason = f.reason AND COALESCE(t.subject, '') = f.subject)
