@@ -132,7 +132,7 @@ TRIMMED_LOOKUPS = [
         lambda c: load_runlists_of_impositions(c, ["I"]),
         "production_planner_paths_imposition",
     ),
-    ("jm", lambda c: load_print_history(c, ["I"], 10), "print_os_name"),
+    ("jm", lambda c: load_print_history(c, ["I"], [1]), "print_os_name"),
     ("jm", lambda c: load_print_rows(c, ["I"]), "print_os_name"),
 ]
 

@@ -328,7 +328,7 @@ def test_r20_missing_operation_row_and_uncoded_operation_are_retried_until_resol
         uncoded = shop.failures(scan_id, "unmapped_operation")
         assert [(f["subject"], f["retryable"]) for f in missing + uncoded] == [
             (f"{job}/1/coating", True),
-            ("backscore", True),
+            (f"{job}/1/backscore", True),
         ]
         shop.add_job_operation(job, "1", "op003")
         shop.add_job_operation(job, "1", "op043")
