@@ -159,6 +159,20 @@ def test_r7_unusable_shapes_are_recorded(shop: Shop, instance, operations) -> No
     assert [f["reason"] for f in shop.failures(scan_id)] == ["unusable_operations"]
 
 
+def test_r7_r20_a_mix_of_shapes_applies_the_list_and_records_the_other_keys(
+    shop: Shop, instance
+) -> None:
+    job = planned_job(shop)
+    scan_id = shop.scan(f"{job}_1", {"operations": ["coating"], "kiss_cut": True})
+    run_scanner(shop, instance)
+    assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+    assert shop.job_op_row(job, "1", "op006")["status"] is None
+    assert shop.job_operations_json(job) == {"coating": True}
+    (failure,) = shop.failures(scan_id)
+    assert failure["reason"] == "unusable_operations"
+    assert "kiss_cut" in failure["detail"] and "ignored" in failure["detail"]
+
+
 def test_r8_operation_without_code_still_updates_jobs_and_audit(shop: Shop, instance) -> None:
     job = planned_job(shop)
     scan_id = shop.scan(f"{job}_1", ["backscore"])
