@@ -10,7 +10,7 @@ import pytest
 from jobstatus_dagster.db import migrate
 from jobstatus_dagster.faults import CRASH_POINTS
 from jobstatus_dagster_tests.backlog import fill_small_backlog
-from jobstatus_dagster_tests.shop import Shop
+from jobstatus_dagster_tests.shop import T0, Shop
 from jobstatus_testkit.cli import JOBSTATUS, cli_env, run_cli
 from jobstatus_testkit.databases import fresh_urls
 from jobstatus_testkit.processes import free_port, port_open, processes_with
@@ -124,6 +124,33 @@ def test_r21_cli_backfill_reports_each_window_and_changes_nothing(pg_admin_uri, 
         assert "No Dagster daemon serves this instance: processing here" in result.stderr
         assert result.stdout.startswith("print_os:0-104 run ") and ", ok" in result.stdout
         assert shop.snapshot() == before and shop.marker() == marker
+
+
+BIGINT_MIN = -(2**63)
+
+
+def test_r21_cli_backfill_from_the_bigint_minimum_processes_the_rows(
+    pg_admin_uri, tmp_path
+) -> None:
+    """The late-row lookback below the window's start saturates at the bigint minimum instead
+    of failing every such backfill with 'bigint out of range' (R3, R21)."""
+    urls = fresh_urls(pg_admin_uri)
+    migrate(urls, baseline=True)
+    with Shop(urls) as shop:
+        jobs = [shop.add_job(), shop.add_job()]
+        for job, marker in zip(jobs, (BIGINT_MIN + 1, -5), strict=True):
+            shop.add_job_operation(job, "1")
+            shop.map_files(f"{job}-I", [f"FILE_1_Labex_{job}_1"])
+            shop.print_event(f"{job}-I", "PRINTED", marker=marker, at=T0)
+        result = run_cli(
+            urls, tmp_path, "backfill", "--source", "print_os", "--from", str(BIGINT_MIN),
+            "--to", "0",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "bigint out of range" not in result.stderr
+        for job in jobs:
+            assert shop.job_print_row(job, "1")["status"] == "completed", job
+            assert shop.job_operations_json(job) == {"print": True}
 
 
 def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> None:

@@ -8,12 +8,16 @@ from pathlib import Path
 
 from jobstatus_dagster.processes import group_members, process_group
 
-# A leader with two children, one of which ignores SIGINT (as a stuck run worker may).
+# A leader with two children, one of which ignores SIGINT (as a stuck run worker may). That
+# child says when its handler is in place by creating IGNORING in its working folder: before,
+# a SIGINT would still stop it.
+IGNORING = "ignoring-sigint"
 FAMILY = (
     "import signal, subprocess, sys, time\n"
     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
     "subprocess.Popen([sys.executable, '-c',"
-    " 'import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(300)'])\n"
+    " 'import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN);"
+    f' open("{IGNORING}", "w").close(); time.sleep(300)\'])\n'
     "time.sleep(300)\n"
 )
 
@@ -26,9 +30,17 @@ def _wait_for_members(pgid: int, count: int) -> list[int]:
     return members
 
 
+def _wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.05)
+
+
 def test_a_process_group_stops_with_every_descendant(tmp_path: Path) -> None:
     with process_group([sys.executable, "-c", FAMILY], cwd=tmp_path, grace=2.0) as group:
         members = _wait_for_members(group.pid, 3)
+        _wait_for_file(tmp_path / IGNORING)
         assert os.getpgid(group.pid) == group.pid  # a group of its own, not ours
         assert os.getpgid(os.getpid()) != group.pid
     assert group.popen.returncode is not None

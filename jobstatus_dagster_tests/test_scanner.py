@@ -91,6 +91,36 @@ def test_r6_job_in_two_runlists_uses_the_one_printed_last_and_says_so(shop: Shop
     assert f"chose RL-{a}-A" in note and f"RL-{a}-Z" in note
 
 
+def test_r6_r14_a_print_row_without_job_complete_time_counts_at_its_created_at(
+    shop: Shop, instance
+) -> None:
+    """R6 dates a print row by R14's event time: job_complete_time, else created_at. Both rows
+    here lack job_complete_time; the one created before the scan counts, the one created after
+    it (with the higher marker, in the greater runlist) does not."""
+    a, b, c = planned_job(shop), planned_job(shop), planned_job(shop)
+    shared = imposition(shop, f"{a}-S", a)
+    before, after = imposition(shop, f"{a}-B", b), imposition(shop, f"{a}-F", c)
+    shop.plan_runlist(f"RL-{a}-1", [shared, before])
+    shop.plan_runlist(f"RL-{a}-2", [shared, after])
+    scanned_at = T0 + timedelta(hours=1)
+    early, _ = shop.print_event(before, "PRINTED", marker=shop.marker() + 600_000)
+    late, _ = shop.print_event(after, "PRINTED", marker=shop.marker() + 600_001)
+    shop.execute(
+        shop.jm,
+        'UPDATE "print OS" SET job_complete_time = NULL, created_at = :t WHERE id = :i',
+        [
+            {"t": scanned_at - timedelta(minutes=30), "i": early},
+            {"t": scanned_at + timedelta(minutes=30), "i": late},
+        ],
+    )
+    shop.scan(f"{a}_1", ["coating"], at=scanned_at)
+    run_scanner(shop, instance)
+    assert shop.job_op_row(b, "1", "op003")["status"] == "completed"
+    assert shop.job_op_row(c, "1", "op003")["status"] is None
+    note = shop.job_op_row(a, "1", "op003")["notes"]
+    assert f"chose RL-{a}-1 (highest print marker" in note, note
+
+
 def test_r6_tie_on_print_marker_goes_to_the_greatest_runlist_id(shop: Shop, instance) -> None:
     a, b, c = planned_job(shop), planned_job(shop), planned_job(shop)
     shared = imposition(shop, f"{a}-S", a)
@@ -157,6 +187,20 @@ def test_r7_unusable_shapes_are_recorded(shop: Shop, instance, operations) -> No
     run_scanner(shop, instance)
     assert shop.job_operations_json(job) == {}
     assert [f["reason"] for f in shop.failures(scan_id)] == ["unusable_operations"]
+
+
+def test_r7_r20_a_mix_of_shapes_applies_the_list_and_records_the_other_keys(
+    shop: Shop, instance
+) -> None:
+    job = planned_job(shop)
+    scan_id = shop.scan(f"{job}_1", {"operations": ["coating"], "kiss_cut": True})
+    run_scanner(shop, instance)
+    assert shop.job_op_row(job, "1", "op003")["status"] == "completed"
+    assert shop.job_op_row(job, "1", "op006")["status"] is None
+    assert shop.job_operations_json(job) == {"coating": True}
+    (failure,) = shop.failures(scan_id)
+    assert failure["reason"] == "unusable_operations"
+    assert "kiss_cut" in failure["detail"] and "ignored" in failure["detail"]
 
 
 def test_r8_operation_without_code_still_updates_jobs_and_audit(shop: Shop, instance) -> None:

@@ -101,6 +101,8 @@ def _obligations(value: object) -> tuple[list[set[str]], set[str]]:
             listed(inner)
         else:
             mentions.append(set())  # {"operations": <not a list>}
+        if len(value) > 1:
+            mentions.append(set())  # keys beside "operations": a mix R7 does not list
     elif isinstance(value, dict):
         for key, flag in value.items():
             verdict = _flag(flag)
@@ -147,6 +149,7 @@ def test_r7_oracle_on_explicit_cases() -> None:
         ),
         '{"operations": "coating"}': ((), 1),
         '{"operations": []}': ((), 0),
+        '{"operations": ["coating"], "kiss_cut": true}': (("coating",), 1),
         '"coating"': ((), 1),
         "17": ((), 1),
         "{}": ((), 0),
@@ -211,6 +214,28 @@ def test_r7_r20_every_scan_yields_operations_or_a_recorded_reason(values, known)
     for source_id in range(len(values)):
         assert source_id in set(ops["source_id"]) or source_id in set(failures["source_id"])
     assert set(ops["operation"]) <= set(known)
+
+
+def test_r7_a_mix_applies_the_operations_list_and_records_the_other_keys() -> None:
+    parsed = parse_operations('{"operations": ["coating"], "kiss_cut": true}')
+    assert parsed.names == ("coating",)
+    assert parsed.problems == ("keys beside 'operations' ignored: \"kiss_cut\"",)
+    several = parse_operations('{"kiss_cut": true, "operations": ["Coating"], "slitter": 0}')
+    assert several.names == ("coating",)
+    assert several.problems == ('keys beside \'operations\' ignored: "kiss_cut", "slitter"',)
+    not_a_list = parse_operations('{"operations": "coating", "print": true}')
+    assert not_a_list.names == ()
+    assert len(not_a_list.problems) == 2
+
+
+def test_r7_r20_a_mix_is_an_unusable_operations_failure_beside_the_applied_list() -> None:
+    scans = pd.DataFrame(
+        {"source_id": [7], "operations_json": ['{"operations": ["coating"], "kiss_cut": true}']}
+    )
+    ops, failures = scan_operations(scans, {"coating", "kiss_cut"})
+    assert list(zip(ops["source_id"], ops["operation"], strict=True)) == [(7, "coating")]
+    assert list(failures["reason"]) == ["unusable_operations"]
+    assert "kiss_cut" in failures["detail"].iloc[0]
 
 
 def test_r7_the_listed_shapes() -> None:

@@ -80,6 +80,13 @@ def parse_operations(raw: str | None) -> ParsedOperations:
             from_list(inner)
         else:
             problems.append(f"'operations' is not a list: {json.dumps(inner)[:80]}")
+        # R7 lists {"operations": [...]} alone: other keys beside it are a mix of two shapes.
+        # The list applies; the other keys are not guessed at, and are recorded, not dropped.
+        extra = [key for key in value if key != "operations"]
+        if extra:
+            problems.append(
+                "keys beside 'operations' ignored: " + ", ".join(json.dumps(k) for k in extra)
+            )
     elif isinstance(value, dict):
         names.extend(key for key, flag in value.items() if _truthy(flag))
     elif isinstance(value, list):

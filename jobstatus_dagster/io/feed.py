@@ -15,8 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from psycopg import sql
 
-from jobstatus_dagster.core.identifiers import version_sort_key
-from jobstatus_dagster.io.compose import composed, expression
+from jobstatus_dagster.core.identifiers import normalise_operation, version_sort_key
+from jobstatus_dagster.io.compose import Identifier, composed, expression, trimmed
 from jobstatus_dagster.source import SOURCES
 
 # Job-list statuses: the three a print state can have (R11), and 'pending' for no status yet.
@@ -57,8 +57,26 @@ AS_OF_SQL = sa.text(
     "SELECT marker_type, last_processed_id, last_processed_at FROM processing_markers"
 )
 
-# The candidate job ids of one page, per kind of filter; each is a keyset scan of an index in
-# job-id order that stops at the page's size.
+# The candidate job ids of one page, per kind of filter; each branch is a keyset scan of an
+# index in job-id order that stops at the page's size, and the page is the first ``limit`` of
+# their union. Job ids compare trimmed (R4), as the writer compares them: our own tables hold
+# trimmed ids; of the shop's ``jobs``, the rows already trimmed come through its own index on
+# job_id, and the padded ones (few) through the partial hash index idx_jobs_padded_ids
+# (sql/jobmanager/0014), so no page scans ``jobs``. Rows of ``jobs`` that trim alike
+# ('7001_1', '7001_1 ') are one job: the page groups by the trimmed id. Each branch applies
+# the filter ``{where}`` (on ``c.job_id``) before its limit.
+_JOBS_BRANCHES = (
+    "(SELECT c.job_id FROM jobs c WHERE c.job_id > :after AND c.job_id = {trim} {where}"
+    " ORDER BY c.job_id LIMIT :limit)"
+    " UNION ALL (SELECT c.job_id FROM (SELECT {trim} AS job_id FROM jobs"
+    " WHERE job_id <> {trim}) c WHERE c.job_id > :after {where})"
+)
+_STATE_BRANCH = (
+    "(SELECT DISTINCT c.job_id FROM job_operation_state c WHERE c.job_id > :after"
+    " AND (CAST(:operation AS text) IS NULL OR c.operation = :operation) {where}"
+    " ORDER BY c.job_id LIMIT :limit)"
+)
+_PAGE = "SELECT job_id FROM ({branches}) u GROUP BY job_id ORDER BY job_id LIMIT :limit"
 _SINCE = (
     " AND (CAST(:since AS timestamp) IS NULL"
     " OR EXISTS (SELECT 1 FROM job_operation_state t WHERE t.job_id = c.job_id"
@@ -69,27 +87,26 @@ _SINCE = (
     " OR EXISTS (SELECT 1 FROM job_status_updates t WHERE t.job_id = c.job_id"
     " AND t.withdrawn_at >= :since))"
 )
-PAGE_ANY = (
-    "SELECT job_id FROM ("
-    " SELECT job_id FROM jobs WHERE job_id > :after AND CAST(:operation AS text) IS NULL"
-    " UNION ALL SELECT job_id FROM job_operation_state WHERE job_id > :after"
-    " AND (CAST(:operation AS text) IS NULL OR operation = :operation)"
-    ") c WHERE true {since} GROUP BY job_id ORDER BY job_id LIMIT :limit"
+_ANY_JOB = " AND CAST(:operation AS text) IS NULL"  # the jobs table says nothing of operations
+# OFFSET 0 keeps the test a probe of the state's key per candidate: the planner, which cannot
+# tell how few ids are padded, would otherwise hash the whole state table for the padded branch.
+_NOT_DONE = (
+    " AND NOT EXISTS (SELECT 1 FROM job_operation_state s WHERE s.job_id = c.job_id"
+    " AND s.operation = :operation AND s.status IS NOT NULL OFFSET 0)"
 )
 PAGE_STATUS = (
     "SELECT job_id FROM job_operation_state c WHERE operation = :operation AND status = :status"
     " AND job_id > :after {since} ORDER BY job_id LIMIT :limit"
 )
-PAGE_PENDING = (
-    "SELECT job_id FROM jobs c WHERE job_id > :after AND NOT EXISTS (SELECT 1"
-    " FROM job_operation_state s WHERE s.job_id = c.job_id AND s.operation = :operation"
-    " AND s.status IS NOT NULL) {since} ORDER BY job_id LIMIT :limit"
-)
-# What a list shows of each job of the page, in one statement with the page.
+# What a list shows of each job of the page, in one statement with the page. The ``jobs`` row
+# of a trimmed id is found through idx_jobs_job_id_trimmed (R4); where the shop holds the id
+# twice, the row spelled exactly so wins, then the lowest spelling. ``jobs.operations`` that is
+# not a JSON object (null, a string, an array, a number: R20) shows as no flags.
 JOBS_SQL = """
 WITH page AS ({page})
-SELECT p.job_id, j.job_id IS NOT NULL AS in_jobs_table,
-       COALESCE(j.operations, '{{}}'::jsonb) AS current_status,
+SELECT p.job_id, j.found IS NOT NULL AS in_jobs_table,
+       CASE WHEN jsonb_typeof(j.operations) = 'object' THEN j.operations ELSE '{{}}'::jsonb END
+           AS current_status,
        COALESCE((SELECT jsonb_agg(jsonb_build_object(
            'operation', s.operation, 'status', s.status, 'value', s.value,
            'version_tag', s.version_tag, 'completed_by', s.source_type,
@@ -104,19 +121,47 @@ SELECT p.job_id, j.job_id IS NOT NULL AS in_jobs_table,
        GREATEST((SELECT max(updated_at) FROM job_operation_state s WHERE s.job_id = p.job_id),
                 (SELECT max(updated_at) FROM job_print_state v WHERE v.job_id = p.job_id))
            AS updated_at
-FROM page p LEFT JOIN jobs j ON j.job_id = p.job_id
+FROM page p LEFT JOIN LATERAL (
+    SELECT true AS found, j.operations FROM jobs j WHERE {jobs_trimmed} = p.job_id
+    ORDER BY j.job_id = p.job_id DESC, j.job_id LIMIT 1) j ON true
 ORDER BY p.job_id
 """
+_TRIMMED_JOB_ID = trimmed(Identifier("job_id"))
 
 
-def _jobs_statement(page: str) -> sa.TextClause:
-    """A page query (a constant) inside the list's statement; no value is ever in the text."""
-    return composed(JOBS_SQL, page=sql.SQL(page).format(since=expression(_SINCE)))
+def _where(*conditions: str) -> sql.SQL:
+    return expression("".join(conditions))
 
 
-JOBS_ANY = _jobs_statement(PAGE_ANY)
-JOBS_STATUS = _jobs_statement(PAGE_STATUS)
-JOBS_PENDING = _jobs_statement(PAGE_PENDING)
+def _jobs_statement(page: sql.Composable) -> sa.TextClause:
+    """A page query (constants only) inside the list's statement; no value is ever in the text."""
+    return composed(JOBS_SQL, page=page, jobs_trimmed=trimmed(Identifier("j", "job_id")))
+
+
+def _page(*branches: sql.Composable) -> sql.Composed:
+    return sql.SQL(_PAGE).format(branches=sql.SQL(" UNION ALL ").join(branches))
+
+
+def _jobs_branches(where: sql.SQL) -> sql.Composed:
+    return sql.SQL(_JOBS_BRANCHES).format(trim=_TRIMMED_JOB_ID, where=where)
+
+
+JOBS_ANY = _jobs_statement(
+    _page(
+        _jobs_branches(_where(_ANY_JOB, _SINCE)),
+        sql.SQL(_STATE_BRANCH).format(where=_where(_SINCE)),
+    )
+)
+JOBS_STATUS = _jobs_statement(sql.SQL(PAGE_STATUS).format(since=_where(_SINCE)))
+JOBS_PENDING = _jobs_statement(_page(_jobs_branches(_where(_NOT_DONE, _SINCE))))
+
+# Every job id a list shows (R4: trimmed, each once), in list order; for checks that compare the
+# read side with the state tables.
+KNOWN_JOB_IDS_SQL = composed(
+    "SELECT job_id FROM (SELECT {trim} AS job_id FROM jobs"
+    " UNION SELECT job_id FROM job_operation_state) c WHERE job_id > '' ORDER BY job_id",
+    trim=_TRIMMED_JOB_ID,
+)
 
 KNOWN_OPERATIONS_SQL = sa.text("SELECT DISTINCT operation FROM operation_codes")
 
@@ -174,8 +219,21 @@ def read_jobs(
 
 
 def known_operations(logs: sa.Connection) -> set[str]:
-    """Operation names the shop has (operation_codes, R8), print among them."""
-    return {row[0] for row in logs.execute(KNOWN_OPERATIONS_SQL)} | {"print"}
+    """Operation names the shop has (operation_codes, R8), print among them, normalised as the
+    writer and the scans normalise them (R7: the shop's 'Kiss Cut' is ``kiss_cut``)."""
+    names = {
+        normalise_operation(row[0])
+        for row in logs.execute(KNOWN_OPERATIONS_SQL)
+        if isinstance(row[0], str)
+    }
+    return (names - {""}) | {"print"}
+
+
+def known_job_ids(conn: sa.Connection) -> list[str]:
+    """Every job id the job list shows, trimmed (R4), once each, in the list's order: those of
+    ``jobs`` and those jobstatus holds an operation state for. ``read_job_status`` answers for
+    each of them."""
+    return [row[0] for row in conn.execute(KNOWN_JOB_IDS_SQL)]
 
 
 def export_feed(engine: sa.Engine, after: int, batch: int = EXPORT_BATCH) -> Iterator[list[dict]]:

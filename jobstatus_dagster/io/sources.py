@@ -111,7 +111,10 @@ _WINDOW = """
     UNION ALL
     SELECT * FROM (
         SELECT {select_list}, 'late' AS kind FROM {table} p
-        WHERE {marker} > :from_marker - :lookback
+        -- the lookback saturates at the bigint minimum (a backfill may start there): bigint
+        -- arithmetic on both sides, so the marker index still serves the range
+        WHERE {marker} > GREATEST(:from_marker, CAST(-9223372036854775808 AS bigint) + :lookback)
+                         - :lookback
           AND {marker} <= :from_marker AND {not_processed}
         ORDER BY {marker} LIMIT :late_limit
     ) l

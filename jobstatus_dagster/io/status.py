@@ -2,7 +2,42 @@
 
 import sqlalchemy as sa
 
-from jobstatus_dagster.core.identifiers import version_sort_key
+from jobstatus_dagster.core.identifiers import normalise_operation, trim_id, version_sort_key
+from jobstatus_dagster.io.compose import Identifier, composed, trimmed
+
+# R4: the shop's rows are matched on their trimmed ids, through the trimmed expression indexes
+# (jobs: idx_jobs_job_id_trimmed, hash; job_operations: idx_job_operations_key_trimmed). Of
+# several jobs rows that trim alike, the one spelled exactly so, then the lowest spelling.
+# R20: jobs.operations that is not a JSON object (null, a string, an array, a number) reads
+# as no flags.
+JOB_ROW_SQL = composed(
+    "SELECT CASE WHEN jsonb_typeof(operations) = 'object' THEN operations"
+    " ELSE '{{}}'::jsonb END AS operations FROM jobs"
+    " WHERE {job_id} = :j ORDER BY job_id = :j DESC, job_id LIMIT 1",
+    job_id=trimmed(Identifier("job_id")),
+)
+JOB_OPERATIONS_SQL = composed(
+    "SELECT {version_tag} AS version_tag, {operation_id} AS operation_id, status, completed_at,"
+    " completed_by, source_id, notes FROM job_operations"
+    " WHERE {job_id} = :j ORDER BY 1, sequence_order, 2",
+    **{column: trimmed(Identifier(column)) for column in ("job_id", "version_tag", "operation_id")},
+)
+OPERATION_CODES_SQL = sa.text("SELECT operation, operation_id FROM operation_codes")
+
+
+def operation_names(logs: sa.Connection) -> dict[str, str]:
+    """operation_id (trimmed, R4) → operation name normalised as the writer reads it (R7, R8):
+    the shop's row 'Print → op001' names ``print``. Where names share a code, ``print`` wins,
+    then the lowest name."""
+    names: dict[str, str] = {}
+    for name, code in sorted(
+        (normalise_operation(n), trim_id(c))
+        for n, c in logs.execute(OPERATION_CODES_SQL)
+        if isinstance(n, str) and isinstance(c, str)
+    ):
+        if name and code and (code not in names or name == "print"):
+            names[code] = name
+    return names
 
 
 def read_job_status(
@@ -15,12 +50,12 @@ def read_job_status(
 ) -> dict | None:
     """Current operations, per-version print state and the audit history (newest first).
 
-    None when the job is unknown to both the jobs table and our own records.
+    None when the job is unknown to both the jobs table and our own records. ``job_id`` is an
+    identifier like any other (R4): compared trimmed, and answered trimmed.
     """
+    job_id = trim_id(job_id)
     with jobmanager.connect() as conn:
-        operations = conn.execute(
-            sa.text("SELECT operations FROM jobs WHERE job_id = :j"), {"j": job_id}
-        ).first()
+        operations = conn.execute(JOB_ROW_SQL, {"j": job_id}).first()
         known = (
             operations is not None
             or conn.execute(
@@ -61,26 +96,16 @@ def read_job_status(
             .all()
         )
     with logs.connect() as conn:
-        rows = (
-            conn.execute(
-                sa.text(
-                    "SELECT o.version_tag, o.operation_id, c.operation, o.status, o.completed_at,"
-                    " o.completed_by, o.source_id, o.notes FROM job_operations o"
-                    " LEFT JOIN operation_codes c ON c.operation_id = o.operation_id"
-                    " WHERE o.job_id = :j ORDER BY o.version_tag, o.sequence_order, o.operation_id"
-                ),
-                {"j": job_id},
-            )
-            .mappings()
-            .all()
-        )
+        names = operation_names(conn)
+        found = [dict(row) for row in conn.execute(JOB_OPERATIONS_SQL, {"j": job_id}).mappings()]
+    rows = [{**row, "operation": names.get(row["operation_id"] or "")} for row in found]
     by_version: dict[str, dict] = {}
     for row in rows:
         version = by_version.setdefault(
             row["version_tag"],
             {"version_tag": row["version_tag"], "status": None, "notes": None, "operations": []},
         )
-        version["operations"].append(dict(row))
+        version["operations"].append(row)
         if row["operation"] == "print":
             version["status"], version["notes"] = row["status"], row["notes"]
     for row in counts:
