@@ -44,6 +44,19 @@ def trimmed_sql(column: str) -> str:
     return f"btrim({column}, {_SQL_ID_WHITESPACE})"
 
 
+# R1/R4: a *_operations row's whole trimmed key as one value, as logs migration
+# 0013_operation_row_keys hash-indexes it (a hash index accepts a key of any length). The
+# separator is the ASCII unit separator; a lookup also compares each column, so an identifier
+# holding it can never match a wrong row.
+_SQL_KEY_SEPARATOR = r" || E'\x1f' || "
+
+
+def row_key_sql(columns: list[str], *, trim: bool = True) -> str:
+    """The key expression over ``columns`` (trimmed, as the index holds it; ``trim=False`` for
+    values already trimmed, e.g. a temp table's). Must stay verbatim what 0013 indexes."""
+    return _SQL_KEY_SEPARATOR.join(trimmed_sql(c) if trim else c for c in columns)
+
+
 # The same extraction as an SQL expression, on the trimmed id (R4); the logs migration
 # 0002_trimmed_identifiers indexes exactly this text (R9).
 FILE_JOB_SQL = (

@@ -32,7 +32,14 @@ from jobstatus_dagster.core.plan import (
 )
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
-from jobstatus_dagster.io.compose import Identifier, composed, expression, joined, trimmed
+from jobstatus_dagster.io.compose import (
+    Identifier,
+    composed,
+    expression,
+    joined,
+    row_key,
+    trimmed,
+)
 from jobstatus_dagster.io.sources import load_operation_codes, read_generation
 from jobstatus_dagster.source import source_named
 
@@ -359,6 +366,20 @@ def _target_differs(p: str, time: str, by: str) -> sql.Composed:
     )
 
 
+def _key_match(alias: str, keys: list[str]) -> sql.Composed:
+    """A *_operations row ``o`` whose trimmed key (R4) is the key of ``alias``'s row: the whole
+    key as one value, probed through the hash index of logs migration 0013 (R1: any length),
+    then column by column, so a separator inside an identifier never matches a wrong row."""
+    whole = sql.SQL("{} = {}").format(
+        row_key([Identifier("o", k) for k in keys]),
+        row_key([Identifier(alias, k) for k in keys], trim=False),
+    )
+    columns = [
+        sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier(alias, k)) for k in keys
+    ]
+    return joined(" AND ", [whole, *columns])
+
+
 def _project_logs_table(
     conn: sa.Connection,
     table: str,
@@ -393,21 +414,9 @@ def _project_logs_table(
         "values": Identifier(f"tmp_{short}"),
         "withdrawn": Identifier(f"tmp_{short}_withdrawn"),
         "touched": Identifier(f"tmp_{short}_touched"),
-        # R4: the shop's identifiers compare trimmed (the key column through its expression index).
-        "match": joined(
-            " AND ",
-            [
-                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("t", k))
-                for k in [*keys, "operation_id"]
-            ],
-        ),
-        "touched_match": joined(
-            " AND ",
-            [
-                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("k", k))
-                for k in keys
-            ],
-        ),
+        # R4: the shop's identifiers compare trimmed; R1: the whole key through its hash index.
+        "match": _key_match("t", [*keys, "operation_id"]),
+        "touched_match": _key_match("k", keys),
         "key_list": joined(", ", [Identifier("t", k) for k in keys]),
         "target_set": expression(_TARGET_SET),
         "original_differs": _target_differs("g", "completed_at", "completed_by"),
