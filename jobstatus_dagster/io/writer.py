@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from psycopg import sql
 
+from jobstatus_dagster.core.identifiers import short_subjects
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -848,7 +849,10 @@ def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
 
 
 def _write_jobs_operations(conn: sa.Connection) -> int:
-    """jobs.operations: the operation state just written, merged into each job's JSON."""
+    """jobs.operations: the operation state just written, merged into each job's JSON. A value
+    that is JSON but not an object (null, a string, a number, an array) cannot be merged into:
+    it is left as the shop holds it, never corrupted, and ``write_failures`` records it (R20).
+    SQL NULL is the empty object, as before."""
     return conn.execute(
         composed(
             """
@@ -861,6 +865,7 @@ def _write_jobs_operations(conn: sa.Connection) -> int:
                     UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
               GROUP BY job_id) p
         WHERE {job_id} = p.job_id
+          AND (j.operations IS NULL OR jsonb_typeof(j.operations) = 'object')
           AND (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
               IS DISTINCT FROM COALESCE(j.operations, '{{}}'::jsonb)
     """,
@@ -878,8 +883,9 @@ def _record_failures(
 ) -> None:
     """This run's failures (the plan's and the logs write's) and the rows it processed."""
     failures = pd.concat([plan.failures, logs_failures], ignore_index=True)
-    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
-    failures["subject"] = failures["subject"].astype("string").fillna("").str.slice(0, 200)
+    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB): a long
+    # subject keeps its start and a digest of the whole (R20), so it stays one row per value.
+    failures["subject"] = short_subjects(failures["subject"])
     failures["detail"] = failures["detail"].astype("string").str.slice(0, 2000)
     _copy_into(conn, "tmp_failures", failures, FAILURE_COLUMNS, analyze=True)
     _copy_into(conn, "tmp_processed", plan.processed, ["source_id", "marker", "kind"], analyze=True)
@@ -942,6 +948,23 @@ def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> No
                'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
         FROM tmp_attributions a
         WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {job_id} = a.job_id)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
+    )
+    # R20: a jobs.operations value that is not a JSON object was left untouched (see
+    # _write_jobs_operations); each row that would write it records so, retryably (the shop
+    # may fix the value). One statement for the whole window, like missing_job.
+    conn.execute(
+        composed(
+            """
+        INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
+        SELECT DISTINCT a.source_type, a.source_id, 'operations_not_object', a.job_id,
+               'jobs.operations of job ' || a.job_id || ' is a JSON '
+               || jsonb_typeof(j.operations) || ', not an object; left as it is, not written',
+               true
+        FROM tmp_attributions a JOIN jobs j ON {job_id} = a.job_id
+        WHERE a.own AND jsonb_typeof(j.operations) <> 'object'
     """,
             job_id=trimmed(Identifier("j", "job_id")),
         )
