@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 
@@ -70,6 +71,83 @@ SCAN_ROW = st.fixed_dictionaries(
 
 
 MARKER_SQL = "SELECT last_processed_id FROM processing_markers WHERE marker_type = 'print_os'"
+# R20: jobs.operations values that are JSON but not objects; each must be left as it is.
+NOT_OBJECTS = ("null", '"done"', "7", '["print"]')
+
+
+def long_id(prefix: str, length: int = 4000) -> str:
+    """An identifier past a btree row's 2.7 kB that does not compress (a hash chain in hex)."""
+    text, block = prefix, prefix.encode()
+    while len(text) < length:
+        block = hashlib.sha256(block).digest()
+        text += block.hex()
+    return text[:length]
+
+
+def _hostile_reference_data(urls, findings: list[str]) -> dict[str, str]:
+    """Issue 18: a 4,000-character imposition mapped to a real job's file and on a runlist, the
+    shop's own *_operations rows holding 4,000-character ids (R1: our indexes must accept
+    them), and jobs whose operations are JSON but not objects (R20). Returns the jobs'
+    operations as set, to check they are left untouched."""
+    jm, logs = engine(urls.jobmanager), engine(urls.logs)
+    long_imp = long_id("IMP-LONG-")
+    try:
+        with logs.begin() as conn:
+            file_id = conn.execute(
+                sa.text("SELECT file_id FROM imposition_file_mapping ORDER BY id LIMIT 1")
+            ).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO imposition_file_mapping (imposition_id, file_id) VALUES (:i, :f)"
+                ),
+                {"i": long_imp, "f": file_id},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO production_planner_paths (runlist_id, imposition_id)"
+                    " VALUES ('RL-LONG', :i), (:r, :i)"
+                ),
+                {"i": long_imp, "r": long_id("RL-LONG-")},
+            )
+            for table, insert in (
+                (
+                    "imposition_operations",
+                    "INSERT INTO imposition_operations (imposition_operation_id, imposition_id,"
+                    " operation_id) VALUES ('long-imposition-op', :i, 'op001')",
+                ),
+                (
+                    "job_operations",
+                    "INSERT INTO job_operations (job_operation_id, job_id, version_tag,"
+                    " operation_id) VALUES ('long-job-op', :j, :j, :j)",
+                ),
+            ):
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.text(insert), {"i": long_imp, "j": long_id("JOB-LONG-")})
+                except sa.exc.DBAPIError as err:
+                    findings.append(
+                        f"the shop's own INSERT of a 4,000-character id into {table} was"
+                        f" refused: {str(err.orig).splitlines()[0][:200]}"
+                    )
+        with jm.begin() as conn:
+            jobs = (
+                conn.execute(
+                    sa.text("SELECT job_id FROM jobs ORDER BY job_id LIMIT :n"),
+                    {"n": len(NOT_OBJECTS)},
+                )
+                .scalars()
+                .all()
+            )
+            held = dict(zip(jobs, NOT_OBJECTS, strict=False))
+            for job, value in held.items():
+                conn.execute(
+                    sa.text("UPDATE jobs SET operations = CAST(:v AS jsonb) WHERE job_id = :j"),
+                    {"v": value, "j": job},
+                )
+        return {"long_imposition": long_imp, **{f"job:{j}": v for j, v in held.items()}}
+    finally:
+        jm.dispose()
+        logs.dispose()
 
 
 def _clean(value):
@@ -106,6 +184,9 @@ def hostile_input(suite: Suite, examples: int = 12) -> Result:
         home = suite.cluster.home()
         jm = engine(urls.jobmanager)
         try:
+            reference = _hostile_reference_data(urls, findings)
+            if any("refused" in f for f in findings):
+                result.equal = False
             with jm.begin() as conn:
                 top = conn.execute(sa.text('SELECT max(marker) FROM "print OS"')).scalar()
                 good_imp = conn.execute(
@@ -130,6 +211,23 @@ def hostile_input(suite: Suite, examples: int = 12) -> Result:
                             f" {str(err.orig).splitlines()[0][:200]}"
                         )
                         result.equal = False
+                # The long imposition printed, and scanned by its runlists (R5, R20).
+                conn.execute(
+                    sa.text(
+                        'INSERT INTO "print OS" (name, status, marker, job_complete_time)'
+                        " VALUES (:n, 'PRINTED', :m, now())"
+                    ),
+                    {"n": reference["long_imposition"], "m": top + 1},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO scanned_codes (code_text, scanned_at, machine_id, operations)"
+                        " VALUES ('RL-LONG', now(), 'm', '{\"coating\": true}'),"
+                        " (:r, now(), 'm', '[\"kiss_cut\"]')"
+                    ),
+                    {"r": long_id("RL-LONG-")},
+                )
+                top += 1
                 good_id = conn.execute(
                     sa.text(
                         'INSERT INTO "print OS" (name, status, marker, job_complete_time)'
@@ -158,6 +256,18 @@ def hostile_input(suite: Suite, examples: int = 12) -> Result:
             finally:
                 runner.close()
             with jm.connect() as conn:
+                for key, value in reference.items():
+                    if not key.startswith("job:"):
+                        continue
+                    now = conn.execute(
+                        sa.text("SELECT operations::text FROM jobs WHERE job_id = :j"),
+                        {"j": key[4:]},
+                    ).scalar()
+                    if now != json.dumps(json.loads(value)):
+                        findings.append(
+                            f"jobs.operations {value} of job {key[4:]} became {now} (R20)"
+                        )
+                        result.equal = False
                 good = conn.execute(
                     sa.text(
                         "SELECT count(*) FROM processed_source_rows WHERE source_type = 'print_os'"

@@ -10,18 +10,31 @@ from jobstatus_dagster.core.identifiers import (
     FOREIGN,
     ID_WHITESPACE,
     MALFORMED,
+    MAX_KEY_BYTES,
     OURS,
+    SUBJECT_CHARS,
     classify_file_ids,
     file_id_sql_patterns,
     foreign_file_failures,
+    guard_plan_keys,
     highest_versions,
+    key_too_long,
     normalise_operation_codes,
     parse_file_id,
     parse_file_ids,
+    short_subject,
     trim_id,
     trim_ids,
     trimmed_sql,
     version_sort_key,
+)
+from jobstatus_dagster.core.plan import (
+    FAILURE_COLUMNS,
+    IDENTIFIER_TOO_LONG,
+    SCANNER,
+    UpdatePlan,
+    Window,
+    empty,
 )
 
 digits = st.from_regex(r"[0-9]{1,6}", fullmatch=True)
@@ -244,3 +257,41 @@ def test_r4_r20_sql_patterns_classify_like_python(
         else:  # malformed: not well-formed, or our token but for case (the check compares lower)
             token = trim_id(value).split("_")[2] if well_formed else ""
             assert not is_ours and (not well_formed or token.casefold() == "labex"), value
+
+
+@given(st.text(min_size=0, max_size=600))
+def test_r20_a_failure_subject_fits_the_key_and_tells_values_apart(value: str) -> None:
+    subject = short_subject(value)
+    assert len(subject) <= SUBJECT_CHARS
+    if len(value) <= SUBJECT_CHARS:
+        assert subject == value
+    else:
+        assert subject.startswith(value[:100])
+        assert short_subject(value + "x") != subject  # the digest covers the whole value
+
+
+def test_r20_an_identifier_too_long_for_a_key_is_dropped_and_recorded() -> None:
+    """R20: only the attribution with the long key is left out; the row's others stay."""
+    window = Window(SCANNER, 0, 10)
+    long_imp = "é" * (MAX_KEY_BYTES // 2 + 1)  # 501 characters, 1,002 bytes
+    plan = UpdatePlan(window=window)
+    plan.imposition_attributions = pd.DataFrame(
+        {
+            "source_type": SCANNER,
+            "source_id": [7, 7, 8],
+            "marker": [7, 7, 8],
+            "imposition_id": [long_imp, "IMP-1", long_imp],
+            "operation": "coating",
+            "status": "completed",
+            "event_time": pd.Timestamp("2026-11-01"),
+            "evidence_notes": "",
+        }
+    )
+    plan.failures = empty(FAILURE_COLUMNS)
+    guarded = guard_plan_keys(plan)
+    assert guarded.imposition_attributions["imposition_id"].tolist() == ["IMP-1"]
+    failures = guarded.failures.sort_values("source_id")
+    assert failures["source_id"].tolist() == [7, 8]
+    assert set(failures["reason"]) == {IDENTIFIER_TOO_LONG}
+    assert not failures["retryable"].any()
+    assert key_too_long(pd.Series(["é" * 500, long_imp, None])).tolist() == [False, True, False]

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from jobstatus_dagster.api import create_app
 from jobstatus_dagster.io import feed
 from jobstatus_dagster.io.feed import JobFilter, export_jobs, read_jobs
-from jobstatus_dagster.io.status import read_job_status
+from jobstatus_dagster.io.status import JOB_OPERATIONS_SQL, read_job_status
 from jobstatus_dagster_tests.shop import T0, Shop
 
 with warnings.catch_warnings():
@@ -267,3 +267,21 @@ def test_r20_jobs_operations_that_is_not_an_object_reads_as_no_flags(
     assert (job["job_id"], job["current_status"]) == (ODD_JSON, {})
     assert {o["operation"] for o in job["operations"]} == {"print"}
     assert csv_ids(client, limit=1, after=PENDING) == [ODD_JSON]
+
+
+def test_r1_r4_a_jobs_status_reads_its_operation_rows_through_the_trimmed_hash_index(
+    read_shop: Shop,
+) -> None:
+    """On many job_operations rows, a status reads one job's rows through the hash index on the
+    trimmed job id (logs 0016), which accepts ids of any length (R1). Rolled back."""
+    with read_shop.logs.connect() as conn, conn.begin() as transaction:
+        conn.exec_driver_sql(
+            "INSERT INTO job_operations (job_operation_id, job_id, version_tag, operation_id)"
+            " SELECT 'r' || g, g || '_' || g, '1', 'op001' FROM generate_series(1, 20000) g"
+        )
+        conn.exec_driver_sql("ANALYZE job_operations")
+        plan = "\n".join(
+            r[0] for r in conn.execute(sa.text(f"EXPLAIN {JOB_OPERATIONS_SQL.text}"), {"j": "7_7"})
+        )
+        assert "idx_job_operations_job_trimmed" in plan, plan
+        transaction.rollback()

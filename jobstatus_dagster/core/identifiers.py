@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
 import pandas as pd
 
-from jobstatus_dagster.core.plan import FOREIGN_FILE, failure_rows
+from jobstatus_dagster.core.plan import (
+    FAILURE_COLUMNS,
+    FOREIGN_FILE,
+    IDENTIFIER_TOO_LONG,
+    UpdatePlan,
+    failure_rows,
+)
 
 # R4: identifiers read from any table compare after trimming exactly these characters, in Python
 # (``trim_id``/``trim_ids``) and in SQL (``trimmed_sql``). Python's bare ``str.strip()`` would
@@ -42,6 +49,19 @@ def trimmed_sql(column: str) -> str:
     """R4: ``column`` trimmed as ``trim_ids`` trims; the migrations index exactly this text, so
     a lookup must use it verbatim to reach its index."""
     return f"btrim({column}, {_SQL_ID_WHITESPACE})"
+
+
+# R1/R4: a *_operations row's whole trimmed key as one value, as logs migration
+# 0013_operation_row_keys hash-indexes it (a hash index accepts a key of any length). The
+# separator is the ASCII unit separator; a lookup also compares each column, so an identifier
+# holding it can never match a wrong row.
+_SQL_KEY_SEPARATOR = r" || E'\x1f' || "
+
+
+def row_key_sql(columns: list[str], *, trim: bool = True) -> str:
+    """The key expression over ``columns`` (trimmed, as the index holds it; ``trim=False`` for
+    values already trimmed, e.g. a temp table's). Must stay verbatim what 0013 indexes."""
+    return _SQL_KEY_SEPARATOR.join(trimmed_sql(c) if trim else c for c in columns)
 
 
 # The same extraction as an SQL expression, on the trimmed id (R4); the logs migration
@@ -224,3 +244,120 @@ def highest_versions(versions: pd.DataFrame) -> pd.DataFrame:
     return (
         ordered.groupby("job_id", sort=False).tail(1).drop(columns="_rank").reset_index(drop=True)
     )
+
+
+# ----- R1/R20: identifiers that reach one of our btree keys -----------------------------------
+# A btree (version 4) index row holds at most 2,704 bytes. Our widest keys hold two identifiers
+# besides short columns (imposition_status_updates_source_key: imposition id and operation;
+# job_operation_state: job id and operation), so each identifier that reaches one is limited to
+# 1,000 bytes of UTF-8, counted uncompressed (Postgres may compress a key, but a value of random
+# text does not compress and must not decide whether a source stops). Job ids and version tags
+# are already bounded by R4/R5's patterns; imposition ids and operation names are not.
+MAX_KEY_BYTES = 1000
+# processing_failures_key holds the subject: at most this many characters (4 bytes each at most).
+SUBJECT_CHARS = 200
+
+
+def utf8_lengths(values: pd.Series) -> pd.Series:
+    """Bytes of each value as UTF-8 (0 for NA), aligned to input."""
+    text = values.astype("string")
+    chars = text.str.len().fillna(0).astype("int64")
+    lengths = chars.copy()
+    wide = ~text.isna() & (chars > 0)
+    # Only values that may hold non-ASCII text are encoded (ASCII: one byte per character).
+    if wide.any():
+        sub = text[wide]
+        ascii_only = sub.map(str.isascii).astype(bool)
+        encoded = sub[~ascii_only].map(lambda v: len(v.encode("utf-8")))
+        lengths[encoded.index] = encoded.astype("int64")
+    return lengths
+
+
+def key_too_long(values: pd.Series) -> pd.Series:
+    """R20: True where a value is longer than an identifier in one of our index keys may be."""
+    return (utf8_lengths(values) > MAX_KEY_BYTES).astype(bool)
+
+
+def short_subject(value: str) -> str:
+    """A failure's subject that fits processing_failures_key: the value itself when short
+    enough, else its start and a digest of the whole, so two long values never share a
+    subject and the same value always gets the same one (R17, R23)."""
+    if len(value) <= SUBJECT_CHARS:
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    suffix = f"…[{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}]"
+    return value[: SUBJECT_CHARS - len(suffix)] + suffix
+
+
+def short_subjects(values: pd.Series) -> pd.Series:
+    text = values.astype("string").fillna("")
+    long = text.str.len() > SUBJECT_CHARS
+    if long.any():
+        text = text.copy()
+        text[long] = text[long].map(short_subject)
+    return text
+
+
+_KEYS_OF = {
+    "attributions": (["job_id", "version_tag", "operation"], "job_operations"),
+    "imposition_attributions": (["imposition_id", "operation"], "imposition_operations"),
+}
+
+
+def _unindexable(frame: pd.DataFrame, columns: list[str], table: str) -> tuple[pd.Series, list]:
+    """Rows of ``frame`` with a key value too long for an index, and their failures (R20)."""
+    bad = pd.Series(False, index=frame.index)
+    failures = []
+    for column in columns:
+        lengths = utf8_lengths(frame[column])
+        hit = lengths > MAX_KEY_BYTES
+        bad |= hit
+        rows = frame[hit]
+        if "own" in rows:  # a print row outside the window is only refreshed, never recorded
+            rows = rows[rows["own"].astype(bool)]
+        if rows.empty:
+            continue
+        values = rows[column].astype("string")
+        found = failure_rows(
+            rows,
+            "",
+            IDENTIFIER_TOO_LONG,
+            short_subjects(values),
+            column
+            + " of "
+            + lengths[rows.index].astype("string")
+            + f" bytes is longer than the {MAX_KEY_BYTES} an index key of jobstatus holds;"
+            f" not attributed (its {table} row is not written), the rest of the row applies",
+        ).assign(source_type=rows["source_type"].to_numpy())
+        failures.append(found)
+    return bad.astype(bool), failures
+
+
+def guard_plan_keys(plan: UpdatePlan) -> UpdatePlan:
+    """R20: one bad row never stops a source. Every attribution whose identifier is too long for
+    our btree keys (``MAX_KEY_BYTES``) is dropped from the plan and recorded against its source
+    row (IDENTIFIER_TOO_LONG, not retryable); what the row attributes with fine keys still
+    applies. A function of each row alone, so the same whatever the windowing (R22, R23)."""
+    failures = [plan.failures]
+    for name, (columns, table) in _KEYS_OF.items():
+        frame = getattr(plan, name)
+        if frame.empty:
+            continue
+        bad, found = _unindexable(frame, columns, table)
+        failures.extend(found)
+        if bad.any():
+            setattr(plan, name, frame[~bad].reset_index(drop=True))
+    # Print state follows the job versions' attributions (job ids and tags are bounded by R4).
+    state = plan.print_state
+    if not state.empty:
+        bad = key_too_long(state["job_id"]) | key_too_long(state["version_tag"])
+        plan.print_state = state[~bad].reset_index(drop=True)
+    jobs = pd.Series(plan.print_jobs, dtype="string")
+    plan.print_jobs = jobs[~key_too_long(jobs)].tolist()
+    if len(failures) > 1:
+        plan.failures = (
+            pd.concat([f for f in failures if len(f)] or failures[:1], ignore_index=True)
+            .drop_duplicates(["source_type", "source_id", "reason", "subject"])[FAILURE_COLUMNS]
+            .reset_index(drop=True)
+        )
+    return plan

@@ -87,8 +87,17 @@ RETRYABLE_REASONS = frozenset(
         "missing_job",
         "missing_operation_row",
         "unmapped_operation",
+        "operations_not_object",
     }
 )
+# R20: an identifier longer than one of our btree keys allows (core.identifiers.MAX_KEY_BYTES):
+# recorded against its row, dropped from the row's attributions; the rest still applies. Not
+# retryable: the source row itself holds the value.
+IDENTIFIER_TOO_LONG = "identifier_too_long"
+# R20: jobs.operations of the job is JSON but not an object (null, a string, a number, an
+# array): left as the shop holds it, recorded against each row that would write it; retryable,
+# as the shop may fix the value (io/writer.write_failures).
+OPERATIONS_NOT_OBJECT = "operations_not_object"
 # R20: a well-formed file id of another customer: recorded once per file id, and not a
 # data-quality failure (another customer's file is not ours to fix).
 FOREIGN_FILE = "foreign_file"

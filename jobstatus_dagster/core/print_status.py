@@ -17,6 +17,7 @@ from jobstatus_dagster.core.identifiers import (
     MALFORMED,
     classify_file_ids,
     foreign_file_failures,
+    guard_plan_keys,
     highest_versions,
     parse_file_ids,
     trim_ids,
@@ -273,7 +274,7 @@ def compute_print_plan(
 
     plan.print_jobs = sorted(set(job_files["job_id"]) | set(event_files["job_id"]))
     if job_files.empty:
-        return plan
+        return guard_plan_keys(plan)  # R20: an imposition id too long for our keys
 
     files = _file_first_events(job_files, history)
     # Every (job version, event) pair of the reached jobs' history: the audit rows (R17), with
@@ -336,4 +337,4 @@ def compute_print_plan(
         aborted_count=current["aborted"],
         total_count=current["total"],
     )[PRINT_STATE_COLUMNS].reset_index(drop=True)
-    return plan
+    return guard_plan_keys(plan)  # R20: an imposition id too long for our keys

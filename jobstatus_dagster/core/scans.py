@@ -14,6 +14,7 @@ from jobstatus_dagster.core.identifiers import (
     MALFORMED,
     classify_file_ids,
     foreign_file_failures,
+    guard_plan_keys,
     natural_key,
     normalise_operation,
     parse_file_ids,
@@ -322,4 +323,6 @@ def compute_scan_plan(
         ].drop_duplicates(["source_id", "imposition_id", "operation"])
     if not job_targets.empty:
         plan.attributions = attributed(job_targets)[ATTRIBUTION_COLUMNS].reset_index(drop=True)
-    return plan
+    # R20: an imposition of the runlist (or an operation name) too long for our keys is recorded
+    # and left out; the scan's other impositions and its job versions still apply.
+    return guard_plan_keys(plan)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from psycopg import sql
 
-from jobstatus_dagster.core.identifiers import trimmed_sql
+from jobstatus_dagster.core.identifiers import row_key_sql, trimmed_sql
 
 Identifier = sql.Identifier
 
@@ -39,3 +39,9 @@ def trimmed(column: sql.Identifier) -> sql.SQL:
 
 def joined(separator: str, parts: list[sql.Composable]) -> sql.Composed:
     return sql.SQL(separator).join(parts)
+
+
+def row_key(columns: list[sql.Identifier], *, trim: bool = True) -> sql.SQL:
+    """R1/R4: a *_operations row's whole key as one value, as the hash indexes of logs migration
+    0013 hold it (``trim=True``: the shop's columns, trimmed) or as a temp table holds it."""
+    return sql.SQL(row_key_sql([c.as_string() for c in columns], trim=trim))

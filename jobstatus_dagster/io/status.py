@@ -6,7 +6,7 @@ from jobstatus_dagster.core.identifiers import normalise_operation, trim_id, ver
 from jobstatus_dagster.io.compose import Identifier, composed, trimmed
 
 # R4: the shop's rows are matched on their trimmed ids, through the trimmed expression indexes
-# (jobs: idx_jobs_job_id_trimmed, hash; job_operations: idx_job_operations_key_trimmed). Of
+# (jobs: idx_jobs_job_id_trimmed; job_operations: idx_job_operations_job_trimmed; both hash). Of
 # several jobs rows that trim alike, the one spelled exactly so, then the lowest spelling.
 # R20: jobs.operations that is not a JSON object (null, a string, an array, a number) reads
 # as no flags.

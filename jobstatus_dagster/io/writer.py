@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from psycopg import sql
 
+from jobstatus_dagster.core.identifiers import short_subjects
 from jobstatus_dagster.core.plan import (
     ATTRIBUTION_COLUMNS,
     FAILURE_COLUMNS,
@@ -33,7 +34,14 @@ from jobstatus_dagster.core.plan import (
 )
 from jobstatus_dagster.core.projection import Projection, project
 from jobstatus_dagster.faults import crash_point, transient_point
-from jobstatus_dagster.io.compose import Identifier, composed, expression, joined, trimmed
+from jobstatus_dagster.io.compose import (
+    Identifier,
+    composed,
+    expression,
+    joined,
+    row_key,
+    trimmed,
+)
 from jobstatus_dagster.io.sources import (
     load_operation_codes,
     load_versions_of_jobs,
@@ -399,6 +407,20 @@ def _reached_rows(names: dict[str, sql.Composable]) -> sql.Composed:
     ).format(held=held, **names)
 
 
+def _key_match(alias: str, keys: list[str]) -> sql.Composed:
+    """A *_operations row ``o`` whose trimmed key (R4) is the key of ``alias``'s row: the whole
+    key as one value, probed through the hash index of logs migration 0013 (R1: any length),
+    then column by column, so a separator inside an identifier never matches a wrong row."""
+    whole = sql.SQL("{} = {}").format(
+        row_key([Identifier("o", k) for k in keys]),
+        row_key([Identifier(alias, k) for k in keys], trim=False),
+    )
+    columns = [
+        sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier(alias, k)) for k in keys
+    ]
+    return joined(" AND ", [whole, *columns])
+
+
 def _project_logs_table(
     conn: sa.Connection,
     table: str,
@@ -433,21 +455,9 @@ def _project_logs_table(
         "values": Identifier(f"tmp_{short}"),
         "withdrawn": Identifier(f"tmp_{short}_withdrawn"),
         "touched": Identifier(f"tmp_{short}_touched"),
-        # R4: the shop's identifiers compare trimmed (the key column through its expression index).
-        "match": joined(
-            " AND ",
-            [
-                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("t", k))
-                for k in [*keys, "operation_id"]
-            ],
-        ),
-        "touched_match": joined(
-            " AND ",
-            [
-                sql.SQL("{} = {}").format(trimmed(Identifier("o", k)), Identifier("k", k))
-                for k in keys
-            ],
-        ),
+        # R4: the shop's identifiers compare trimmed; R1: the whole key through its hash index.
+        "match": _key_match("t", [*keys, "operation_id"]),
+        "touched_match": _key_match("k", keys),
         "key_list": joined(", ", [Identifier("t", k) for k in keys]),
         "target_set": expression(_TARGET_SET),
         "original_differs": _target_differs("g", "completed_at", "completed_by"),
@@ -918,7 +928,10 @@ def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
 
 
 def _write_jobs_operations(conn: sa.Connection) -> int:
-    """jobs.operations: the operation state just written, merged into each job's JSON."""
+    """jobs.operations: the operation state just written, merged into each job's JSON. A value
+    that is JSON but not an object (null, a string, a number, an array) cannot be merged into:
+    it is left as the shop holds it, never corrupted, and ``write_failures`` records it (R20).
+    SQL NULL is the empty object, as before."""
     return conn.execute(
         composed(
             """
@@ -931,6 +944,7 @@ def _write_jobs_operations(conn: sa.Connection) -> int:
                     UNION ALL SELECT job_id, operation, NULL FROM tmp_job_state_withdrawn) x
               GROUP BY job_id) p
         WHERE {job_id} = p.job_id
+          AND (j.operations IS NULL OR jsonb_typeof(j.operations) = 'object')
           AND (COALESCE(j.operations, '{{}}'::jsonb) - p.removed) || p.ops
               IS DISTINCT FROM COALESCE(j.operations, '{{}}'::jsonb)
     """,
@@ -953,8 +967,9 @@ def _reprojected(evidence: Evidence) -> pd.DataFrame:
 
 
 def _failure_subject(subjects: pd.Series) -> pd.Series:
-    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB).
-    return subjects.astype("string").fillna("").str.slice(0, 200)
+    # Hostile input must not break the unique index (btree rows are limited to ~2.7 kB): a long
+    # subject keeps its start and a digest of the whole (R20), so it stays one row per value.
+    return short_subjects(subjects)
 
 
 def _record_failures(
@@ -1045,6 +1060,23 @@ def write_failures(conn: sa.Connection, params: dict, report: WriteReport) -> No
                'job ' || a.job_id || ' is not in jobs; jobs.operations not written', true
         FROM tmp_attributions a
         WHERE a.own AND NOT EXISTS (SELECT 1 FROM jobs j WHERE {job_id} = a.job_id)
+    """,
+            job_id=trimmed(Identifier("j", "job_id")),
+        )
+    )
+    # R20: a jobs.operations value that is not a JSON object was left untouched (see
+    # _write_jobs_operations); each row that would write it records so, retryably (the shop
+    # may fix the value). One statement for the whole window, like missing_job.
+    conn.execute(
+        composed(
+            """
+        INSERT INTO tmp_failures (source_type, source_id, reason, subject, detail, retryable)
+        SELECT DISTINCT a.source_type, a.source_id, 'operations_not_object', a.job_id,
+               'jobs.operations of job ' || a.job_id || ' is a JSON '
+               || jsonb_typeof(j.operations) || ', not an object; left as it is, not written',
+               true
+        FROM tmp_attributions a JOIN jobs j ON {job_id} = a.job_id
+        WHERE a.own AND jsonb_typeof(j.operations) <> 'object'
     """,
             job_id=trimmed(Identifier("j", "job_id")),
         )

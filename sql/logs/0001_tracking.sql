@@ -17,10 +17,9 @@ CREATE INDEX IF NOT EXISTS idx_imposition_operations_completed ON imposition_ope
 CREATE INDEX IF NOT EXISTS idx_imposition_operations_source
     ON imposition_operations (completed_by, source_id);
 
--- Lookups by the rows we update.
-CREATE INDEX IF NOT EXISTS idx_job_operations_key ON job_operations (job_id, version_tag, operation_id);
-CREATE INDEX IF NOT EXISTS idx_imposition_operations_key
-    ON imposition_operations (imposition_id, operation_id);
+-- Lookups by the rows we update: see 0013_operation_row_keys (hash, R1). This migration once
+-- created btree indexes here on the raw key columns; a btree refuses an identifier past ~2.7 kB,
+-- so a fresh install no longer creates them and 0013 drops them where they exist.
 -- Hash indexes on the shop's single text columns: equality lookups only, and no size limit
 -- that could make the shop's own inserts fail.
 CREATE INDEX IF NOT EXISTS idx_imposition_file_mapping_imposition
