@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from jobstatus_dagster.core.plan import PRINT_OS, SCANNER, Window
 from jobstatus_dagster.db import DatabaseUrls
+from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.source import SOURCE_NAMES
 from jobstatus_testkit.convergence import OPERATION_IDS, T0, Env, ShopData, _diff, open_env
 
@@ -418,3 +419,81 @@ def test_r22_a_failure_about_a_key_ends_resolved_when_a_later_scan_wins_the_key(
         )
     }
     assert from_scratch_over_processed(env, data) == []
+
+
+# ----- the review of these fixes: a job left with no print event; two spellings ----------------
+def test_r22b_r20_a_deleted_print_row_that_was_its_jobs_only_event_is_withdrawn(env: Env) -> None:
+    """IMP-1 holds J's only file; its one PRINTED row (marker 1) is processed: J version 1 is
+    completed. The shop deletes that row. R22b: a backfill over its range makes the state a
+    from-scratch run over today's data (no print event: J's print row back to its original,
+    no print flag). R20: nothing raises.
+
+    The review found the plan raising ``TypeError`` in print_status._older_notes: the gone
+    row's job is reached (through its previous attributions) but has no event left."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"]},
+        job_ops={(J, "1", PRINT_OP): "legacy"},
+        imposition_ops={("IMP-1", PRINT_OP): None},
+        prints=[(1, "IMP-1", "PRINTED", 1, at(1), at(1))],
+    )
+    start(env, data)
+    env.drain(PRINT_OS)
+    assert flags(env, J)["print"] is True
+    delete_source_row(env, PRINT_OS, 1)
+    data.prints.clear()
+    env.backfill_all(PRINT_OS)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "legacy"
+    assert "print" not in flags(env, J)
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r21_r20_a_backfill_after_a_file_moved_to_an_unprinted_imposition_does_not_raise(
+    env: Env,
+) -> None:
+    """J's only file sits in IMP-1, which printed (processed). The shop corrects the mapping: the
+    file is in IMP-2, which never printed. R21/R22b: a backfill over the event recomputes the
+    status (J version 1 has no print status; IMP-1's event is unmapped now). The review found
+    the same TypeError: the job reached through its previous attribution has no event left."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": []},
+        job_ops={(J, "1", PRINT_OP): None},
+        prints=[(1, "IMP-1", "PRINTED", 1, at(1), at(1))],
+    )
+    start(env, data)
+    env.drain(PRINT_OS)
+    assert job_op(env, J, "1", PRINT_OP)["status"] == "completed"
+    data.files = {"IMP-1": [], "IMP-2": [f"FILE_1_Labex_{J}_a"]}
+    env.write_reference(data)
+    env.backfill_all(PRINT_OS)
+    assert job_op(env, J, "1", PRINT_OP)["status"] is None
+    assert from_scratch_over_processed(env, data) == []
+
+
+def test_r4_r20_the_status_read_shows_the_flags_the_writer_wrote_when_one_spelling_is_not_an_object(
+    env: Env,
+) -> None:
+    """jobs holds J twice ('100_200' and '100_200 ', R4: one identifier); the exact spelling's
+    operations is the JSON string "n/a", the padded one an object. A coating scan of J_1: the
+    writer leaves the string as it is (R20) and writes coating into the padded row, so the
+    job's flags are {"coating": true}. GET /api/job-status (read_job_status) shows what the
+    writer wrote for that identifier, not the exact spelling's non-object read as {}."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"]},
+        job_ops={(J, "1", COATING): None},
+        scans=[(1, f"{J}_1", at(5), json.dumps({"coating": True}))],
+    )
+    start(env, data)
+    with env.jm.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE jobs SET operations = '\"n/a\"'::jsonb WHERE job_id = :j"), {"j": J}
+        )
+        conn.execute(
+            sa.text("INSERT INTO jobs (job_id, operations) VALUES (:j, '{}')"), {"j": J + " "}
+        )
+    env.drain(SCANNER)
+    with env.jm.connect() as conn:
+        written = conn.execute(
+            sa.text("SELECT operations FROM jobs WHERE job_id = :j"), {"j": J + " "}
+        ).scalar_one()
+    assert written == {"coating": True}
+    assert read_job_status(env.jm, env.logs, J)["current_status"].get("coating") is True

@@ -200,6 +200,8 @@ def _counts_at(points: pd.DataFrame, files: pd.DataFrame) -> pd.DataFrame:
 def _older_notes(pairs: pd.DataFrame) -> pd.Series:
     """R23: "older than" notes from the (marker, id) order alone: an event whose time is before
     that of an event of the same job version ahead of it in that order."""
+    if pairs.empty:  # no event left for the versions reached (R22b: the last one was deleted)
+        return pd.Series("", index=pairs.index, dtype="object")
     ranked = (
         pairs[["event_time", "seq"]]
         .drop_duplicates()

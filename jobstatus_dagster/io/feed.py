@@ -123,7 +123,8 @@ SELECT p.job_id, j.found IS NOT NULL AS in_jobs_table,
            AS updated_at
 FROM page p LEFT JOIN LATERAL (
     SELECT true AS found, j.operations FROM jobs j WHERE {jobs_trimmed} = p.job_id
-    ORDER BY j.job_id = p.job_id DESC, j.job_id LIMIT 1) j ON true
+    ORDER BY jsonb_typeof(j.operations) IS NOT DISTINCT FROM 'object' DESC,
+             j.job_id = p.job_id DESC, j.job_id LIMIT 1) j ON true
 ORDER BY p.job_id
 """
 _TRIMMED_JOB_ID = trimmed(Identifier("job_id"))

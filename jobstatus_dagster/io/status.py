@@ -7,13 +7,15 @@ from jobstatus_dagster.io.compose import Identifier, composed, trimmed
 
 # R4: the shop's rows are matched on their trimmed ids, through the trimmed expression indexes
 # (jobs: idx_jobs_job_id_trimmed; job_operations: idx_job_operations_job_trimmed; both hash). Of
-# several jobs rows that trim alike, the one spelled exactly so, then the lowest spelling.
+# several jobs rows that trim alike, one whose operations the writer can write (an object,
+# R20), then the one spelled exactly so, then the lowest spelling.
 # R20: jobs.operations that is not a JSON object (null, a string, an array, a number) reads
 # as no flags.
 JOB_ROW_SQL = composed(
     "SELECT CASE WHEN jsonb_typeof(operations) = 'object' THEN operations"
     " ELSE '{{}}'::jsonb END AS operations FROM jobs"
-    " WHERE {job_id} = :j ORDER BY job_id = :j DESC, job_id LIMIT 1",
+    " WHERE {job_id} = :j ORDER BY jsonb_typeof(operations) IS NOT DISTINCT FROM 'object' DESC,"
+    " job_id = :j DESC, job_id LIMIT 1",
     job_id=trimmed(Identifier("job_id")),
 )
 JOB_OPERATIONS_SQL = composed(
