@@ -497,3 +497,28 @@ def test_r4_r20_the_status_read_shows_the_flags_the_writer_wrote_when_one_spelli
         ).scalar_one()
     assert written == {"coating": True}
     assert read_job_status(env.jm, env.logs, J)["current_status"].get("coating") is True
+
+
+def test_r22b_a_deleted_row_with_no_marker_is_no_longer_processed_after_any_window(
+    env: Env,
+) -> None:
+    """A print row with no marker is processed as a failure (missing_marker); the shop deletes
+    it: the next window, whatever its range, resolves its failure and forgets it, as a
+    from-scratch run never saw it."""
+    data = shop(
+        files={"IMP-1": [f"FILE_1_Labex_{J}_a"]},
+        prints=[
+            (1, "IMP-1", "PRINTED", None, at(1), at(1)),
+            (2, "IMP-1", "PRINTED", 5, at(2), at(2)),
+        ],
+    )
+    start(env, data)
+    env.drain(PRINT_OS)
+    assert (PRINT_OS, 1) in processed_rows(env)
+    assert any(f[1] == 1 for f in open_failures(env))
+    delete_source_row(env, PRINT_OS, 1)
+    data.prints.pop(0)
+    process(env, PRINT_OS, 5, 5)
+    assert (PRINT_OS, 1) not in processed_rows(env)
+    assert not any(f[1] == 1 for f in open_failures(env))
+    assert from_scratch_over_processed(env, data) == []

@@ -191,11 +191,12 @@ def load_window(
     return rows.drop_duplicates("source_id", keep="first").reset_index(drop=True)
 
 
-# R22b: rows processed in the window that the shop has deleted since; what they were
-# attributed is withdrawn, and they are no longer processed rows.
+# R22b: rows processed in the window (or with no marker: no window holds them) that the shop
+# has deleted since; what they were attributed is withdrawn, and they are no longer processed.
 _GONE = """
     SELECT r.source_id, r.marker FROM processed_source_rows r
-    WHERE r.source_type = :source_type AND r.marker > :from_marker AND r.marker <= :to_marker
+    WHERE r.source_type = :source_type
+      AND ((r.marker > :from_marker AND r.marker <= :to_marker) OR r.marker IS NULL)
       AND NOT EXISTS (SELECT 1 FROM {table} p WHERE {id} = r.source_id)
     ORDER BY r.source_id
     """
