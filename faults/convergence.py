@@ -25,7 +25,7 @@ def convergence(suite, examples: int = 300, max_events: int = 14, max_steps: int
 
 
 def _run(env, reference, result: Result, examples: int, max_events: int, max_steps: int) -> Result:
-    from jobstatus_testkit.convergence import check_schedule, schedules, shops
+    from jobstatus_testkit.convergence import check_schedule, defect_class, schedules, shops
 
     seen = {"examples": 0, "rows": 0, "steps": 0, "differences": 0}
     started = time.monotonic()
@@ -46,7 +46,7 @@ def _run(env, reference, result: Result, examples: int, max_events: int, max_ste
         seen["steps"] += len(steps) - 1
         if problems:
             seen["differences"] += len(problems)
-            raise AssertionError("\n".join(problems[:40]))
+            raise AssertionError(f"[{defect_class(problems)}]\n" + "\n".join(problems[:40]))
 
     try:
         prop()

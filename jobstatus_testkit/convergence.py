@@ -18,7 +18,9 @@ What is checked (``check_schedule``):
   Exempt, until the next backfill of both sources: after reference data changed, the shop
   overwrote or re-added an operation row, or a source row was deleted or corrected (R22b), and
   after a print row was committed behind a processed scan it precedes (R22a's exception); also
-  while a print row that a scan saw committed (R6 reads committed print rows) is not processed.
+  while a print row that a scan saw committed (R6 reads committed print rows) is not processed,
+  and while a write killed part-way is not repaired (a run still writing, until its source is
+  drained or backfilled: R18).
 - after every checked step, the read surfaces (``io.status.read_job_status``,
   ``io.feed.read_jobs``) agree with an independent reading of the state tables on trimmed ids
   and normalised operation names (R4, R7, R8): each job once, its operations' statuses per
@@ -1080,6 +1082,11 @@ class _Run:
     latest_scan_seen: datetime | None = None
     # print rows a scan saw committed before they were processed (R6 reads committed rows)
     seen_unprocessed: set[int] = field(default_factory=set)
+    # sources whose write was killed part-way: a run still writing until the source is drained
+    # or backfilled (R18: re-running repairs it)
+    crashed: set[str] = field(default_factory=set)
+    # the read surfaces' disagreements, from the first step that had any (the schedule goes on)
+    surface: list[str] = field(default_factory=list)
     reference_key: str | None = None
     reference_state: dict | None = None
     checked: int = 0
@@ -1117,12 +1124,14 @@ class _Run:
         for source in SOURCE_NAMES:  # print rows first: the scans then see them all (R6)
             self.scanned(source)
             self.env.backfill_all(source)
+            self.crashed.discard(source)
         self.due = None
 
     def drain_both(self) -> None:
         for source in SOURCE_NAMES:
             self.scanned(source)
             self.env.drain(source)
+            self.crashed.discard(source)
 
     def step(self, step: Step) -> None:
         env, data, kind = self.env, self.data, step[0]
@@ -1165,7 +1174,8 @@ class _Run:
                 self.problems += _diff(f"racing plan of {window.label} wrote", env.state(), written)
         elif kind == "crash":
             self.scanned(step[1])
-            env.run(step[1], 2, crash_at=step[2])
+            if env.run(step[1], 2, crash_at=step[2]):
+                self.crashed.add(step[1])
         elif kind == "correct":
             _CORRECT[step[1]](data, step[2])
             env.write_reference(data)
@@ -1195,9 +1205,11 @@ class _Run:
             raise ValueError(f"unknown step {kind}")
 
     def check(self, label: str) -> list[str]:
-        """R22a at this quiescent point (unless exempt), and the read surfaces."""
-        problems = self.env.surface_problems(label)
-        if self.due is not None:
+        """R22a at this quiescent point (unless exempt); the read surfaces go to ``surface``."""
+        if not self.surface:
+            self.surface += self.env.surface_problems(label)
+        problems: list[str] = []
+        if self.due is not None or self.crashed:
             return problems
         committed = {i for s, i in self.env.committed if s == PRINT_OS}
         processed = {i for s, i in self.env.processed() if s == PRINT_OS}
@@ -1237,7 +1249,8 @@ def run_schedule(
 ) -> str | None:
     """Carry out a schedule, checking after every step, then commit the rest and drain; returns
     why a backfill is due (R22b, or R22a's exception), None if none is. Differences go to
-    ``problems``; the schedule stops at the first step that has some."""
+    ``problems``; the schedule stops at the first step whose state differs or that raised (the
+    read surfaces' disagreements of the first step that had any come last)."""
     env.reset()
     env.write_reference(data)
     run = _Run(env, reference, data, problems, pending=list(steps[0][1]))
@@ -1256,7 +1269,8 @@ def run_schedule(
         except Exception as err:  # the harness must report, not stop
             problems.append(abbreviate(f"{label}: raised {type(err).__name__}: {err}")[:400])
         if problems:
-            return run.due
+            break
+    problems += run.surface
     return run.due
 
 
@@ -1264,7 +1278,7 @@ def check_schedule(env: Env, reference: Env, data: ShopData, steps: list[Step]) 
     """The differences from the property, as readable lines (empty: it holds)."""
     problems: list[str] = []
     due = run_schedule(env, reference, data, steps, problems)
-    if problems:
+    if defect_class(problems) not in (None, SURFACE):
         return problems
     try:
         if due:
@@ -1283,6 +1297,28 @@ def check_schedule(env: Env, reference: Env, data: ShopData, steps: list[Step]) 
     except Raised as err:
         problems.append(f"at the end: {err}")
     return problems
+
+
+# Defect classes of a problem list, most severe first; the test raises each from its own line,
+# so one Hypothesis run reports (and shrinks) one example per class it found.
+RAISED, STEP_STATE, END_STATE, SURFACE = "raised", "step state", "end state", "read surface"
+
+
+def defect_class(problems: list[str]) -> str | None:
+    """Which kind of defect ``problems`` show (None: none): a plan, write or read that raised
+    (R20), a state unequal to a from-scratch run after some step (R22a/b) or at the end, or a
+    read surface that disagrees with the state tables (R4, R7, R8)."""
+    if any(" raised " in p for p in problems):
+        return RAISED
+    state = [p for p in problems if "read_job_status" not in p and "read_jobs" not in p]
+    if any(not p.startswith(_AT_THE_END) for p in state):
+        return STEP_STATE
+    if state:
+        return END_STATE
+    return SURFACE if problems else None
+
+
+_AT_THE_END = ("differs from scratch:", "re-run changed:", "at the end:")
 
 
 def _diff(label: str, expected: dict, actual: dict) -> list[str]:
