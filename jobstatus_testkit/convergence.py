@@ -315,7 +315,8 @@ STEP_KINDS = (
     "crash",
     "correct",
     "rerun",
-    "rerun",
+    "ahead",
+    "ahead",
     "delete",
     "correct_row",
     "readd",
@@ -359,6 +360,8 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
             steps.append(
                 ("rerun", draw(source), draw(st.integers(0, 12)), draw(st.integers(1, 12)))
             )
+        elif kind == "ahead":  # the next window fails; the one after it runs behind it
+            steps.append(("ahead", draw(source), draw(st.integers(1, 4))))
         elif kind == "delete":
             steps.append(("delete", draw(source), draw(pick)))
         elif kind == "correct_row":
@@ -804,6 +807,15 @@ class Env:
                 sa.select(sa.func.count()).select_from(rows).where(never_processed)
             ).scalar_one()
 
+    def window_after(self, source: str, after: int, chunk: int) -> Window | None:
+        """The window a sensor plans after ``after`` (the one queued behind another)."""
+        chunks = chunk_reader(self.jm, source, chunk)
+        for planned in backfill_windows(
+            chunks, source, after, 2**62, self.settings.partition_width
+        ):
+            return Window(source, planned.from_marker, planned.to_marker)
+        return None
+
     def backfill(self, source: str, lo: int, hi: int) -> None:
         chunks = chunk_reader(self.jm, source, self.settings.chunk_size)
         for planned in backfill_windows(chunks, source, lo, hi, self.settings.partition_width):
@@ -1187,6 +1199,14 @@ class _Run:
                 hi = min(lo + width, marker - 1)
                 self.scanned(source)
                 env.write(env.plan(Window(source, min(lo, hi - 1), hi)))
+        elif kind == "ahead":  # R22a: rows processed above the marker (the audit's finding 1)
+            _, source, chunk = step
+            self.scanned(source)
+            failed = env.next_window(source, chunk)
+            if failed is not None:
+                behind = env.window_after(source, failed.to_marker, chunk)
+                if behind is not None:
+                    env.write(env.plan(behind, chunk))
         elif kind == "delete":
             if env.delete_row(data, step[1], step[2]):
                 self.exempt(f"a {step[1]} row deleted")
