@@ -339,13 +339,28 @@ def marker_bounds(conn: sa.Connection, source_type: str) -> tuple[int | None, in
 def next_chunk(
     conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
 ) -> tuple[int, int] | None:
-    """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None (rows
-    there now, and rows processed there)."""
+    """First and last marker of the next ``chunk_size`` rows in (after, up_to], or None."""
     first, last = conn.execute(
         composed(
-            "SELECT min(marker), max(marker) FROM (SELECT marker FROM {markers}"
-            " ORDER BY marker LIMIT :chunk) w",
-            markers=_markers_in_range(source_type),
+            "SELECT min({m}), max({m}) FROM (SELECT {m} FROM {table}"
+            " WHERE {m} > :lo AND {m} <= :hi ORDER BY {m} LIMIT :chunk) w",
+            **_parts(source_named(source_type)),
+        ),
+        {"lo": after, "hi": up_to, "chunk": chunk_size},
+    ).one()
+    return None if first is None else (int(first), int(last))
+
+
+def next_processed_chunk(
+    conn: sa.Connection, source_type: str, after: int, up_to: int, chunk_size: int
+) -> tuple[int, int] | None:
+    """``next_chunk`` over the markers of the rows processed (R22b: past the last row present,
+    only rows the shop deleted or moved since are left there)."""
+    first, last = conn.execute(
+        sa.text(
+            "SELECT min(marker), max(marker) FROM (SELECT marker FROM processed_source_rows"
+            " WHERE source_type = :source_type AND marker > :lo AND marker <= :hi"
+            " ORDER BY marker LIMIT :chunk) w"
         ),
         {"lo": after, "hi": up_to, "chunk": chunk_size, "source_type": source_type},
     ).one()
@@ -373,11 +388,16 @@ def marker_buckets(
 def chunk_reader(
     engine: sa.Engine, source_type: str, chunk_size: int
 ) -> Callable[[int, int], tuple[int, int] | None]:
-    """``next_chunk`` on a fresh connection per call, for planning backfill windows."""
+    """``next_chunk`` on a fresh connection per call, for planning backfill windows. Windows are
+    contiguous from the range's start, so they cover the markers of rows processed and deleted
+    or moved since between present rows (R22b); past the last present row, the processed rows'
+    markers give the last windows."""
 
     def read(after: int, up_to: int) -> tuple[int, int] | None:
         with engine.connect() as conn:
-            return next_chunk(conn, source_type, after, up_to, chunk_size)
+            return next_chunk(conn, source_type, after, up_to, chunk_size) or next_processed_chunk(
+                conn, source_type, after, up_to, chunk_size
+            )
 
     return read
 
