@@ -140,6 +140,9 @@ class ShopData:
     job_values: dict[str, str] = field(default_factory=dict)
     # how an identifier is spelled in a column: (column kind, id) -> raw value (R4 padding)
     pads: dict[tuple[str, str], str] = field(default_factory=dict)
+    # R20 retries: at once (every run re-loads the rows of retryable failures) or not within
+    # the schedule (so a re-run sees only its window: retries would hide what it forgets)
+    retry_interval: int = 0
 
     def raw(self, kind: str, ident: str) -> str:
         return self.pads.get((kind, ident), ident)
@@ -293,6 +296,7 @@ def shops(draw: st.DrawFn, max_events: int = 8) -> ShopData:
         scan_codes=scan_codes,
         job_values=job_values,
         pads=pads,
+        retry_interval=draw(st.sampled_from([0, 3600])),
     )
 
 
@@ -1275,6 +1279,10 @@ def run_schedule(
     why a backfill is due (R22b, or R22a's exception), None if none is. Differences go to
     ``problems``; the schedule stops at the first step whose state differs or that raised (the
     read surfaces' disagreements of the first step that had any come last)."""
+    for each in (env, reference):
+        each.settings = each.settings.model_copy(
+            update={"retry_interval_seconds": data.retry_interval}
+        )
     env.reset()
     env.write_reference(data)
     run = _Run(env, reference, data, problems, pending=list(steps[0][1]))
