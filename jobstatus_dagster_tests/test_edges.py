@@ -124,6 +124,8 @@ def test_r22a_rerunning_a_lower_window_keeps_the_rows_processed_above_it(env: En
     data = shop(
         files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": [f"FILE_1_Labex_{J}_b"]},
         job_ops={(J, "1", PRINT_OP): None},
+        # no failure to retry: a retried row would be re-loaded by every run (R20)
+        imposition_ops={("IMP-1", PRINT_OP): None, ("IMP-2", PRINT_OP): None},
         prints=[
             (1, "IMP-1", "PRINTED", 5, at(1), at(1)),
             (2, "IMP-2", "PRINTED", 15, at(2), at(2)),
@@ -145,6 +147,8 @@ def test_r22a_a_row_committed_late_below_the_marker_counts_once_processed(env: E
     data = shop(
         files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": [f"FILE_1_Labex_{J}_b"]},
         job_ops={(J, "1", PRINT_OP): None},
+        # no failure to retry: a retried row would be re-loaded by every run (R20)
+        imposition_ops={("IMP-1", PRINT_OP): None, ("IMP-2", PRINT_OP): None},
         prints=[
             (1, "IMP-1", "PRINTED", 5, at(1), at(1)),
             (2, "IMP-2", "PRINTED", 15, at(2), at(2)),
