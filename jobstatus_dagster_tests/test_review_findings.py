@@ -19,7 +19,6 @@ from jobstatus_testkit.convergence import (
     ShopData,
     _diff,
     open_env,
-    run_schedule,
 )
 
 J, K = "100_200", "101_201"
@@ -60,7 +59,11 @@ def rows(engine: sa.Engine, sql: str, **params: object) -> list[dict]:
 def process_all(env: Env, data: ShopData) -> None:
     """Commit every source row (prints first, in id order) and drain both sources."""
     order = [(PRINT_OS, p[0]) for p in data.prints] + [(SCANNER, s[0]) for s in data.scans]
-    run_schedule(env, data, [("order", order)], [])
+    env.reset()
+    env.write_reference(data)
+    env.commit(data, order)
+    for source in SOURCE_NAMES:
+        env.drain(source)
 
 
 def differences_from_scratch(env: Env, data: ShopData) -> list[str]:
