@@ -18,10 +18,9 @@ from pydantic import ValidationError
 
 from jobstatus_dagster.config import ConfigurationError, Settings, load_settings
 from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
 from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Environment:
@@ -39,7 +38,7 @@ class Environment:
         if home is None:
             home = self.settings.home_dir / "dagster_home"
             home.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+            shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)  # for the instance here and in child processes
         return home
 
@@ -408,7 +407,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         str(Path(sys.executable).with_name("dagster")),
         "dev",
         "-w",
-        str(PROJECT_DIR / "workspace.yaml"),
+        str(WORKSPACE_YAML),
         "-h",
         "127.0.0.1",
         "-p",

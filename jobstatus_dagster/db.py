@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,7 +14,8 @@ from sqlalchemy.engine import make_url
 
 from jobstatus_dagster.config import Settings
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The migrations are package data (pyproject.toml): in the wheel as in the checkout.
+SQL_DIR = Path(resources.files("jobstatus_dagster")) / "sql"
 DATABASES = ("jobmanager", "logs", "dagster")
 
 
