@@ -42,6 +42,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from bench.common import log, machine_line, print_table
+from jobstatus_dagster.instance import WORKSPACE_YAML
 from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES, SOURCES
 from jobstatus_testkit.databases import embedded_server, engines
@@ -50,7 +51,6 @@ from jobstatus_testkit.processes import free_port
 if TYPE_CHECKING:  # dagster is imported late: `--help` and argument errors stay instant
     import dagster as dg
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 LABELS = {"print_os": "print events", "scanner": "scans"}
 SENSORS = {source.name: source.sensor_name for source in SOURCES}
 STOP_GRACE_SECONDS = 15.0
@@ -109,7 +109,7 @@ def dagster_daemon(
     """The daemon (or ``dagster dev``) beside its dagster.yaml, in its own process group as
     ``jobstatus dev`` runs it (the product's supervision): stopped with its code server and run
     workers on exit, on error and on Ctrl-C alike."""
-    workspace = str(PROJECT_DIR / "workspace.yaml")
+    workspace = str(WORKSPACE_YAML)
     bin_dir = Path(sys.executable).parent
     if dev:
         port = str(free_port())

@@ -17,11 +17,10 @@ import click
 from pydantic import ValidationError
 
 from jobstatus_dagster.config import ConfigurationError, Settings, load_settings
-from jobstatus_dagster.db import engine_scope, migrate, resolve_urls
+from jobstatus_dagster.db import MigrationsNotFound, engine_scope, migrate, resolve_urls
+from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
 from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Environment:
@@ -39,7 +38,7 @@ class Environment:
         if home is None:
             home = self.settings.home_dir / "dagster_home"
             home.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(PROJECT_DIR / "dagster.yaml", home / "dagster.yaml")
+            shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)  # for the instance here and in child processes
         return home
 
@@ -84,11 +83,19 @@ def migrate_command(baseline: bool) -> None:
     from jobstatus_dagster.pipeline import queue
 
     env = _env()
-    applied = migrate(env.urls, baseline=baseline)
+    applied = _migrate(env, baseline)
     for database, ids in applied.items():
         click.echo(f"{database}: {', '.join(ids) if ids else 'up to date'}")
     # The one-run-per-source pools exist before any daemon dequeues a run (queue.ensure_pools).
     queue.ensure_pools(env.instance())
+
+
+def _migrate(env: Environment, baseline: bool) -> dict[str, list[str]]:
+    """db.migrate; a migration folder missing from the installation is one clear line, exit 1."""
+    try:
+        return migrate(env.urls, baseline=baseline)
+    except MigrationsNotFound as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command("demo-data")
@@ -373,7 +380,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     from jobstatus_dagster.pipeline import queue
 
     env = _env()
-    migrate(env.urls, baseline=True)
+    _migrate(env, baseline=True)
     queue.ensure_pools(env.instance())  # before the daemon dequeues the sensors' first runs
     with engine_scope(env.urls.jobmanager) as jm, engine_scope(env.urls.logs) as logs:
         if shop_is_empty(jm, logs):
@@ -408,7 +415,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         str(Path(sys.executable).with_name("dagster")),
         "dev",
         "-w",
-        str(PROJECT_DIR / "workspace.yaml"),
+        str(WORKSPACE_YAML),
         "-h",
         "127.0.0.1",
         "-p",

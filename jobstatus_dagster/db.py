@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,7 +14,8 @@ from sqlalchemy.engine import make_url
 
 from jobstatus_dagster.config import Settings
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The migrations are package data (pyproject.toml): in the wheel as in the checkout.
+SQL_DIR = Path(resources.files("jobstatus_dagster")) / "sql"
 DATABASES = ("jobmanager", "logs", "dagster")
 
 
@@ -83,12 +85,31 @@ def resolve_urls(settings: Settings) -> tuple[DatabaseUrls, object | None]:
     return urls, server
 
 
-def apply_migrations(libpq_url: str, folder: Path) -> list[str]:
-    """Apply the yoyo migrations of ``folder``; returns the ids applied now (none when current)."""
-    from yoyo import get_backend, read_migrations
+class MigrationsNotFound(RuntimeError):
+    """A migration folder that is missing or holds no migration: an incomplete installation."""
 
+
+def read_folder(folder: Path):
+    """The yoyo migrations of ``folder``; none found raises ``MigrationsNotFound`` (yoyo reads a
+    missing folder as an empty list, and would then apply nothing without a word)."""
+    from yoyo import read_migrations
+
+    migrations = read_migrations(str(folder)) if folder.is_dir() else []
+    if not migrations:
+        state = "holds no migration" if folder.is_dir() else "does not exist"
+        raise MigrationsNotFound(
+            f"migration folder {folder} {state}: the installation is incomplete; nothing applied"
+        )
+    return migrations
+
+
+def apply_migrations(libpq_url: str, folder: Path) -> list[str]:
+    """Apply the yoyo migrations of ``folder``; returns the ids applied now (none when current).
+    A folder without migrations raises ``MigrationsNotFound`` before anything is applied."""
+    from yoyo import get_backend
+
+    migrations = read_folder(folder)
     backend = get_backend(to_sqlalchemy_url(libpq_url, "psycopg"))
-    migrations = read_migrations(str(folder))
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
@@ -96,14 +117,18 @@ def apply_migrations(libpq_url: str, folder: Path) -> list[str]:
 
 
 def migrate(urls: DatabaseUrls, baseline: bool = False) -> dict[str, list[str]]:
-    """Baseline (the shop's own tables, demo/tests only, R2) then our additive migrations (R1)."""
+    """Baseline (the shop's own tables, demo/tests only, R2) then our additive migrations (R1).
+    Every folder is read first: one without migrations raises ``MigrationsNotFound`` before any
+    database is touched."""
+    plan = {
+        name: [*([SQL_DIR / "baseline" / name] if baseline else []), SQL_DIR / name]
+        for name in ("jobmanager", "logs")
+    }
+    for folder in (f for folders in plan.values() for f in folders):
+        read_folder(folder)
     applied: dict[str, list[str]] = {}
     for name, url in (("jobmanager", urls.jobmanager), ("logs", urls.logs)):
-        done: list[str] = []
-        if baseline:
-            done += apply_migrations(url, SQL_DIR / "baseline" / name)
-        done += apply_migrations(url, SQL_DIR / name)
-        applied[name] = done
+        applied[name] = [m for folder in plan[name] for m in apply_migrations(url, folder)]
     return applied
 
 

@@ -1,7 +1,8 @@
-"""The Dagster instance's one configuration is dagster.yaml: `jobstatus` copies it into
-DAGSTER_HOME for the webserver and the daemon, and instances built in code (tests, benchmarks,
-the fault suite) read the same file with their own storage."""
+"""The Dagster instance's one configuration is dagster.yaml, package data beside this module:
+`jobstatus` copies it into DAGSTER_HOME for the webserver and the daemon, and instances built in
+code (tests, benchmarks, the fault suite) read the same file with their own storage."""
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,11 @@ import yaml
 
 from jobstatus_dagster.db import to_sqlalchemy_url
 
-DAGSTER_YAML = Path(__file__).resolve().parent.parent / "dagster.yaml"
+# Package data (pyproject.toml): in the wheel as in the checkout.
+PACKAGE_DIR = Path(resources.files("jobstatus_dagster"))
+DAGSTER_YAML = PACKAGE_DIR / "dagster.yaml"
+# The code location `jobstatus dev` serves (by module name: valid wherever the package imports).
+WORKSPACE_YAML = PACKAGE_DIR / "workspace.yaml"
 
 
 def instance_overrides(dagster_url: str) -> dict[str, Any]:

@@ -2,12 +2,22 @@
 
 import hashlib
 import re
+import shutil
 from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
-from jobstatus_dagster.db import SQL_DIR, apply_migrations, migrate, to_sqlalchemy_url
+from jobstatus_dagster import db
+from jobstatus_dagster.cli import main
+from jobstatus_dagster.db import (
+    SQL_DIR,
+    MigrationsNotFound,
+    apply_migrations,
+    migrate,
+    to_sqlalchemy_url,
+)
 from jobstatus_dagster.io.sources import (
     load_files_of_jobs,
     load_mapping_for_impositions,
@@ -32,6 +42,67 @@ SHOP_TABLES = (
 def test_r1_migrate_twice_applies_nothing_the_second_time(urls) -> None:
     assert migrate(urls, baseline=True) == {"jobmanager": [], "logs": []}
     assert migrate(urls) == {"jobmanager": [], "logs": []}
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(to_sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            return set(conn.execute(sa.text(query)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_missing_or_empty_migration_folder_is_an_error_naming_it(
+    pg_admin_uri, tmp_path, monkeypatch
+) -> None:
+    """yoyo reads a missing folder as no migrations: an installation without its migrations
+    would apply nothing, silently. It is an error naming the folder, before anything applies."""
+    urls = fresh_urls(pg_admin_uri)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(MigrationsNotFound, match=f"{re.escape(str(missing))} does not exist"):
+        apply_migrations(urls.jobmanager, missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README").write_text("no migration here")
+    with pytest.raises(MigrationsNotFound, match=f"{re.escape(str(empty))} holds no migration"):
+        apply_migrations(urls.logs, empty)
+
+    # db.migrate reads every folder first: without the logs migrations, the jobmanager ones
+    # are not applied either.
+    partial = tmp_path / "sql"
+    shutil.copytree(SQL_DIR / "jobmanager", partial / "jobmanager")
+    monkeypatch.setattr(db, "SQL_DIR", partial)
+    with pytest.raises(MigrationsNotFound, match=re.escape(str(partial / "logs"))):
+        migrate(urls)
+    assert _tables(urls.jobmanager) == set() and _tables(urls.logs) == set()
+
+
+def test_jobstatus_migrate_without_migrations_fails_naming_the_folder(
+    pg_admin_uri, tmp_path, monkeypatch
+) -> None:
+    urls = fresh_urls(pg_admin_uri)
+    missing = tmp_path / "nowhere"
+    monkeypatch.setattr(db, "SQL_DIR", missing)
+    env = {
+        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
+        "JOBSTATUS_LOGS_URL": urls.logs,
+        "JOBSTATUS_DAGSTER_URL": urls.dagster,
+        "JOBSTATUS_HOME": str(tmp_path / "home"),
+        # Set by the command for its children: restored afterwards.
+        "JOBSTATUS_DAGSTER_STORAGE_URL": None,
+        "DAGSTER_HOME": None,
+    }
+    result = CliRunner().invoke(main, ["migrate", "--baseline"], env=env)
+
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line == (
+        f"Error: migration folder {missing / 'baseline' / 'jobmanager'} does not exist:"
+        " the installation is incomplete; nothing applied"
+    )
+    assert _tables(urls.jobmanager) == set() and _tables(urls.logs) == set()
 
 
 def test_r1_migrations_apply_over_a_baseline_that_holds_data(pg_admin_uri) -> None:

@@ -1,22 +1,188 @@
-"""The wheel ships the product only: ``jobstatus_dagster`` and its subpackages, never the tests."""
+"""The wheel ships the product only (``jobstatus_dagster``, its subpackages and its package data:
+the migrations and the Dagster instance template), never the tests; installed from the wheel,
+away from the checkout, `jobstatus` migrates and processes."""
 
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import tomllib
+import zipfile
 from pathlib import Path
 
-from setuptools import find_packages
+import sqlalchemy as sa
+from setuptools import find_namespace_packages
+
+from jobstatus_dagster.db import SQL_DIR, to_sqlalchemy_url
+from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
+from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.databases import fresh_urls
 
 PROJECT = Path(__file__).resolve().parent.parent
+PACKAGE = PROJECT / "jobstatus_dagster"
 
 
 def test_the_wheel_holds_the_package_and_its_subpackages_only() -> None:
-    """The same discovery setuptools runs when it builds the wheel, on the real tree."""
+    """The same discovery setuptools runs when it builds the wheel (pyproject.toml's
+    ``packages.find``: namespace packages included), on the real tree."""
     config = tomllib.loads((PROJECT / "pyproject.toml").read_text())
     find = config["tool"]["setuptools"]["packages"]["find"]
-    packages = set(find_packages(where=str(PROJECT), include=find["include"]))
+    packages = set(find_namespace_packages(where=str(PROJECT), include=find["include"]))
 
     assert not {p for p in packages if p.split(".")[0] != "jobstatus_dagster"}, packages
     on_disk = {
-        ".".join(init.parent.relative_to(PROJECT).parts)
-        for init in (PROJECT / "jobstatus_dagster").rglob("__init__.py")
+        ".".join(init.parent.relative_to(PROJECT).parts) for init in PACKAGE.rglob("__init__.py")
     }
-    assert packages == on_disk
+    # Folders without __init__.py (the migrations) are found too, as data: they hold no code.
+    with_code = {p for p in packages if any((PROJECT / p.replace(".", "/")).glob("*.py"))}
+    assert with_code == on_disk
+
+
+def test_the_package_reads_its_migrations_and_instance_template_from_itself() -> None:
+    """Package data, not files beside the checkout: what the wheel carries is what runs."""
+    for path in (SQL_DIR, DAGSTER_YAML, WORKSPACE_YAML):
+        assert path.is_relative_to(PACKAGE) and path.exists(), path
+    for folder in ("jobmanager", "logs", "baseline/jobmanager", "baseline/logs"):
+        assert list((SQL_DIR / folder).glob("*.sql")), folder
+        assert not (SQL_DIR / folder / "__init__.py").exists()  # data, not a package
+
+
+# ----- the wheel, installed outside the checkout ---------------------------------------------
+
+
+def _build_wheel(tmp: Path) -> Path:
+    """``pip wheel`` of a copy of what the wheel is built from (the build writes build/ and
+    *.egg-info beside its sources: never in a checkout others run tests in).
+
+    Offline when this interpreter's setuptools builds wheels by itself (>= 70.1, as the dev extra
+    asks): no build isolation then. Else pip's build isolation fetches the build backend
+    pyproject.toml declares from pip's configured index."""
+    source = tmp / "source"
+    source.mkdir()
+    shutil.copy(PROJECT / "pyproject.toml", source)
+    shutil.copytree(PACKAGE, source / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__"))
+    offline = importlib.util.find_spec("setuptools.command.bdist_wheel") is not None
+    dist = tmp / "dist"
+    isolation = ["--no-build-isolation", "--no-index"] if offline else []
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = dist.glob("jobstatus-*.whl")
+    return wheel
+
+
+def _venv_with(wheel: Path, venv: Path) -> Path:
+    """A new venv holding the wheel alone; the dependencies come from this interpreter's
+    site-packages through a .pth line (a path only: that folder's own .pth files, among them the
+    checkout's editable install, are not run, so the checkout stays out of reach)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    command = [sys.executable, "-m", "venv", "--without-pip", str(venv)]
+    subprocess.run(command, env=env, check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
+        + ["--no-index", "--quiet", str(wheel)],
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    parent = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    (Path(purelib) / "parent_venv.pth").write_text("".join(f"{p}\n" for p in sorted(parent)))
+    return venv / "bin"
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(to_sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            return set(conn.execute(sa.text(query)).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_the_wheel_installs_outside_the_checkout_and_migrates_and_processes(
+    pg_admin_uri, tmp_path
+) -> None:
+    wheel = _build_wheel(tmp_path)
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"jobstatus_dagster", "jobstatus-0.1.0.dist-info"}, tops
+    bin_dir = _venv_with(wheel, tmp_path / "venv")
+    elsewhere = tmp_path / "elsewhere"  # the working folder: no checkout in sight
+    elsewhere.mkdir()
+    urls = fresh_urls(pg_admin_uri, "wheel")
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("JOBSTATUS_", "PYTHON", "DAGSTER_"))
+        },
+        "JOBSTATUS_JOBMANAGER_URL": urls.jobmanager,
+        "JOBSTATUS_LOGS_URL": urls.logs,
+        "JOBSTATUS_DAGSTER_URL": urls.dagster,
+        "JOBSTATUS_HOME": str(elsewhere / "home"),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(args), cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    where = run(
+        str(bin_dir / "python"),
+        "-c",
+        "import importlib.util, jobstatus_dagster; print(jobstatus_dagster.__file__);"
+        " print(importlib.util.find_spec('jobstatus_testkit'))",
+    )
+    assert where.returncode == 0, where.stderr[-3000:]
+    module, testkit = where.stdout.split()
+    installed = Path(module).parent
+    assert installed.is_relative_to(tmp_path / "venv"), module
+    assert testkit == "None"  # the checkout's support package is out of reach
+
+    jobstatus = str(bin_dir / "jobstatus")
+    migrated = run(jobstatus, "migrate", "--baseline")
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    # Every migration of the checkout is in the wheel, and applied, after the baseline.
+    for database in ("jobmanager", "logs"):
+        ids = sorted(f.stem for f in (installed / "sql" / database).glob("*.sql"))
+        assert ids == sorted(f.stem for f in (SQL_DIR / database).glob("*.sql"))
+        applied = ", ".join([f"0000_baseline_{database}", *ids])
+        assert f"{database}: {applied}" in migrated.stdout.splitlines(), migrated.stdout
+    # The Dagster instance template came from the installed package.
+    copied = elsewhere / "home" / "dagster_home" / "dagster.yaml"
+    assert (
+        copied.read_text() == (installed / "dagster.yaml").read_text() == DAGSTER_YAML.read_text()
+    )
+
+    assert {"jobs", "processing_markers", "job_status_updates", "processing_failures"} <= _tables(
+        urls.jobmanager
+    )
+    assert {"job_operations", "operation_codes"} <= _tables(urls.logs)
+
+    with Shop(urls) as shop:
+        job = shop.add_job("9001_1")
+        shop.add_job_operation(job, "1")
+        shop.map_files("W-I1", ["FILE_1_Labex_9001_1_1"])
+        _, marker = shop.print_event("W-I1", "PRINTED")
+        processed = run(jobstatus, "process", "--source", "print_os")
+        assert processed.returncode == 0, processed.stderr[-3000:]
+        assert processed.stdout.startswith("print_os: "), processed.stdout
+        assert shop.marker("print_os") == marker
+        row = shop.job_print_row(job, "1")
+        assert (row["status"], row["notes"]) == ("completed", "1 of 1 files printed")
+        assert shop.job_operations_json(job) == {"print": True}

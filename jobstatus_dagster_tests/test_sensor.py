@@ -284,6 +284,7 @@ def test_dagster_definitions_validate_on_the_workspace(urls) -> None:
     from pathlib import Path
 
     from jobstatus_dagster.db import to_sqlalchemy_url
+    from jobstatus_dagster.instance import WORKSPACE_YAML
 
     project = Path(__file__).resolve().parent.parent
     env = {
@@ -299,7 +300,7 @@ def test_dagster_definitions_validate_on_the_workspace(urls) -> None:
             "definitions",
             "validate",
             "-w",
-            "workspace.yaml",
+            str(WORKSPACE_YAML),
         ],
         cwd=project,
         env=env,

@@ -23,6 +23,7 @@ from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
+from jobstatus_dagster.instance import DAGSTER_YAML
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
@@ -35,8 +36,6 @@ from jobstatus_dagster.source import source_named
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.cli import run_cli, start_cli
-
-PROJECT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -324,9 +323,9 @@ def test_dagster_yaml_enables_run_monitoring(
 ) -> None:
     """The daemon fails runs stuck starting or running too long; the DefaultRunLauncher cannot
     resume runs, so a resume attempt count other than 0 would refuse to load."""
-    declared = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    declared = yaml.safe_load(DAGSTER_YAML.read_text())
     assert declared["run_monitoring"] == RUN_MONITORING
-    shutil.copyfile(PROJECT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copyfile(DAGSTER_YAML, tmp_path / "dagster.yaml")
     monkeypatch.setenv("JOBSTATUS_DAGSTER_STORAGE_URL", to_sqlalchemy_url(urls.dagster, "psycopg2"))
     with dg.DagsterInstance.from_config(str(tmp_path)) as configured:
         # Dagster itself reads the file that way (the daemon would run with these values).
