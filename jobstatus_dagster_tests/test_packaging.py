@@ -186,3 +186,18 @@ def test_the_wheel_installs_outside_the_checkout_and_migrates_and_processes(
         row = shop.job_print_row(job, "1")
         assert (row["status"], row["notes"]) == ("completed", "1 of 1 files printed")
         assert shop.job_operations_json(job) == {"print": True}
+
+
+def test_the_checkouts_top_level_sql_and_dagster_files_are_the_packages() -> None:
+    """sql/, dagster.yaml and workspace.yaml at the top of the checkout are links to the
+    package's files, so there is one copy of each (the wheel ships the package's)."""
+    from jobstatus_dagster.db import SQL_DIR
+    from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
+
+    top = Path(__file__).resolve().parent.parent
+    for name, packaged in (
+        ("sql", SQL_DIR),
+        ("dagster.yaml", DAGSTER_YAML),
+        ("workspace.yaml", WORKSPACE_YAML),
+    ):
+        assert (top / name).resolve() == Path(str(packaged)).resolve(), name

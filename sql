@@ -1,0 +1,1 @@
+jobstatus_dagster/sql
