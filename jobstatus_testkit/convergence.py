@@ -323,6 +323,8 @@ STEP_KINDS = (
     "ahead",
     "ahead",
     "delete",
+    "delete",
+    "delete",
     "correct_row",
     "readd",
     "overwrite",
@@ -608,8 +610,11 @@ class Env:
 
     # -- the shop's own writes (R22b) --
     def delete_row(self, data: ShopData, source: str, pick: int) -> bool:
-        """The shop deletes a committed source row."""
-        ids = sorted(i for s, i in self.committed if s == source)
+        """The shop deletes a committed source row, a processed one where there is one (R22b:
+        what it attributed must be withdrawn)."""
+        committed = {i for s, i in self.committed if s == source}
+        processed = committed & {i for s, i in self.processed() if s == source}
+        ids = sorted(processed or committed)
         if not ids:
             return False
         row_id = ids[pick % len(ids)]
@@ -1207,7 +1212,8 @@ class _Run:
                 hi = min(lo + width, marker - 1)
                 self.scanned(source)
                 env.write(env.plan(Window(source, min(lo, hi - 1), hi)))
-        elif kind == "ahead":  # R22a: rows processed above the marker (the audit's finding 1)
+        elif kind == "ahead":  # R22a: rows processed above the marker (the audit's finding 1):
+            # the next window fails, the one queued behind it runs, then the failed one again
             _, source, chunk = step
             self.scanned(source)
             failed = env.next_window(source, chunk)
@@ -1215,6 +1221,7 @@ class _Run:
                 behind = env.window_after(source, failed.to_marker, chunk)
                 if behind is not None:
                     env.write(env.plan(behind, chunk))
+                    env.write(env.plan(failed, chunk))
         elif kind == "delete":
             if env.delete_row(data, step[1], step[2]):
                 self.exempt(f"a {step[1]} row deleted")
