@@ -1216,13 +1216,16 @@ class _Run:
             # the next window fails, the one queued behind it runs, then the failed one again
             _, source, chunk = step
             self.scanned(source)
-            failed = env.next_window(source, chunk)
+            failed = env.next_window(source, 1)  # one row: a job's rows split most often
             if failed is not None:
                 behind = env.window_after(source, failed.to_marker, chunk)
                 if behind is not None:
                     env.write(env.plan(behind, chunk))
-                    env.write(env.plan(failed, chunk))
+                    env.write(env.plan(failed, 1))
         elif kind == "delete":
+            if not any(s == step[1] for s, _ in env.processed()):
+                self.scanned(step[1])  # a row with effects to withdraw (R22b)
+                env.drain(step[1])
             if env.delete_row(data, step[1], step[2]):
                 self.exempt(f"a {step[1]} row deleted")
         elif kind == "correct_row":
