@@ -268,6 +268,12 @@ def shops(draw: st.DrawFn, max_events: int = 8) -> ShopData:
                 _time(minutes + 1),
             )
         )
+    if draw(st.booleans()):  # a job printed across two impositions, far apart in marker order
+        # (R11: a window that sees only one of them must still count the other, R22a)
+        low, high = draw(st.integers(1, 6)), draw(st.integers(7, 12))
+        for part, imp, marker in (("a", impositions[0], low), ("b", impositions[1], high)):
+            files[imp].append(f"FILE_1_Labex_{jobs[0]}_split{part}")
+            prints.append((len(prints) + 1, imp, "PRINTED", marker, _time(marker), _time(marker)))
     scan_codes = [f"{j}_{v}" for j in jobs for v in versions[j]] + list(runlists) + ["junk"]
     if long_job:
         scan_codes.append(f"{LONG_JOB}_1")
