@@ -1224,9 +1224,10 @@ class _Run:
             self.scanned(source)
             failed = env.next_window(source, 1)  # one row: a job's rows split most often
             if failed is not None:
-                behind = env.window_after(source, failed.to_marker, chunk)
+                # every committed row past it runs behind it (a long queue, `chunk` ignored)
+                behind = env.window_after(source, failed.to_marker, 100)
                 if behind is not None:
-                    env.write(env.plan(behind, chunk))
+                    env.write(env.plan(behind, 100))
                     env.write(env.plan(failed, 1))
         elif kind == "delete":
             if not any(s == step[1] for s, _ in env.processed()):
