@@ -1148,6 +1148,28 @@ class _Run:
         processed = {i for s, i in self.env.processed() if s == PRINT_OS}
         self.seen_unprocessed |= committed - processed
 
+    def split_marker(self) -> int | None:
+        """The marker of the lower event of the job printed across two impositions (shops()),
+        when both its events are committed and not processed yet: a window ending there sees
+        one of them only."""
+        split = [
+            r
+            for r in self.data.prints
+            if r[1] in self.data.files
+            and any(f.endswith(("_splita", "_splitb")) for f in self.data.files[r[1]])
+        ]
+        done = self.env.processed()
+        waiting = [
+            r
+            for r in split
+            if (PRINT_OS, r[0]) in self.env.committed
+            and (PRINT_OS, r[0]) not in done
+            and r[3] is not None
+        ]
+        if len(waiting) < 2:
+            return None
+        return min(r[3] for r in waiting)
+
     def exempt(self, why: str) -> None:
         self.due = self.due or why
 
@@ -1223,6 +1245,9 @@ class _Run:
             _, source, chunk = step
             self.scanned(source)
             failed = env.next_window(source, 1)  # one row: a job's rows split most often
+            split = self.split_marker() if source == PRINT_OS else None
+            if failed is not None and split is not None and split > failed.from_marker:
+                failed = Window(source, failed.from_marker, split)  # ends between a job's events
             if failed is not None:
                 # every committed row past it runs behind it (a long queue, `chunk` ignored)
                 behind = env.window_after(source, failed.to_marker, 100)
