@@ -116,21 +116,26 @@ def from_scratch_over_processed(env: Env, data: ShopData) -> list[str]:
     return _diff("differs from scratch over the processed rows", scratch, reached)
 
 
-# ----- finding 1: a re-run below rows already processed ---------------------------------------
-def test_r22a_rerunning_a_lower_window_keeps_the_rows_processed_above_it(env: Env) -> None:
-    """Two files in two impositions, printed at markers 5 and 15: (10,20] runs first (the run of
-    (0,10] failed), then (0,10] again. The job stays completed: its history is every row
-    processed so far, not the rows below the window's end."""
-    data = shop(
+def split_job() -> ShopData:
+    """J's two files in two impositions, printed at markers 5 and 15; no failure to retry (a
+    retried row would be re-loaded by every run, R20)."""
+    return shop(
         files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": [f"FILE_1_Labex_{J}_b"]},
         job_ops={(J, "1", PRINT_OP): None},
-        # no failure to retry: a retried row would be re-loaded by every run (R20)
         imposition_ops={("IMP-1", PRINT_OP): None, ("IMP-2", PRINT_OP): None},
         prints=[
             (1, "IMP-1", "PRINTED", 5, at(1), at(1)),
             (2, "IMP-2", "PRINTED", 15, at(2), at(2)),
         ],
     )
+
+
+# ----- finding 1: a re-run below rows already processed ---------------------------------------
+def test_r22a_rerunning_a_lower_window_keeps_the_rows_processed_above_it(env: Env) -> None:
+    """Two files in two impositions, printed at markers 5 and 15: (10,20] runs first (the run of
+    (0,10] failed), then (0,10] again. The job stays completed: its history is every row
+    processed so far, not the rows below the window's end."""
+    data = split_job()
     start(env, data)
     process(env, PRINT_OS, 10, 20)  # the marker stays at 0: (0,10] is not done
     process(env, PRINT_OS, 0, 10)
@@ -144,16 +149,7 @@ def test_r22a_rerunning_a_lower_window_keeps_the_rows_processed_above_it(env: En
 def test_r22a_a_row_committed_late_below_the_marker_counts_once_processed(env: Env) -> None:
     """The history is the rows processed so far: a row committed below the marker but not yet
     processed does not count in another job version's run; it counts when its own run comes."""
-    data = shop(
-        files={"IMP-1": [f"FILE_1_Labex_{J}_a"], "IMP-2": [f"FILE_1_Labex_{J}_b"]},
-        job_ops={(J, "1", PRINT_OP): None},
-        # no failure to retry: a retried row would be re-loaded by every run (R20)
-        imposition_ops={("IMP-1", PRINT_OP): None, ("IMP-2", PRINT_OP): None},
-        prints=[
-            (1, "IMP-1", "PRINTED", 5, at(1), at(1)),
-            (2, "IMP-2", "PRINTED", 15, at(2), at(2)),
-        ],
-    )
+    data = split_job()
     env.reset()
     env.write_reference(data)
     env.commit(data, [(PRINT_OS, 2)])

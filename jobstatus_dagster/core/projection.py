@@ -148,21 +148,21 @@ def _print_flags(
         source_type=PRINT_OS,
         precedence=precedence(PRINT_OS, PRINT),
     )
-    rest = _minus_keys(highest, from_print, key)
+    rest = minus(highest, from_print, key)
     from_scans = _latest(rest.merge(scans, on=key), key).assign(value=True)
-    unprinted = _minus_keys(rest, from_scans, key)
+    unprinted = minus(rest, from_scans, key)
     unprinted = unprinted.merge(
         state[[*key, "notes"]].rename(columns={"notes": "state_notes"}), on=key, how="left"
     )
     by_press = unprinted.merge(latest_print, on="job_id")
     by_press = by_press.assign(source_type=PRINT_OS, precedence=precedence(PRINT_OS, PRINT))
-    by_scanner = _minus_keys(unprinted, by_press, ["job_id"]).merge(
+    by_scanner = minus(unprinted, by_press, ["job_id"]).merge(
         _latest(scans, ["job_id"])[["job_id", "event_time", "source_id", "precedence"]],
         on="job_id",
     )
     by_scanner = by_scanner.assign(source_type=SCANNER)
     # A job whose versions PrintOS reached but never printed: its state has no event time.
-    no_event = _minus_keys(unprinted, pd.concat([by_press, by_scanner]), ["job_id"]).assign(
+    no_event = minus(unprinted, pd.concat([by_press, by_scanner]), ["job_id"]).assign(
         event_time=pd.NaT,
         source_id=pd.NA,
         source_type=PRINT_OS,
@@ -190,7 +190,8 @@ def _text_keys(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: object for c in keys})
 
 
-def _minus_keys(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def minus(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``keys`` are not in ``other``."""
     if frame.empty or other.empty:
         return frame.reset_index(drop=True)
     merged = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)

@@ -32,7 +32,7 @@ from jobstatus_dagster.core.plan import (
     empty,
     failure_rows,
 )
-from jobstatus_dagster.core.projection import Projection, project
+from jobstatus_dagster.core.projection import Projection, minus, project
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.compose import (
     Identifier,
@@ -207,13 +207,6 @@ class Evidence:
     versions: pd.DataFrame  # (job_id, version_tag) with files, of every touched print job (R12)
 
 
-def _minus(frame: pd.DataFrame, other: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    if frame.empty or other.empty:
-        return frame.reset_index(drop=True)
-    merged = frame.merge(other[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-    return merged[merged["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
-
-
 _VERSION_KEY = ["job_id", "version_tag", "operation"]
 _ATTRIBUTION_KEY = ["source_id", *_VERSION_KEY]
 _IMPOSITION_KEY = ["source_id", "imposition_id", "operation"]
@@ -239,8 +232,8 @@ def gather_evidence(conn: sa.Connection, plan: UpdatePlan, logs: sa.Engine) -> E
         t=source_type,
         ids=ids,
     )
-    withdrawn = _minus(before, own, _ATTRIBUTION_KEY)
-    imposition_withdrawn = _minus(imposition_before, plan.imposition_attributions, _IMPOSITION_KEY)
+    withdrawn = minus(before, own, _ATTRIBUTION_KEY)
+    imposition_withdrawn = minus(imposition_before, plan.imposition_attributions, _IMPOSITION_KEY)
 
     old_print = _read(
         conn,
