@@ -313,8 +313,10 @@ def gather_evidence(conn: sa.Connection, plan: UpdatePlan, logs: sa.Engine) -> E
     # R12: the job's versions are those with files; the plan's own print state holds them for
     # its jobs, the mapping for the others (a job only scanned so far).
     unplanned = sorted(set(print_jobs) - set(plan.print_jobs))
-    with logs.connect() as lg:
-        mapped = load_versions_of_jobs(lg, unplanned, plan.customer)
+    mapped = print_state[["job_id", "version_tag"]].iloc[0:0]
+    if unplanned:  # no logs connection on the hot path when the plan holds every version
+        with logs.connect() as lg:
+            mapped = load_versions_of_jobs(lg, unplanned, plan.customer)
     versions = pd.concat(
         [print_state[["job_id", "version_tag"]], mapped], ignore_index=True
     ).drop_duplicates()
