@@ -1148,20 +1148,22 @@ class _Run:
         processed = {i for s, i in self.env.processed() if s == PRINT_OS}
         self.seen_unprocessed |= committed - processed
 
-    def split_marker(self) -> int | None:
-        """The marker of the lower event of the job printed across two impositions (shops()),
-        when both its events are committed and not processed yet: a window ending there sees
-        one of them only."""
-        split = [
+    def split_rows(self) -> list[tuple]:
+        """The print rows of the job printed across two impositions (shops())."""
+        return [
             r
             for r in self.data.prints
             if r[1] in self.data.files
             and any(f.endswith(("_splita", "_splitb")) for f in self.data.files[r[1]])
         ]
+
+    def split_marker(self) -> int | None:
+        """The marker of the lower event of the split job, when both its events are committed
+        and not processed yet: a window ending there sees one of them only."""
         done = self.env.processed()
         waiting = [
             r
-            for r in split
+            for r in self.split_rows()
             if (PRINT_OS, r[0]) in self.env.committed
             and (PRINT_OS, r[0]) not in done
             and r[3] is not None
@@ -1169,6 +1171,15 @@ class _Run:
         if len(waiting) < 2:
             return None
         return min(r[3] for r in waiting)
+
+    def commit_split_job(self) -> None:
+        """The shop commits the split job's events now (a commit order like any other), so a
+        window can end between them while both wait."""
+        split = {(PRINT_OS, r[0]) for r in self.split_rows()}
+        first = [row for row in self.pending if row in split]
+        if first:
+            self.pending[:] = first + [row for row in self.pending if row not in split]
+            self.commit(len(first))
 
     def exempt(self, why: str) -> None:
         self.due = self.due or why
@@ -1243,6 +1254,8 @@ class _Run:
         elif kind == "ahead":  # R22a: rows processed above the marker (the audit's finding 1):
             # the next window fails, the one queued behind it runs, then the failed one again
             _, source, chunk = step
+            if source == PRINT_OS:
+                self.commit_split_job()
             self.scanned(source)
             failed = env.next_window(source, 1)  # one row: a job's rows split most often
             split = self.split_marker() if source == PRINT_OS else None
