@@ -6,6 +6,7 @@ from-scratch run over all data and a re-run changes nothing."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 from hypothesis import HealthCheck, given, settings
@@ -44,6 +45,9 @@ def _run(env, reference, result: Result, examples: int, max_events: int, max_ste
         seen["examples"] += 1
         seen["rows"] += len(shop.prints) + len(shop.scans)
         seen["steps"] += len(steps) - 1
+        if seen["examples"] % 25 == 0:  # a long run shows it is moving
+            took = round(time.monotonic() - started)
+            print(f"scenario 9: {seen['examples']} examples, {took} s", file=sys.stderr)
         if problems:
             seen["differences"] += len(problems)
             raise AssertionError(f"[{defect_class(problems)}]\n" + "\n".join(problems[:40]))
