@@ -99,27 +99,34 @@ AS_OF_DESCRIPTION = (
 
 
 class StatusUpdate(BaseModel):
-    """One recorded status change of a job version's operation."""
+    """One change of a job version's operation state (R25): fold them, keeping the last per
+    (job_id, version_tag, operation), and you hold the current state."""
 
-    update_id: int = Field(description="position in the feed; ascending, never reused")
+    update_id: int = Field(
+        description="position in the feed: ascending, never reused, one more than the last"
+    )
+    event: str = Field(description="status: the key now holds this state; withdrawn: none")
     job_id: str
     version_tag: str
     operation: str
-    status: str | None
-    applied: bool = Field(
-        description="false when a higher-precedence or later event holds this operation"
-    )
-    printed_count: int | None
+    status: str | None = Field(description="completed, partial or aborted; null when withdrawn")
+    applied: bool = Field(description="true for a status, false for a withdrawal")
+    printed_count: int | None = Field(description="PrintOS's counts, where PrintOS decided it")
     aborted_count: int | None
     total_count: int | None
     notes: str | None
-    event_time: UtcDatetime | None = Field(description="when it happened at the press or scanner")
-    processed_at: UtcDatetime = Field(description="when jobstatus recorded it")
-    source_type: str = Field(description="print_os or scanner")
-    source_id: int = Field(description='"print OS".id or scan_id')
-    withdrawn_at: UtcDatetime | None = Field(
-        description="set when corrected data no longer supports this change"
+    event_time: UtcDatetime | None = Field(
+        description="when the deciding event happened at the press or scanner"
     )
+    processed_at: UtcDatetime = Field(description="when jobstatus recorded the change")
+    source_type: str | None = Field(description="print_os or scanner; null when withdrawn")
+    source_id: int | None = Field(description='the deciding "print OS".id or scan_id')
+    source_marker: int | None = Field(description="that source row's marker")
+    previous_update_id: int | None = Field(
+        description="this key's change before this one; null for its first"
+    )
+    current: bool = Field(description="no later change of this key exists (yet)")
+    withdrawn_at: UtcDatetime | None = Field(description="set on a withdrawal: when")
     run_id: str | None = Field(description="the Dagster run that recorded it")
 
 
@@ -369,10 +376,11 @@ def build_router(
         responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
         summary="The change feed: status changes after `after`, oldest first",
         description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
-        " empty; an audit row is never returned twice nor skipped, even while processing"
-        " commits. A row is listed once, as it was written: when re-processing later withdraws"
-        " it or changes its verdict, the row does not come round again (its `withdrawn_at` shows"
-        " in the job's status, and webhooks deliver the withdrawal)."
+        " empty; a change is never returned twice nor skipped, even while processing commits."
+        " Every change of a (job, version, operation)'s state is a new entry, in the order the"
+        " state went through them (a late event, a re-processing that changes counts, a"
+        " withdrawal): keep the last entry per (job_id, version_tag, operation) and you hold"
+        " the current state (R25). An unchanged re-run adds nothing."
         " With `Accept: text/csv` the same rows come as CSV (header row first); without"
         " `limit` a CSV export runs to the end of the feed, streamed. The next page's"
         " `after` is then the last row's update_id (also in the `Jobstatus-Next-After`"

@@ -53,8 +53,25 @@ def api(base_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def audit_ids(shop: Shop) -> list[int]:
-    return [r["update_id"] for r in shop.rows(shop.jm, "SELECT update_id FROM job_status_updates")]
+def change_ids(shop: Shop) -> list[int]:
+    return [r["change_id"] for r in shop.rows(shop.jm, "SELECT change_id FROM job_status_changes")]
+
+
+def fold(changes: list[dict]) -> dict[tuple, dict]:
+    """What a feed reader holds (R25): the last change per (job, version, operation), keys
+    whose last change is a withdrawal holding nothing."""
+    held: dict[tuple, dict] = {}
+    for change in changes:
+        key = (change["job_id"], change["version_tag"], change["operation"])
+        held[key] = change
+    return {k: c for k, c in held.items() if c["event"] == "status"}
+
+
+def version_state(shop: Shop) -> dict[tuple, dict]:
+    return {
+        (r["job_id"], r["version_tag"], r["operation"]): r
+        for r in shop.rows(shop.jm, "SELECT * FROM job_version_state")
+    }
 
 
 def follow_feed(api: httpx.Client, after: int = 0, limit: int = 3) -> tuple[list[dict], int]:
@@ -152,19 +169,19 @@ def test_reads_are_closed_without_a_read_token_unless_declared_public(
 
 
 # ----- the change feed ---------------------------------------------------------------------
-def test_feed_pages_to_the_end_in_order_each_row_once(
+def test_feed_pages_to_the_end_in_order_each_change_once(
     api: httpx.Client, processed_shop: Shop
 ) -> None:
     seen, last = follow_feed(api, limit=3)
     ids = [u["update_id"] for u in seen]
-    assert ids == sorted(audit_ids(processed_shop))
-    assert len(set(ids)) == len(ids) > 3
+    assert ids == sorted(change_ids(processed_shop))
+    assert ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) > 3  # R25: by one
     assert last == ids[-1]
     first = seen[0]
     row = processed_shop.rows(
-        processed_shop.jm, "SELECT * FROM job_status_updates WHERE update_id = :u", u=ids[0]
+        processed_shop.jm, "SELECT * FROM job_status_changes WHERE change_id = :c", c=ids[0]
     )[0]
-    for key in ("job_id", "version_tag", "operation", "status", "applied", "notes", "source_type"):
+    for key in ("job_id", "version_tag", "operation", "status", "notes", "source_type", "event"):
         assert first[key] == row[key]
     body = api.get("/api/status-updates", params={"after": last}, headers=READ).json()
     assert body == {"updates": [], "next_after": last, "as_of": body["as_of"]}
@@ -172,63 +189,60 @@ def test_feed_pages_to_the_end_in_order_each_row_once(
     assert body["as_of"]["scanner"]["marker"] == processed_shop.marker("scanned_codes")
 
 
-def _insert_audit_row(conn: sa.Connection, source_id: int) -> int:
-    return conn.execute(
-        sa.text(
-            "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
-            " operation, status) VALUES ('scanner', :s, '7001_1', '1', 'coating', 'completed')"
-            " RETURNING update_id"
-        ),
-        {"s": source_id},
-    ).scalar_one()
+def test_r25_folding_the_feed_gives_the_state(api: httpx.Client, processed_shop: Shop) -> None:
+    """R25: the last change per key is the state, and it says it is the current one."""
+    seen, _ = follow_feed(api, limit=7)
+    held = fold(seen)
+    state = version_state(processed_shop)
+    assert held.keys() == state.keys() and held
+    for key, change in held.items():
+        assert change["current"] and change["update_id"] == state[key]["change_id"]
+        for column in ("status", "printed_count", "aborted_count", "total_count", "source_id"):
+            assert change[column] == state[key][column], (key, column)
+    # every job_operations row jobstatus wrote says what the fold says
+    written = processed_shop.rows(
+        processed_shop.logs,
+        "SELECT j.job_id, j.version_tag, c.operation, j.status FROM job_operations j"
+        " JOIN operation_codes c ON c.operation_id = j.operation_id"
+        " WHERE j.source_id IS NOT NULL",
+    )
+    assert written
+    for row in written:
+        key = (row["job_id"].strip(), row["version_tag"].strip(), row["operation"].lower())
+        assert held[key]["status"] == row["status"], key
 
 
-def test_feed_never_skips_an_id_committed_after_a_higher_one_was_read(
-    api: httpx.Client, processed_shop: Shop
+def test_feed_never_skips_a_change_committed_after_a_higher_one_was_read(
+    api: httpx.Client, processed_shop: Shop, instance: dg.DagsterInstance
 ) -> None:
-    """A transaction holds a lower update id while another inserts a higher one and commits:
-    a reader that follows next_after must still get both (the R19 problem on the audit)."""
+    """R25/R19 on our own stream: while another transaction holds the writers' lock, a run
+    cannot draw a change id; once it commits, the reader gets the run's changes, numbered on
+    from the last one it saw."""
     _, start = follow_feed(api)
-    jm = processed_shop.jm
-    holder = jm.connect()
+    job = processed_shop.add_job()
+    processed_shop.add_job_operation(job, "1")
+    processed_shop.map_files("IMP-FEED-LOCK", [f"FILE_1_Labex_{job}_1"])
+    processed_shop.print_event("IMP-FEED-LOCK", "PRINTED")
+    holder = processed_shop.jm.connect()
     holder_tx = holder.begin()
-    lower = _insert_audit_row(holder, 9_000_001)
-    committed: list[int] = []
-
-    def later_writer() -> None:
-        with jm.begin() as conn:
-            committed.append(_insert_audit_row(conn, 9_000_002))
-
-    writer = threading.Thread(target=later_writer)
+    holder.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITER_LOCK})
+    outcome: list[object] = []
+    writer = threading.Thread(
+        target=lambda: outcome.append(processed_shop.process(instance, "print_os"))
+    )
     writer.start()
     try:
-        time.sleep(1.0)
-        seen_while_open, after = follow_feed(api, start)
-        assert [u["update_id"] for u in seen_while_open] == []
-        assert after == start
+        time.sleep(2.0)
+        seen_while_held, after = follow_feed(api, start)
+        assert seen_while_held == [] and after == start
     finally:
-        holder_tx.commit()
+        holder_tx.rollback()
         holder.close()
-        writer.join(30)
-    assert committed and committed[0] > lower
-    seen, _ = follow_feed(api, after)
-    assert [u["update_id"] for u in seen] == [lower, committed[0]]
-
-
-def test_feed_ids_are_drawn_under_the_writers_lock(processed_shop: Shop) -> None:
-    """Why no id can become visible below one already read: drawing one takes the lock every
-    writer of the audit holds until commit."""
-    with processed_shop.jm.connect() as conn, conn.begin():
-        _insert_audit_row(conn, 9_000_003)
-        held = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND pid = pg_backend_pid() AND (classid::bigint << 32 | objid::bigint) = :k"
-            ),
-            {"k": WRITER_LOCK},
-        ).scalar_one()
-        conn.rollback()
-    assert held == 1
+        writer.join(120)
+    assert outcome
+    seen, _ = follow_feed(api, start)
+    assert [u["job_id"] for u in seen] == [job]
+    assert seen[0]["update_id"] == start + 1 and seen[0]["status"] == "completed"
 
 
 # ----- job lists ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from jobstatus_dagster.pipeline.webhooks import (
 )
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.changes import add_change
 from jobstatus_testkit.serving import free_port
 
 SECRET = "receiver-s3cret"
@@ -130,31 +131,24 @@ def hooked_shop(shop: Shop, instance: dg.DagsterInstance, port: int) -> tuple[Sh
     return shop, everything, coating
 
 
-def test_r18_outbox_rows_are_the_applied_changes_committed_with_the_audit(
+def test_r18_outbox_rows_are_the_changes_committed_with_them(
     hooked_shop: tuple[Shop, int, int],
 ) -> None:
+    """R25: the webhooks deliver the change stream, each change once per subscription."""
     shop, everything, coating = hooked_shop
-    applied = shop.rows(
-        shop.jm,
-        "SELECT update_id, operation FROM job_status_updates WHERE applied"
-        " AND withdrawn_at IS NULL ORDER BY update_id",
+    changes = shop.rows(
+        shop.jm, "SELECT change_id, operation, event FROM job_status_changes ORDER BY change_id"
     )
     rows = outbox(shop, everything)
-    assert [r["update_id"] for r in rows] == [a["update_id"] for a in applied]
-    assert {r["event"] for r in rows} == {"status"}
+    assert changes and [r["update_id"] for r in rows] == [c["change_id"] for c in changes]
+    assert [r["event"] for r in rows] == [c["event"] for c in changes]
     assert [r["update_id"] for r in outbox(shop, coating)] == [
-        a["update_id"] for a in applied if a["operation"] == "coating"
+        c["change_id"] for c in changes if c["operation"] == "coating"
     ]
     # A change that never commits is never owed to anyone.
     before = len(rows)
     with shop.jm.connect() as conn, conn.begin():
-        conn.execute(
-            sa.text(
-                "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
-                " operation, status) VALUES ('scanner', 8000001, '7001_1', '1', 'coating',"
-                " 'completed')"
-            )
-        )
+        add_change(conn, "7001_1", source_id=8000001)
         conn.rollback()
     assert len(outbox(shop, everything)) == before
 
@@ -210,15 +204,8 @@ def test_a_job_s_later_change_waits_for_its_earlier_one(
     shop, everything, _ = hooked_shop
     done = {r["outbox_id"] for r in outbox(shop, everything)}
     with shop.jm.begin() as conn:
-        for source_id in (8000010, 8000011):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
-                    " operation, status) VALUES ('scanner', :s, '7002_2', '1', 'kiss_cut',"
-                    " 'completed')"
-                ),
-                {"s": source_id},
-            )
+        add_change(conn, "7002_2", "kiss_cut", "partial", source_id=8000010)
+        add_change(conn, "7002_2", "kiss_cut", "completed", source_id=8000011)
     receiver = Receiver()
     receiver.answers = [500]
     with receiver.up(port):
@@ -237,13 +224,7 @@ def test_a_delivery_gives_up_after_the_limit_and_the_dagster_run_says_so(
     shop, _, _ = hooked_shop
     dead = subscribe(shop, f"http://127.0.0.1:{free_port()}/nobody")
     with shop.jm.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
-                " operation, status) VALUES ('scanner', 8000020, '7003_3', '1', 'coating',"
-                " 'completed')"
-            )
-        )
+        add_change(conn, "7003_3", source_id=8000020)
     limit = 3
     settings = WebhookDelivery(
         max_attempts=limit, backoff_seconds=0.001, backoff_max_seconds=0.001, timeout_seconds=1
@@ -285,13 +266,8 @@ def only_subscriptions(shop: Shop, *urls: str) -> list[int]:
 def add_changes(shop: Shop, first_source_id: int, jobs: int) -> None:
     """One applied change for each of ``jobs`` distinct jobs: each is the head of its queue."""
     with shop.jm.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag,"
-                " operation, status) VALUES ('scanner', :s, :j, '1', 'coating', 'completed')"
-            ),
-            [{"s": first_source_id + i, "j": f"{7100 + i}_1"} for i in range(jobs)],
-        )
+        for i in range(jobs):
+            add_change(conn, f"{7100 + i}_1", source_id=first_source_id + i)
 
 
 def test_an_undeliverable_url_is_a_failed_attempt_and_blocks_nobody_else(
@@ -373,25 +349,25 @@ def test_a_slow_receiver_neither_holds_up_others_nor_overruns_the_run(
 def test_payload_times_are_utc_with_z(hooked_shop: tuple[Shop, int, int]) -> None:
     shop, _, _ = hooked_shop
     (hook,) = only_subscriptions(shop, "http://127.0.0.1:9/times")
-    add_changes(shop, 8000300, 1)
-    shop.execute(
-        shop.jm,
-        "UPDATE job_status_updates SET withdrawn_at = TIMESTAMP '2026-11-30 04:06:04',"
-        " event_time = TIMESTAMP '2026-11-30 04:00:00.5' WHERE source_id = 8000300",
-    )
+    with shop.jm.begin() as conn:
+        add_change(
+            conn, "7300_1", source_id=8000300, event_time=datetime(2026, 11, 30, 4, 0, 0, 500000)
+        )
+        add_change(conn, "7300_1", "coating", None)
     payloads = [r["payload"] for r in outbox(shop, hook)]
     assert [p["event"] for p in payloads] == ["status", "withdrawn"]
-    withdrawn = payloads[1]
-    assert withdrawn["event_time"] == "2026-11-30T04:00:00.5Z"
-    assert withdrawn["withdrawn_at"] == "2026-11-30T04:06:04Z"
-    assert withdrawn["processed_at"].endswith("Z")
-    assert payloads[0]["event_time"] is None and payloads[0]["withdrawn_at"] is None
-    api_time = shop.scalar(
+    status, withdrawn = payloads
+    assert status["event_time"] == "2026-11-30T04:00:00.5Z"
+    assert withdrawn["event_time"] is None and withdrawn["status"] is None
+    assert withdrawn["previous_change_id"] == status["change_id"] == withdrawn["change_id"] - 1
+    recorded = shop.scalar(
         shop.jm,
-        "SELECT processed_at FROM job_status_updates WHERE source_id = 8000300",
+        "SELECT recorded_at FROM job_status_changes WHERE change_id = :c",
+        c=withdrawn["change_id"],
     )
     # The same instant (the payload drops trailing zeros of the fraction, as in "00.5Z").
-    assert datetime.fromisoformat(withdrawn["processed_at"]) == api_time.replace(tzinfo=UTC)
+    assert withdrawn["recorded_at"].endswith("Z")
+    assert datetime.fromisoformat(withdrawn["recorded_at"]) == recorded.replace(tzinfo=UTC)
 
 
 def test_update_ids_come_from_the_column_s_own_sequence_named_directly(
@@ -407,7 +383,11 @@ def test_update_ids_come_from_the_column_s_own_sequence_named_directly(
     assert "pg_get_serial_sequence" not in source, "no per-row catalog lookup"
     assert f"nextval('{sequence.removeprefix('public.')}'::regclass)" in source
     before = shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}")
-    add_changes(shop, 8000400, 1)
+    shop.execute(
+        shop.jm,
+        "INSERT INTO job_status_updates (source_type, source_id, job_id, version_tag, operation,"
+        " status) VALUES ('scanner', 8000400, '7400_1', '1', 'coating', 'completed')",
+    )
     drawn = shop.scalar(
         shop.jm, "SELECT update_id FROM job_status_updates WHERE source_id = 8000400"
     )

@@ -59,6 +59,7 @@ from jobstatus_dagster.pipeline.print_os import plan_print
 from jobstatus_dagster.pipeline.scanner import plan_scans
 from jobstatus_dagster.pipeline.windows import backfill_windows, plan_next_run
 from jobstatus_dagster.source import PRINT_OS, SCANNER, SOURCE_NAMES
+from jobstatus_testkit.changes import fold_problems
 
 T0 = datetime(2026, 11, 1, 8, 0, 0)
 PLANNERS: dict[str, Callable[..., UpdatePlan]] = {PRINT_OS: plan_print, SCANNER: plan_scans}
@@ -441,6 +442,10 @@ _OUR_JM_TABLES = (
     "job_operation_state",
     "processing_failures",
     "processed_source_rows",
+    "job_version_state",
+    "job_status_changes",
+    "webhook_attempts",
+    "webhook_outbox",
 )
 _SOURCE_TABLES = {PRINT_OS: ('"print OS"', "id"), SCANNER: ("scanned_codes", "scan_id")}
 _PRINT_COLUMNS = (
@@ -477,6 +482,7 @@ class Env:
     committed: set[tuple[str, int]] = field(default_factory=set)
     deleted: set[tuple[str, int]] = field(default_factory=set)  # rows the shop deleted
     runs: int = 0
+    subscription_id: int | None = None  # whose deliveries are folded (R25)
 
     # -- data --
     def write_reference(self, data: ShopData) -> None:
@@ -861,6 +867,10 @@ class Env:
                 "jobs": "SELECT job_id, operations::text FROM jobs",
                 "job_operation_state": "SELECT job_id, operation, value, status, version_tag,"
                 " precedence, event_time, source_type, source_id, notes FROM job_operation_state",
+                # R25: what a reader of the change stream must hold
+                "job_version_state": "SELECT job_id, version_tag, operation, status,"
+                " printed_count, aborted_count, total_count, notes, event_time, source_type,"
+                " source_id FROM job_version_state",
                 "job_print_state": "SELECT job_id, version_tag, status, printed_count,"
                 " aborted_count, total_count, highest, notes, event_time, source_id"
                 " FROM job_print_state",
@@ -1090,8 +1100,17 @@ def open_env(urls: DatabaseUrls, reference: bool = False) -> Iterator[Env]:
             "late_row_lookback": 4,
         }
     )
+    env = Env(jm, logs, tuned)
+    if not reference:  # a subscriber to every operation, whose deliveries are folded (R25)
+        with jm.begin() as c:
+            env.subscription_id = c.execute(
+                sa.text(
+                    "INSERT INTO webhook_subscriptions (url, secret)"
+                    " VALUES ('http://127.0.0.1:9/fold', 'convergence') RETURNING subscription_id"
+                )
+            ).scalar_one()
     try:
-        yield Env(jm, logs, tuned)
+        yield env
     finally:
         jm.dispose()
         logs.dispose()
@@ -1291,7 +1310,8 @@ class _Run:
         """R22a at this quiescent point (unless exempt); the read surfaces go to ``surface``."""
         if not self.surface:
             self.surface += self.env.surface_problems(label)
-        problems: list[str] = []
+        # R25 holds at every point where no run is writing, exempt or not
+        problems = fold_problems(self.env.jm, self.env.subscription_id, label)
         if self.due is not None or self.crashed:
             return problems
         committed = {i for s, i in self.env.committed if s == PRINT_OS}
@@ -1405,6 +1425,7 @@ def _markers_behind(scratch: list, reached: list) -> list[str]:
 # Defect classes of a problem list, most severe first; the test raises each from its own line,
 # so one Hypothesis run reports (and shrinks) one example per class it found.
 RAISED, STEP_STATE, END_STATE, SURFACE = "raised", "step state", "end state", "read surface"
+FOLD = "change stream"
 
 
 def defect_class(problems: list[str]) -> str | None:
@@ -1413,13 +1434,21 @@ def defect_class(problems: list[str]) -> str | None:
     read surface that disagrees with the state tables (R4, R7, R8)."""
     if any(" raised " in p for p in problems):
         return RAISED
-    state = [p for p in problems if "read_job_status" not in p and "read_jobs" not in p]
+    state = [
+        p
+        for p in problems
+        if "read_job_status" not in p and "read_jobs" not in p and _FOLDING not in p
+    ]
     if any(not p.startswith(_AT_THE_END) for p in state):
         return STEP_STATE
     if state:
         return END_STATE
+    if any(_FOLDING in p for p in problems):
+        return FOLD
     return SURFACE if problems else None
 
+
+_FOLDING = "folding the"
 
 _AT_THE_END = ("differs from scratch:", "re-run changed:", "at the end:")
 

@@ -301,3 +301,27 @@ def project(
             ),
         ),
     )
+
+
+VERSION_STATE_COLUMNS = [
+    *VERSION_KEYS,
+    "status",
+    "printed_count",
+    "aborted_count",
+    "total_count",
+    "notes",
+    "event_time",
+    "source_type",
+    "source_id",
+]
+
+
+def version_state(job_ops: pd.DataFrame, print_state: pd.DataFrame) -> pd.DataFrame:
+    """R25: the state of each projected (job, version, operation) a change-stream reader holds:
+    its status and source, with PrintOS's counts where PrintOS's print state decided it."""
+    counts = print_state[["job_id", "version_tag", "printed_count", "aborted_count", "total_count"]]
+    from_print = (job_ops["operation"] == PRINT) & (job_ops["source_type"] == PRINT_OS)
+    with_counts = job_ops[from_print].merge(counts, on=["job_id", "version_tag"], how="left")
+    return pd.concat([with_counts, job_ops[~from_print]], ignore_index=True).reindex(
+        columns=VERSION_STATE_COLUMNS
+    )

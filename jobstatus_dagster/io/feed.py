@@ -27,6 +27,7 @@ EXPORT_BATCH = 5000
 
 FEED_COLUMNS = (
     "update_id",
+    "event",
     "job_id",
     "version_tag",
     "operation",
@@ -40,17 +41,27 @@ FEED_COLUMNS = (
     "processed_at",
     "source_type",
     "source_id",
+    "source_marker",
+    "previous_update_id",
+    "current",
     "withdrawn_at",
     "run_id",
 )
 
-# Ids are drawn under the writers' lock (sql/jobmanager/0013), so update_id order is commit
-# order: a reader that saw id n never later sees a new id below n.
+# R25: the feed is the change stream (sql/jobmanager/0016): one entry per change of a (job,
+# version, operation)'s state, never updated. Ids are drawn under the writers' lock, gap-free,
+# so update_id order is commit order: a reader that saw id n never later sees a new id below n.
+# ``current``: no later change of the same key exists (probes the key's index).
 FEED_SQL = sa.text(
-    "SELECT update_id, job_id, version_tag, operation, status, applied, printed_count,"
-    " aborted_count, total_count, notes, event_time, processed_at, source_type, source_id,"
-    " withdrawn_at, run_id FROM job_status_updates WHERE update_id > :after"
-    " ORDER BY update_id LIMIT :limit"
+    "SELECT c.change_id AS update_id, c.event, c.job_id, c.version_tag, c.operation, c.status,"
+    " c.event = 'status' AS applied, c.printed_count, c.aborted_count, c.total_count, c.notes,"
+    " c.event_time, c.recorded_at AS processed_at, c.source_type, c.source_id,"
+    " c.source_marker, c.previous_change_id AS previous_update_id,"
+    " NOT EXISTS (SELECT 1 FROM job_status_changes l WHERE l.job_id = c.job_id"
+    "   AND l.version_tag = c.version_tag AND l.operation = c.operation"
+    "   AND l.change_id > c.change_id) AS current,"
+    " CASE WHEN c.event = 'withdrawn' THEN c.recorded_at END AS withdrawn_at, c.run_id"
+    " FROM job_status_changes c WHERE c.change_id > :after ORDER BY c.change_id LIMIT :limit"
 )
 
 AS_OF_SQL = sa.text(
@@ -199,7 +210,7 @@ def read_as_of(conn: sa.Connection) -> dict[str, dict[str, Any]]:
 
 
 def read_feed(conn: sa.Connection, after: int, limit: int) -> list[dict[str, Any]]:
-    """Audit rows past ``after``, ascending: one page of the change feed."""
+    """Changes past ``after``, ascending: one page of the change feed (R25)."""
     return [
         dict(row) for row in conn.execute(FEED_SQL, {"after": after, "limit": limit}).mappings()
     ]
@@ -238,7 +249,7 @@ def known_job_ids(conn: sa.Connection) -> list[str]:
 
 
 def export_feed(engine: sa.Engine, after: int, batch: int = EXPORT_BATCH) -> Iterator[list[dict]]:
-    """Every audit row past ``after``, a page at a time (one short query per page)."""
+    """Every change past ``after``, a page at a time (one short query per page)."""
     while True:
         with engine.connect() as conn:
             rows = read_feed(conn, after, batch)

@@ -32,7 +32,13 @@ from jobstatus_dagster.core.plan import (
     empty,
     failure_rows,
 )
-from jobstatus_dagster.core.projection import Projection, minus, project
+from jobstatus_dagster.core.projection import (
+    VERSION_STATE_COLUMNS,
+    Projection,
+    minus,
+    project,
+    version_state,
+)
 from jobstatus_dagster.faults import crash_point, transient_point
 from jobstatus_dagster.io.compose import (
     Identifier,
@@ -84,6 +90,10 @@ _TEMP_TABLES = {
     "tmp_failures": "source_type text, source_id bigint, reason text, subject text, detail text, retryable boolean",
     "tmp_processed": "source_id bigint, marker bigint, kind text",
     "tmp_reprojected": "subject text",
+    "tmp_version_state": """job_id text, version_tag text, operation text, status text,
+        printed_count int, aborted_count int, total_count int, notes text,
+        event_time timestamp, source_type text, source_id bigint""",
+    "tmp_version_withdrawn": "job_id text, version_tag text, operation text",
 }
 
 
@@ -98,6 +108,7 @@ class WriteReport:
     job_operation_rows_updated: int = 0
     rows_withdrawn: int = 0
     job_states_changed: int = 0
+    changes_published: int = 0
     jobs_updated: int = 0
     audit_rows_written: int = 0
     attributions_withdrawn: int = 0
@@ -683,6 +694,7 @@ def write_jobmanager(
     report.audit_rows_written += _apply_verdicts(conn, projection, params)
     report.attributions_withdrawn += _write_imposition_attributions(conn, plan, evidence, params)
     _write_print_state(conn, plan)
+    report.changes_published = _publish_changes(conn, evidence, projection, params)
     report.job_states_changed = _write_operation_state(conn, projection)
     report.jobs_updated = _write_jobs_operations(conn)
     _record_failures(conn, plan, logs_failures, _reprojected(evidence), params, report)
@@ -882,6 +894,86 @@ def _write_print_state(conn: sa.Connection, plan: UpdatePlan) -> None:
                excluded.source_id)
     """)
     )
+
+
+# R25: the keys whose state this write changes, each a new change numbered after the last one
+# (gap-free: the writers' lock is held, so no other change is drawn meanwhile). A key whose
+# state is unchanged (a re-run) adds nothing; a key that no longer holds a state is withdrawn.
+# The source's marker comes from the audit row of that source and key.
+_CHANGES_SQL = """
+WITH base AS (
+    SELECT COALESCE((SELECT max(change_id) FROM job_status_changes),
+                    (SELECT max(update_id) FROM job_status_updates), 0) AS last_id
+), changed AS (
+    SELECT t.*, 'status' AS event, s.change_id AS previous_change_id
+    FROM tmp_version_state t LEFT JOIN job_version_state s
+      ON s.job_id = t.job_id AND s.version_tag = t.version_tag AND s.operation = t.operation
+    WHERE s.job_id IS NULL
+       OR (s.status, s.printed_count, s.aborted_count, s.total_count, s.notes, s.event_time,
+           s.source_type, s.source_id)
+          IS DISTINCT FROM (t.status, t.printed_count, t.aborted_count, t.total_count, t.notes,
+           t.event_time, t.source_type, t.source_id)
+    UNION ALL
+    SELECT w.job_id, w.version_tag, w.operation, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, 'withdrawn', s.change_id
+    FROM tmp_version_withdrawn w JOIN job_version_state s
+      ON s.job_id = w.job_id AND s.version_tag = w.version_tag AND s.operation = w.operation
+)
+INSERT INTO job_status_changes (change_id, job_id, version_tag, operation, event, status,
+    printed_count, aborted_count, total_count, notes, event_time, source_type, source_id,
+    source_marker, previous_change_id, run_id)
+SELECT base.last_id + row_number() OVER (ORDER BY c.job_id, c.version_tag, c.operation),
+       c.job_id, c.version_tag, c.operation, c.event, c.status, c.printed_count,
+       c.aborted_count, c.total_count, c.notes, c.event_time, c.source_type, c.source_id,
+       (SELECT u.marker FROM job_status_updates u WHERE u.source_type = c.source_type
+          AND u.source_id = c.source_id AND u.job_id = c.job_id
+          AND u.version_tag = c.version_tag AND u.operation = c.operation),
+       c.previous_change_id, :run_id
+FROM changed c CROSS JOIN base
+"""
+
+
+def _publish_changes(
+    conn: sa.Connection, evidence: Evidence, projection: Projection, params: dict
+) -> int:
+    """R25: each change of a projected key's state becomes a new entry of the change stream
+    (the feed, and through its trigger the webhooks' outbox), in the order the state went
+    through them; job_version_state then holds what a reader folding the stream holds."""
+    _copy_into(
+        conn,
+        "tmp_version_state",
+        version_state(projection.job_ops, evidence.print_state),
+        VERSION_STATE_COLUMNS,
+        analyze=True,
+    )
+    _copy_into(conn, "tmp_version_withdrawn", projection.job_ops_withdrawn, _VERSION_KEY)
+    before = conn.execute(sa.text("SELECT max(change_id) FROM job_status_changes")).scalar()
+    published = conn.execute(sa.text(_CHANGES_SQL), params).rowcount
+    if not published:
+        return 0
+    conn.execute(
+        sa.text("""
+        INSERT INTO job_version_state AS s (job_id, version_tag, operation, status,
+            printed_count, aborted_count, total_count, notes, event_time, source_type,
+            source_id, change_id)
+        SELECT job_id, version_tag, operation, status, printed_count, aborted_count,
+               total_count, notes, event_time, source_type, source_id, change_id
+        FROM job_status_changes WHERE change_id > :before AND event = 'status'
+        ON CONFLICT (job_id, version_tag, operation) DO UPDATE SET status = excluded.status,
+            printed_count = excluded.printed_count, aborted_count = excluded.aborted_count,
+            total_count = excluded.total_count, notes = excluded.notes,
+            event_time = excluded.event_time, source_type = excluded.source_type,
+            source_id = excluded.source_id, change_id = excluded.change_id, updated_at = now()
+    """),
+        {"before": before or 0},
+    )
+    conn.execute(
+        sa.text("""
+        DELETE FROM job_version_state s USING tmp_version_withdrawn w
+        WHERE s.job_id = w.job_id AND s.version_tag = w.version_tag AND s.operation = w.operation
+    """)
+    )
+    return published
 
 
 def _write_operation_state(conn: sa.Connection, projection: Projection) -> int:
