@@ -93,7 +93,8 @@ def subscribe(shop: Shop, url: str, operations: list[str] | None = None) -> int:
 def outbox(shop: Shop, subscription_id: int) -> list[dict]:
     return shop.rows(
         shop.jm,
-        "SELECT * FROM webhook_outbox WHERE subscription_id = :s ORDER BY outbox_id",
+        "SELECT o.*, jobstatus_delivery_body(o) AS payload FROM webhook_outbox o"
+        " WHERE subscription_id = :s ORDER BY outbox_id",
         s=subscription_id,
     )
 

@@ -97,8 +97,8 @@ def delivered_changes(jobmanager: sa.Engine, subscription_id: int) -> list[dict]
             row[0]
             for row in conn.execute(
                 sa.text(
-                    "SELECT payload FROM webhook_outbox WHERE subscription_id = :s"
-                    " ORDER BY job_id, outbox_id"
+                    "SELECT jobstatus_delivery_body(o) FROM webhook_outbox o"
+                    " WHERE subscription_id = :s ORDER BY job_id, outbox_id"
                 ),
                 {"s": subscription_id},
             )

@@ -144,6 +144,8 @@ class ShopData:
     # R20 retries: at once (every run re-loads the rows of retryable failures) or not within
     # the schedule (so a re-run sees only its window: retries would hide what it forgets)
     retry_interval: int = 0
+    # the two print rows of the job printed across two impositions far apart in marker order
+    split: tuple[int, ...] = ()
 
     def raw(self, kind: str, ident: str) -> str:
         return self.pads.get((kind, ident), ident)
@@ -269,12 +271,16 @@ def shops(draw: st.DrawFn, max_events: int = 8) -> ShopData:
                 _time(minutes + 1),
             )
         )
+    split: tuple[int, ...] = ()
     if draw(st.booleans()):  # a job printed across two impositions, far apart in marker order
-        # (R11: a window that sees only one of them must still count the other, R22a)
+        # (R11: a window that sees only one of them must still count the other, R22a). Printed
+        # after every scan (minute 41 on), so committing them late is never R6's exception.
         low, high = draw(st.integers(1, 6)), draw(st.integers(7, 12))
         for part, imp, marker in (("a", impositions[0], low), ("b", impositions[1], high)):
             files[imp].append(f"FILE_1_Labex_{jobs[0]}_split{part}")
-            prints.append((len(prints) + 1, imp, "PRINTED", marker, _time(marker), _time(marker)))
+            at = _time(41 + marker)
+            prints.append((len(prints) + 1, imp, "PRINTED", marker, at, at))
+            split += (len(prints),)
     scan_codes = [f"{j}_{v}" for j in jobs for v in versions[j]] + list(runlists) + ["junk"]
     if long_job:
         scan_codes.append(f"{LONG_JOB}_1")
@@ -304,6 +310,7 @@ def shops(draw: st.DrawFn, max_events: int = 8) -> ShopData:
         job_values=job_values,
         pads=pads,
         retry_interval=draw(st.sampled_from([0, 3600])),
+        split=split,
     )
 
 
@@ -327,6 +334,7 @@ STEP_KINDS = (
     "crash",
     "correct",
     "rerun",
+    "ahead",
     "ahead",
     "ahead",
     "delete",
@@ -375,7 +383,9 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
                 ("rerun", draw(source), draw(st.integers(0, 12)), draw(st.integers(1, 12)))
             )
         elif kind == "ahead":  # the next window fails; the one after it runs behind it
-            steps.append(("ahead", draw(source), draw(st.integers(1, 4))))
+            # mostly on PrintOS where a job is printed across two impositions (finding 1)
+            on = PRINT_OS if data.split and draw(st.integers(0, 3)) else draw(source)
+            steps.append(("ahead", on, draw(st.integers(1, 4))))
         elif kind == "delete":
             steps.append(("delete", draw(source), draw(pick)))
         elif kind == "correct_row":
@@ -1168,13 +1178,9 @@ class _Run:
         self.seen_unprocessed |= committed - processed
 
     def split_rows(self) -> list[tuple]:
-        """The print rows of the job printed across two impositions (shops())."""
-        return [
-            r
-            for r in self.data.prints
-            if r[1] in self.data.files
-            and any(f.endswith(("_splita", "_splitb")) for f in self.data.files[r[1]])
-        ]
+        """The print rows of the job printed across two impositions (shops()), as they stand
+        (a correction may have moved or deleted one)."""
+        return [r for r in self.data.prints if r[0] in self.data.split]
 
     def split_marker(self) -> int | None:
         """The marker of the lower event of the split job, when both its events are committed

@@ -101,12 +101,12 @@ def delete_subscription(conn: sa.Connection, subscription_id: int) -> bool:
 # subscription's first, then every second...), so one subscriber's backlog cannot fill a pass.
 DUE_SQL = sa.text("""
     SELECT d.outbox_id, d.delivery_id::text AS delivery_id, d.update_id, d.subscription_id,
-           s.url, s.secret, d.payload::text AS body, d.attempts
+           s.url, s.secret, jobstatus_delivery_body(d.o)::text AS body, d.attempts
     FROM (SELECT h.*, row_number() OVER (PARTITION BY h.subscription_id
                                          ORDER BY h.outbox_id) AS turn
           FROM (SELECT DISTINCT ON (subscription_id, job_id) outbox_id, delivery_id,
-                       subscription_id, update_id, payload, attempts, next_attempt_at
-                FROM webhook_outbox WHERE state = 'pending'
+                       subscription_id, update_id, attempts, next_attempt_at, o
+                FROM webhook_outbox o WHERE state = 'pending'
                 ORDER BY subscription_id, job_id, outbox_id) h
           WHERE h.next_attempt_at <= now()) d
     JOIN webhook_subscriptions s USING (subscription_id)
