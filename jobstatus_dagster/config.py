@@ -116,6 +116,26 @@ class Settings(Processing, BaseSettings):
     webhook_interval_seconds: int = Field(
         10, ge=1, description="how often the webhook sensor looks for due deliveries"
     )
+    # Alerts (pipeline/alerts.py): where an incident's opening and clearing are sent. Either, both
+    # or neither (then incidents are still recorded in alert_incidents and shown by the sensor).
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="POST each alert as JSON with a `text` field (Slack, Teams, any receiver)"
+    )
+    smtp_host: str | None = Field(None, description="mail each alert through this SMTP server")
+    smtp_port: int = Field(25, ge=1, description="the SMTP server's port")
+    smtp_starttls: bool = Field(False, description="STARTTLS before logging in")
+    smtp_user: str | None = Field(None, description="SMTP login, if the server wants one")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password")
+    smtp_from: str | None = Field(None, description="sender of the alert mails")
+    smtp_to: str | None = Field(None, description="recipients of the alert mails, comma-separated")
+    alert_interval_seconds: int = Field(30, ge=5, description="how often the alert sensor looks")
+    # Retention (pipeline/retention.py): Dagster keeps every run forever unless told.
+    run_retention_days: int = Field(
+        30, ge=1, description="successful runs older than this are deleted (not our own tables)"
+    )
+    failed_run_retention_days: int = Field(
+        180, ge=1, description="failed and canceled runs, and backfills' runs, are kept this long"
+    )
 
     def configured_database_urls(self) -> tuple[str, str, str] | None:
         """The three URLs, or None for the embedded server. Some but not all set is an error:
