@@ -49,6 +49,8 @@ class SensorCursor:
     requested_up_to: int | None = None  # the highest window end queued or running
     waiting_runs: int = 0  # runs of the source queued or running after this look
     sweep_after: list[int] | None = None  # (marker, id) the history walk goes on after
+    # The backlog last shown on the source table's asset (``backlog_observation``).
+    observed: dict[str, int] | None = None
 
     @classmethod
     def parse(cls, cursor: str | None) -> "SensorCursor":
@@ -62,6 +64,7 @@ class SensorCursor:
                 requested_up_to=_opt_int(data.get("requested_up_to")),
                 waiting_runs=int(data.get("waiting_runs", 0)),
                 sweep_after=None if sweep is None else [int(sweep[0]), int(sweep[1])],
+                observed=_observed(data.get("observed")),
             )
         except (ValueError, TypeError, AttributeError, IndexError, KeyError):
             return cls()
@@ -76,6 +79,34 @@ class SensorCursor:
 
 def _opt_int(value: object) -> int | None:
     return None if value is None else int(str(value))
+
+
+def _observed(value: object) -> dict[str, int] | None:
+    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+def backlog_figures(backlog: Backlog, chunk_size: int) -> dict[str, int]:
+    """What the source table's asset page shows of the backlog: only values that change when
+    the backlog does (no clock), so an unchanged backlog is recognised as such."""
+    return {
+        "marker": backlog.marker,
+        # Counted up to one window (a cheap look): "at least" once it reaches chunk_size.
+        "rows_past_marker": backlog.next_rows,
+        "rows_past_marker_counted_up_to": chunk_size,
+        "late_rows_below_marker": backlog.late_rows,
+        "failures_due_for_retry": backlog.due_retries,
+    }
+
+
+def backlog_observation(
+    source_type: str, figures: dict[str, int], previous: dict[str, int] | None
+) -> list[dg.AssetObservation]:
+    """An observation of the source table when its backlog differs from the one last shown,
+    none otherwise: a quiet shop's ticks add nothing to the event log."""
+    if figures == previous:
+        return []
+    table = dg.AssetKey(list(source_named(source_type).table_path))
+    return [dg.AssetObservation(asset_key=table, metadata=dict(figures))]
 
 
 def _run_key(planned: PlannedRun, finished: int) -> str:
@@ -146,16 +177,21 @@ def look(
     # A slice holding never-processed rows is looked at again until a run has processed them.
     sweep_after = backlog.sweep.start if backlog.swept_rows else backlog.sweep.end
     ends = [p.to_marker for p in planned] + [in_flight.windows_end or backlog.marker]
+    figures = backlog_figures(backlog, settings.chunk_size)
+    observations = backlog_observation(source_type, figures, cursor.observed)
     cursor = SensorCursor(
         marker_seen=backlog.marker,
         looked_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         requested_up_to=max(ends),
         waiting_runs=in_flight.runs + len(planned),
         sweep_after=None if sweep_after is None else list(sweep_after),
+        observed=figures,
     )
     if not requests:
         return dg.SensorResult(
-            skip_reason=_nothing_to_do(source_type, backlog, in_flight), cursor=cursor.dumps()
+            skip_reason=_nothing_to_do(source_type, backlog, in_flight),
+            cursor=cursor.dumps(),
+            asset_events=observations,
         )
     partitions = source_named(source_type).partitions
     keys = sorted({p.partition_key for p in planned})
@@ -164,6 +200,7 @@ def look(
         run_requests=requests,
         cursor=cursor.dumps(),
         dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],
+        asset_events=observations,
     )
 
 
