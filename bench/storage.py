@@ -97,6 +97,14 @@ def mib(n: float) -> float:
 # ----- 1. one steady day ---------------------------------------------------------------------
 
 
+def growth(before: tuple[int, int], after: tuple[int, int], per: int) -> tuple[float, float]:
+    """(rows, bytes) a table gains per ``per``: new rows times the table's average footprint of
+    a row (indexes and TOAST included). Not the file growth, which moves in 8 KiB pages and
+    counts the dead versions of updated rows that (auto)vacuum makes room of again."""
+    rows = (after[0] - before[0]) / per
+    return rows, rows * (after[1] / after[0] if after[0] else 0.0)
+
+
 def measure_day(shop: Shop, instance: dg.DagsterInstance, windows: int) -> dict:
     defs = shop.definitions()
     for source in ("print_os", "scanner"):
@@ -118,18 +126,12 @@ def measure_day(shop: Shop, instance: dg.DagsterInstance, windows: int) -> dict:
     ours_after = {db: table_figures(getattr(shop.urls, db), t) for db, t in OUR_TABLES.items()}
 
     per_run = {
-        t: (
-            (dagster_after[t][0] - dagster_before[t][0]) / runs,
-            (dagster_after[t][1] - dagster_before[t][1]) / runs,
-        )
+        t: growth(dagster_before[t], dagster_after[t], runs)
         for t in dagster_after
         if t != "job_ticks"
     }
     ours_per_window = {
-        f"{db}.{t}": (
-            (ours_after[db][t][0] - ours_before[db][t][0]) / windows,
-            (ours_after[db][t][1] - ours_before[db][t][1]) / windows,
-        )
+        f"{db}.{t}": growth(ours_before[db][t], ours_after[db][t], windows)
         for db in ours_after
         for t in ours_after[db]
     }
@@ -379,6 +381,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.05, help="fraction of a day's runs")
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--retention-days", type=int, default=30)
+    parser.add_argument(
+        "--steady-days",
+        type=int,
+        default=30,
+        help="then this many days of full-scale runs, as retention keeps them (0: skip)",
+    )
     args = parser.parse_args()
 
     print(f"machine: {machine_line()}")
@@ -444,6 +452,20 @@ def main() -> None:
                 start + timedelta(days=args.days),
                 "none",
             )
+            if args.steady_days:
+                log(f"what retention leaves at full scale: {args.steady_days} days of runs")
+                rows += simulate_year(
+                    shop,
+                    instance,
+                    template,
+                    RUNS_PER_DAY,
+                    LAUNCHING_TICKS_PER_DAY,
+                    args.steady_days,
+                    None,
+                    {args.steady_days},
+                    start + timedelta(days=2 * args.days),
+                    "full scale, kept",
+                )
             header = [
                 "retention",
                 "day",
@@ -453,12 +475,12 @@ def main() -> None:
                 "dagster MiB",
                 *query_times(shop, instance).keys(),
             ]
-            print_table(
-                f"A year at {args.scale:g} of a day's runs ({runs_per_day} runs,"
-                f" {ticks_per_day} ticks a day); ms are medians",
-                header,
-                rows,
+            print(
+                f"\nA year at {args.scale:g} of a day's runs ({runs_per_day} runs and"
+                f" {ticks_per_day} ticks a day, retention {args.retention_days} days);"
+                " query times are medians in ms"
             )
+            print_table("a year of runs", header, rows)
 
 
 def report_day(day: dict, skipped_tick: float, launching_tick: float) -> None:
