@@ -101,9 +101,7 @@ def _status_changes(
     after: int,
     before: int | None = None,
 ) -> list[dg.EventLogRecord]:
-    from dagster._core.event_api import RunStatusChangeRecordsFilter
-
-    records_filter = RunStatusChangeRecordsFilter(
+    records_filter = dg.RunStatusChangeRecordsFilter(
         event_type=kind, after_storage_id=after, before_storage_id=before
     )
     return list(
