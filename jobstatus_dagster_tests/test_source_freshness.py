@@ -53,20 +53,39 @@ def test_the_backlog_is_observed_when_it_changes_and_not_when_it_stays(shop: Sho
     assert first.asset_key == PRINT_OS_TABLE
     assert first.metadata["marker"].value == shop.marker()
     assert first.metadata["rows_past_marker"].value == 0
+    assert first.metadata["backlog"].value == "caught up"
     assert looks.tick() == [] and looks.tick() == []  # a quiet shop adds nothing
 
     for _ in range(2):
         shop.print_event("FR-I1", "PRINTED")
     (behind,) = looks.tick()
     assert behind.metadata["rows_past_marker"].value == 2
-    assert looks.tick() == []  # still two behind (runs requested, not yet run)
+    assert behind.metadata["backlog"].value == "less than one window behind"
+    assert looks.tick() == []  # still behind (runs requested, not yet run)
 
     shop.process(instance)
     (caught_up,) = looks.tick()
     assert caught_up.metadata["marker"].value == shop.marker() == first.metadata["marker"].value + 2
-    assert caught_up.metadata["rows_past_marker"].value == 0
+    assert caught_up.metadata["backlog"].value == "caught up"
     assert looks.tick() == []
-    assert [r["rows_past_marker"] for r in looks.recorded()] == [0, 2, 0]
+
+    # A shop at work: rows arrive and are processed between two looks. The marker moved, but
+    # within its marker range and still caught up: nothing new to show, nothing recorded.
+    shop.print_event("FR-I1", "PRINTED")
+    shop.process(instance)
+    assert looks.tick() == []
+    # Falling a whole window behind is shown (chunk_size=100 here).
+    for _ in range(100):
+        shop.print_event("FR-I1", "PRINTED")
+    (far,) = looks.tick()
+    assert far.metadata["backlog"].value == "one window or more behind"
+    assert far.metadata["rows_past_marker"].value == 100
+    assert [r["backlog"] for r in looks.recorded()] == [
+        "caught up",
+        "less than one window behind",
+        "caught up",
+        "one window or more behind",
+    ]
 
 
 def test_the_tables_we_write_carry_dagsters_table_metadata_with_real_columns(urls) -> None:
