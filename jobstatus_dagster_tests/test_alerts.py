@@ -271,3 +271,24 @@ def test_the_alert_sensor_and_the_retention_schedule_run_by_default(alerts: Aler
     schedule = defs.resolve_schedule_def("prune_dagster_history_hourly")
     assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
     assert isinstance(alerts.shop.processing, ProcessingSettings)
+
+
+def test_alert_secrets_reach_the_sensor_as_environment_variables(monkeypatch) -> None:
+    """The chat webhook URL holds a token and the SMTP password is one: the resource names the
+    variables (the UI shows names, not values); unset, the channel is off."""
+    from jobstatus_dagster.config import load_settings
+    from jobstatus_dagster.definitions import alert_channels_from_settings
+
+    for name in ("ALERT_WEBHOOK_URL", "SMTP_HOST", "SMTP_TO", "SMTP_PASSWORD"):
+        monkeypatch.delenv(f"JOBSTATUS_{name}", raising=False)
+    assert alert_channels_from_settings(load_settings()).configured == []
+
+    monkeypatch.setenv("JOBSTATUS_ALERT_WEBHOOK_URL", "https://hooks.example/T0/B0/secret")
+    monkeypatch.setenv("JOBSTATUS_SMTP_HOST", "mail.shop.example")
+    monkeypatch.setenv("JOBSTATUS_SMTP_TO", "ops@shop.example")
+    monkeypatch.setenv("JOBSTATUS_SMTP_PASSWORD", "hunter2")
+    channels = alert_channels_from_settings(load_settings())
+    assert channels.webhook_url == dg.EnvVar("JOBSTATUS_ALERT_WEBHOOK_URL")
+    assert channels.smtp_password == dg.EnvVar("JOBSTATUS_SMTP_PASSWORD")
+    assert channels.smtp_host == "mail.shop.example"
+    assert "secret" not in repr(channels) and "hunter2" not in repr(channels)
