@@ -251,20 +251,34 @@ def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
 
 
 # ----- CSV ---------------------------------------------------------------------------------
+# OWASP's CSV injection advice: a text cell a spreadsheet would read as a formula (or, after a
+# tab or carriage return, as the start of one) gets a leading single quote, and text cells are
+# quoted. Numbers stay numbers (a negative marker is a number, not a formula).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """``'=1+1`` for ``=1+1``: shown as text by a spreadsheet, never evaluated."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def _cell(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"  # as the JSON answers say it
     if isinstance(value, datetime):
         return _as_utc(value).isoformat()
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        return neutralise(json.dumps(value, separators=(",", ":"), sort_keys=True))
+    if isinstance(value, str):
+        return neutralise(value)
     return "" if value is None else value
 
 
 def csv_lines(columns: Sequence[str], pages: Iterable[list[dict]], row) -> Iterator[str]:
-    """A header, then one CSV chunk per page: memory bounded by a page."""
+    """A header, then one CSV chunk per page: memory bounded by a page. Every text cell is
+    quoted and a formula-like one neutralised (``neutralise``), in every export."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(columns)
     for page in pages:
         writer.writerows([_cell(value) for value in row(item)] for item in page)
