@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, Literal
 
 import dagster as dg
@@ -75,6 +76,7 @@ DEFAULT_WAIT_SECONDS = 60
 MAX_WAIT_SECONDS = 600
 
 logger = logging.getLogger(__name__)
+Gone = Callable[[], Awaitable[bool]]  # whether the client hung up
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -268,6 +270,11 @@ async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    """Nobody is left to read it; 499 ("client closed request") is what the access log shows."""
+    return Response(status_code=499)
+
+
 async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"database unavailable ({type(exc).__name__})"}, status_code=503)
 
@@ -358,16 +365,15 @@ class Processor:
         self.defs = defs
         self.instance = instance
         self.jobmanager = jobmanager
+        self.watcher = queue.RunWatcher(instance)
 
     async def process(
-        self, sources: tuple[str, ...], wait: float
+        self, sources: tuple[str, ...], wait: float, gone: Gone | None = None
     ) -> dict[str, list[dg.DagsterRun]]:
         """A queued run per window past each source's marker; the finished runs per source."""
         submitted = await run_in_threadpool(self._submit, sources)
         run_ids = [run_id for sub in submitted.values() for run_id in sub.run_ids]
-        _, runs = await queue.wait_until_async(
-            partial(queue.runs_settled, self.instance, run_ids), wait
-        )
+        _, runs = await self.watcher.wait_for_runs(run_ids, wait, gone)
         await run_in_threadpool(self._check, sources[0], runs, None)
         return {
             source: [run for run in runs if run.run_id in sub.windows]
@@ -378,26 +384,23 @@ class Processor:
         queue.ensure_pools(self.instance)
         return {s: queue.submit_source(self.defs, self.instance, s, TRIGGER) for s in sources}
 
-    async def backfill(self, source: str, wait: float) -> tuple[str | None, list[dg.DagsterRun]]:
-        """A partition backfill over every marker range of the source; its finished runs."""
+    async def backfill(
+        self, source: str, wait: float, gone: Gone | None = None
+    ) -> tuple[str | None, list[dg.DagsterRun]]:
+        """A partition backfill over every marker range of the source (or the one already in
+        flight over them); its finished runs."""
         backfill_id = await run_in_threadpool(self._submit_backfill, source)
         if backfill_id is None:
             return None, []
-        done, runs = await queue.wait_until_async(
-            partial(queue.backfill_settled, self.instance, backfill_id), wait
-        )
+        done, runs = await self.watcher.wait_for_backfill(backfill_id, wait, gone)
         if not done:
             await run_in_threadpool(self._accepted, runs, backfill_id)
         await run_in_threadpool(self._check, source, runs, backfill_id)
         return backfill_id, runs
 
     def _submit_backfill(self, source: str) -> str | None:
-        bounds = queue.whole_source_bounds(self.defs, source)
-        if bounds is None:
-            return None
         queue.ensure_pools(self.instance)
-        backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
-        return backfill_id
+        return queue.submit_whole_source_backfill(self.defs, self.instance, source, TRIGGER)
 
     def _check(self, source: str, runs: list[dg.DagsterRun], backfill_id: str | None) -> None:
         if not all(run.status in queue.FINISHED for run in runs):
@@ -449,6 +452,30 @@ class Processor:
         )
 
 
+# The instance's storage connections as dagster-webserver holds them (its defaults): a pooled
+# connection per storage (pool_size 1, up to 20 more under load, recycled hourly) instead of
+# dagster-postgres's default NullPool, which opens a Postgres session per query; statements
+# time out after 15 s. Once per instance: each call replaces the storages' engines.
+STORAGE_STATEMENT_TIMEOUT_MS = 15_000
+STORAGE_POOL_RECYCLE_SECONDS = 3600
+STORAGE_POOL_MAX_OVERFLOW = 20
+_pooled: weakref.WeakSet[dg.DagsterInstance] = weakref.WeakSet()
+_pooled_lock = threading.Lock()
+
+
+def pool_storage_connections(instance: dg.DagsterInstance) -> None:
+    """Pool the instance's storage connections (``DagsterInstance.optimize_for_webserver``)."""
+    with _pooled_lock:
+        if instance in _pooled:
+            return
+        instance.optimize_for_webserver(
+            statement_timeout=STORAGE_STATEMENT_TIMEOUT_MS,
+            pool_recycle=STORAGE_POOL_RECYCLE_SECONDS,
+            max_overflow=STORAGE_POOL_MAX_OVERFLOW,
+        )
+        _pooled.add(instance)
+
+
 def _engine(libpq_url: str) -> sa.Engine:
     # A short connect timeout, so /api/health answers promptly when a server is down.
     return sa.create_engine(
@@ -488,6 +515,7 @@ def create_app(
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
+    pool_storage_connections(instance)
     processor = Processor(defs, instance, jobmanager)
     expected = token.encode() if token else None
 
@@ -504,9 +532,11 @@ def create_app(
         " Dagster runs, tagged `jobstatus/trigger=api`, in the run queue and the run history.",
         lifespan=lifespan,
     )
+    app.state.processor = processor  # its run watcher, for the tests and bench/
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(Accepted, _accepted)
     app.add_exception_handler(RunFailed, _run_failed)
+    app.add_exception_handler(queue.ClientGone, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_exception_handler(sa.exc.OperationalError, _database_unavailable)
     app.add_exception_handler(sa.exc.InterfaceError, _database_unavailable)
@@ -556,13 +586,17 @@ def create_app(
         summary="Process print-OS events past the marker (force: all of them again)",
     )
     async def process_print_os(
+        client: Request,
         request: Annotated[ProcessPrintOsRequest, Body()] = ProcessPrintOsRequest(),  # noqa: B008
     ) -> ProcessPrintOsResponse:
-        # Async: a request waiting for its runs holds no worker thread (reads go on meanwhile).
+        # Async: a request waiting for its runs holds no worker thread (reads go on meanwhile),
+        # and stops waiting when its client hangs up.
+        gone = client.is_disconnected
         if request.force:
-            backfill_id, runs = await processor.backfill(PRINT_OS, request.wait)
+            backfill_id, runs = await processor.backfill(PRINT_OS, request.wait, gone)
         else:
-            backfill_id, runs = None, (await processor.process((PRINT_OS,), request.wait))[PRINT_OS]
+            processed = await processor.process((PRINT_OS,), request.wait, gone)
+            backfill_id, runs = None, processed[PRINT_OS]
         return await run_in_threadpool(print_os_answer, runs, backfill_id)
 
     def print_os_answer(
@@ -583,10 +617,11 @@ def create_app(
         summary="Process print-OS events and/or scans past their markers",
     )
     async def process_status_updates(
+        client: Request,
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
         sources = SOURCE_NAMES if request.source == "both" else (request.source,)
-        runs = await processor.process(sources, request.wait)
+        runs = await processor.process(sources, request.wait, client.is_disconnected)
         return await run_in_threadpool(status_updates_answer, sources, runs)
 
     def status_updates_answer(
