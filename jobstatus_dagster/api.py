@@ -22,7 +22,7 @@ Status codes:
   declared public (``JOBSTATUS_API_PUBLIC_READS=true``). ``/api/health`` stays open for probes.
 - 503 on writes: no token configured (``JOBSTATUS_API_TOKEN`` unset) - writes stay closed rather
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
-- 404: unknown job or run. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
+- 404: unknown job or run. 408: a body not received whole within 30 s. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
   fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``). 400: a JSON body
   that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
 - 502: a run failed (e.g. a database error inside an op). The body names the failed run and its
@@ -43,6 +43,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio
 import dagster as dg
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -63,9 +64,11 @@ from jobstatus_dagster.io.sources import read_marker
 from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
+from jobstatus_dagster.serving import MAX_HEADER_BYTES
 from jobstatus_dagster.source import SOURCE_NAMES
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 30.0  # the whole body, from the end of the headers
 TRIGGER = "api"
 # R4: a job id is two digit groups; anything else never reaches SQL.
 JOB_ID_PATTERN = r"^[0-9]{1,20}_[0-9]{1,20}$"
@@ -283,17 +286,32 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-class BodySizeLimit:
-    """413 for bodies over ``max_bytes``, by Content-Length and by the bytes actually received
-    (chunked bodies have no Content-Length), before any endpoint sees them."""
+def header_bytes(scope: Scope) -> int:
+    """About what the request line and headers took on the wire."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+
+class BodySizeLimit:
+    """Before any endpoint sees a request: 431 for a request line and headers over
+    ``MAX_HEADER_BYTES``; 413 for a body over ``max_bytes``, by Content-Length and by the bytes
+    actually received (chunked bodies have no Content-Length); 408 for a body not received whole
+    within ``timeout`` seconds (a client trickling it holds no request open)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if header_bytes(scope) > MAX_HEADER_BYTES:  # complete headers; serving.py, incomplete
+            detail = f"request line and headers larger than {MAX_HEADER_BYTES} bytes"
+            await self._refuse(scope, receive, send, 431, detail, close=True)
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and not (declared.isascii() and declared.isdigit()):
@@ -303,16 +321,21 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send, 413, self._too_large)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send, 413, self._too_large)
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.timeout) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_bytes:
+                    await self._refuse(scope, receive, send, 413, self._too_large)
+                    return
+                if not message.get("more_body", False):
+                    break
+        if reading.cancelled_caught:
+            detail = f"request body not received within {self.timeout:g} s"
+            await self._refuse(scope, receive, send, 408, detail, close=True)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -329,8 +352,13 @@ class BodySizeLimit:
         return f"request body larger than {self.max_bytes} bytes"
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, status: int, detail: str, close: bool = False
+    ) -> None:
+        headers = {"Connection": "close"} if close else None
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
+            scope, receive, send
+        )
 
 
 # ----- processing --------------------------------------------------------------------------
@@ -493,6 +521,7 @@ ERRORS_WRITE: dict[int | str, dict[str, Any]] = {
     202: {"model": AcceptedBody, "description": "runs not finished within `wait`: follow them"},
     400: {"model": ErrorBody, "description": "body not UTF-8, or an unreadable Content-Length"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    408: {"model": ErrorBody, "description": "body not received whole within 30 s"},
     413: {"model": ErrorBody, "description": "body over 64 KiB"},
     502: {"model": RunFailedBody, "description": "a run failed"},
     503: {"model": ErrorBody, "description": "no API token configured, or a database is down"},
@@ -507,6 +536,7 @@ def create_app(
     token: str | None,
     read_token: str | None = None,
     public_reads: bool = False,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> FastAPI:
     """The API over one code location's definitions and one Dagster instance.
 
@@ -533,7 +563,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.processor = processor  # its run watcher, for the tests and bench/
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES, timeout=body_timeout)
     app.add_exception_handler(Accepted, _accepted)
     app.add_exception_handler(RunFailed, _run_failed)
     app.add_exception_handler(queue.ClientGone, _client_gone)
