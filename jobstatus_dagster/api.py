@@ -605,6 +605,23 @@ def create_app(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the header every 401 carries (on any endpoint, new ones
+        included): FastAPI cannot see headers an ``HTTPException`` of a dependency sets."""
+        if app.openapi_schema is None:
+            for methods in default_openapi()["paths"].values():
+                for operation in methods.values():
+                    unauthorized = operation.get("responses", {}).get("401")
+                    if unauthorized is not None:
+                        unauthorized.setdefault("headers", {}).update(
+                            api_integration.WWW_AUTHENTICATE
+                        )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     write = [Depends(require_token)]
     read = [Depends(require_read_token)]
     app.include_router(api_integration.build_router(jobmanager, logs, read, write))

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -241,11 +241,47 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
+def job_cursor_header(job_id: str) -> str:
+    """A job id as a header value: percent-encoded (RFC 3986), so any id the shop holds (any
+    Unicode, even a line break) fits a header and ends no header early; an id of letters,
+    digits, ``_ . - ~`` is unchanged. Decode it before passing it back as ``after``."""
+    return quote(job_id, safe="")
+
+
+# What the API's answers carry in headers, for the OpenAPI document (test_openapi_headers
+# compares it with what is actually sent).
+CSV_HEADERS: dict[str, dict[str, Any]] = {
+    AS_OF_HEADER: {
+        "description": "CSV answers: the `as_of` object of the JSON answers, as JSON ("
+        + AS_OF_DESCRIPTION
+        + ")",
+        "schema": {"type": "string"},
+    },
+}
+NEXT_AFTER_FEED: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last update_id of the page (`after` when it"
+    " is empty); pass it as `after` for the next page",
+    "schema": {"type": "string"},
+}
+NEXT_AFTER_JOBS: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last job id of a full page, percent-encoded"
+    " (decode it, then pass it as `after`); empty on the last page",
+    "schema": {"type": "string"},
+}
+WWW_AUTHENTICATE: dict[str, dict[str, Any]] = {
+    "WWW-Authenticate": {
+        "description": "`Bearer`: the scheme the token is expected in",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _csv_response(description: str, next_after: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "description": description,
             "content": {CSV: {"schema": {"type": "string"}}},
+            "headers": {**CSV_HEADERS, NEXT_AFTER_HEADER: next_after},
         }
     }
 
@@ -380,7 +416,10 @@ def build_router(
         "/api/status-updates",
         dependencies=list(read),
         response_model=StatusUpdatesPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_FEED),
+        },
         summary="The change feed: status changes after `after`, oldest first",
         description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
         " empty; an audit row is never returned twice nor skipped, even while processing"
@@ -429,7 +468,10 @@ def build_router(
         "/api/jobs",
         dependencies=list(read),
         response_model=JobsPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_JOBS),
+        },
         summary="Jobs with their current operations and print state, filtered, by job id",
         description="Filters combine: `operation=coating&status=completed` lists the jobs whose"
         " coating is completed; `status` alone is about print (completed, partial, aborted;"
@@ -474,7 +516,8 @@ def build_router(
                 with jobmanager.connect() as conn:
                     page = read_jobs(conn, job_filter, start, limit)
                 pages = [page]
-                headers = {NEXT_AFTER_HEADER: page[-1]["job_id"] if len(page) == limit else ""}
+                last = page[-1]["job_id"] if len(page) == limit else ""
+                headers = {NEXT_AFTER_HEADER: job_cursor_header(last)}
             return StreamingResponse(
                 csv_lines(JOB_CSV_COLUMNS, pages, _job_row),
                 media_type=CSV,
