@@ -189,7 +189,7 @@ class UpdateRecord(BaseModel):
 
 
 class VersionOperation(BaseModel):
-    version_tag: str
+    version_tag: str | None = Field(description="null where the shop's row has none")
     operation_id: str | None
     operation: str | None
     status: str | None
@@ -202,7 +202,7 @@ class VersionOperation(BaseModel):
 class VersionStatus(BaseModel):
     """A job version's print state (printed, aborted, total files) and its job_operations rows."""
 
-    version_tag: str
+    version_tag: str | None = Field(description="null for the shop's rows with no version tag")
     status: str | None
     notes: str | None
     printed: int | None = None
