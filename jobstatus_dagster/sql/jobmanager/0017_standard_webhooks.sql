@@ -1,0 +1,13 @@
+-- Standard Webhooks (issue 19): secret rotation and subscriptions the receiver ended.
+-- Additive and idempotent (R1): new columns only, all nullable.
+
+-- A rotation keeps the replaced secret signing beside the new one until it expires
+-- (JOBSTATUS_WEBHOOK_SECRET_OVERLAP_SECONDS after the rotation): both signatures are sent.
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS previous_secret TEXT;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS previous_secret_expires_at TIMESTAMP;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS secret_rotated_at TIMESTAMP;
+
+-- A receiver answering 410 Gone ends its subscription: no more attempts, and GET /api/webhooks
+-- says when and why.
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS disabled_at TIMESTAMP;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS disabled_reason TEXT;
