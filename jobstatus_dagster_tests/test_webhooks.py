@@ -7,6 +7,7 @@ visibly, and no receiver (slow, trickling, huge, gone, busy, down) can hold up t
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -799,3 +800,36 @@ def test_the_run_s_deadline_holds_inside_an_attempt(
     (attempt,) = attempts_of(shop, held)
     assert attempt["status_code"] is None
     assert "Timeout" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
+
+
+def test_a_tls_handshake_trickled_a_byte_at_a_time_is_cut_at_the_deadline(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    """A handshake is many reads in one operation: it too ends at the attempt's deadline."""
+    shop, _, _ = hooked_shop
+    listener = socket.create_server(("127.0.0.1", 0))
+    tls_port = listener.getsockname()[1]
+    (trickled,) = only_subscriptions(shop, f"https://127.0.0.1:{tls_port}/tls")
+    add_changes(shop, 8001500, 1)
+    stop = threading.Event()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn, suppress(OSError):
+            # A TLS handshake record announcing 16 KiB, then one byte every 0.1 s (~30 min).
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            while not stop.wait(0.1):
+                conn.sendall(b"\x00")
+
+    server = threading.Thread(target=serve_one, daemon=True)
+    server.start()
+    settings = WebhookDelivery(timeout_seconds=1, backoff_seconds=3600, allow_private=True)
+    try:
+        report = deliver_due(shop.jm, settings)
+    finally:
+        stop.set()
+        listener.close()
+    assert report.failed_attempts == 1
+    (attempt,) = attempts_of(shop, trickled)
+    assert "timed out" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
+    assert attempt["duration_ms"] < 8000, attempt["duration_ms"]

@@ -1,9 +1,10 @@
 """One webhook POST that no receiver can hold up or blow up.
 
-- A wall-clock deadline for the whole attempt (connect, TLS, send, answer): every socket
-  operation's timeout is what is left of it, so a receiver trickling a byte at a time cannot
-  stretch an attempt (httpx's timeouts are per read). The caller passes the earlier of the
-  attempt's and the run's deadline.
+- A wall-clock deadline for the whole attempt (resolve, connect, TLS, send, answer): every
+  socket operation's timeout is what is left of it, so a receiver trickling a byte at a time
+  cannot stretch an attempt (httpx's timeouts are per read; a TLS handshake's timeout is a
+  deadline for all of it in CPython's ssl); the name is resolved in a thread waited for no
+  longer than that. The caller passes the earlier of the attempt's and the run's deadline.
 - At most ``max_answer_bytes`` of the answer are read; the rest is never received (the
   connection is closed instead).
 - The address connected to is the one checked: the host is resolved here, every address it has
@@ -18,7 +19,9 @@ address check sit where the sockets are made.
 from __future__ import annotations
 
 import base64
+import queue
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,10 +93,29 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-def resolve(host: str, port: int) -> list[str]:
-    """Every address the host has (an IP literal is itself), in the resolver's order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+def resolve(host: str, port: int, timeout: float | None = None) -> list[str]:
+    """Every address the host has (an IP literal is itself), in the resolver's order; waits
+    at most ``timeout`` for the system resolver (socket.timeout past it)."""
+    if timeout is None:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    # getaddrinfo cannot be interrupted: it runs in a thread of its own, left to finish alone.
+    answer: queue.Queue = queue.Queue(maxsize=1)
+
+    def lookup() -> None:
+        try:
+            answer.put(resolve(host, port))
+        except Exception as error:  # noqa: BLE001 - handed to the waiting thread
+            answer.put(error)
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    try:
+        result = answer.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"resolving {host} took longer than the attempt's deadline") from None
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def refused_target(host: str, port: int) -> str | None:
@@ -121,7 +143,9 @@ class _GuardedBackend(httpcore.NetworkBackend):
         socket_options: Any = None,
     ) -> httpcore.NetworkStream:
         try:
-            addresses = resolve(host, port)
+            addresses = resolve(host, port, self._clock.timeout(timeout, "resolving"))
+        except TimeoutError as error:
+            raise httpcore.ConnectTimeout(str(error)) from None
         except (OSError, UnicodeError) as error:
             raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from None
         if not self._allow_private:
