@@ -686,16 +686,19 @@ class Huge(Receiver):
 
 
 class Holder(Receiver):
-    """Takes the POST, then answers only once released (or after 60 s)."""
+    """Answers the first ``answered`` POSTs, takes the next, then answers only once released
+    (or after 60 s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answered: int = 0) -> None:
         super().__init__()
+        self.answered = answered
         self.holding = threading.Event()
         self.release = threading.Event()
 
     def respond(self, handler: BaseHTTPRequestHandler, status: int, headers: dict) -> None:
-        self.holding.set()
-        self.release.wait(60)
+        if len(self.received) > self.answered:
+            self.holding.set()
+            self.release.wait(60)
         with suppress(OSError):
             super().respond(handler, status, headers)
 
@@ -833,3 +836,26 @@ def test_a_tls_handshake_trickled_a_byte_at_a_time_is_cut_at_the_deadline(
     (attempt,) = attempts_of(shop, trickled)
     assert "timed out" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
     assert attempt["duration_ms"] < 8000, attempt["duration_ms"]
+
+
+def test_each_attempt_is_recorded_as_it_ends_not_when_the_subscription_s_turn_ends(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    shop, _, _ = hooked_shop
+    held_port = free_port()
+    (held,) = only_subscriptions(shop, f"http://127.0.0.1:{held_port}/held")
+    add_changes(shop, 8001600, 5)
+    holder = Holder(answered=3)
+    settings = WebhookDelivery(timeout_seconds=60, backoff_seconds=3600, allow_private=True)
+    with holder.up(held_port):
+        run = threading.Thread(target=deliver_due, args=(shop.jm, settings))
+        run.start()
+        try:
+            assert holder.holding.wait(30), "the fourth delivery is being held"
+            with shop.jm.connect() as conn:
+                (listed,) = outbox_io.list_subscriptions(conn)
+            assert (listed["id"], listed["delivered"], listed["pending"]) == (held, 3, 2)
+        finally:
+            holder.release.set()
+            run.join(120)
+    assert {r["state"] for r in outbox(shop, held)} == {"delivered"}
