@@ -3,12 +3,11 @@
 The outbox rows themselves are written by the audit's own statements, in the writer's jobmanager
 transaction (R18; triggers in sql/jobmanager/0013_integration.sql): a status change is owed to a
 receiver exactly when it committed. This module reads what is due, one subscription at a time,
-and records each attempt as it happens (one statement, whatever the number of outcomes).
+and records each attempt as it happens (one statement by primary key).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -223,61 +222,44 @@ def due_deliveries(conn: sa.Connection, subscription_id: int, limit: int) -> lis
     ]
 
 
+# One attempt, by primary key (a join with a recordset of outcomes would let the planner scan
+# the whole outbox, which keeps every delivery, for each attempt).
 RECORD_SQL = sa.text("""
-    WITH o AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
-            AS t(outbox_id bigint, ok boolean, status_code integer, error text,
-                 duration_ms integer, retry_in double precision)
-    ), updated AS (
-        UPDATE webhook_outbox w SET
-            attempts = w.attempts + 1,
-            state = CASE WHEN o.ok THEN 'delivered'
-                         WHEN w.attempts + 1 >= :max_attempts THEN 'failed'
+    WITH updated AS (
+        UPDATE webhook_outbox SET
+            attempts = attempts + 1,
+            state = CASE WHEN :ok THEN 'delivered'
+                         WHEN attempts + 1 >= :max_attempts THEN 'failed'
                          ELSE 'pending' END,
-            finished_at = CASE WHEN o.ok OR w.attempts + 1 >= :max_attempts THEN now() END,
-            last_error = CASE WHEN o.ok THEN NULL
-                              WHEN w.attempts + 1 >= :max_attempts
-                              THEN 'gave up after ' || (w.attempts + 1) || ' attempts: '
-                                   || o.error
-                              ELSE o.error END,
-            next_attempt_at = now() + make_interval(secs => o.retry_in)
-        FROM o WHERE w.outbox_id = o.outbox_id AND w.state = 'pending'
-        RETURNING w.outbox_id, w.attempts
+            finished_at = CASE WHEN :ok OR attempts + 1 >= :max_attempts THEN now() END,
+            last_error = CASE WHEN :ok THEN NULL
+                              WHEN attempts + 1 >= :max_attempts
+                              THEN 'gave up after ' || (attempts + 1) || ' attempts: '
+                                   || CAST(:error AS text)
+                              ELSE CAST(:error AS text) END,
+            next_attempt_at = now() + make_interval(secs => :retry_in)
+        WHERE outbox_id = :outbox_id AND state = 'pending'
+        RETURNING outbox_id, attempts
     )
     INSERT INTO webhook_attempts (outbox_id, attempt, status_code, error, duration_ms, run_id)
-    SELECT u.outbox_id, u.attempts, o.status_code, o.error, o.duration_ms, :run_id
-    FROM updated u JOIN o USING (outbox_id)
+    SELECT outbox_id, attempts, :status_code, :error, :duration_ms, :run_id FROM updated
 """)
 
 
-def record_outcomes(
-    conn: sa.Connection,
-    outcomes: list[Outcome],
-    *,
-    max_attempts: int,
-    run_id: str | None,
+def record_outcome(
+    conn: sa.Connection, outcome: Outcome, *, max_attempts: int, run_id: str | None
 ) -> None:
     """Every attempt is kept; a failed one is retried after its ``retry_in``, until
     ``max_attempts``, then given up with the reason."""
-    if not outcomes:
-        return
-    payload = json.dumps(
-        [
-            {
-                "outbox_id": o.outbox_id,
-                "ok": o.ok,
-                "status_code": o.status_code,
-                "error": o.error,
-                "duration_ms": o.duration_ms,
-                "retry_in": o.retry_in,
-            }
-            for o in outcomes
-        ]
-    )
     conn.execute(
         RECORD_SQL,
         {
-            "outcomes": payload,
+            "outbox_id": outcome.outbox_id,
+            "ok": outcome.ok,
+            "status_code": outcome.status_code,
+            "error": outcome.error,
+            "duration_ms": outcome.duration_ms,
+            "retry_in": outcome.retry_in,
             "max_attempts": max_attempts,
             "run_id": run_id,
         },

@@ -19,6 +19,7 @@ address check sit where the sockets are made.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import queue
 import socket
 import threading
@@ -95,8 +96,8 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 def resolve(host: str, port: int, timeout: float | None = None) -> list[str]:
     """Every address the host has (an IP literal is itself), in the resolver's order; waits
-    at most ``timeout`` for the system resolver (socket.timeout past it)."""
-    if timeout is None:
+    at most ``timeout`` for the system resolver (TimeoutError past it)."""
+    if timeout is None or _is_ip(host):
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
     # getaddrinfo cannot be interrupted: it runs in a thread of its own, left to finish alone.
@@ -126,6 +127,14 @@ def refused_target(host: str, port: int) -> str | None:
     except (OSError, UnicodeError):
         return None
     return next((why for a in addresses if (why := refusal(host, a)) is not None), None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
