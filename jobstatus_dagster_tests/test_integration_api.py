@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.api import create_app
+from jobstatus_dagster.io import outbox
 from jobstatus_dagster.io.writer import WRITER_LOCK
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
@@ -611,3 +612,19 @@ def test_webhook_url_is_stored_normalised_and_operations_de_duplicated(
     )
     assert empty.status_code == 422 and "omit operations" in empty.text
     assert api.delete(f"/api/webhooks/{body['id']}", headers=WRITE).status_code == 204
+
+
+def test_a_subscription_its_receiver_ended_is_listed_as_disabled_saying_why(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    created = api.post("/api/webhooks", json={"url": "https://mis.example/ended"}, headers=WRITE)
+    webhook_id = created.json()["id"]
+    (listed,) = [w for w in api.get("/api/webhooks", headers=WRITE).json() if w["id"] == webhook_id]
+    assert listed["disabled_at"] is None and listed["disabled_reason"] is None
+    # What a delivery run does when the receiver answers 410 Gone (test_webhooks.py).
+    with processed_shop.jm.begin() as conn:
+        outbox.disable_subscription(conn, webhook_id, "the receiver answered 410 Gone")
+    (listed,) = [w for w in api.get("/api/webhooks", headers=WRITE).json() if w["id"] == webhook_id]
+    assert listed["disabled_at"] is not None and listed["disabled_at"].endswith("Z")
+    assert listed["disabled_reason"] == "the receiver answered 410 Gone"
+    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204

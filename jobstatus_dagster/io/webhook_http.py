@@ -119,12 +119,13 @@ def resolve(host: str, port: int, timeout: float | None = None) -> list[str]:
     return result
 
 
-def refused_target(host: str, port: int) -> str | None:
+def refused_target(host: str, port: int, timeout: float = 5.0) -> str | None:
     """Why a host is not a target we call (one of its addresses is refused), or None. A host
-    that does not resolve is not refused here: it fails when delivered to."""
+    that does not resolve (within ``timeout``) is not refused here: it is checked again, and
+    fails, when delivered to."""
     try:
-        addresses = resolve(host, port)
-    except (OSError, UnicodeError):
+        addresses = resolve(host, port, timeout)
+    except (OSError, UnicodeError):  # TimeoutError is an OSError
         return None
     return next((why for a in addresses if (why := refusal(host, a)) is not None), None)
 
