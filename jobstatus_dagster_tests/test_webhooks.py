@@ -24,6 +24,7 @@ import standardwebhooks
 from jobstatus_dagster.api_integration import WebhookState
 from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.webhooks import new_secret
+from jobstatus_dagster.definitions import definitions_from_settings
 from jobstatus_dagster.io import outbox as outbox_io
 from jobstatus_dagster.pipeline.resources import PostgresDatabase
 from jobstatus_dagster.pipeline.webhooks import (
@@ -859,3 +860,13 @@ def test_each_attempt_is_recorded_as_it_ends_not_when_the_subscription_s_turn_en
             holder.release.set()
             run.join(120)
     assert {r["state"] for r in outbox(shop, held)} == {"delivered"}
+
+
+def test_the_deliverer_takes_its_settings_and_refuses_private_targets_by_default() -> None:
+    for allow in (False, True):
+        settings = Settings(webhook_allow_private=allow, webhook_timeout_seconds=3)
+        defs = definitions_from_settings(settings, "postgresql://jm", "postgresql://logs")
+        webhooks = defs.resources["webhooks"]
+        assert (webhooks.allow_private, webhooks.timeout_seconds) == (allow, 3)
+    assert WebhookDelivery().allow_private is False
+    assert Settings.model_fields["webhook_allow_private"].default is False
