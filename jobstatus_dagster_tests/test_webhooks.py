@@ -870,3 +870,54 @@ def test_the_deliverer_takes_its_settings_and_refuses_private_targets_by_default
         assert (webhooks.allow_private, webhooks.timeout_seconds) == (allow, 3)
     assert WebhookDelivery().allow_private is False
     assert Settings.model_fields["webhook_allow_private"].default is False
+
+
+def test_when_the_run_fails_the_other_workers_stop_after_their_attempt(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """A worker that cannot record (the database refuses) fails the run; the others do not go
+    on delivering for the rest of the run's time, unrecorded."""
+    shop, _, _ = hooked_shop
+    held_port = free_port()
+    broken, held = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/broken", f"http://127.0.0.1:{held_port}/held"
+    )
+    add_changes(shop, 8001700, 4)
+    shop.execute(
+        shop.jm,
+        "CREATE FUNCTION test_refuse_attempts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF (SELECT subscription_id FROM webhook_outbox WHERE outbox_id = NEW.outbox_id)"
+        f" = {broken} THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER refuse_attempts BEFORE INSERT ON webhook_attempts"
+        " FOR EACH ROW EXECUTE FUNCTION test_refuse_attempts()",
+    )
+    holder, receiver = Holder(), Receiver()
+    settings = WebhookDelivery(timeout_seconds=60, backoff_seconds=3600, allow_private=True)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            deliver_due(shop.jm, settings)
+        except Exception as error:  # noqa: BLE001 - what the test looks at
+            failures.append(error)
+
+    try:
+        with holder.up(held_port), receiver.up(port):
+            delivering = threading.Thread(target=run)
+            delivering.start()
+            assert holder.holding.wait(30)
+            deadline = time.monotonic() + 30
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(3)  # generous: the broken worker fails and the run sets its stop
+            holder.release.set()
+            delivering.join(120)
+    finally:
+        shop.execute(
+            shop.jm,
+            "DROP TRIGGER refuse_attempts ON webhook_attempts; DROP FUNCTION test_refuse_attempts()",
+        )
+    assert not delivering.is_alive()
+    assert failures and "refused by the test" in str(failures[0])
+    assert len(holder.received) == 1, "the held subscription's worker stopped after its attempt"
+    assert len(attempts_of(shop, held)) == 1

@@ -11,6 +11,7 @@ at a time and in order, so a slow or down receiver costs the others nothing but 
 attempt ends by its own deadline and by the run's.
 """
 
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -189,19 +190,21 @@ def _deliver_subscription(
     subscription_id: int,
     run_deadline: float,
     run_id: str | None,
+    stop: threading.Event,
 ) -> DeliveryReport:
     """One subscription's due deliveries, in order, one at a time, until none is due, the
-    receiver is unavailable or gone (the subscription then rests), or the run's time is up."""
+    receiver is unavailable or gone (the subscription then rests), the run's time is up, or
+    the run stops (another worker failed)."""
     report = DeliveryReport()
     with DeliveryClient(settings.allow_private, settings.max_answer_bytes) as client:
-        while time.monotonic() < run_deadline:
+        while time.monotonic() < run_deadline and not stop.is_set():
             with jobmanager.connect() as conn:
                 batch = outbox.due_deliveries(conn, subscription_id, BATCH)
             if not batch:
                 return report
             for due in batch:
                 now = time.monotonic()
-                if now >= run_deadline:
+                if now >= run_deadline or stop.is_set():
                     return report
                 # The run's deadline holds inside an attempt, not only between attempts.
                 deadline = min(now + settings.timeout_seconds, run_deadline)
@@ -235,8 +238,8 @@ def deliver_due(
     log: dg.DagsterLogManager | None = None,
 ) -> DeliveryReport:
     """Deliver what is due, every subscription in its own worker, until nothing is due or the
-    run's time is up. A subscription whose attempt failed rests for that delivery's backoff (or
-    the receiver's Retry-After), so a down receiver is not called once per pending job."""
+    run's time is up. A subscription whose receiver is unavailable rests for the failed
+    delivery's backoff (or its Retry-After), so it is not called once per pending job."""
     report = DeliveryReport()
     run_deadline = time.monotonic() + settings.run_seconds
     with jobmanager.connect() as lock_conn:
@@ -248,56 +251,72 @@ def deliver_due(
         try:
             with jobmanager.begin() as conn:
                 outbox.give_up_disabled(conn)
-            resting: dict[int, float] = {}  # subscription → time.monotonic() it may go again
-            working: dict[Future[DeliveryReport], int] = {}
+            stop = threading.Event()  # set when the run fails: workers end after their attempt
             with ThreadPoolExecutor(settings.concurrency, "webhook-delivery") as pool:
-                while True:
-                    due: list[int] = []
-                    if time.monotonic() < run_deadline:
-                        with jobmanager.connect() as conn:
-                            due = outbox.subscriptions_due(conn)
-                        now = time.monotonic()
-                        busy = set(working.values())
-                        for subscription_id in due:
-                            if (
-                                subscription_id not in busy
-                                and resting.get(subscription_id, 0) <= now
-                            ):
-                                future = pool.submit(
-                                    _deliver_subscription,
-                                    jobmanager,
-                                    settings,
-                                    subscription_id,
-                                    run_deadline,
-                                    run_id,
-                                )
-                                working[future] = subscription_id
-                    if not working:
-                        # Nothing in flight: done, unless a resting subscription may go again
-                        # soon (a longer rest is the next run's: the sensor starts it).
-                        wake = min(
-                            (t for s, t in resting.items() if s in due), default=float("inf")
-                        )
-                        if wake >= min(run_deadline, time.monotonic() + IDLE_SECONDS):
-                            break
-                        time.sleep(max(0.0, min(wake - time.monotonic(), POLL_SECONDS)))
-                        continue
-                    finished, _ = wait(working, POLL_SECONDS, FIRST_COMPLETED)
-                    for future in finished:
-                        subscription_id = working.pop(future)
-                        part = future.result()
-                        report.add(part)
-                        if part.rest_until is not None:
-                            resting[subscription_id] = part.rest_until
-                        if log is not None:
-                            for warning in part.warnings:
-                                log.warning(warning)
+                try:
+                    _supervise(jobmanager, settings, run_deadline, run_id, pool, stop, report, log)
+                except BaseException:
+                    stop.set()
+                    raise
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": DELIVERER_LOCK})
             lock_conn.commit()
     with jobmanager.connect() as conn:
         report.pending = outbox.outbox_summary(conn).get("pending", 0)
     return report
+
+
+def _supervise(
+    jobmanager: sa.Engine,
+    settings: WebhookDelivery,
+    run_deadline: float,
+    run_id: str | None,
+    pool: ThreadPoolExecutor,
+    stop: threading.Event,
+    report: DeliveryReport,
+    log: dg.DagsterLogManager | None,
+) -> None:
+    """Start a worker for each subscription with something due (none twice at once, none
+    resting), collect what they report, until nothing is due or in flight."""
+    resting: dict[int, float] = {}  # subscription → time.monotonic() it may go again
+    working: dict[Future[DeliveryReport], int] = {}
+    while True:
+        due: list[int] = []
+        if time.monotonic() < run_deadline:
+            with jobmanager.connect() as conn:
+                due = outbox.subscriptions_due(conn)
+            now = time.monotonic()
+            busy = set(working.values())
+            for subscription_id in due:
+                if subscription_id not in busy and resting.get(subscription_id, 0) <= now:
+                    future = pool.submit(
+                        _deliver_subscription,
+                        jobmanager,
+                        settings,
+                        subscription_id,
+                        run_deadline,
+                        run_id,
+                        stop,
+                    )
+                    working[future] = subscription_id
+        if not working:
+            # Nothing in flight: done, unless a resting subscription may go again soon (a
+            # longer rest is the next run's: the sensor starts it).
+            wake = min((t for s, t in resting.items() if s in due), default=float("inf"))
+            if wake >= min(run_deadline, time.monotonic() + IDLE_SECONDS):
+                return
+            time.sleep(max(0.0, min(wake - time.monotonic(), POLL_SECONDS)))
+            continue
+        finished, _ = wait(working, POLL_SECONDS, FIRST_COMPLETED)
+        for future in finished:
+            subscription_id = working.pop(future)
+            part = future.result()
+            report.add(part)
+            if part.rest_until is not None:
+                resting[subscription_id] = part.rest_until
+            if log is not None:
+                for warning in part.warnings:
+                    log.warning(warning)
 
 
 @dg.op(name="deliver_due_webhooks", tags={"kind": "webhooks"})
