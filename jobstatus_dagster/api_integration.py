@@ -260,6 +260,14 @@ class WebhookState(Webhook):
         description="when the receiver ended the subscription (410 Gone): nothing is sent since"
     )
     disabled_reason: str | None
+    last_attempt_at: UtcDatetime | None = Field(description="when the latest attempt ended")
+    last_attempt_status: int | None = Field(
+        description="the receiver's status code then; null when no answer came"
+    )
+    last_attempt_error: str | None = Field(
+        description="why the latest attempt failed (null when it succeeded): a receiver that"
+        " keeps failing shows here long before a delivery is given up"
+    )
     secret_rotated_at: UtcDatetime | None
     previous_secret_expires_at: UtcDatetime | None = Field(
         description="while set, the replaced secret still signs beside the current one"

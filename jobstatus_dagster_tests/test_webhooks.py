@@ -769,6 +769,12 @@ def test_a_held_or_down_receiver_costs_the_others_nothing_and_counts_are_current
                 time.sleep(0.1)
             assert counts[good]["delivered"] == jobs, "the good receiver got everything"
             assert counts[down]["failed"] == 0 and counts[down]["pending"] == jobs
+            # Nothing is given up yet, but the listing shows the down receiver failing.
+            assert counts[down]["last_attempt_status"] is None
+            assert "ConnectError" in counts[down]["last_attempt_error"]
+            assert counts[good]["last_attempt_status"] == 200
+            assert counts[good]["last_attempt_error"] is None
+            assert counts[held]["last_attempt_at"] is None, "its first attempt is still held"
             assert len(attempts_of(shop, down)) == 1, "the down one failed once, then rests"
             assert run.is_alive() and attempts_of(shop, held) == [], "still held, meanwhile"
         finally:

@@ -65,6 +65,7 @@ def create_subscription(
 _SUBSCRIPTION_VIEW = (
     "SELECT s.subscription_id AS id, s.url, s.operations, s.created_at,"
     " s.disabled_at, s.disabled_reason, s.secret_rotated_at,"
+    " s.last_attempt_at, s.last_attempt_status, s.last_attempt_error,"
     " CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret_expires_at END"
     "   AS previous_secret_expires_at,"
     " count(*) FILTER (WHERE o.state = 'pending') AS pending,"
@@ -239,7 +240,11 @@ RECORD_SQL = sa.text("""
                               ELSE CAST(:error AS text) END,
             next_attempt_at = now() + make_interval(secs => :retry_in)
         WHERE outbox_id = :outbox_id AND state = 'pending'
-        RETURNING outbox_id, attempts
+        RETURNING outbox_id, attempts, subscription_id
+    ), latest AS (
+        UPDATE webhook_subscriptions s SET last_attempt_at = now(),
+            last_attempt_status = :status_code, last_attempt_error = :error
+        FROM updated u WHERE s.subscription_id = u.subscription_id
     )
     INSERT INTO webhook_attempts (outbox_id, attempt, status_code, error, duration_ms, run_id)
     SELECT outbox_id, attempts, :status_code, :error, :duration_ms, :run_id FROM updated
@@ -249,8 +254,8 @@ RECORD_SQL = sa.text("""
 def record_outcome(
     conn: sa.Connection, outcome: Outcome, *, max_attempts: int, run_id: str | None
 ) -> None:
-    """Every attempt is kept; a failed one is retried after its ``retry_in``, until
-    ``max_attempts``, then given up with the reason."""
+    """Every attempt is kept (and the subscription's latest shown on it); a failed one is
+    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason."""
     conn.execute(
         RECORD_SQL,
         {

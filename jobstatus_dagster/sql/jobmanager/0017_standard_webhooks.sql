@@ -11,3 +11,9 @@ ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS secret_rotated_at TIM
 -- says when and why.
 ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS disabled_at TIMESTAMP;
 ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS disabled_reason TEXT;
+
+-- The latest attempt, whatever its outcome: a receiver that has been failing for hours shows it
+-- long before a delivery is given up (about 29 h with the defaults).
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS last_attempt_at TIMESTAMP;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS last_attempt_status INTEGER;
+ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS last_attempt_error TEXT;
