@@ -927,3 +927,25 @@ def test_when_the_run_fails_the_other_workers_stop_after_their_attempt(
     assert failures and "refused by the test" in str(failures[0])
     assert len(holder.received) == 1, "the held subscription's worker stopped after its attempt"
     assert len(attempts_of(shop, held)) == 1
+
+
+def test_a_4xx_holds_back_that_delivery_alone_an_unavailable_receiver_all_of_them(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    refusing, failing = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/refusing", f"http://127.0.0.1:{port}/failing"
+    )
+    add_changes(shop, 8001800, 3)
+    receiver = Receiver()
+    receiver.answers_for = {"/refusing": [400], "/failing": [500]}
+    settings = WebhookDelivery(backoff_seconds=600, timeout_seconds=2, allow_private=True)
+    with receiver.up(port):
+        deliver_due(shop.jm, settings)
+    # The receiver is up and said no to one delivery: the others go on.
+    assert [r["state"] for r in outbox(shop, refusing)] == ["pending", "delivered", "delivered"]
+    assert len(next_attempt_in(shop, refusing)) == 1
+    # A 5xx: the receiver is taken as unavailable; all its deliveries wait the backoff.
+    assert [r["status"] for r in receiver.received if r["path"] == "/failing"] == [500]
+    waits = next_attempt_in(shop, failing)
+    assert len(waits) == 3 and all(500 < w <= 601 for w in waits), waits
