@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -28,8 +28,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    model_validator,
 )
 
+from jobstatus_dagster.core.webhooks import new_secret, redact_url
 from jobstatus_dagster.io import outbox
 from jobstatus_dagster.io.feed import (
     FEED_COLUMNS,
@@ -41,6 +43,7 @@ from jobstatus_dagster.io.feed import (
     read_feed,
     read_jobs,
 )
+from jobstatus_dagster.io.webhook_http import refused_target
 
 MAX_UPDATE_ID = 2**63 - 1
 MAX_LIMIT = 1000
@@ -192,12 +195,6 @@ def _webhook_url(value: str) -> str:
     return normalised
 
 
-def _printable(value: str) -> str:
-    if CONTROL.search(value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
 def _operations(value: list[str] | None) -> list[str] | None:
     if value is None:
         return None
@@ -212,12 +209,7 @@ class WebhookRequest(BaseModel):
     url: Annotated[str, AfterValidator(_webhook_url)] = Field(
         max_length=2048,
         description="http or https URL that receives the POSTs (stored normalised);"
-        " no whitespace or control characters",
-    )
-    secret: Annotated[str, AfterValidator(_printable)] = Field(
-        min_length=8,
-        max_length=256,
-        description="signs every body; never shown again; no control characters",
+        " no whitespace or control characters; not a loopback, private or link-local address",
     )
     operations: Annotated[
         list[Annotated[str, Field(pattern=OPERATION_PATTERN)]] | None,
@@ -229,12 +221,41 @@ class WebhookRequest(BaseModel):
         " (an empty list is refused); duplicates are dropped",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_chosen_secret(cls, data: Any) -> Any:
+        # A client-chosen secret was often short or reused: secrets are the server's now.
+        if isinstance(data, dict) and "secret" in data:
+            raise ValueError(
+                "secret is not accepted: the server generates it (whsec_...) and returns it"
+                " once, in this request's answer; omit secret"
+            )
+        return data
+
 
 class Webhook(BaseModel):
     id: int
-    url: str
+    url: Annotated[str, AfterValidator(redact_url)] = Field(
+        description="as stored, with any user:pass@ shown as ***@"
+    )
     operations: list[str] | None
     created_at: UtcDatetime
+
+
+class CreatedWebhook(Webhook):
+    secret: str = Field(
+        description="whsec_ + base64 of 32 random bytes: verifies the webhook-signature header"
+        " (Standard Webhooks). Shown this once: keep it"
+    )
+
+
+class RotatedSecret(BaseModel):
+    id: int
+    secret: str = Field(description="the new secret (whsec_...): shown this once")
+    secret_rotated_at: UtcDatetime
+    previous_secret_expires_at: UtcDatetime = Field(
+        description="until then the replaced secret signs too (both signatures are sent)"
+    )
 
 
 class WebhookState(Webhook):
@@ -242,36 +263,102 @@ class WebhookState(Webhook):
     delivered: int
     failed: int = Field(description="deliveries given up after the attempt limit")
     last_failure: str | None = Field(description="why the latest given-up delivery failed")
+    disabled_at: UtcDatetime | None = Field(
+        description="when the receiver ended the subscription (410 Gone): nothing is sent since"
+    )
+    disabled_reason: str | None
+    last_attempt_at: UtcDatetime | None = Field(description="when the latest attempt ended")
+    last_attempt_status: int | None = Field(
+        description="the receiver's status code then; null when no answer came"
+    )
+    last_attempt_error: str | None = Field(
+        description="why the latest attempt failed (null when it succeeded): a receiver that"
+        " keeps failing shows here long before a delivery is given up"
+    )
+    secret_rotated_at: UtcDatetime | None
+    previous_secret_expires_at: UtcDatetime | None = Field(
+        description="while set, the replaced secret still signs beside the current one"
+    )
 
 
 class ErrorBody(BaseModel):
     detail: str
 
 
-def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
+def job_cursor_header(job_id: str) -> str:
+    """A job id as a header value: percent-encoded (RFC 3986), so any id the shop holds (any
+    Unicode, even a line break) fits a header and ends no header early; an id of letters,
+    digits, ``_ . - ~`` is unchanged. Decode it before passing it back as ``after``."""
+    return quote(job_id, safe="")
+
+
+# What the API's answers carry in headers, for the OpenAPI document (test_openapi_headers
+# compares it with what is actually sent).
+CSV_HEADERS: dict[str, dict[str, Any]] = {
+    AS_OF_HEADER: {
+        "description": "CSV answers: the `as_of` object of the JSON answers, as JSON ("
+        + AS_OF_DESCRIPTION
+        + ")",
+        "schema": {"type": "string"},
+    },
+}
+NEXT_AFTER_FEED: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last update_id of the page (`after` when it"
+    " is empty); pass it as `after` for the next page",
+    "schema": {"type": "string"},
+}
+NEXT_AFTER_JOBS: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last job id of a full page, percent-encoded"
+    " (decode it, then pass it as `after`); empty on the last page",
+    "schema": {"type": "string"},
+}
+WWW_AUTHENTICATE: dict[str, dict[str, Any]] = {
+    "WWW-Authenticate": {
+        "description": "`Bearer`: the scheme the token is expected in",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _csv_response(description: str, next_after: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "description": description,
             "content": {CSV: {"schema": {"type": "string"}}},
+            "headers": {**CSV_HEADERS, NEXT_AFTER_HEADER: next_after},
         }
     }
 
 
 # ----- CSV ---------------------------------------------------------------------------------
+# OWASP's CSV injection advice: a text cell a spreadsheet would read as a formula (or, after a
+# tab or carriage return, as the start of one) gets a leading single quote, and text cells are
+# quoted. Numbers stay numbers (a negative marker is a number, not a formula).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """``'=1+1`` for ``=1+1``: shown as text by a spreadsheet, never evaluated."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def _cell(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"  # as the JSON answers say it
     if isinstance(value, datetime):
         return _as_utc(value).isoformat()
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        return neutralise(json.dumps(value, separators=(",", ":"), sort_keys=True))
+    if isinstance(value, str):
+        return neutralise(value)
     return "" if value is None else value
 
 
 def csv_lines(columns: Sequence[str], pages: Iterable[list[dict]], row) -> Iterator[str]:
-    """A header, then one CSV chunk per page: memory bounded by a page."""
+    """A header, then one CSV chunk per page: memory bounded by a page. Every text cell is
+    quoted and a formula-like one neutralised (``neutralise``), in every export."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(columns)
     for page in pages:
         writer.writerows([_cell(value) for value in row(item)] for item in page)
@@ -344,6 +431,9 @@ def build_router(
     logs: sa.Engine,
     read: Sequence[Depends],
     write: Sequence[Depends],
+    *,
+    webhook_allow_private: bool = False,
+    webhook_secret_overlap_seconds: float = 86_400.0,
 ) -> APIRouter:
     """The endpoints over the app's engines; ``read``/``write`` are its auth dependencies."""
     router = APIRouter()
@@ -373,7 +463,10 @@ def build_router(
         "/api/status-updates",
         dependencies=list(read),
         response_model=StatusUpdatesPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_FEED),
+        },
         summary="The change feed: status changes after `after`, oldest first",
         description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
         " empty; a change is never returned twice nor skipped, even while processing commits."
@@ -423,7 +516,10 @@ def build_router(
         "/api/jobs",
         dependencies=list(read),
         response_model=JobsPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_JOBS),
+        },
         summary="Jobs with their current operations and print state, filtered, by job id",
         description="Filters combine: `operation=coating&status=completed` lists the jobs whose"
         " coating is completed; `status` alone is about print (completed, partial, aborted;"
@@ -468,7 +564,8 @@ def build_router(
                 with jobmanager.connect() as conn:
                     page = read_jobs(conn, job_filter, start, limit)
                 pages = [page]
-                headers = {NEXT_AFTER_HEADER: page[-1]["job_id"] if len(page) == limit else ""}
+                last = page[-1]["job_id"] if len(page) == limit else ""
+                headers = {NEXT_AFTER_HEADER: job_cursor_header(last)}
             return StreamingResponse(
                 csv_lines(JOB_CSV_COLUMNS, pages, _job_row),
                 media_type=CSV,
@@ -489,30 +586,70 @@ def build_router(
         dependencies=list(write),
         status_code=201,
         responses=write_errors,
-        summary="Subscribe a URL to status changes (signed JSON POSTs)",
+        summary="Subscribe a URL to status changes (Standard Webhooks: signed JSON POSTs)",
         description="Every status change that lands (an applied change, or a withdrawal) is"
-        " POSTed as JSON to `url`, signed: `X-Jobstatus-Signature: sha256=<hex HMAC-SHA256 of"
-        " the raw body with the secret>`. `X-Jobstatus-Delivery` is the same on every retry"
-        " (de-duplicate on it); `X-Jobstatus-Update-Id` is the change's update_id. Any 2xx"
-        " answer acknowledges; anything else is retried with backoff until the attempt limit."
-        " A job's changes arrive in order.",
+        " POSTed as JSON to `url`, signed as Standard Webhooks (standardwebhooks.com) say:"
+        " `webhook-id` (the delivery's id, the same on every retry: de-duplicate on it),"
+        " `webhook-timestamp` (the attempt's, unix seconds) and `webhook-signature`"
+        " (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`). The secret is made by the server"
+        " and returned in this answer only (a `secret` in the request is refused). Also sent,"
+        " for older receivers: `X-Jobstatus-Signature: sha256=<hex HMAC-SHA256 of the raw body"
+        " keyed by the secret's text>`, `X-Jobstatus-Delivery` and `X-Jobstatus-Update-Id`."
+        " Any 2xx answer acknowledges; anything else is retried with backoff until the attempt"
+        " limit (429/503 with `Retry-After` wait at least that long); 410 Gone ends the"
+        " subscription. A job's changes arrive in order. Loopback, private, link-local and"
+        " other non-public addresses are refused as targets (422) unless the server allows"
+        " them (JOBSTATUS_WEBHOOK_ALLOW_PRIVATE).",
     )
     def create_webhook(
         webhook: Annotated[WebhookRequest, Body()],
-    ) -> Webhook:
+    ) -> CreatedWebhook:
         if webhook.operations:
             check_operations(webhook.operations)
+        if not webhook_allow_private:
+            target = urlsplit(webhook.url)
+            port = target.port or (443 if target.scheme == "https" else 80)
+            refused = refused_target(target.hostname or "", port)
+            if refused is not None:
+                raise HTTPException(
+                    422,
+                    f"refused webhook target: {refused}; only public addresses are called"
+                    " (JOBSTATUS_WEBHOOK_ALLOW_PRIVATE=true allows others)",
+                )
+        secret = new_secret()
         with jobmanager.begin() as conn:
-            created = outbox.create_subscription(
-                conn, webhook.url, webhook.secret, webhook.operations
-            )
-        return Webhook.model_validate(created)
+            created = outbox.create_subscription(conn, webhook.url, secret, webhook.operations)
+        return CreatedWebhook.model_validate({**created, "secret": secret})
+
+    @router.post(
+        "/api/webhooks/{webhook_id}/rotate-secret",
+        dependencies=list(write),
+        responses={**write_errors, 404: {"model": ErrorBody, "description": "unknown webhook"}},
+        summary="A new secret for a subscription; the old one still signs for a while",
+        description="Returns the new secret (whsec_..., shown this once). Until"
+        " `previous_secret_expires_at` (JOBSTATUS_WEBHOOK_SECRET_OVERLAP_SECONDS, 24 h by"
+        " default) every delivery carries two signatures in `webhook-signature`, one per"
+        " secret, so the receiver can switch at any moment in between. A second rotation"
+        " within the overlap ends the oldest secret at once: at most two secrets sign.",
+    )
+    def rotate_webhook_secret(
+        webhook_id: Annotated[int, Path(ge=1, le=MAX_UPDATE_ID)],
+    ) -> RotatedSecret:
+        secret = new_secret()
+        with jobmanager.begin() as conn:
+            rotated = outbox.rotate_secret(conn, webhook_id, secret, webhook_secret_overlap_seconds)
+        if rotated is None:
+            raise HTTPException(404, f"unknown webhook {webhook_id}")
+        return RotatedSecret.model_validate({**rotated, "secret": secret})
 
     @router.get(
         "/api/webhooks",
         dependencies=list(write),
         responses=write_errors,
         summary="The subscriptions and how their deliveries stand (secrets are never shown)",
+        description="Counts are current: every attempt is recorded as it ends. A subscription"
+        " the receiver ended (410 Gone) shows `disabled_at` and `disabled_reason`; a URL's"
+        " credentials (user:pass@) are shown as `***@`.",
     )
     def list_webhooks() -> list[WebhookState]:
         with jobmanager.connect() as conn:

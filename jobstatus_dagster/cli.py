@@ -331,6 +331,8 @@ def _api_app(env: Environment, token: str | None, read_token: str | None = None)
         token,
         read_token=read_token,
         public_reads=env.settings.api_public_reads,
+        webhook_allow_private=env.settings.webhook_allow_private,
+        webhook_secret_overlap_seconds=env.settings.webhook_secret_overlap_seconds,
     )
 
 
@@ -351,6 +353,8 @@ def api_command(host: str, port: int) -> None:
     """
     import uvicorn
 
+    from jobstatus_dagster.serving import server_config
+
     env = _env()
     token = env.api_token
     if not token:
@@ -362,7 +366,7 @@ def api_command(host: str, port: int) -> None:
             " the read endpoints answer 503.",
             err=True,
         )
-    uvicorn.run(_api_app(env, token, read_token), host=host, port=port)
+    uvicorn.Server(server_config(_api_app(env, token, read_token), host, port)).run()
 
 
 @main.command("dev")
@@ -378,7 +382,11 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
 
     from jobstatus_dagster.demo import generate_shop, shop_is_empty
     from jobstatus_dagster.pipeline import queue
+    from jobstatus_dagster.serving import server_config
 
+    # Everything runs on 127.0.0.1 here: webhook receivers too (unless the operator said no).
+    # Set in the environment, so the Dagster processes started below deliver to them as well.
+    os.environ.setdefault("JOBSTATUS_WEBHOOK_ALLOW_PRIVATE", "true")
     env = _env()
     _migrate(env, baseline=True)
     queue.ensure_pools(env.instance())  # before the daemon dequeues the sensors' first runs
@@ -393,12 +401,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     configured_read = _read_token(env)
     read_token = configured_read or secrets.token_urlsafe(24)
     api = uvicorn.Server(
-        uvicorn.Config(
-            _api_app(env, token, read_token),
-            host="127.0.0.1",
-            port=api_port,
-            log_level="warning",
-        )
+        server_config(_api_app(env, token, read_token), "127.0.0.1", api_port, log_level="warning")
     )
     threading.Thread(target=api.run, name="jobstatus-api", daemon=True).start()
     click.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={env.dagster_home})")

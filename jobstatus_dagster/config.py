@@ -104,17 +104,29 @@ class Settings(Processing, BaseSettings):
         False, description="true: reads need no token (deliberately open to anyone)"
     )
     webhook_max_attempts: int = Field(
-        30, ge=1, description="attempts of one webhook delivery before it is given up"
+        40, ge=1, description="attempts of one webhook delivery before it is given up"
     )
     webhook_backoff_seconds: float = Field(
         2.0, gt=0, description="wait after a delivery's first failure, doubled at each failure"
     )
     webhook_backoff_max_seconds: float = Field(
-        300.0, gt=0, description="longest wait between two attempts of one delivery"
+        3600.0, gt=0, description="longest wait between two attempts of one delivery"
     )
-    webhook_timeout_seconds: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="one delivery attempt, all of it: connect, send, answer"
+    )
     webhook_interval_seconds: int = Field(
         10, ge=1, description="how often the webhook sensor looks for due deliveries"
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="true: loopback, private and link-local webhook targets are allowed"
+        " (tests, the demo, `jobstatus dev`); never on a server others can subscribe on",
+    )
+    webhook_secret_overlap_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="after a secret rotation, how long the replaced secret still signs",
     )
     # Alerts (pipeline/alerts.py): where an incident's opening and clearing are sent. Either, both
     # or neither (then incidents are still recorded in alert_incidents and shown by the sensor).

@@ -107,6 +107,7 @@ def definitions_from_settings(
             backoff_seconds=settings.webhook_backoff_seconds,
             backoff_max_seconds=settings.webhook_backoff_max_seconds,
             timeout_seconds=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private,
         ),
         webhook_interval_seconds=settings.webhook_interval_seconds,
         alert_channels=alert_channels_from_settings(settings),
