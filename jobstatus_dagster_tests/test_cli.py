@@ -164,13 +164,16 @@ def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
+def test_dev_guards_its_ui_and_stops_everything_on_sigterm_even_started_with_sigint_ignored(
     pg_admin_uri, tmp_path
 ) -> None:
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
-    stopped by a service manager's SIGTERM: dagster dev, webserver, daemon and code servers all
-    exit, none is left orphaned (code servers once were; docs/decisions.md)."""
+    stopped by a service manager's SIGTERM: its code server, daemon, webserver and their
+    children all exit, none is left orphaned (code servers once were; docs/decisions.md).
+    Meanwhile its UI refuses the cross-site GET mutation of issue 20 and serves its own page."""
     import time
+
+    import httpx
 
     urls = fresh_urls(pg_admin_uri)
     home = tmp_path / "home"
@@ -186,20 +189,35 @@ def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+
+    def ours() -> list[str]:
+        return processes_with(str(home), in_environ=True)
+
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if len(processes_with(str(home))) >= 3 and port_open(ports[0]):
+            # jobstatus dev, the code server and its code process, the daemon, the webserver
+            if len(ours()) >= 5 and port_open(ports[0]):
                 break
             assert dev.poll() is None, "jobstatus dev exited on its own"
             time.sleep(1)
-        assert processes_with(str(home)), "dagster dev never started"
+        assert port_open(ports[0]), ours()
+        ui = f"http://127.0.0.1:{ports[0]}"
+        evil = httpx.get(
+            f"{ui}/graphql",
+            params={"query": "mutation{launchPartitionBackfill(backfillParams:{}){__typename}}"},
+            headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+        )
+        assert evil.status_code == 403 and "refused" in evil.text
+        assert httpx.get(f"{ui}/", headers={"Host": "evil.example"}).status_code == 403
+        page = httpx.get(f"{ui}/", headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
+        assert page.status_code == 200 and "<html" in page.text.lower()
         dev.send_signal(signal.SIGTERM)
-        dev.wait(timeout=90)
+        dev.wait(timeout=120)
         deadline = time.monotonic() + 20
-        while processes_with(str(home)) and time.monotonic() < deadline:
+        while ours() and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert processes_with(str(home)) == []
+        assert ours() == []
     finally:
         if dev.poll() is None:
             dev.kill()
