@@ -24,7 +24,11 @@ from jobstatus_dagster.config import (
 )
 from jobstatus_dagster.db import MigrationsNotFound, engine_scope, migrate, resolve_urls
 from jobstatus_dagster.instance import DAGSTER_YAML, grpc_workspace, write_atomically
-from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
+from jobstatus_dagster.processes import (
+    interrupt_on_stop_signals,
+    process_group,
+    stop_when_parent_exits,
+)
 from jobstatus_dagster.source import SOURCE_NAMES
 
 
@@ -432,6 +436,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         )
     click.echo("One line per finished run below; the UI has every event. Ctrl-C stops.")
     interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop the services and the embedded server
+    stop_when_parent_exits()  # `make run` killed cannot pass a signal on
     try:
         with contextlib.ExitStack() as services:
             groups = {}

@@ -1,6 +1,7 @@
 """The `jobstatus` command as a user runs it: real processes, real databases, real kills (R18)."""
 
 import json
+import os
 import signal
 import subprocess
 from dataclasses import replace
@@ -221,3 +222,45 @@ def test_dev_guards_its_ui_and_stops_everything_on_sigterm_even_started_with_sig
     finally:
         if dev.poll() is None:
             dev.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_make_run_stopped_leaves_no_process(pg_admin_uri, tmp_path, stop) -> None:
+    """`make run` stopped by SIGTERM (make passes it on to `jobstatus dev`), or killed (it
+    cannot: `jobstatus dev` sees its parent gone): everything `jobstatus dev` started stops."""
+    import sys
+    import time
+    from pathlib import Path
+
+    urls = fresh_urls(pg_admin_uri)
+    home = tmp_path / "home"
+    ports = [free_port(), free_port()]
+    make = subprocess.Popen(
+        ["make", "-C", str(Path(__file__).resolve().parent.parent), "-o", ".venv/.installed"]
+        + ["run", f"BIN={Path(sys.executable).parent}"]
+        + [f"DEV_ARGS=--port {ports[0]} --api-port {ports[1]} --simulate-every 0"],
+        env=cli_env(urls, home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ours() -> list[str]:
+        return processes_with(str(home), in_environ=True)
+
+    try:
+        deadline = time.monotonic() + 180
+        while not (len(ours()) >= 6 and port_open(ports[0])):
+            assert make.poll() is None, "make run exited on its own"
+            assert time.monotonic() < deadline, ours()
+            time.sleep(1)
+        make.send_signal(stop)
+        make.wait(timeout=60)
+        deadline = time.monotonic() + 120
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ours() == []
+    finally:
+        if make.poll() is None:
+            make.kill()
+        for line in ours():
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
