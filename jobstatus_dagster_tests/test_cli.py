@@ -165,13 +165,15 @@ def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_dev_guards_its_ui_and_stops_everything_on_sigterm_even_started_with_sigint_ignored(
+def test_dev_shows_a_line_per_run_guards_its_ui_and_stops_everything_on_sigterm(
     pg_admin_uri, tmp_path
 ) -> None:
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
     stopped by a service manager's SIGTERM: its code server, daemon, webserver and their
     children all exit, none is left orphaned (code servers once were; docs/decisions.md).
-    Meanwhile its UI refuses the cross-site GET mutation of issue 20 and serves its own page."""
+    Meanwhile its console shows a line per finished run (no Dagster DEBUG event, no library
+    warning), and its UI refuses the cross-site GET mutation of issue 20 and serves its page."""
+    import re
     import time
 
     import httpx
@@ -179,30 +181,33 @@ def test_dev_guards_its_ui_and_stops_everything_on_sigterm_even_started_with_sig
     urls = fresh_urls(pg_admin_uri)
     home = tmp_path / "home"
     ports = [free_port(), free_port()]
+    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` does in a script
     try:
-        dev = subprocess.Popen(
-            [JOBSTATUS, "dev", "--port", str(ports[0]), "--api-port", str(ports[1])]
-            + ["--simulate-every", "0"],
-            env=cli_env(urls, home),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with out.open("w") as stdout, err.open("w") as stderr:
+            dev = subprocess.Popen(
+                [JOBSTATUS, "dev", "--port", str(ports[0]), "--api-port", str(ports[1])]
+                + ["--simulate-every", "0"],
+                env=cli_env(urls, home, JOBSTATUS_SENSOR_INTERVAL_SECONDS="5"),
+                stdout=stdout,
+                stderr=stderr,
+            )
     finally:
         signal.signal(signal.SIGINT, previous)
 
     def ours() -> list[str]:
         return processes_with(str(home), in_environ=True)
 
+    run_line = re.compile(r"^\d\d:\d\d:\d\d print_os:0-\d+ SUCCESS: \d+ rows read, ", re.M)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            # jobstatus dev, the code server and its code process, the daemon, the webserver
-            if len(ours()) >= 5 and port_open(ports[0]):
-                break
-            assert dev.poll() is None, "jobstatus dev exited on its own"
+        deadline = time.monotonic() + 240
+        while not (port_open(ports[0]) and run_line.search(out.read_text())):
+            assert dev.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
             time.sleep(1)
-        assert port_open(ports[0]), ours()
+        # jobstatus dev, the embedded server, the code server and its code process, the
+        # daemon, the webserver
+        assert len(ours()) >= 6, ours()
         ui = f"http://127.0.0.1:{ports[0]}"
         evil = httpx.get(
             f"{ui}/graphql",
@@ -222,6 +227,9 @@ def test_dev_guards_its_ui_and_stops_everything_on_sigterm_even_started_with_sig
     finally:
         if dev.poll() is None:
             dev.kill()
+    console = out.read_text() + err.read_text()
+    assert " - DEBUG - " not in console and "Warning" not in console, console[-3000:]
+    assert (home / "logs" / "code-server.log").read_text().count(" - DEBUG - ") > 0
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -24,7 +24,6 @@ from jobstatus_dagster_tests.shop import T0, Shop
 from jobstatus_testkit.cli import JOBSTATUS, cli_env
 from jobstatus_testkit.processes import free_port, port_open, processes_with
 
-SERVICES = ("code-server", "daemon", "webserver", "viewer")
 PARTITIONS = "print_os_marker_ranges"
 
 
@@ -37,6 +36,7 @@ class Topology:
     ui_port: int
     viewer_port: int
     code_port: int
+    api_port: int
 
     def log(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")[-4000:]
@@ -70,7 +70,7 @@ def _sensor_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
     urls = pg_server.migrated("topology")
     home = tmp_path_factory.mktemp("topology")
-    code_port, ui_port, viewer_port = free_port(), free_port(), free_port()
+    code_port, ui_port, viewer_port, api_port = free_port(), free_port(), free_port(), free_port()
     env = cli_env(
         urls,
         home,
@@ -82,6 +82,7 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
         "daemon": ["daemon"],
         "webserver": ["webserver", "--port", str(ui_port)],
         "viewer": ["webserver", "--port", str(viewer_port), "--read-only"],
+        "api": ["api", "--port", str(api_port)],
     }
     services = {}
     with dg.instance_for_test(
@@ -94,8 +95,10 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
                     services[name] = subprocess.Popen(
                         [JOBSTATUS, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
                     )
-            topology = Topology(home, urls, instance, services, ui_port, viewer_port, code_port)
-            for port in (code_port, ui_port, viewer_port):
+            topology = Topology(
+                home, urls, instance, services, ui_port, viewer_port, code_port, api_port
+            )
+            for port in (code_port, ui_port, viewer_port, api_port):
                 _wait(f"port {port}", lambda p=port: port_open(p), topology)
             yield topology
         finally:
@@ -113,10 +116,15 @@ def test_the_daemon_and_the_webserver_load_the_code_location_from_the_code_serve
     (the daemon's python_module workspace started a fresh one every 60 s)."""
     workspace = (topology.home / "dagster_home" / "grpc_workspace.yaml").read_text()
     assert "grpc_server" in workspace and f"port: {topology.code_port}" in workspace
-    for name in ("daemon", "webserver", "viewer"):
+    for name in ("daemon", "webserver", "viewer", "api"):
         assert psutil.Process(topology.services[name].pid).children(recursive=True) == [], name
     code_server = psutil.Process(topology.services["code-server"].pid)
     assert "code-server" in " ".join(code_server.cmdline())  # `jobstatus serve` became Dagster's
+
+
+def test_the_api_service_answers(topology: Topology) -> None:
+    docs = httpx.get(f"http://127.0.0.1:{topology.api_port}/openapi.json", timeout=30)
+    assert docs.status_code == 200 and "/api/job-status/{job_id}" in docs.json()["paths"]
 
 
 def test_a_sensor_launched_run_succeeds(topology: Topology) -> None:
@@ -252,7 +260,7 @@ def test_a_same_origin_post_mutation_works_and_the_viewer_cannot_mutate(
 
 
 def test_sigterm_to_each_service_leaves_no_process(topology: Topology) -> None:
-    assert len(topology.left()) >= 5  # four services and the code server's code process
+    assert len(topology.left()) >= 6  # five services and the code server's code process
     for popen in topology.services.values():
         popen.send_signal(signal.SIGTERM)
     for name, popen in topology.services.items():
