@@ -16,9 +16,11 @@ import dagster as dg
 import httpx
 import psutil
 import pytest
+import sqlalchemy as sa
 
-from jobstatus_dagster.db import DatabaseUrls
+from jobstatus_dagster.db import DatabaseUrls, make_engine
 from jobstatus_dagster.instance import instance_overrides
+from jobstatus_dagster.io.writer import WRITER_LOCK
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import T0, Shop
 from jobstatus_testkit.cli import JOBSTATUS, cli_env
@@ -160,44 +162,92 @@ def test_what_a_sensor_logs_is_shown_under_its_tick_in_the_ui(topology: Topology
     assert 0 < len(files) < len(ticks), files
 
 
-def test_reload_while_the_daemon_runs_then_the_next_run_succeeds(topology: Topology) -> None:
+def _printed_job(shop: Shop, marker: int) -> str:
+    job = shop.add_job()
+    shop.add_job_operation(job, "1")
+    shop.map_files(f"{job}-I", [f"FILE_1_Labex_{job}_1"])
+    shop.print_event(f"{job}-I", "PRINTED", marker=marker, at=T0)
+    return job
+
+
+def _print_os_runs(topology: Topology, status: dg.DagsterRunStatus, after: float) -> list:
+    return [
+        r.dagster_run
+        for r in topology.instance.get_run_records(
+            dg.RunsFilter(
+                tags={"jobstatus/trigger": "sensor", "jobstatus/source": "print_os"},
+                statuses=[status],
+            )
+        )
+        if r.create_timestamp.timestamp() > after
+    ]
+
+
+def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeeds(
+    topology: Topology,
+) -> None:
+    """`jobstatus reload` (README "Deploying a new version"): a new code process serves the
+    location, the old one finishes its run in flight and only then exits; the daemon, running
+    all along, launches the next run into the new one."""
     code_server = psutil.Process(topology.services["code-server"].pid)
     before = {p.pid for p in code_server.children()}
     assert before, "the code server runs its code location in a child process"
-    reloaded = subprocess.run(
-        [JOBSTATUS, "reload", "--ui", f"127.0.0.1:{topology.ui_port}"],
-        env=cli_env(topology.urls, topology.home),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
-    assert "reloaded" in reloaded.stdout
-    # A new process serves the location; the old one exits (it had no run in flight).
-    _wait(
-        "the old code process replaced",
-        lambda: (now := {p.pid for p in code_server.children()}) and not (now & before),
-        topology,
-    )
-    reloaded_at = time.time()
-    with Shop(topology.urls) as shop:
-        job = shop.add_job()
-        shop.add_job_operation(job, "1")
-        shop.map_files(f"{job}-I", [f"FILE_1_Labex_{job}_1"])
-        shop.print_event(f"{job}-I", "PRINTED", marker=10_000, at=T0)
+    started = time.time()
+    with Shop(topology.urls) as shop, make_engine(topology.urls.jobmanager).connect() as holder:
+        # The writers' lock held here: the next run stops at its write, in flight.
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": WRITER_LOCK})
+        try:
+            held = _printed_job(shop, 10_000)
+            in_flight = _wait(
+                "a sensor run in flight",
+                lambda: _print_os_runs(topology, dg.DagsterRunStatus.STARTED, started),
+                topology,
+            )[0]
+            reloaded = subprocess.run(
+                [JOBSTATUS, "reload", "--ui", f"127.0.0.1:{topology.ui_port}"],
+                env=cli_env(topology.urls, topology.home),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+            assert "reloaded" in reloaded.stdout
+            _wait(
+                "a new code process",
+                lambda: {p.pid for p in code_server.children()} - before,
+                topology,
+            )
+            time.sleep(5)  # the old one must not end its run, however long it waits
+            assert all(psutil.pid_exists(pid) for pid in before)
+            run = topology.instance.get_run_by_id(in_flight.run_id)
+            assert run.status == dg.DagsterRunStatus.STARTED, run.status
+        finally:
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": WRITER_LOCK})
+            holder.commit()
+        finished = _wait(
+            "the run in flight finished",
+            lambda: (
+                topology.instance.get_run_by_id(in_flight.run_id).status
+                in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+            ),
+            topology,
+        )
+        assert finished and topology.instance.get_run_by_id(in_flight.run_id).status == (
+            dg.DagsterRunStatus.SUCCESS
+        )
+        assert shop.job_operations_json(held) == {"print": True}
+        # Its run done, the old code process exits.
+        _wait(
+            "the old code process gone",
+            lambda: not ({p.pid for p in code_server.children()} & before),
+            topology,
+        )
+        reloaded_at = time.time()
+        job = _printed_job(shop, 10_001)
         _wait(
             "a sensor run after the reload that succeeds",
-            lambda: [
-                r
-                for r in topology.instance.get_run_records(
-                    dg.RunsFilter(
-                        tags={"jobstatus/trigger": "sensor", "jobstatus/source": "print_os"},
-                        statuses=[dg.DagsterRunStatus.SUCCESS],
-                    )
-                )
-                if r.create_timestamp.timestamp() > reloaded_at
-            ],
+            lambda: _print_os_runs(topology, dg.DagsterRunStatus.SUCCESS, reloaded_at),
             topology,
         )
         assert shop.job_operations_json(job) == {"print": True}
