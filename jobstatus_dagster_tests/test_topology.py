@@ -39,6 +39,13 @@ class Topology:
     viewer_port: int
     code_port: int
     api_port: int
+    env: dict[str, str]
+
+    def start(self, name: str, args: list[str]) -> None:
+        with (self.home / f"{name}.log").open("a") as log:
+            self.services[name] = subprocess.Popen(
+                [JOBSTATUS, "serve", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def log(self, name: str) -> str:
         return (self.home / f"{name}.log").read_text(errors="replace")[-4000:]
@@ -98,7 +105,7 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
                         [JOBSTATUS, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
                     )
             topology = Topology(
-                home, urls, instance, services, ui_port, viewer_port, code_port, api_port
+                home, urls, instance, services, ui_port, viewer_port, code_port, api_port, env
             )
             for port in (code_port, ui_port, viewer_port, api_port):
                 _wait(f"port {port}", lambda p=port: port_open(p), topology)
@@ -248,6 +255,44 @@ def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeed
         _wait(
             "a sensor run after the reload that succeeds",
             lambda: _print_os_runs(topology, dg.DagsterRunStatus.SUCCESS, reloaded_at),
+            topology,
+        )
+        assert shop.job_operations_json(job) == {"print": True}
+
+
+def test_a_code_server_restart_ends_the_run_in_flight_and_its_rows_are_processed_again(
+    topology: Topology,
+) -> None:
+    """What `systemctl restart jobstatus-code-server` does (README): systemd signals the whole
+    control group at once, run workers included; the run in flight ends as a failure, and
+    once the code server is back the sensor requests its window again, which succeeds."""
+    code_server = psutil.Process(topology.services["code-server"].pid)
+    started = time.time()
+    with Shop(topology.urls) as shop, make_engine(topology.urls.jobmanager).connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": WRITER_LOCK})
+        try:
+            job = _printed_job(shop, 10_002)
+            in_flight = _wait(
+                "a sensor run in flight",
+                lambda: _print_os_runs(topology, dg.DagsterRunStatus.STARTED, started),
+                topology,
+            )[0]
+            group = [code_server, *code_server.children(recursive=True)]
+            assert len(group) >= 3, group  # the code server, its code process, the run worker
+            for proc in group:  # KillMode=control-group: SIGTERM to every process at once
+                proc.send_signal(signal.SIGTERM)
+            _, alive = psutil.wait_procs(group, timeout=90)
+            for proc in alive:  # TimeoutStopSec=90, then SIGKILL
+                proc.kill()
+        finally:
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": WRITER_LOCK})
+            holder.commit()
+        ended = topology.instance.get_run_by_id(in_flight.run_id).status
+        assert ended == dg.DagsterRunStatus.FAILURE, ended
+        topology.start("code-server", ["code-server"])
+        _wait(
+            "the window processed again after the restart",
+            lambda: _print_os_runs(topology, dg.DagsterRunStatus.SUCCESS, started),
             topology,
         )
         assert shop.job_operations_json(job) == {"print": True}
