@@ -5,7 +5,8 @@ memory, webhook delivery throughput.
 
 Fresh databases from the support package; the history is inserted set-based with
 ``generate_series`` (not through the pipeline): ``--jobs`` jobs with three operations' state and
-a print state each, and ``--audit-rows`` audit rows spread over them. Then ``jobstatus api``
+a print state each, and ``--audit-rows`` audit rows spread over them, with as many changes in
+the change feed (R25). Then ``jobstatus api``
 runs as its own process (so its peak RSS is the server's alone) and is measured over HTTP:
 ``GET /api/job-status/{id}`` and ``GET /api/jobs`` (pages of 100 at random cursors, plain and
 filtered) p50/p99, the feed's full CSV export (rows/s and the server's peak RSS), and the
@@ -61,6 +62,16 @@ HISTORY_SQL = [
               CASE WHEN n % 3 = 0 THEN 'coating' ELSE 'print' END, 'completed', 1, 0, 3, true,
               '1 of 3 files printed', timestamp '2026-11-01' + n * interval '10 ms',
               timestamp '2026-11-02' + n * interval '10 ms', 'bench-run', n
+       FROM generate_series(1, :audit) n""",
+    # the change feed (R25): one change per audit row, as a history of re-processing makes
+    """INSERT INTO job_status_changes (change_id, job_id, version_tag, operation, event, status,
+           printed_count, aborted_count, total_count, notes, event_time, source_type,
+           source_id, source_marker, recorded_at, run_id)
+       SELECT n, (n % :jobs + 1) || '_' || ((n % :jobs + 1) % 97), '1',
+              CASE WHEN n % 3 = 0 THEN 'coating' ELSE 'print' END, 'status', 'completed', 1, 0,
+              3, '1 of 3 files printed', timestamp '2026-11-01' + n * interval '10 ms',
+              CASE WHEN n % 3 = 0 THEN 'scanner' ELSE 'print_os' END, n, n,
+              timestamp '2026-11-02' + n * interval '10 ms', 'bench-run'
        FROM generate_series(1, :audit) n""",
     "ANALYZE",
 ]
@@ -241,12 +252,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 conn.execute(
                     sa.text(
-                        "INSERT INTO job_status_updates (source_type, source_id, job_id,"
-                        " version_tag, operation, status) SELECT 'scanner', 10000000 + n,"
-                        " (n % 1000) || '_x', '1', 'coating', 'completed'"
-                        " FROM generate_series(1, :n) n"
+                        "INSERT INTO job_status_changes (change_id, job_id, version_tag,"
+                        " operation, event, status, source_type, source_id)"
+                        " SELECT :first + n, (n % 1000) || '_x', '1', 'coating', 'status',"
+                        " 'completed', 'scanner', 10000000 + n FROM generate_series(1, :n) n"
                     ),
-                    {"n": args.deliveries},
+                    {"n": args.deliveries, "first": args.audit_rows},
                 )
             started = time.perf_counter()
             report = deliver_due(jm, WebhookDelivery(run_seconds=3600))

@@ -22,7 +22,7 @@ Status codes:
   declared public (``JOBSTATUS_API_PUBLIC_READS=true``). ``/api/health`` stays open for probes.
 - 503 on writes: no token configured (``JOBSTATUS_API_TOKEN`` unset) - writes stay closed rather
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
-- 404: unknown job or run. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
+- 404: unknown job or run. 408: a body not received whole within 30 s. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
   fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``). 400: a JSON body
   that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
 - 502: a run failed (e.g. a database error inside an op). The body names the failed run and its
@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any, Literal
 
+import anyio
 import dagster as dg
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -62,9 +64,11 @@ from jobstatus_dagster.io.sources import read_marker
 from jobstatus_dagster.io.status import read_job_status
 from jobstatus_dagster.pipeline import queue
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, TRIGGER_TAG
+from jobstatus_dagster.serving import MAX_HEADER_BYTES
 from jobstatus_dagster.source import SOURCE_NAMES
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 30.0  # the whole body, from the end of the headers
 TRIGGER = "api"
 # R4: a job id is two digit groups; anything else never reaches SQL.
 JOB_ID_PATTERN = r"^[0-9]{1,20}_[0-9]{1,20}$"
@@ -75,6 +79,7 @@ DEFAULT_WAIT_SECONDS = 60
 MAX_WAIT_SECONDS = 600
 
 logger = logging.getLogger(__name__)
+Gone = Callable[[], Awaitable[bool]]  # whether the client hung up
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -268,6 +273,11 @@ async def _validation_failed(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
+async def _client_gone(_: Request, exc: Exception) -> Response:
+    """Nobody is left to read it; 499 ("client closed request") is what the access log shows."""
+    return Response(status_code=499)
+
+
 async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"database unavailable ({type(exc).__name__})"}, status_code=503)
 
@@ -276,17 +286,32 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-class BodySizeLimit:
-    """413 for bodies over ``max_bytes``, by Content-Length and by the bytes actually received
-    (chunked bodies have no Content-Length), before any endpoint sees them."""
+def header_bytes(scope: Scope) -> int:
+    """About what the request line and headers took on the wire."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+
+class BodySizeLimit:
+    """Before any endpoint sees a request: 431 for a request line and headers over
+    ``MAX_HEADER_BYTES``; 413 for a body over ``max_bytes``, by Content-Length and by the bytes
+    actually received (chunked bodies have no Content-Length); 408 for a body not received whole
+    within ``timeout`` seconds (a client trickling it holds no request open)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if header_bytes(scope) > MAX_HEADER_BYTES:  # complete headers; serving.py, incomplete
+            detail = f"request line and headers larger than {MAX_HEADER_BYTES} bytes"
+            await self._refuse(scope, receive, send, 431, detail, close=True)
             return
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and not (declared.isascii() and declared.isdigit()):
@@ -296,16 +321,21 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send, 413, self._too_large)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send, 413, self._too_large)
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.timeout) as reading:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_bytes:
+                    await self._refuse(scope, receive, send, 413, self._too_large)
+                    return
+                if not message.get("more_body", False):
+                    break
+        if reading.cancelled_caught:
+            detail = f"request body not received within {self.timeout:g} s"
+            await self._refuse(scope, receive, send, 408, detail, close=True)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -322,8 +352,13 @@ class BodySizeLimit:
         return f"request body larger than {self.max_bytes} bytes"
 
     @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, status: int, detail: str, close: bool = False
+    ) -> None:
+        headers = {"Connection": "close"} if close else None
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
+            scope, receive, send
+        )
 
 
 # ----- processing --------------------------------------------------------------------------
@@ -358,16 +393,15 @@ class Processor:
         self.defs = defs
         self.instance = instance
         self.jobmanager = jobmanager
+        self.watcher = queue.RunWatcher(instance)
 
     async def process(
-        self, sources: tuple[str, ...], wait: float
+        self, sources: tuple[str, ...], wait: float, gone: Gone | None = None
     ) -> dict[str, list[dg.DagsterRun]]:
         """A queued run per window past each source's marker; the finished runs per source."""
         submitted = await run_in_threadpool(self._submit, sources)
         run_ids = [run_id for sub in submitted.values() for run_id in sub.run_ids]
-        _, runs = await queue.wait_until_async(
-            partial(queue.runs_settled, self.instance, run_ids), wait
-        )
+        _, runs = await self.watcher.wait_for_runs(run_ids, wait, gone)
         await run_in_threadpool(self._check, sources[0], runs, None)
         return {
             source: [run for run in runs if run.run_id in sub.windows]
@@ -378,26 +412,23 @@ class Processor:
         queue.ensure_pools(self.instance)
         return {s: queue.submit_source(self.defs, self.instance, s, TRIGGER) for s in sources}
 
-    async def backfill(self, source: str, wait: float) -> tuple[str | None, list[dg.DagsterRun]]:
-        """A partition backfill over every marker range of the source; its finished runs."""
+    async def backfill(
+        self, source: str, wait: float, gone: Gone | None = None
+    ) -> tuple[str | None, list[dg.DagsterRun]]:
+        """A partition backfill over every marker range of the source (or the one already in
+        flight over them); its finished runs."""
         backfill_id = await run_in_threadpool(self._submit_backfill, source)
         if backfill_id is None:
             return None, []
-        done, runs = await queue.wait_until_async(
-            partial(queue.backfill_settled, self.instance, backfill_id), wait
-        )
+        done, runs = await self.watcher.wait_for_backfill(backfill_id, wait, gone)
         if not done:
             await run_in_threadpool(self._accepted, runs, backfill_id)
         await run_in_threadpool(self._check, source, runs, backfill_id)
         return backfill_id, runs
 
     def _submit_backfill(self, source: str) -> str | None:
-        bounds = queue.whole_source_bounds(self.defs, source)
-        if bounds is None:
-            return None
         queue.ensure_pools(self.instance)
-        backfill_id, _ = queue.submit_backfill(self.defs, self.instance, source, *bounds, TRIGGER)
-        return backfill_id
+        return queue.submit_whole_source_backfill(self.defs, self.instance, source, TRIGGER)
 
     def _check(self, source: str, runs: list[dg.DagsterRun], backfill_id: str | None) -> None:
         if not all(run.status in queue.FINISHED for run in runs):
@@ -449,6 +480,30 @@ class Processor:
         )
 
 
+# The instance's storage connections as dagster-webserver holds them (its defaults): a pooled
+# connection per storage (pool_size 1, up to 20 more under load, recycled hourly) instead of
+# dagster-postgres's default NullPool, which opens a Postgres session per query; statements
+# time out after 15 s. Once per instance: each call replaces the storages' engines.
+STORAGE_STATEMENT_TIMEOUT_MS = 15_000
+STORAGE_POOL_RECYCLE_SECONDS = 3600
+STORAGE_POOL_MAX_OVERFLOW = 20
+_pooled: weakref.WeakSet[dg.DagsterInstance] = weakref.WeakSet()
+_pooled_lock = threading.Lock()
+
+
+def pool_storage_connections(instance: dg.DagsterInstance) -> None:
+    """Pool the instance's storage connections (``DagsterInstance.optimize_for_webserver``)."""
+    with _pooled_lock:
+        if instance in _pooled:
+            return
+        instance.optimize_for_webserver(
+            statement_timeout=STORAGE_STATEMENT_TIMEOUT_MS,
+            pool_recycle=STORAGE_POOL_RECYCLE_SECONDS,
+            max_overflow=STORAGE_POOL_MAX_OVERFLOW,
+        )
+        _pooled.add(instance)
+
+
 def _engine(libpq_url: str) -> sa.Engine:
     # A short connect timeout, so /api/health answers promptly when a server is down.
     return sa.create_engine(
@@ -466,6 +521,7 @@ ERRORS_WRITE: dict[int | str, dict[str, Any]] = {
     202: {"model": AcceptedBody, "description": "runs not finished within `wait`: follow them"},
     400: {"model": ErrorBody, "description": "body not UTF-8, or an unreadable Content-Length"},
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    408: {"model": ErrorBody, "description": "body not received whole within 30 s"},
     413: {"model": ErrorBody, "description": "body over 64 KiB"},
     502: {"model": RunFailedBody, "description": "a run failed"},
     503: {"model": ErrorBody, "description": "no API token configured, or a database is down"},
@@ -480,6 +536,7 @@ def create_app(
     token: str | None,
     read_token: str | None = None,
     public_reads: bool = False,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
 ) -> FastAPI:
     """The API over one code location's definitions and one Dagster instance.
 
@@ -488,6 +545,7 @@ def create_app(
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
+    pool_storage_connections(instance)
     processor = Processor(defs, instance, jobmanager)
     expected = token.encode() if token else None
 
@@ -504,9 +562,11 @@ def create_app(
         " Dagster runs, tagged `jobstatus/trigger=api`, in the run queue and the run history.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.state.processor = processor  # its run watcher, for the tests and bench/
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES, timeout=body_timeout)
     app.add_exception_handler(Accepted, _accepted)
     app.add_exception_handler(RunFailed, _run_failed)
+    app.add_exception_handler(queue.ClientGone, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_exception_handler(sa.exc.OperationalError, _database_unavailable)
     app.add_exception_handler(sa.exc.InterfaceError, _database_unavailable)
@@ -545,6 +605,23 @@ def create_app(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the header every 401 carries (on any endpoint, new ones
+        included): FastAPI cannot see headers an ``HTTPException`` of a dependency sets."""
+        if app.openapi_schema is None:
+            for methods in default_openapi()["paths"].values():
+                for operation in methods.values():
+                    unauthorized = operation.get("responses", {}).get("401")
+                    if unauthorized is not None:
+                        unauthorized.setdefault("headers", {}).update(
+                            api_integration.WWW_AUTHENTICATE
+                        )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     write = [Depends(require_token)]
     read = [Depends(require_read_token)]
     app.include_router(api_integration.build_router(jobmanager, logs, read, write))
@@ -556,13 +633,17 @@ def create_app(
         summary="Process print-OS events past the marker (force: all of them again)",
     )
     async def process_print_os(
+        client: Request,
         request: Annotated[ProcessPrintOsRequest, Body()] = ProcessPrintOsRequest(),  # noqa: B008
     ) -> ProcessPrintOsResponse:
-        # Async: a request waiting for its runs holds no worker thread (reads go on meanwhile).
+        # Async: a request waiting for its runs holds no worker thread (reads go on meanwhile),
+        # and stops waiting when its client hangs up.
+        gone = client.is_disconnected
         if request.force:
-            backfill_id, runs = await processor.backfill(PRINT_OS, request.wait)
+            backfill_id, runs = await processor.backfill(PRINT_OS, request.wait, gone)
         else:
-            backfill_id, runs = None, (await processor.process((PRINT_OS,), request.wait))[PRINT_OS]
+            processed = await processor.process((PRINT_OS,), request.wait, gone)
+            backfill_id, runs = None, processed[PRINT_OS]
         return await run_in_threadpool(print_os_answer, runs, backfill_id)
 
     def print_os_answer(
@@ -583,10 +664,11 @@ def create_app(
         summary="Process print-OS events and/or scans past their markers",
     )
     async def process_status_updates(
+        client: Request,
         request: Annotated[ProcessStatusUpdatesRequest, Body()] = ProcessStatusUpdatesRequest(),  # noqa: B008
     ) -> ProcessStatusUpdatesResponse:
         sources = SOURCE_NAMES if request.source == "both" else (request.source,)
-        runs = await processor.process(sources, request.wait)
+        runs = await processor.process(sources, request.wait, client.is_disconnected)
         return await run_in_threadpool(status_updates_answer, sources, runs)
 
     def status_updates_answer(

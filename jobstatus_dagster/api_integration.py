@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import sqlalchemy as sa
@@ -248,30 +248,80 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def _csv_response(description: str) -> dict[int | str, dict[str, Any]]:
+def job_cursor_header(job_id: str) -> str:
+    """A job id as a header value: percent-encoded (RFC 3986), so any id the shop holds (any
+    Unicode, even a line break) fits a header and ends no header early; an id of letters,
+    digits, ``_ . - ~`` is unchanged. Decode it before passing it back as ``after``."""
+    return quote(job_id, safe="")
+
+
+# What the API's answers carry in headers, for the OpenAPI document (test_openapi_headers
+# compares it with what is actually sent).
+CSV_HEADERS: dict[str, dict[str, Any]] = {
+    AS_OF_HEADER: {
+        "description": "CSV answers: the `as_of` object of the JSON answers, as JSON ("
+        + AS_OF_DESCRIPTION
+        + ")",
+        "schema": {"type": "string"},
+    },
+}
+NEXT_AFTER_FEED: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last update_id of the page (`after` when it"
+    " is empty); pass it as `after` for the next page",
+    "schema": {"type": "string"},
+}
+NEXT_AFTER_JOBS: dict[str, Any] = {
+    "description": "CSV answers with `limit`: the last job id of a full page, percent-encoded"
+    " (decode it, then pass it as `after`); empty on the last page",
+    "schema": {"type": "string"},
+}
+WWW_AUTHENTICATE: dict[str, dict[str, Any]] = {
+    "WWW-Authenticate": {
+        "description": "`Bearer`: the scheme the token is expected in",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _csv_response(description: str, next_after: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     return {
         200: {
             "description": description,
             "content": {CSV: {"schema": {"type": "string"}}},
+            "headers": {**CSV_HEADERS, NEXT_AFTER_HEADER: next_after},
         }
     }
 
 
 # ----- CSV ---------------------------------------------------------------------------------
+# OWASP's CSV injection advice: a text cell a spreadsheet would read as a formula (or, after a
+# tab or carriage return, as the start of one) gets a leading single quote, and text cells are
+# quoted. Numbers stay numbers (a negative marker is a number, not a formula).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """``'=1+1`` for ``=1+1``: shown as text by a spreadsheet, never evaluated."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def _cell(value: object) -> object:
     if isinstance(value, bool):
         return "true" if value else "false"  # as the JSON answers say it
     if isinstance(value, datetime):
         return _as_utc(value).isoformat()
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        return neutralise(json.dumps(value, separators=(",", ":"), sort_keys=True))
+    if isinstance(value, str):
+        return neutralise(value)
     return "" if value is None else value
 
 
 def csv_lines(columns: Sequence[str], pages: Iterable[list[dict]], row) -> Iterator[str]:
-    """A header, then one CSV chunk per page: memory bounded by a page."""
+    """A header, then one CSV chunk per page: memory bounded by a page. Every text cell is
+    quoted and a formula-like one neutralised (``neutralise``), in every export."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(columns)
     for page in pages:
         writer.writerows([_cell(value) for value in row(item)] for item in page)
@@ -373,7 +423,10 @@ def build_router(
         "/api/status-updates",
         dependencies=list(read),
         response_model=StatusUpdatesPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_FEED),
+        },
         summary="The change feed: status changes after `after`, oldest first",
         description="Loop: start with `after=0`, then pass `next_after` back until `updates` is"
         " empty; a change is never returned twice nor skipped, even while processing commits."
@@ -423,7 +476,10 @@ def build_router(
         "/api/jobs",
         dependencies=list(read),
         response_model=JobsPage,
-        responses={**read_errors, **_csv_response("the page, or with Accept: text/csv a CSV")},
+        responses={
+            **read_errors,
+            **_csv_response("the page, or with Accept: text/csv a CSV", NEXT_AFTER_JOBS),
+        },
         summary="Jobs with their current operations and print state, filtered, by job id",
         description="Filters combine: `operation=coating&status=completed` lists the jobs whose"
         " coating is completed; `status` alone is about print (completed, partial, aborted;"
@@ -468,7 +524,8 @@ def build_router(
                 with jobmanager.connect() as conn:
                     page = read_jobs(conn, job_filter, start, limit)
                 pages = [page]
-                headers = {NEXT_AFTER_HEADER: page[-1]["job_id"] if len(page) == limit else ""}
+                last = page[-1]["job_id"] if len(page) == limit else ""
+                headers = {NEXT_AFTER_HEADER: job_cursor_header(last)}
             return StreamingResponse(
                 csv_lines(JOB_CSV_COLUMNS, pages, _job_row),
                 media_type=CSV,

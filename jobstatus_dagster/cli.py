@@ -367,6 +367,8 @@ def api_command(host: str, port: int) -> None:
     """
     import uvicorn
 
+    from jobstatus_dagster.serving import server_config
+
     env = _env()
     token = env.api_token
     if not token:
@@ -378,7 +380,7 @@ def api_command(host: str, port: int) -> None:
             " the read endpoints answer 503.",
             err=True,
         )
-    uvicorn.run(_api_app(env, token, read_token), host=host, port=port)
+    uvicorn.Server(server_config(_api_app(env, token, read_token), host, port)).run()
 
 
 @main.command("dev")
@@ -395,6 +397,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
 
     from jobstatus_dagster.demo import generate_shop, shop_is_empty
     from jobstatus_dagster.pipeline import queue
+    from jobstatus_dagster.serving import server_config
 
     env = _env()
     _migrate(env, baseline=True)
@@ -410,12 +413,7 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     configured_read = _read_token(env)
     read_token = configured_read or secrets.token_urlsafe(24)
     api = uvicorn.Server(
-        uvicorn.Config(
-            _api_app(env, token, read_token),
-            host="127.0.0.1",
-            port=api_port,
-            log_level="warning",
-        )
+        server_config(_api_app(env, token, read_token), "127.0.0.1", api_port, log_level="warning")
     )
     threading.Thread(target=api.run, name="jobstatus-api", daemon=True).start()
     # The code server on a free port of its own: a production code server on this host keeps

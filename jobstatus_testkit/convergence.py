@@ -395,6 +395,8 @@ def schedules(draw: st.DrawFn, data: ShopData, max_steps: int = 10) -> list[Step
             steps.append((kind, draw(st.sampled_from(OP_TABLES)), draw(pick), draw(pick)))
         else:
             steps.append(("backfill_all",))
+    if data.split and draw(st.booleans()):  # finding 1's schedule, somewhere in this one
+        steps.insert(draw(st.integers(1, len(steps))), ("ahead", PRINT_OS, 1))
     return steps
 
 

@@ -5,12 +5,15 @@ to ask for, asks, and reads the answers back from the event log."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import string
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -46,6 +49,8 @@ BACKFILL_DAEMON = "BACKFILL"
 # Daemons write a heartbeat every 30 s; two missed beats and it is taken as not running.
 HEARTBEAT_FRESH_SECONDS = 75
 POLL_SECONDS = 0.25
+
+logger = logging.getLogger(__name__)
 
 
 def daemon_serves(instance: dg.DagsterInstance, daemon_type: str = RUN_QUEUE_DAEMON) -> bool:
@@ -163,12 +168,37 @@ class Submitted:
     backfill_id: str | None = None
 
 
+# One plan per source at a time, in this process (a thread waits here holding no connection)
+# and across processes (API workers, the CLI): an advisory lock on the jobmanager database,
+# transaction-scoped, around reading the runs in flight, planning and queuing. Without it two
+# requests both saw the same runs in flight and both queued the windows past them.
+PLAN_LOCK_SQL = sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+_PLAN_LOCKS = {name: threading.Lock() for name in SOURCE_NAMES}
+
+
+@contextmanager
+def planning(defs: dg.Definitions, source_type: str) -> Iterator[None]:
+    """Hold the source's planning lock (this process's, then the database's) for the block."""
+    engine = defs.resources["jobmanager"].engine
+    with _PLAN_LOCKS[source_type], engine.begin() as conn:
+        conn.execute(PLAN_LOCK_SQL, {"name": f"jobstatus.plan.{source_type}"})
+        yield
+
+
 def submit_source(
     defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str
 ) -> Submitted:
-    """Queue a run per window past the marker and the runs in flight. Consecutive windows may wait in the queue
-    together: the pool runs them one at a time, and a window whose predecessor failed still
-    writes, but never moves the marker past the failed one."""
+    """Queue a run per window past the marker and the runs in flight, under the source's planning
+    lock: concurrent or repeated requests never queue a window twice. Consecutive windows may
+    wait in the queue together: the pool runs them one at a time, and a window whose predecessor
+    failed still writes, but never moves the marker past the failed one."""
+    with planning(defs, source_type):
+        return _submit_source(defs, instance, source_type, trigger)
+
+
+def _submit_source(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str
+) -> Submitted:
     source = source_named(source_type)
     job = defs.resolve_job_def(source.job_name)
     submitted = Submitted(source_type)
@@ -235,6 +265,48 @@ def submit_backfill(
     return backfill.backfill_id, keys
 
 
+def submit_whole_source_backfill(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, trigger: str
+) -> str | None:
+    """``force``: a backfill over every range of the source holding rows, under the source's
+    planning lock; while one covering those ranges is still in flight (a concurrent or repeated
+    request's, or the asset page's), its id rather than a second backfill. None without rows."""
+    with planning(defs, source_type):
+        bounds = whole_source_bounds(defs, source_type)
+        if bounds is None:
+            return None
+        width = defs.resources["processing"].resolved().partition_width
+        buckets = marker_buckets(defs.resources["jobmanager"].engine, source_type, *bounds, width)
+        keys = {bucket_key(lo + 1, width) for lo in buckets}
+        running = backfill_in_flight(defs, instance, source_type, keys)
+        if running is not None:
+            return running
+        backfill_id, _ = submit_backfill(defs, instance, source_type, *bounds, trigger)
+        return backfill_id
+
+
+def backfill_in_flight(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source_type: str, keys: set[str]
+) -> str | None:
+    """A backfill of the source not yet finished whose ranges include every one of ``keys``."""
+    from dagster._core.execution.backfill import (
+        BULK_ACTION_TERMINAL_STATUSES,
+        BulkActionsFilter,
+        BulkActionStatus,
+    )
+
+    statuses = [s for s in BulkActionStatus if s not in BULK_ACTION_TERMINAL_STATUSES]
+    key = source_named(source_type).processing_key
+    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=statuses)):
+        data = backfill.asset_backfill_data
+        if data is None or key not in data.target_subset.asset_keys:
+            continue
+        targeted = set(data.target_subset.get_partitions_subset(key).get_partition_keys())
+        if keys <= targeted:
+            return backfill.backfill_id
+    return None
+
+
 def new_backfill_id() -> str:
     """Eight lower-case letters like Dagster's own ids, but drawn from `secrets`: Dagster's draws
     from the global `random`, which a seeded library (hypothesis) makes repeat."""
@@ -290,15 +362,140 @@ def wait_until(look: Look, seconds: float) -> tuple[bool, list[dg.DagsterRun]]:
         time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
 
-async def wait_until_async(look: Look, seconds: float) -> tuple[bool, list[dg.DagsterRun]]:
-    """``wait_until`` for the API: each look runs in a worker thread, the waits in between hold
-    none, so requests waiting for their runs never starve the API's other requests."""
-    deadline = time.monotonic() + seconds
-    while True:
-        done, runs = await anyio.to_thread.run_sync(look)
-        if done or time.monotonic() >= deadline:
-            return done, runs
-        await anyio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at every watched run and backfill, by id."""
+
+    runs: dict[str, dg.DagsterRun] = field(default_factory=dict)
+    backfills: dict[str, object] = field(default_factory=dict)  # id → PartitionBackfill
+    backfill_runs: dict[str, list[dg.DagsterRun]] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    run_ids: Sequence[str] = ()
+    backfill_id: str | None = None
+    seen: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False
+    runs: list[dg.DagsterRun] = field(default_factory=list)
+    looked: bool = False
+
+    def update(self, snapshot: Snapshot) -> None:
+        from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
+
+        if self.backfill_id is None:
+            self.runs = [snapshot.runs[i] for i in self.run_ids if i in snapshot.runs]
+            self.done = all(run.status in FINISHED for run in self.runs)
+        else:
+            backfill = snapshot.backfills.get(self.backfill_id)
+            self.runs = sorted(
+                snapshot.backfill_runs.get(self.backfill_id, []),
+                key=lambda run: run.tags.get(PARTITION_TAG, ""),
+            )
+            finished = getattr(backfill, "status", None) in BULK_ACTION_TERMINAL_STATUSES
+            self.done = finished and all(run.status in FINISHED for run in self.runs)
+        self.looked = True
+        self.seen.set()
+
+
+class ClientGone(Exception):  # noqa: N818 - an outcome, not a fault
+    """The client waiting for the runs hung up: nobody is left to answer."""
+
+
+class RunWatcher:
+    """One poller per process for every request waiting on runs or backfills: each round reads
+    all the watched runs in one query (and the watched backfills and their runs in two), then
+    wakes the waiters. It runs only while someone waits; a waiter whose client hung up leaves at
+    the next round. Before it, each waiting request polled every run of its own every 0.25 s:
+    30 abandoned waits tripled the dagster database's commits for up to ten minutes."""
+
+    def __init__(self, instance: dg.DagsterInstance, poll_seconds: float = POLL_SECONDS) -> None:
+        self.instance = instance
+        self.poll_seconds = poll_seconds
+        self._waiters: set[_Waiter] = set()
+        self._task: asyncio.Task | None = None
+        self.rounds = 0  # how many times it looked (tests and bench/ read these)
+        self.queries = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait_for_runs(
+        self, run_ids: Sequence[str], seconds: float, gone: Callable | None = None
+    ) -> tuple[bool, list[dg.DagsterRun]]:
+        """(all finished, the runs) once all have finished, or as they are after ``seconds``.
+        ``gone`` (async, no arguments) says whether the client left: then ``ClientGone``."""
+        return await self._wait(_Waiter(run_ids=list(run_ids)), seconds, gone)
+
+    async def wait_for_backfill(
+        self, backfill_id: str, seconds: float, gone: Callable | None = None
+    ) -> tuple[bool, list[dg.DagsterRun]]:
+        """As ``backfill_settled``: done once every range was launched and all runs finished."""
+        return await self._wait(_Waiter(backfill_id=backfill_id), seconds, gone)
+
+    async def _wait(
+        self, waiter: _Waiter, seconds: float, gone: Callable | None
+    ) -> tuple[bool, list[dg.DagsterRun]]:
+        if not waiter.run_ids and waiter.backfill_id is None:
+            return True, []
+        deadline = anyio.current_time() + seconds
+        self._waiters.add(waiter)
+        try:
+            self._start()
+            while True:
+                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                    await waiter.seen.wait()
+                waiter.seen = anyio.Event()
+                if waiter.done or anyio.current_time() >= deadline:
+                    break
+                if gone is not None and await gone():
+                    raise ClientGone
+        finally:
+            self._waiters.discard(waiter)
+        if not waiter.looked:  # wait 0: no round yet
+            waiter.update(await anyio.to_thread.run_sync(self._look, [waiter]))
+        return waiter.done, waiter.runs
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        # Ends when nobody waits: between that test and the end there is no await, so a waiter
+        # that joins meanwhile finds the task done and starts another.
+        while self._waiters:
+            waiters = list(self._waiters)
+            try:
+                snapshot = await anyio.to_thread.run_sync(self._look, waiters)
+            except Exception as error:  # noqa: BLE001 - storage down: waiters time out as before
+                logger.warning("watching runs failed (%s); looking again", type(error).__name__)
+            else:
+                for waiter in waiters:
+                    waiter.update(snapshot)
+            await anyio.sleep(self.poll_seconds)
+
+    def _look(self, waiters: Sequence[_Waiter]) -> Snapshot:
+        from dagster._core.execution.backfill import BulkActionsFilter
+
+        run_ids = sorted({i for w in waiters for i in w.run_ids})
+        backfill_ids = sorted({w.backfill_id for w in waiters if w.backfill_id is not None})
+        snapshot = Snapshot()
+        self.rounds += 1
+        if run_ids:
+            self.queries += 1
+            runs = self.instance.get_runs(dg.RunsFilter(run_ids=run_ids))
+            snapshot.runs.update((run.run_id, run) for run in runs)
+        if backfill_ids:
+            self.queries += 2
+            found = self.instance.get_backfills(
+                filters=BulkActionsFilter(backfill_ids=backfill_ids)
+            )
+            snapshot.backfills.update((b.backfill_id, b) for b in found)
+            for run in self.instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: backfill_ids})):
+                snapshot.backfill_runs.setdefault(run.tags[BACKFILL_TAG], []).append(run)
+        return snapshot
 
 
 def wait_for_runs(
@@ -324,7 +521,12 @@ def run_counts(instance: dg.DagsterInstance, run_id: str) -> dict[str, int | flo
         if event is None or not (event.step_key or "").endswith("write_updates"):
             continue
         metadata = event.step_output_data.metadata
-        return {key: value.value for key, value in metadata.items()}
+        # Numbers and text only: what the API's answer can carry, whatever else a run recorded.
+        return {
+            key: value.value
+            for key, value in metadata.items()
+            if isinstance(value.value, int | float | str)
+        }
     return {}
 
 
@@ -343,12 +545,16 @@ def run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 
 def run_window(run: dg.DagsterRun) -> str:
-    """``source:from-to`` of a run: its window tag, else its marker-range partition."""
+    """``source:from-to`` of a run: its window tag, else its marker-range partition; a partition
+    key that is no marker range (anyone can add keys in the UI) is shown as it is."""
     if WINDOW_TAG in run.tags:
         return run.tags[WINDOW_TAG]
     source = run.tags.get(SOURCE_TAG, "?")
     key = run.tags.get(PARTITION_TAG)
     if key is None:
         return source
-    lo, hi = key_bounds(key)
+    try:
+        lo, hi = key_bounds(key)
+    except ValueError:
+        return f"{source}:{key}"
     return f"{source}:{lo}-{hi}"

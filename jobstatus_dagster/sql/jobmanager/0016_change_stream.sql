@@ -54,11 +54,11 @@ CREATE INDEX IF NOT EXISTS idx_job_status_changes_key
 -- audit (whose in-place updates are not changes of the state).
 DROP TRIGGER IF EXISTS job_status_updates_outbox_insert ON job_status_updates;
 DROP TRIGGER IF EXISTS job_status_updates_outbox_update ON job_status_updates;
--- An outbox row of a change holds no copy of it: the body is built from the change when it is
--- sent (jobstatus_delivery_body), so a subscription costs a change one narrow row, not a JSON
--- document (bench/change_triggers.py). Rows of the audit-row outbox keep their payload.
+-- An outbox row of a change holds no copy of it (its payload is JSON null): the body is built
+-- from the change when it is sent (jobstatus_delivery_body), so a subscription costs a change
+-- one narrow row, not a JSON document (bench/change_triggers.py). Rows of the audit-row outbox
+-- keep their payload. Only our own triggers are dropped, never a column (R1).
 ALTER TABLE webhook_outbox ADD COLUMN IF NOT EXISTS change_id BIGINT;
-ALTER TABLE webhook_outbox ALTER COLUMN payload DROP NOT NULL;
 
 CREATE OR REPLACE FUNCTION jobstatus_change_payload(c jsonb, delivery uuid)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
@@ -79,17 +79,18 @@ $$;
 -- What a receiver gets for one outbox row: its stored payload, or the change it delivers.
 CREATE OR REPLACE FUNCTION jobstatus_delivery_body(outbox_row webhook_outbox)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(outbox_row.payload,
-                    (SELECT jobstatus_change_payload(to_jsonb(c), outbox_row.delivery_id)
-                     FROM job_status_changes c WHERE c.change_id = outbox_row.change_id))
+    SELECT CASE WHEN outbox_row.change_id IS NULL THEN outbox_row.payload
+                ELSE (SELECT jobstatus_change_payload(to_jsonb(c), outbox_row.delivery_id)
+                      FROM job_status_changes c WHERE c.change_id = outbox_row.change_id) END
 $$;
 
 CREATE OR REPLACE FUNCTION jobstatus_enqueue_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO webhook_outbox (delivery_id, subscription_id, update_id, change_id, job_id,
-                                event)
-    SELECT gen_random_uuid(), s.subscription_id, n.change_id, n.change_id, n.job_id, n.event
+                                event, payload)
+    SELECT gen_random_uuid(), s.subscription_id, n.change_id, n.change_id, n.job_id, n.event,
+           'null'::jsonb
     FROM new_rows n
     JOIN webhook_subscriptions s
       ON s.deleted_at IS NULL AND (s.operations IS NULL OR n.operation = ANY (s.operations))
