@@ -210,6 +210,9 @@ def test_the_api_site_passes_requests_on_to_the_api_which_checks_its_own_tokens(
 ) -> None:
     answer = door.request("GET", "api", "/api/job-status/7001_1")
     assert answer.status_code == 200 and answer.json() == {"upstream": "api"}
+    # Caddy streams the body and cuts it at 64 KiB (the API refuses more itself too).
+    too_big = door.request("POST", "api", "/api/process-print-os", content=b"x" * 70_000)
+    assert too_big.status_code == 413
 
 
 def test_viewers_reach_the_read_only_webserver_with_their_own_credentials(door: Door) -> None:
