@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# DEV_ARGS: options of `jobstatus dev` (e.g. --port 3001).
 run: $(STAMP)
-	$(BIN)/jobstatus dev
+	$(BIN)/jobstatus dev $(DEV_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

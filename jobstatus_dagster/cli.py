@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -12,14 +11,24 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from pydantic import ValidationError
 
-from jobstatus_dagster.config import ConfigurationError, Settings, load_settings
+from jobstatus_dagster.config import (
+    DATABASE_URL_VARIABLES,
+    ConfigurationError,
+    Settings,
+    load_settings,
+)
 from jobstatus_dagster.db import MigrationsNotFound, engine_scope, migrate, resolve_urls
-from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
-from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
+from jobstatus_dagster.instance import DAGSTER_YAML, grpc_workspace, write_atomically
+from jobstatus_dagster.processes import (
+    interrupt_on_stop_signals,
+    process_group,
+    stop_when_parent_exits,
+)
 from jobstatus_dagster.source import SOURCE_NAMES
 
 
@@ -37,8 +46,8 @@ class Environment:
         home = self.settings.dagster_home
         if home is None:
             home = self.settings.home_dir / "dagster_home"
-            home.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(DAGSTER_YAML, home / "dagster.yaml")
+            # Through a rename: the services of a host start together and read it at once.
+            write_atomically(home / "dagster.yaml", DAGSTER_YAML.read_text())
         os.environ["DAGSTER_HOME"] = str(home)  # for the instance here and in child processes
         return home
 
@@ -53,8 +62,9 @@ class Environment:
         return dg.DagsterInstance.get()
 
 
-def _env() -> Environment:
-    """Read the settings once for this invocation; a configuration error is one clear line."""
+def _env(*, configured_databases: bool = False) -> Environment:
+    """Read the settings once for this invocation; a configuration error is one clear line.
+    ``configured_databases``: refuse the embedded server (a service of a production host)."""
     try:
         settings = load_settings()
     except ValidationError as err:
@@ -64,6 +74,12 @@ def _env() -> Environment:
         )
         raise click.ClickException(f"configuration: {problems}") from None
     try:
+        if configured_databases and settings.configured_database_urls() is None:
+            raise ConfigurationError(
+                "the services of a production host need the databases: set"
+                f" {', '.join(DATABASE_URL_VARIABLES.values())} (deploy/jobstatus.env);"
+                " `jobstatus dev` runs everything on the embedded server"
+            )
         return Environment(settings)
     except ConfigurationError as err:
         raise click.ClickException(f"configuration: {err}") from None
@@ -374,8 +390,9 @@ def api_command(host: str, port: int) -> None:
 @click.option("--api-port", default=8000, show_default=True, help="HTTP API port.")
 @click.option("--simulate-every", default=10.0, show_default=True, help="0 disables the simulator.")
 def dev_command(port: int, api_port: int, simulate_every: float) -> None:
-    """Everything at once: database, migrations, demo shop, Dagster UI + daemon, HTTP API,
-    simulator."""
+    """Everything at once: database, migrations, demo shop, the Dagster services of a production
+    host (code server, daemon, UI behind its guard), HTTP API, simulator. The console shows one
+    line per finished run; the services' own logs are under $JOBSTATUS_HOME/logs."""
     import secrets
 
     import uvicorn
@@ -404,8 +421,15 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
         server_config(_api_app(env, token, read_token), "127.0.0.1", api_port, log_level="warning")
     )
     threading.Thread(target=api.run, name="jobstatus-api", daemon=True).start()
+    # The code server on a free port of its own: a production code server on this host keeps
+    # the default one. The services read it from the environment, as on a production host.
+    os.environ["JOBSTATUS_CODE_SERVER_HOST"] = "127.0.0.1"
+    os.environ["JOBSTATUS_CODE_SERVER_PORT"] = str(_free_port())
+    logs_dir = env.settings.home_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
     click.echo(f"Dagster UI: http://127.0.0.1:{port}  (DAGSTER_HOME={env.dagster_home})")
     click.echo(f"HTTP API:   http://127.0.0.1:{api_port}/docs")
+    click.echo(f"Logs of the code server, daemon and UI: {logs_dir}/")
     if not configured:
         click.echo(f"API token (this session only; set JOBSTATUS_API_TOKEN to keep one): {token}")
     if not configured_read:
@@ -413,26 +437,232 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
             "API read token (this session only; set JOBSTATUS_API_READ_TOKEN to keep one):"
             f" {read_token}"
         )
-    interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop dagster dev and the embedded server
-    dagster_dev = [
-        str(Path(sys.executable).with_name("dagster")),
-        "dev",
-        "-w",
-        str(WORKSPACE_YAML),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    click.echo("One line per finished run below; the UI has every event. Ctrl-C stops.")
+    interrupt_on_stop_signals()  # Ctrl-C and SIGTERM stop the services and the embedded server
+    stop_when_parent_exits()  # `make run` killed cannot pass a signal on
     try:
-        # Beside its dagster.yaml (the workspace path is absolute); its own process group:
-        # webserver, daemon, code servers and run workers stop with it.
-        with (
-            contextlib.suppress(KeyboardInterrupt),
-            process_group(dagster_dev, cwd=env.dagster_home, grace=30.0) as dagster,
-        ):
-            dagster.popen.wait()
+        with contextlib.ExitStack() as services:
+            groups = {}
+            for name, args in SERVICES_OF_DEV(port):
+                log = services.enter_context((logs_dir / f"{name}.log").open("a"))
+                # Each service in its own process group: it stops with everything it started
+                # (the code server with its run workers). Stopped in reverse order.
+                groups[name] = services.enter_context(
+                    process_group(
+                        [sys.executable, "-m", "jobstatus_dagster.cli", "serve", name, *args],
+                        cwd=env.dagster_home,
+                        stdout=log,
+                        grace=30.0,
+                    )
+                )
+            _follow_runs(env.instance(), groups, logs_dir)
+    except KeyboardInterrupt:
+        pass
     finally:
         stop.set()
         api.should_exit = True
         time.sleep(0.1)
+
+
+def SERVICES_OF_DEV(port: int) -> list[tuple[str, list[str]]]:  # noqa: N802 - a table
+    """What `jobstatus dev` starts: the production services, the UI on ``port``."""
+    return [("code-server", []), ("daemon", []), ("webserver", ["--port", str(port)])]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _follow_runs(instance, groups: dict, logs_dir: Path) -> None:
+    """Print a line per run that finishes (its window and counts) until a service stops on
+    its own, which ends `jobstatus dev` with the end of that service's log."""
+    from datetime import UTC, datetime, timedelta
+
+    import dagster as dg
+
+    from jobstatus_dagster.pipeline import queue
+
+    printed: set[str] = set()
+    since = datetime.now(UTC)
+    while True:
+        for name, group in groups.items():
+            if group.popen.poll() is not None:
+                tail = (logs_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise click.ClickException(
+                    f"the {name} stopped on its own (exit {group.popen.returncode});"
+                    f" the end of {logs_dir / name}.log:\n{tail}"
+                )
+        records = instance.get_run_records(
+            dg.RunsFilter(
+                statuses=list(queue.FINISHED), updated_after=since - timedelta(seconds=30)
+            ),
+            order_by="update_timestamp",
+            ascending=True,
+        )
+        for record in records:
+            run = record.dagster_run
+            if run.run_id in printed:
+                continue
+            printed.add(run.run_id)
+            click.echo(_run_line(instance, run, record.update_timestamp))
+        time.sleep(2)
+
+
+def _run_line(instance, run, finished_at) -> str:
+    """``12:01:33 print_os:1200-1234 SUCCESS: 35 rows read, 12 jobs updated, ... (run 1a2b3c4d)``"""
+    from jobstatus_dagster.pipeline import queue
+
+    what = run.tags.get("jobstatus/window", run.job_name)
+    text = f"{finished_at.astimezone().strftime('%H:%M:%S')} {what} {run.status.value}"
+    counts = queue.run_counts(instance, run.run_id) if "jobstatus/window" in run.tags else {}
+    if counts:
+        text += (
+            f": {counts.get('rows_read', 0)} rows read, {counts.get('jobs_updated', 0)} jobs"
+            f" updated, {counts.get('audit_rows_written', 0)} audit rows,"
+            f" {counts.get('failures_recorded', 0)} failures, marker {counts.get('marker_after', '?')}"
+        )
+    if run.status.value != "SUCCESS":
+        error = queue.run_error(instance, run.run_id)
+        if error:
+            text += f": {error.splitlines()[0]}"
+    return f"{text} (run {run.run_id[:8]})"
+
+
+# The services of a production host (deploy/): one command each, for systemd or by hand.
+
+
+@main.group("serve")
+def serve_group() -> None:
+    """One service of a production host (deploy/ has a systemd unit for each): `code-server`
+    (the code location, its sensors and its runs), `daemon` (sensors, run queue, backfills),
+    `webserver` (the Dagster UI), `api` (the HTTP API). They need the three database URLs."""
+
+
+def _become(command: list[str]) -> NoReturn:
+    """Replace this process with ``command``: a service manager's stop signal then reaches the
+    Dagster process itself. Stop signals go back to their defaults first: an ignored SIGINT
+    stays ignored across exec, and Dagster handles SIGTERM as its SIGINT."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)  # noqa: S606 - our own venv's executables
+
+
+def _venv_command(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _wait_for_code_server(settings: Settings, timeout: float = 300.0) -> None:
+    """Until the code server accepts connections (it listens once the code has loaded), so the
+    daemon's first ticks and the UI's first page find the code location."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    address = (settings.code_server_host, settings.code_server_port)
+    while time.monotonic() < deadline:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.settimeout(2)
+            s.connect(address)
+            return
+        time.sleep(0.5)
+    click.echo(
+        f"the code server at {address[0]}:{address[1]} does not answer yet: starting anyway"
+        " (the code location loads once it does)",
+        err=True,
+    )
+
+
+@serve_group.command("code-server")
+def serve_code_server_command() -> None:
+    """`dagster code-server start` for the code location, on JOBSTATUS_CODE_SERVER_HOST/PORT.
+    Sensors are evaluated and runs execute in its child processes; `jobstatus reload` loads new
+    code without stopping the runs in flight."""
+    from jobstatus_dagster.pipeline.queue import LOCATION_NAME
+
+    env = _env(configured_databases=True)
+    _become(
+        [
+            _venv_command("dagster"),
+            "code-server",
+            "start",
+            "--module-name",
+            "jobstatus_dagster.definitions",
+            "--location-name",
+            LOCATION_NAME,
+            "--host",
+            env.settings.code_server_host,
+            "--port",
+            str(env.settings.code_server_port),
+        ]
+    )
+
+
+@serve_group.command("daemon")
+def serve_daemon_command() -> None:
+    """`dagster-daemon run` (sensors, schedules, run queue, backfills, run monitoring) over the
+    code server."""
+    env = _env(configured_databases=True)
+    workspace = grpc_workspace(
+        env.dagster_home, env.settings.code_server_host, env.settings.code_server_port
+    )
+    _wait_for_code_server(env.settings)
+    _become([_venv_command("dagster-daemon"), "run", "--workspace", str(workspace)])
+
+
+@serve_group.command("webserver")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Behind the reverse proxy.")
+@click.option("--port", default=3000, show_default=True)
+@click.option("--read-only", is_flag=True, help="For viewers: nothing can be launched or changed.")
+@click.option("--path-prefix", default="", help="When the proxy serves the UI under a path.")
+def serve_webserver_command(host: str, port: int, read_only: bool, path_prefix: str) -> None:
+    """The Dagster UI over the code server, behind a guard that refuses cross-site requests,
+    GraphQL mutations sent as GET and Host headers other than 127.0.0.1/localhost on this port
+    or JOBSTATUS_UI_HOSTS. It does not authenticate: the reverse proxy does (deploy/)."""
+    from jobstatus_dagster import webserver
+
+    env = _env(configured_databases=True)
+    workspace = grpc_workspace(
+        env.dagster_home, env.settings.code_server_host, env.settings.code_server_port
+    )
+    door = webserver.Door.of([*webserver.local_hosts(port), *env.settings.ui_hosts.split(",")])
+    _wait_for_code_server(env.settings)
+    webserver.serve(workspace, host, port, door, read_only=read_only, path_prefix=path_prefix)
+
+
+@serve_group.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.pass_context
+def serve_api_command(ctx: click.Context, host: str, port: int) -> None:
+    """The HTTP API (as `jobstatus api`)."""
+    ctx.invoke(api_command, host=host, port=port)
+
+
+@main.command("reload")
+@click.option("--ui", default="127.0.0.1:3000", show_default=True, help="The operators' webserver.")
+def reload_command(ui: str) -> None:
+    """Load the code as installed now without stopping runs: the code server starts a new
+    process with it, and the old one exits once its runs in flight have finished (the UI's
+    *Reload* button on the code location does the same)."""
+    from dagster_graphql import DagsterGraphQLClient, ReloadRepositoryLocationStatus
+
+    from jobstatus_dagster.pipeline.queue import LOCATION_NAME
+
+    host, _, port = ui.rpartition(":")
+    client = DagsterGraphQLClient(host or "127.0.0.1", port_number=int(port))
+    try:
+        info = client.reload_repository_location(LOCATION_NAME)
+    except Exception as err:  # noqa: BLE001 - the webserver unreachable is one line
+        raise click.ClickException(f"the webserver at {ui} did not answer: {err}") from None
+    if info.status != ReloadRepositoryLocationStatus.SUCCESS:
+        raise click.ClickException(f"reload failed: {info.failure_type}: {info.message}")
+    click.echo(f"{LOCATION_NAME}: code location reloaded")
+
+
+if __name__ == "__main__":
+    main()

@@ -95,6 +95,17 @@ class Settings(Processing, BaseSettings):
         validation_alias=AliasChoices("dagster_home", "DAGSTER_HOME"),
         description="Dagster's home when the operator keeps one; else one under `home`",
     )
+    # The production topology (deploy/): one code server, the webserver and the daemon load the
+    # code location from it; the UI answers only requests addressed to its own name.
+    code_server_host: str = Field(
+        "127.0.0.1", description="address of `jobstatus serve code-server`"
+    )
+    code_server_port: int = Field(4266, ge=1, le=65535, description="its port")
+    ui_hosts: str = Field(
+        "",
+        description="Host names (comma-separated, `name[:port]` as browsers send them) the Dagster"
+        " UI answers besides 127.0.0.1/localhost on its own port: the reverse proxy's public name",
+    )
     api_token: SecretStr | None = Field(None, description="bearer token of the API's writes")
     # The integration API: who may read, and how webhooks are delivered.
     api_read_token: SecretStr | None = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,6 +78,24 @@ def interrupt_on_stop_signals() -> None:
     ignored signal stays ignored in every child, and the group would not stop on it."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_when_parent_exits() -> None:
+    """SIGTERM to this process when its parent exits (Linux): `make run` killed, or stopped
+    through a shell that does not pass the signal on, would leave `jobstatus dev` orphaned with
+    everything it started; with this it stops as if the signal had reached it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent was already gone before the request
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The `jobstatus` command as a user runs it: real processes, real databases, real kills (R18)."""
 
 import json
+import os
 import signal
 import subprocess
 from dataclasses import replace
@@ -164,42 +165,110 @@ def test_database_unavailable_is_one_line_and_exit_2(pg_admin_uri, tmp_path) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_dev_stops_everything_on_sigterm_even_started_with_sigint_ignored(
+def test_dev_shows_a_line_per_run_guards_its_ui_and_stops_everything_on_sigterm(
     pg_admin_uri, tmp_path
 ) -> None:
     """`jobstatus dev` from a script's background (SIGINT ignored, inherited by its children)
-    stopped by a service manager's SIGTERM: dagster dev, webserver, daemon and code servers all
-    exit, none is left orphaned (code servers once were; docs/decisions.md)."""
+    stopped by a service manager's SIGTERM: its code server, daemon, webserver and their
+    children all exit, none is left orphaned (code servers once were; docs/decisions.md).
+    Meanwhile its console shows a line per finished run (no Dagster DEBUG event, no library
+    warning), and its UI refuses the cross-site GET mutation of issue 20 and serves its page."""
+    import re
     import time
+
+    import httpx
 
     urls = fresh_urls(pg_admin_uri)
     home = tmp_path / "home"
     ports = [free_port(), free_port()]
+    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` does in a script
     try:
-        dev = subprocess.Popen(
-            [JOBSTATUS, "dev", "--port", str(ports[0]), "--api-port", str(ports[1])]
-            + ["--simulate-every", "0"],
-            env=cli_env(urls, home),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with out.open("w") as stdout, err.open("w") as stderr:
+            dev = subprocess.Popen(
+                [JOBSTATUS, "dev", "--port", str(ports[0]), "--api-port", str(ports[1])]
+                + ["--simulate-every", "0"],
+                env=cli_env(urls, home, JOBSTATUS_SENSOR_INTERVAL_SECONDS="5"),
+                stdout=stdout,
+                stderr=stderr,
+            )
     finally:
         signal.signal(signal.SIGINT, previous)
+
+    def ours() -> list[str]:
+        return processes_with(str(home), in_environ=True)
+
+    run_line = re.compile(r"^\d\d:\d\d:\d\d print_os:0-\d+ SUCCESS: \d+ rows read, ", re.M)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if len(processes_with(str(home))) >= 3 and port_open(ports[0]):
-                break
-            assert dev.poll() is None, "jobstatus dev exited on its own"
+        deadline = time.monotonic() + 240
+        while not (port_open(ports[0]) and run_line.search(out.read_text())):
+            assert dev.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
             time.sleep(1)
-        assert processes_with(str(home)), "dagster dev never started"
+        # jobstatus dev, the embedded server, the code server and its code process, the
+        # daemon, the webserver
+        assert len(ours()) >= 6, ours()
+        ui = f"http://127.0.0.1:{ports[0]}"
+        evil = httpx.get(
+            f"{ui}/graphql",
+            params={"query": "mutation{launchPartitionBackfill(backfillParams:{}){__typename}}"},
+            headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+        )
+        assert evil.status_code == 403 and "refused" in evil.text
+        assert httpx.get(f"{ui}/", headers={"Host": "evil.example"}).status_code == 403
+        page = httpx.get(f"{ui}/", headers={"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"})
+        assert page.status_code == 200 and "<html" in page.text.lower()
         dev.send_signal(signal.SIGTERM)
-        dev.wait(timeout=90)
+        dev.wait(timeout=120)
         deadline = time.monotonic() + 20
-        while processes_with(str(home)) and time.monotonic() < deadline:
+        while ours() and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert processes_with(str(home)) == []
+        assert ours() == []
     finally:
         if dev.poll() is None:
             dev.kill()
+    console = out.read_text() + err.read_text()
+    assert " - DEBUG - " not in console and "Warning" not in console, console[-3000:]
+    assert (home / "logs" / "code-server.log").read_text().count(" - DEBUG - ") > 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_make_run_stopped_leaves_no_process(pg_admin_uri, tmp_path, stop) -> None:
+    """`make run` stopped by SIGTERM (make passes it on to `jobstatus dev`), or killed (it
+    cannot: `jobstatus dev` sees its parent gone): everything `jobstatus dev` started stops."""
+    import sys
+    import time
+    from pathlib import Path
+
+    urls = fresh_urls(pg_admin_uri)
+    home = tmp_path / "home"
+    ports = [free_port(), free_port()]
+    make = subprocess.Popen(
+        ["make", "-C", str(Path(__file__).resolve().parent.parent), "-o", ".venv/.installed"]
+        + ["run", f"BIN={Path(sys.executable).parent}"]
+        + [f"DEV_ARGS=--port {ports[0]} --api-port {ports[1]} --simulate-every 0"],
+        env=cli_env(urls, home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ours() -> list[str]:
+        return processes_with(str(home), in_environ=True)
+
+    try:
+        deadline = time.monotonic() + 180
+        while not (len(ours()) >= 6 and port_open(ports[0])):
+            assert make.poll() is None, "make run exited on its own"
+            assert time.monotonic() < deadline, ours()
+            time.sleep(1)
+        make.send_signal(stop)
+        make.wait(timeout=60)
+        deadline = time.monotonic() + 120
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert ours() == []
+    finally:
+        if make.poll() is None:
+            make.kill()
+        for line in ours():
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)

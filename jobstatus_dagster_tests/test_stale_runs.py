@@ -20,10 +20,9 @@ import sqlalchemy as sa
 import yaml
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.scheduler.instigation import TickStatus
-from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
 
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
-from jobstatus_dagster.instance import DAGSTER_YAML
+from jobstatus_dagster.instance import DAGSTER_YAML, TickLogs
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import (
     HOST_TAG,
@@ -347,11 +346,13 @@ def test_dagster_yaml_enables_run_monitoring(
         # One run per source (docs/rules.md §6): a pool per source, one run at a time, held in the queue.
         pools = configured.get_concurrency_config().pool_config
         assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "run"
-        # No stdout/stderr capture: no tail and watcher processes per run, whose teardown once
-        # held a finished run 60 s.
-        assert isinstance(configured.compute_log_manager, NoOpComputeLogManager)
+        # Sensor tick logs kept for the UI, no stdout/stderr capture of runs: no tail and
+        # watcher processes per run, whose teardown once held a finished run 60 s (test_instance).
+        assert isinstance(configured.compute_log_manager, TickLogs)
+        # No newsletter dialog; no freshness daemon scanning assets that have no policy.
+        assert not configured.nux_enabled and not configured.freshness_enabled
         # A sensor looks every 30 s: a day of skipped ticks is enough history.
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
         assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
     # Instances built in code (tests, bench, faults) read the same file.
-    assert isinstance(instance.compute_log_manager, NoOpComputeLogManager)
+    assert isinstance(instance.compute_log_manager, TickLogs)
