@@ -930,3 +930,22 @@ def test_a_4xx_holds_back_that_delivery_alone_an_unavailable_receiver_all_of_the
     assert [r["status"] for r in receiver.received if r["path"] == "/failing"] == [500]
     waits = next_attempt_in(shop, failing)
     assert len(waits) == 3 and all(500 < w <= 601 for w in waits), waits
+
+
+def test_a_retry_after_that_is_no_number_fails_its_own_attempt_only(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """From the adversarial review: '²' (b"\\xb2" read as latin-1) is a digit to str.isdigit
+    but not to float(); it ended the whole run, every subscriber's deliveries with it."""
+    shop, _, _ = hooked_shop
+    hostile, good = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/hostile", f"http://127.0.0.1:{port}/good"
+    )
+    add_changes(shop, 9100000, 2)
+    receiver = Receiver()
+    receiver.answers_for["/hostile"] = [(503, {"Retry-After": "\u00b2"})] * 5
+    with receiver.up(port):
+        report = deliver_due(shop.jm, FAST)
+    assert report.failed_attempts >= 1
+    assert {r["state"] for r in outbox(shop, good)} == {"delivered"}
+    assert "HTTP 503" in attempts_of(shop, hostile)[0]["error"]

@@ -125,3 +125,13 @@ def test_credentials_of_a_url_are_never_shown() -> None:
 )
 def test_retry_after_is_seconds_or_an_http_date(value: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(value, NOW) == seconds
+
+
+def test_a_retry_after_of_a_digit_that_is_no_number_is_unreadable() -> None:
+    assert retry_after_seconds("\u00b2", datetime.now(UTC)) is None
+
+
+def test_site_local_ipv6_targets_are_refused() -> None:
+    """fec0::/10: deprecated, still routed inside some networks; ipaddress calls it global."""
+    assert refused_address("fec0::1") is not None
+    assert refused_address("feff::1") is not None

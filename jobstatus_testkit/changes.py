@@ -122,6 +122,24 @@ def fold_problems(jobmanager: sa.Engine, subscription_id: int | None, label: str
     folds = {"the feed": fold(feed_changes(jobmanager))}
     if subscription_id is not None:
         folds["the deliveries"] = fold(delivered_changes(jobmanager, subscription_id))
+    # an oracle outside the stream's own tables: PrintOS's print state of each version (R11)
+    # is what the folded print change of that version says, where PrintOS decided it (R15)
+    with jobmanager.connect() as conn:
+        prints = conn.execute(
+            sa.text(
+                "SELECT job_id, version_tag, status, printed_count, aborted_count, total_count"
+                " FROM job_print_state WHERE status IS NOT NULL"
+            )
+        ).all()
+    for what, held in folds.items():
+        for job_id, version, *counts in prints:
+            got = held.get((job_id, version, "print"))
+            seen = None if got is None else [got[f] for f in STATE_FIELDS[:4]]
+            if got is None or got["source_type"] != "print_os" or seen != counts:
+                problems.append(
+                    f"{label}: folding {what} (R25): print of {(job_id, version)} is {seen!r},"
+                    f" job_print_state says {counts!r}"[:800]
+                )
     for what, held in folds.items():
         if held != state:
             wrong = sorted(

@@ -95,6 +95,9 @@ def refused_address(address: str) -> str | None:
         ("an unspecified", ip.is_unspecified),
         ("a loopback", ip.is_loopback),
         ("a link-local", ip.is_link_local),
+        # fec0::/10: deprecated (RFC 3879) yet routed inside some networks; ipaddress calls it
+        # global
+        ("a site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("a multicast", ip.is_multicast),
         ("a reserved", ip.is_reserved),
         ("a private", ip.is_private),
@@ -149,7 +152,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # '²'.isdigit() too, which float() refuses
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -905,7 +905,11 @@ WITH base AS (
     SELECT COALESCE((SELECT max(change_id) FROM job_status_changes),
                     (SELECT max(update_id) FROM job_status_updates), 0) AS last_id
 ), changed AS (
-    SELECT t.*, 'status' AS event, s.change_id AS previous_change_id
+    SELECT t.*, 'status' AS event,
+           -- the key's last change, a withdrawal too (job_version_state no longer holds it)
+           COALESCE(s.change_id, (SELECT max(l.change_id) FROM job_status_changes l
+               WHERE l.job_id = t.job_id AND l.version_tag = t.version_tag
+                 AND l.operation = t.operation)) AS previous_change_id
     FROM tmp_version_state t LEFT JOIN job_version_state s
       ON s.job_id = t.job_id AND s.version_tag = t.version_tag AND s.operation = t.operation
     WHERE s.job_id IS NULL
@@ -918,6 +922,18 @@ WITH base AS (
            NULL, 'withdrawn', s.change_id
     FROM tmp_version_withdrawn w JOIN job_version_state s
       ON s.job_id = w.job_id AND s.version_tag = w.version_tag AND s.operation = w.operation
+    UNION ALL
+    -- a key processed before the stream existed (an install upgraded to 0016): never published,
+    -- but attributed by the audit, so a reader of the old feed may hold it: withdrawn, once
+    SELECT w.job_id, w.version_tag, w.operation, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, 'withdrawn', NULL
+    FROM tmp_version_withdrawn w
+    WHERE NOT EXISTS (SELECT 1 FROM job_version_state s WHERE s.job_id = w.job_id
+                        AND s.version_tag = w.version_tag AND s.operation = w.operation)
+      AND NOT EXISTS (SELECT 1 FROM job_status_changes l WHERE l.job_id = w.job_id
+                        AND l.version_tag = w.version_tag AND l.operation = w.operation)
+      AND EXISTS (SELECT 1 FROM job_status_updates u WHERE u.job_id = w.job_id
+                    AND u.version_tag = w.version_tag AND u.operation = w.operation)
 )
 INSERT INTO job_status_changes (change_id, job_id, version_tag, operation, event, status,
     printed_count, aborted_count, total_count, notes, event_time, source_type, source_id,

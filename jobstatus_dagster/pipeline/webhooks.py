@@ -139,7 +139,10 @@ def _attempt(
     wait = settings.backoff(due.attempts + 1)
     error = f"HTTP {status}"
     if status in (429, 503):
-        asked = retry_after_seconds(answer.headers.get("retry-after"), datetime.now(UTC))
+        try:  # the receiver wrote the header: whatever it holds fails this attempt only
+            asked = retry_after_seconds(answer.headers.get("retry-after"), datetime.now(UTC))
+        except Exception:  # noqa: BLE001
+            asked = None
         if asked is not None:
             asked = min(asked, settings.retry_after_max_seconds)
             error += f", Retry-After {asked:g} s"
