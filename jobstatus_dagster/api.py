@@ -189,7 +189,7 @@ class UpdateRecord(BaseModel):
 
 
 class VersionOperation(BaseModel):
-    version_tag: str
+    version_tag: str | None = Field(description="null where the shop's row has none")
     operation_id: str | None
     operation: str | None
     status: str | None
@@ -202,7 +202,7 @@ class VersionOperation(BaseModel):
 class VersionStatus(BaseModel):
     """A job version's print state (printed, aborted, total files) and its job_operations rows."""
 
-    version_tag: str
+    version_tag: str | None = Field(description="null for the shop's rows with no version tag")
     status: str | None
     notes: str | None
     printed: int | None = None
@@ -537,11 +537,15 @@ def create_app(
     read_token: str | None = None,
     public_reads: bool = False,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
+    webhook_allow_private: bool = False,
+    webhook_secret_overlap_seconds: float = 86_400.0,
 ) -> FastAPI:
     """The API over one code location's definitions and one Dagster instance.
 
     ``token`` None (or empty) closes the write endpoints (503) instead of opening them;
     ``read_token`` None closes the reads likewise, unless ``public_reads`` opens them to anyone.
+    ``webhook_allow_private`` accepts loopback and private webhook targets (tests, `jobstatus
+    dev`); ``webhook_secret_overlap_seconds`` is how long a rotated-out secret still signs.
     """
     jobmanager = _engine(jobmanager_url)
     logs = _engine(logs_url)
@@ -624,7 +628,16 @@ def create_app(
 
     write = [Depends(require_token)]
     read = [Depends(require_read_token)]
-    app.include_router(api_integration.build_router(jobmanager, logs, read, write))
+    app.include_router(
+        api_integration.build_router(
+            jobmanager,
+            logs,
+            read,
+            write,
+            webhook_allow_private=webhook_allow_private,
+            webhook_secret_overlap_seconds=webhook_secret_overlap_seconds,
+        )
+    )
 
     @app.post(
         "/api/process-print-os",

@@ -28,8 +28,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    model_validator,
 )
 
+from jobstatus_dagster.core.webhooks import new_secret, redact_url
 from jobstatus_dagster.io import outbox
 from jobstatus_dagster.io.feed import (
     FEED_COLUMNS,
@@ -41,6 +43,7 @@ from jobstatus_dagster.io.feed import (
     read_feed,
     read_jobs,
 )
+from jobstatus_dagster.io.webhook_http import refused_target
 
 MAX_UPDATE_ID = 2**63 - 1
 MAX_LIMIT = 1000
@@ -192,12 +195,6 @@ def _webhook_url(value: str) -> str:
     return normalised
 
 
-def _printable(value: str) -> str:
-    if CONTROL.search(value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
 def _operations(value: list[str] | None) -> list[str] | None:
     if value is None:
         return None
@@ -212,12 +209,7 @@ class WebhookRequest(BaseModel):
     url: Annotated[str, AfterValidator(_webhook_url)] = Field(
         max_length=2048,
         description="http or https URL that receives the POSTs (stored normalised);"
-        " no whitespace or control characters",
-    )
-    secret: Annotated[str, AfterValidator(_printable)] = Field(
-        min_length=8,
-        max_length=256,
-        description="signs every body; never shown again; no control characters",
+        " no whitespace or control characters; not a loopback, private or link-local address",
     )
     operations: Annotated[
         list[Annotated[str, Field(pattern=OPERATION_PATTERN)]] | None,
@@ -229,12 +221,41 @@ class WebhookRequest(BaseModel):
         " (an empty list is refused); duplicates are dropped",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_chosen_secret(cls, data: Any) -> Any:
+        # A client-chosen secret was often short or reused: secrets are the server's now.
+        if isinstance(data, dict) and "secret" in data:
+            raise ValueError(
+                "secret is not accepted: the server generates it (whsec_...) and returns it"
+                " once, in this request's answer; omit secret"
+            )
+        return data
+
 
 class Webhook(BaseModel):
     id: int
-    url: str
+    url: Annotated[str, AfterValidator(redact_url)] = Field(
+        description="as stored, with any user:pass@ shown as ***@"
+    )
     operations: list[str] | None
     created_at: UtcDatetime
+
+
+class CreatedWebhook(Webhook):
+    secret: str = Field(
+        description="whsec_ + base64 of 32 random bytes: verifies the webhook-signature header"
+        " (Standard Webhooks). Shown this once: keep it"
+    )
+
+
+class RotatedSecret(BaseModel):
+    id: int
+    secret: str = Field(description="the new secret (whsec_...): shown this once")
+    secret_rotated_at: UtcDatetime
+    previous_secret_expires_at: UtcDatetime = Field(
+        description="until then the replaced secret signs too (both signatures are sent)"
+    )
 
 
 class WebhookState(Webhook):
@@ -242,6 +263,22 @@ class WebhookState(Webhook):
     delivered: int
     failed: int = Field(description="deliveries given up after the attempt limit")
     last_failure: str | None = Field(description="why the latest given-up delivery failed")
+    disabled_at: UtcDatetime | None = Field(
+        description="when the receiver ended the subscription (410 Gone): nothing is sent since"
+    )
+    disabled_reason: str | None
+    last_attempt_at: UtcDatetime | None = Field(description="when the latest attempt ended")
+    last_attempt_status: int | None = Field(
+        description="the receiver's status code then; null when no answer came"
+    )
+    last_attempt_error: str | None = Field(
+        description="why the latest attempt failed (null when it succeeded): a receiver that"
+        " keeps failing shows here long before a delivery is given up"
+    )
+    secret_rotated_at: UtcDatetime | None
+    previous_secret_expires_at: UtcDatetime | None = Field(
+        description="while set, the replaced secret still signs beside the current one"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -394,6 +431,9 @@ def build_router(
     logs: sa.Engine,
     read: Sequence[Depends],
     write: Sequence[Depends],
+    *,
+    webhook_allow_private: bool = False,
+    webhook_secret_overlap_seconds: float = 86_400.0,
 ) -> APIRouter:
     """The endpoints over the app's engines; ``read``/``write`` are its auth dependencies."""
     router = APIRouter()
@@ -546,30 +586,70 @@ def build_router(
         dependencies=list(write),
         status_code=201,
         responses=write_errors,
-        summary="Subscribe a URL to status changes (signed JSON POSTs)",
+        summary="Subscribe a URL to status changes (Standard Webhooks: signed JSON POSTs)",
         description="Every status change that lands (an applied change, or a withdrawal) is"
-        " POSTed as JSON to `url`, signed: `X-Jobstatus-Signature: sha256=<hex HMAC-SHA256 of"
-        " the raw body with the secret>`. `X-Jobstatus-Delivery` is the same on every retry"
-        " (de-duplicate on it); `X-Jobstatus-Update-Id` is the change's update_id. Any 2xx"
-        " answer acknowledges; anything else is retried with backoff until the attempt limit."
-        " A job's changes arrive in order.",
+        " POSTed as JSON to `url`, signed as Standard Webhooks (standardwebhooks.com) say:"
+        " `webhook-id` (the delivery's id, the same on every retry: de-duplicate on it),"
+        " `webhook-timestamp` (the attempt's, unix seconds) and `webhook-signature`"
+        " (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`). The secret is made by the server"
+        " and returned in this answer only (a `secret` in the request is refused). Also sent,"
+        " for older receivers: `X-Jobstatus-Signature: sha256=<hex HMAC-SHA256 of the raw body"
+        " keyed by the secret's text>`, `X-Jobstatus-Delivery` and `X-Jobstatus-Update-Id`."
+        " Any 2xx answer acknowledges; anything else is retried with backoff until the attempt"
+        " limit (429/503 with `Retry-After` wait at least that long); 410 Gone ends the"
+        " subscription. A job's changes arrive in order. Loopback, private, link-local and"
+        " other non-public addresses are refused as targets (422) unless the server allows"
+        " them (JOBSTATUS_WEBHOOK_ALLOW_PRIVATE).",
     )
     def create_webhook(
         webhook: Annotated[WebhookRequest, Body()],
-    ) -> Webhook:
+    ) -> CreatedWebhook:
         if webhook.operations:
             check_operations(webhook.operations)
+        if not webhook_allow_private:
+            target = urlsplit(webhook.url)
+            port = target.port or (443 if target.scheme == "https" else 80)
+            refused = refused_target(target.hostname or "", port)
+            if refused is not None:
+                raise HTTPException(
+                    422,
+                    f"refused webhook target: {refused}; only public addresses are called"
+                    " (JOBSTATUS_WEBHOOK_ALLOW_PRIVATE=true allows others)",
+                )
+        secret = new_secret()
         with jobmanager.begin() as conn:
-            created = outbox.create_subscription(
-                conn, webhook.url, webhook.secret, webhook.operations
-            )
-        return Webhook.model_validate(created)
+            created = outbox.create_subscription(conn, webhook.url, secret, webhook.operations)
+        return CreatedWebhook.model_validate({**created, "secret": secret})
+
+    @router.post(
+        "/api/webhooks/{webhook_id}/rotate-secret",
+        dependencies=list(write),
+        responses={**write_errors, 404: {"model": ErrorBody, "description": "unknown webhook"}},
+        summary="A new secret for a subscription; the old one still signs for a while",
+        description="Returns the new secret (whsec_..., shown this once). Until"
+        " `previous_secret_expires_at` (JOBSTATUS_WEBHOOK_SECRET_OVERLAP_SECONDS, 24 h by"
+        " default) every delivery carries two signatures in `webhook-signature`, one per"
+        " secret, so the receiver can switch at any moment in between. A second rotation"
+        " within the overlap ends the oldest secret at once: at most two secrets sign.",
+    )
+    def rotate_webhook_secret(
+        webhook_id: Annotated[int, Path(ge=1, le=MAX_UPDATE_ID)],
+    ) -> RotatedSecret:
+        secret = new_secret()
+        with jobmanager.begin() as conn:
+            rotated = outbox.rotate_secret(conn, webhook_id, secret, webhook_secret_overlap_seconds)
+        if rotated is None:
+            raise HTTPException(404, f"unknown webhook {webhook_id}")
+        return RotatedSecret.model_validate({**rotated, "secret": secret})
 
     @router.get(
         "/api/webhooks",
         dependencies=list(write),
         responses=write_errors,
         summary="The subscriptions and how their deliveries stand (secrets are never shown)",
+        description="Counts are current: every attempt is recorded as it ends. A subscription"
+        " the receiver ended (410 Gone) shows `disabled_at` and `disabled_reason`; a URL's"
+        " credentials (user:pass@) are shown as `***@`.",
     )
     def list_webhooks() -> list[WebhookState]:
         with jobmanager.connect() as conn:

@@ -347,6 +347,8 @@ def _api_app(env: Environment, token: str | None, read_token: str | None = None)
         token,
         read_token=read_token,
         public_reads=env.settings.api_public_reads,
+        webhook_allow_private=env.settings.webhook_allow_private,
+        webhook_secret_overlap_seconds=env.settings.webhook_secret_overlap_seconds,
     )
 
 
@@ -399,6 +401,9 @@ def dev_command(port: int, api_port: int, simulate_every: float) -> None:
     from jobstatus_dagster.pipeline import queue
     from jobstatus_dagster.serving import server_config
 
+    # Everything runs on 127.0.0.1 here: webhook receivers too (unless the operator said no).
+    # Set in the environment, so the Dagster processes started below deliver to them as well.
+    os.environ.setdefault("JOBSTATUS_WEBHOOK_ALLOW_PRIVATE", "true")
     env = _env()
     _migrate(env, baseline=True)
     queue.ensure_pools(env.instance())  # before the daemon dequeues the sensors' first runs

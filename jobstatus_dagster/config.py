@@ -115,17 +115,49 @@ class Settings(Processing, BaseSettings):
         False, description="true: reads need no token (deliberately open to anyone)"
     )
     webhook_max_attempts: int = Field(
-        30, ge=1, description="attempts of one webhook delivery before it is given up"
+        40, ge=1, description="attempts of one webhook delivery before it is given up"
     )
     webhook_backoff_seconds: float = Field(
         2.0, gt=0, description="wait after a delivery's first failure, doubled at each failure"
     )
     webhook_backoff_max_seconds: float = Field(
-        300.0, gt=0, description="longest wait between two attempts of one delivery"
+        3600.0, gt=0, description="longest wait between two attempts of one delivery"
     )
-    webhook_timeout_seconds: float = Field(10.0, gt=0, description="one delivery's HTTP timeout")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="one delivery attempt, all of it: connect, send, answer"
+    )
     webhook_interval_seconds: int = Field(
         10, ge=1, description="how often the webhook sensor looks for due deliveries"
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="true: loopback, private and link-local webhook targets are allowed"
+        " (tests, the demo, `jobstatus dev`); never on a server others can subscribe on",
+    )
+    webhook_secret_overlap_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="after a secret rotation, how long the replaced secret still signs",
+    )
+    # Alerts (pipeline/alerts.py): where an incident's opening and clearing are sent. Either, both
+    # or neither (then incidents are still recorded in alert_incidents and shown by the sensor).
+    alert_webhook_url: SecretStr | None = Field(
+        None, description="POST each alert as JSON with a `text` field (Slack, Teams, any receiver)"
+    )
+    smtp_host: str | None = Field(None, description="mail each alert through this SMTP server")
+    smtp_port: int = Field(25, ge=1, description="the SMTP server's port")
+    smtp_starttls: bool = Field(False, description="STARTTLS before logging in")
+    smtp_user: str | None = Field(None, description="SMTP login, if the server wants one")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password")
+    smtp_from: str | None = Field(None, description="sender of the alert mails")
+    smtp_to: str | None = Field(None, description="recipients of the alert mails, comma-separated")
+    alert_interval_seconds: int = Field(30, ge=5, description="how often the alert sensor looks")
+    # Retention (pipeline/retention.py): Dagster keeps every run forever unless told.
+    run_retention_days: int = Field(
+        30, ge=1, description="successful runs older than this are deleted (not our own tables)"
+    )
+    failed_run_retention_days: int = Field(
+        180, ge=1, description="failed and canceled runs, and backfills' runs, are kept this long"
     )
 
     def configured_database_urls(self) -> tuple[str, str, str] | None:

@@ -4,11 +4,17 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from jobstatus_dagster.config import DATABASE_URL_VARIABLES, Settings, load_settings
+from jobstatus_dagster.pipeline.alerts import AlertChannels, build_alert_sensor
 from jobstatus_dagster.pipeline.assets import SOURCE_SPECS, TARGET_SPECS
 from jobstatus_dagster.pipeline.checks import CHECKS, checks_job, checks_schedule
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG
 from jobstatus_dagster.pipeline.print_os import print_os_processing
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.retention import (
+    RetentionPolicy,
+    prune_dagster_history,
+    retention_schedule,
+)
 from jobstatus_dagster.pipeline.scanner import scanner_processing
 from jobstatus_dagster.pipeline.sensors import build_source_sensor
 from jobstatus_dagster.pipeline.stale_runs import fail_stalled_runs
@@ -41,6 +47,9 @@ def build_definitions(
     processing: ProcessingSettings | None = None,
     webhooks: WebhookDelivery | None = None,
     webhook_interval_seconds: int = 10,
+    alert_channels: AlertChannels | None = None,
+    alert_interval_seconds: int = 30,
+    retention: RetentionPolicy | None = None,
 ) -> dg.Definitions:
     """Everything assembled; ``processing`` defaults to the documented values (tests, scripts)."""
     process_print_os, process_scanner = (
@@ -56,18 +65,22 @@ def build_definitions(
             checks_job,
             fail_stalled_runs,
             deliver_webhooks_job,
+            prune_dagster_history,
         ],
-        schedules=[checks_schedule],
+        schedules=[checks_schedule, retention_schedule],
         sensors=[
             build_source_sensor(PRINT_OS_SOURCE.name, process_print_os, print_os_interval_seconds),
             build_source_sensor(SCANNER_SOURCE.name, process_scanner, scanner_interval_seconds),
             build_webhook_sensor(webhook_interval_seconds),
+            build_alert_sensor(alert_interval_seconds),
         ],
         resources={
             "jobmanager": PostgresDatabase(url=jobmanager_url),
             "logs": PostgresDatabase(url=logs_url),
             "processing": processing or ProcessingSettings(),
             "webhooks": webhooks or WebhookDelivery(),
+            "alert_channels": alert_channels or AlertChannels(),
+            "retention": retention or RetentionPolicy(),
             # In-process executor: frames stay in memory, nothing pickled per op.
             "io_manager": dg.mem_io_manager,
         },
@@ -94,8 +107,30 @@ def definitions_from_settings(
             backoff_seconds=settings.webhook_backoff_seconds,
             backoff_max_seconds=settings.webhook_backoff_max_seconds,
             timeout_seconds=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private,
         ),
         webhook_interval_seconds=settings.webhook_interval_seconds,
+        alert_channels=alert_channels_from_settings(settings),
+        alert_interval_seconds=settings.alert_interval_seconds,
+        retention=RetentionPolicy(
+            run_retention_days=settings.run_retention_days,
+            failed_run_retention_days=settings.failed_run_retention_days,
+        ),
+    )
+
+
+def alert_channels_from_settings(settings: Settings) -> AlertChannels:
+    """The alert channels; the secrets (a chat webhook URL holds a token) as EnvVars, so the UI
+    never shows them, and only when set (an unset EnvVar fails the sensor's every tick)."""
+    return AlertChannels(
+        webhook_url=dg.EnvVar("JOBSTATUS_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else "",
+        smtp_host=settings.smtp_host or "",
+        smtp_port=settings.smtp_port,
+        smtp_starttls=settings.smtp_starttls,
+        smtp_user=settings.smtp_user or "",
+        smtp_password=dg.EnvVar("JOBSTATUS_SMTP_PASSWORD") if settings.smtp_password else "",
+        smtp_from=settings.smtp_from or "",
+        smtp_to=settings.smtp_to or "",
     )
 
 

@@ -17,6 +17,21 @@ TINY = {
     "overhead": ("per-run overhead", ["--scale", "1", "--repeat", "1"]),
     "memory": ("memory bound", ["--events", "400"]),
     "history": ("history independence", ["--history", "400", "--new", "40"]),
+    "storage": (
+        "a year of runs",
+        [
+            "--windows",
+            "1",
+            "--days",
+            "2",
+            "--retention-days",
+            "1",
+            "--scale",
+            "0.002",
+            "--steady-days",
+            "0",
+        ],
+    ),
 }
 
 

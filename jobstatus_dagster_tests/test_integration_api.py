@@ -1,6 +1,7 @@
 """The integration API against the real server (uvicorn on 127.0.0.1) and Postgres: who may
 read, the change feed (order, paging, no skip under concurrent commits), job lists, CSV."""
 
+import base64
 import csv
 import io
 import json
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.api import create_app
+from jobstatus_dagster.io import outbox
 from jobstatus_dagster.io.writer import WRITER_LOCK
 from jobstatus_dagster_tests.backlog import fill_small_backlog
 from jobstatus_dagster_tests.shop import Shop
@@ -42,7 +44,13 @@ def make_app(shop: Shop, instance: dg.DagsterInstance, **auth: object):
 
 @pytest.fixture(scope="module")
 def base_url(processed_shop: Shop, instance: dg.DagsterInstance) -> Iterator[str]:
-    app = make_app(processed_shop, instance, token=WRITE_TOKEN, read_token=READ_TOKEN)
+    app = make_app(
+        processed_shop,
+        instance,
+        token=WRITE_TOKEN,
+        read_token=READ_TOKEN,
+        webhook_allow_private=True,
+    )
     with serve(app) as url:
         yield url
 
@@ -96,7 +104,8 @@ READS = [
     ("GET", "/api/jobs"),
 ]
 WRITES = [
-    ("POST", "/api/webhooks", {"url": "http://127.0.0.1:9/hook", "secret": "s3cret-s3cret"}),
+    ("POST", "/api/webhooks", {"url": "http://127.0.0.1:9/hook"}),
+    ("POST", "/api/webhooks/987654/rotate-secret", None),
     ("GET", "/api/webhooks", None),
     ("DELETE", "/api/webhooks/987654", None),
     ("POST", "/api/process-print-os", {"force": False}),
@@ -145,7 +154,8 @@ def test_writes_need_the_write_token_and_the_read_token_is_not_enough(
     )
     if path.startswith("/api/webhooks"):
         answer = api.request(method, path, json=body, headers=WRITE)
-        assert answer.status_code == {"POST": 201, "GET": 200, "DELETE": 404}[method], answer.text
+        expected = 404 if "987654" in path else {"POST": 201, "GET": 200}[method]
+        assert answer.status_code == expected, answer.text
 
 
 def test_reads_are_closed_without_a_read_token_unless_declared_public(
@@ -426,50 +436,166 @@ def test_bad_parameters_are_422_saying_which(
 @pytest.mark.parametrize(
     "body",
     [
-        {"url": "ftp://example.com/x", "secret": "s3cret-s3cret"},
-        {"url": "not a url", "secret": "s3cret-s3cret"},
-        {"url": "http://example.com/x", "secret": "short"},
-        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "operations": ["nope"]},
-        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "extra": 1},
-        {"secret": "s3cret-s3cret"},
+        {"url": "ftp://example.com/x"},
+        {"url": "not a url"},
+        {"url": "http://example.com/x", "operations": ["nope"]},
+        {"url": "http://example.com/x", "extra": 1},
+        {},
         # Accepted once, then never deliverable (or worse, stopping every delivery).
-        {"url": "http://127.0.0.1:18998/x\n", "secret": "s3cret-s3cret"},
-        {"url": " http://example.com/x", "secret": "s3cret-s3cret"},
-        {"url": "http://example.com/a b", "secret": "s3cret-s3cret"},
-        {"url": "http://example.com/x\t", "secret": "s3cret-s3cret"},
-        {"url": "http:///path", "secret": "s3cret-s3cret"},
-        {"url": "http:example.com", "secret": "s3cret-s3cret"},
-        {"url": "http://:80/x", "secret": "s3cret-s3cret"},
-        {"url": "mailto:a@example.com", "secret": "s3cret-s3cret"},
+        {"url": "http://127.0.0.1:18998/x\n"},
+        {"url": " http://example.com/x"},
+        {"url": "http://example.com/a b"},
+        {"url": "http://example.com/x\t"},
+        {"url": "http:///path"},
+        {"url": "http:example.com"},
+        {"url": "http://:80/x"},
+        {"url": "mailto:a@example.com"},
         # Postgres text holds no NUL: a 422, not a 500.
-        {"url": "http://example.com/x\u0000", "secret": "s3cret-s3cret"},
-        {"url": "http://example.com/x", "secret": "s3cret-s3cret\u0000"},
-        {"url": "http://example.com/x", "secret": "s3cret\ns3cret"},
-        {"url": "http://example.com/x", "secret": "s3cret-s3cret", "operations": []},
+        {"url": "http://example.com/x\u0000"},
+        {"url": "http://example.com/x", "operations": []},
+        # Secrets are the server's: a client's own is refused, whatever it is.
+        {"url": "http://example.com/x", "secret": "s3cret-s3cret-s3cret-s3cret"},
+        {"url": "http://example.com/x", "secret": "s3cret\u0000"},
+        {"url": "http://example.com/x", "secret": None},
     ],
 )
 def test_bad_webhooks_are_422(api: httpx.Client, body: dict) -> None:
     assert api.post("/api/webhooks", json=body, headers=WRITE).status_code == 422
 
 
-def test_webhook_secret_is_never_returned_and_unknown_is_404(api: httpx.Client) -> None:
-    secret = "never-shown-" + "x" * 10
+def test_a_client_chosen_secret_is_refused_saying_why(api: httpx.Client) -> None:
+    body = {"url": "https://mis.example/hook", "secret": "my-own-secret-123"}
+    refused = api.post("/api/webhooks", json=body, headers=WRITE)
+    assert refused.status_code == 422
+    assert "the server generates it" in refused.text and "my-own-secret" not in refused.text
+
+
+def test_the_secret_is_the_server_s_shown_once_and_never_again(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
     created = api.post(
         "/api/webhooks",
-        json={"url": "https://example.com/hook", "secret": secret, "operations": ["coating"]},
+        json={"url": "https://example.com/hook", "operations": ["coating"]},
         headers=WRITE,
     )
-    assert created.status_code == 201
-    assert secret not in created.text
-    listed = api.get("/api/webhooks", headers=WRITE)
-    assert secret not in listed.text
+    assert created.status_code == 201, created.text
+    secret = created.json()["secret"]
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) >= 24
     webhook_id = created.json()["id"]
+    stored = processed_shop.scalar(
+        processed_shop.jm,
+        "SELECT secret FROM webhook_subscriptions WHERE subscription_id = :i",
+        i=webhook_id,
+    )
+    assert stored == secret, "the secret that signs is the one the client was given"
+    other = api.post("/api/webhooks", json={"url": "https://example.com/hook"}, headers=WRITE)
+    assert other.json()["secret"] != secret
+    listed = api.get("/api/webhooks", headers=WRITE)
+    assert secret not in listed.text and "whsec_" not in listed.text
     assert any(w["id"] == webhook_id for w in listed.json())
-    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204
+    for gone in (webhook_id, other.json()["id"]):
+        assert api.delete(f"/api/webhooks/{gone}", headers=WRITE).status_code == 204
     assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 404
     assert all(w["id"] != webhook_id for w in api.get("/api/webhooks", headers=WRITE).json())
-    big = {"url": "https://example.com/" + "a" * 70_000, "secret": "s3cret-s3cret"}
+    big = {"url": "https://example.com/" + "a" * 70_000}
     assert api.post("/api/webhooks", json=big, headers=WRITE).status_code == 413
+
+
+def test_rotating_a_secret_returns_a_new_one_once_and_keeps_the_old_signing_a_day(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    created = api.post("/api/webhooks", json={"url": "https://mis.example/r"}, headers=WRITE)
+    webhook_id, first = created.json()["id"], created.json()["secret"]
+    rotated = api.post(f"/api/webhooks/{webhook_id}/rotate-secret", headers=WRITE)
+    assert rotated.status_code == 200, rotated.text
+    body = rotated.json()
+    assert body["id"] == webhook_id and body["secret"].startswith("whsec_")
+    assert body["secret"] != first
+    rotated_at = datetime.fromisoformat(body["secret_rotated_at"])
+    expires = datetime.fromisoformat(body["previous_secret_expires_at"])
+    assert expires - rotated_at == timedelta(hours=24)  # JOBSTATUS_WEBHOOK_SECRET_OVERLAP_SECONDS
+    stored = processed_shop.rows(
+        processed_shop.jm,
+        "SELECT secret, previous_secret FROM webhook_subscriptions WHERE subscription_id = :i",
+        i=webhook_id,
+    )
+    assert stored == [{"secret": body["secret"], "previous_secret": first}]
+    (listed,) = [w for w in api.get("/api/webhooks", headers=WRITE).json() if w["id"] == webhook_id]
+    assert listed["previous_secret_expires_at"] == body["previous_secret_expires_at"]
+    assert first not in json.dumps(listed) and body["secret"] not in json.dumps(listed)
+    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204
+    gone = api.post(f"/api/webhooks/{webhook_id}/rotate-secret", headers=WRITE)
+    assert gone.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def guarded_api(processed_shop: Shop, instance: dg.DagsterInstance) -> Iterator[httpx.Client]:
+    """The API as deployed: private webhook targets refused (the default)."""
+    app = make_app(processed_shop, instance, token=WRITE_TOKEN, read_token=READ_TOKEN)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:8080/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://[::ffff:a9fe:a9fe]/hook", "link-local"),
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://localhost:9/hook", "loopback"),
+        ("http://2130706433/hook", "loopback"),
+        ("http://10.0.0.5/hook", "private"),
+        ("https://192.168.1.10/hook", "private"),
+        ("http://[fd00::5]/hook", "private"),
+        ("http://[fe80::1]/hook", "link-local"),
+        ("http://0.0.0.0/hook", "unspecified"),
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://240.0.0.1/hook", "reserved"),
+    ],
+)
+def test_internal_targets_are_refused_unless_allowed(
+    guarded_api: httpx.Client, api: httpx.Client, url: str, says: str
+) -> None:
+    refused = guarded_api.post("/api/webhooks", json={"url": url}, headers=WRITE)
+    assert refused.status_code == 422, refused.text
+    detail = refused.json()["detail"]
+    assert "refused webhook target" in detail and says in detail, detail
+    assert "JOBSTATUS_WEBHOOK_ALLOW_PRIVATE" in detail
+    allowed = api.post("/api/webhooks", json={"url": url}, headers=WRITE)  # allow_private
+    assert allowed.status_code == 201, allowed.text
+    assert api.delete(f"/api/webhooks/{allowed.json()['id']}", headers=WRITE).status_code == 204
+
+
+def test_a_public_or_unresolvable_host_is_accepted_and_checked_again_when_delivered(
+    guarded_api: httpx.Client,
+) -> None:
+    for url in ("https://93.184.215.14/hook", "https://mis.example/hook"):
+        created = guarded_api.post("/api/webhooks", json={"url": url}, headers=WRITE)
+        assert created.status_code == 201, created.text
+        webhook_id = created.json()["id"]
+        assert guarded_api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204
+
+
+def test_credentials_in_a_webhook_url_are_never_shown_back(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    url = "https://mis:pa55-w0rd@mis.example/hook"
+    created = api.post("/api/webhooks", json={"url": url}, headers=WRITE)
+    assert created.status_code == 201, created.text
+    assert created.json()["url"] == "https://***@mis.example/hook"
+    listed = api.get("/api/webhooks", headers=WRITE)
+    assert "pa55-w0rd" not in listed.text and "https://***@mis.example/hook" in listed.text
+    assert "pa55-w0rd" not in api.get("/openapi.json").text
+    stored = processed_shop.scalar(
+        processed_shop.jm,
+        "SELECT url FROM webhook_subscriptions WHERE subscription_id = :i",
+        i=created.json()["id"],
+    )
+    assert stored == url, "kept as given: deliveries send it as Basic auth"
+    assert api.delete(f"/api/webhooks/{created.json()['id']}", headers=WRITE).status_code == 204
 
 
 def test_webhook_url_is_stored_normalised_and_operations_de_duplicated(
@@ -479,7 +605,6 @@ def test_webhook_url_is_stored_normalised_and_operations_de_duplicated(
         "/api/webhooks",
         json={
             "url": "HTTPS://MIS.Example:443/Hook?x=1",
-            "secret": "s3cret-s3cret",
             "operations": ["coating", "print", "coating"],
         },
         headers=WRITE,
@@ -496,8 +621,24 @@ def test_webhook_url_is_stored_normalised_and_operations_de_duplicated(
     assert stored == [{"url": "https://mis.example/Hook?x=1", "operations": ["coating", "print"]}]
     empty = api.post(
         "/api/webhooks",
-        json={"url": "https://mis.example/", "secret": "s3cret-s3cret", "operations": []},
+        json={"url": "https://mis.example/", "operations": []},
         headers=WRITE,
     )
     assert empty.status_code == 422 and "omit operations" in empty.text
     assert api.delete(f"/api/webhooks/{body['id']}", headers=WRITE).status_code == 204
+
+
+def test_a_subscription_its_receiver_ended_is_listed_as_disabled_saying_why(
+    api: httpx.Client, processed_shop: Shop
+) -> None:
+    created = api.post("/api/webhooks", json={"url": "https://mis.example/ended"}, headers=WRITE)
+    webhook_id = created.json()["id"]
+    (listed,) = [w for w in api.get("/api/webhooks", headers=WRITE).json() if w["id"] == webhook_id]
+    assert listed["disabled_at"] is None and listed["disabled_reason"] is None
+    # What a delivery run does when the receiver answers 410 Gone (test_webhooks.py).
+    with processed_shop.jm.begin() as conn:
+        outbox.disable_subscription(conn, webhook_id, "the receiver answered 410 Gone")
+    (listed,) = [w for w in api.get("/api/webhooks", headers=WRITE).json() if w["id"] == webhook_id]
+    assert listed["disabled_at"] is not None and listed["disabled_at"].endswith("Z")
+    assert listed["disabled_reason"] == "the receiver answered 410 Gone"
+    assert api.delete(f"/api/webhooks/{webhook_id}", headers=WRITE).status_code == 204

@@ -285,3 +285,20 @@ def test_r1_r4_a_jobs_status_reads_its_operation_rows_through_the_trimmed_hash_i
         )
         assert "idx_job_operations_job_trimmed" in plan, plan
         transaction.rollback()
+
+
+def test_r20_an_operation_row_with_no_version_tag_reads_without_a_500(
+    read_shop: Shop, client: TestClient
+) -> None:
+    """The shop's job_operations row of a job with a NULL version_tag (found by the hostile-data
+    property test: sorting the versions raised TypeError)."""
+    read_shop.execute(
+        read_shop.logs,
+        "INSERT INTO job_operations (job_operation_id, job_id, version_tag, operation_id)"
+        " VALUES ('no-version-row', :j, NULL, 'op003')",
+        {"j": PENDING},
+    )
+    status = client.get(f"/api/job-status/{PENDING}", headers=AUTH)
+    assert status.status_code == 200, status.text
+    tags = [v["version_tag"] for v in status.json()["versions"]]
+    assert tags == [None, "1"]

@@ -230,6 +230,7 @@ def test_sensor_cursor_is_readable_and_an_unreadable_one_counts_as_none(
         "requested_up_to",
         "waiting_runs",
         "sweep_after",
+        "observed",  # the backlog last shown on the source table (test_source_freshness)
     }
     for unreadable in ('{"sweep_after": "x"}', "[1, 2]", '{"marker_seen": {}}'):
         assert evaluate(shop, instance, cursor=unreadable).skip_message.startswith("nothing past")

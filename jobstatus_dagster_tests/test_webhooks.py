@@ -1,21 +1,31 @@
-"""Webhooks against a receiver the test runs on 127.0.0.1: the outbox is written with the audit
-(R18), bodies are signed, failures are retried with the same delivery id, nothing is lost while
-the receiver is down, a job's changes arrive in order, and a delivery gives up visibly."""
+"""Webhooks against receivers the test runs on 127.0.0.1: the outbox is written with the audit
+(R18), bodies are signed as Standard Webhooks say (every delivery any receiver here gets is
+verified with the `standardwebhooks` package), failures are retried with the same webhook-id,
+nothing is lost while a receiver is down, a job's changes arrive in order, a delivery gives up
+visibly, and no receiver (slow, trickling, huge, gone, busy, down) can hold up the others."""
 
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import standardwebhooks
 
+from jobstatus_dagster.api_integration import WebhookState
+from jobstatus_dagster.config import Settings
+from jobstatus_dagster.core.webhooks import new_secret
+from jobstatus_dagster.definitions import definitions_from_settings
+from jobstatus_dagster.io import outbox as outbox_io
 from jobstatus_dagster.pipeline.resources import PostgresDatabase
 from jobstatus_dagster.pipeline.webhooks import (
     WebhookDelivery,
@@ -27,37 +37,67 @@ from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.changes import add_change
 from jobstatus_testkit.serving import free_port
 
-SECRET = "receiver-s3cret"
-FAST = WebhookDelivery(backoff_seconds=0.001, backoff_max_seconds=0.001, timeout_seconds=2)
+SECRET = new_secret()
+# Every receiver here is on 127.0.0.1: private targets are allowed, as in `jobstatus dev`.
+FAST = WebhookDelivery(
+    backoff_seconds=0.001, backoff_max_seconds=0.001, timeout_seconds=2, allow_private=True
+)
+
+
+def standard_verified(secrets: list[str], headers: dict, body: bytes) -> bool:
+    """What a Standard Webhooks receiver does: the package checks the signature over
+    id.timestamp.body with any of its secrets, and that the timestamp is recent."""
+    for secret in secrets:
+        try:
+            standardwebhooks.Webhook(secret).verify(body, headers)
+        except standardwebhooks.WebhookVerificationError:
+            continue
+        return True
+    return False
 
 
 class Receiver:
-    """Records every POST; answers the queued status codes first, then 200."""
+    """Records every POST, verified with `standardwebhooks`; answers the queued answers first
+    (a status, or a status and headers; those queued for the request's path before the others),
+    then 200. Leaving ``up`` asserts that every delivery it got was verified."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self.secrets = secrets or [SECRET]
         self.received: list[dict] = []
-        self.answers: list[int] = []
+        self.answers: list[int | tuple[int, dict[str, str]]] = []
+        self.answers_for: dict[str, list[int]] = {}
         self.lock = threading.Lock()
+
+    def respond(self, handler: BaseHTTPRequestHandler, status: int, headers: dict) -> None:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = dict(self.headers)
                 with receiver.lock:
-                    status = receiver.answers.pop(0) if receiver.answers else 200
+                    queue = receiver.answers_for.get(self.path) or receiver.answers
+                    answer = queue.pop(0) if queue else 200
+                    status, extra = answer if isinstance(answer, tuple) else (answer, {})
                     receiver.received.append(
                         {
                             "path": self.path,
-                            "headers": dict(self.headers),
+                            "headers": headers,
                             "body": body,
                             "status": status,
+                            "verified": standard_verified(receiver.secrets, headers, body),
                         }
                     )
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                receiver.respond(self, status, extra)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -67,6 +107,7 @@ class Receiver:
     @contextmanager
     def up(self, port: int) -> Iterator[None]:
         server = ThreadingHTTPServer(("127.0.0.1", port), self.handler())
+        server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -74,19 +115,23 @@ class Receiver:
         finally:
             server.shutdown()
             server.server_close()
+        unverified = [r["path"] for r in self.received if not r["verified"]]
+        assert not unverified, f"deliveries standardwebhooks did not verify: {unverified}"
 
     def accepted(self) -> list[dict]:
         return [r for r in self.received if r["status"] == 200]
 
 
-def subscribe(shop: Shop, url: str, operations: list[str] | None = None) -> int:
+def subscribe(
+    shop: Shop, url: str, operations: list[str] | None = None, secret: str = SECRET
+) -> int:
     with shop.jm.begin() as conn:
         return conn.execute(
             sa.text(
                 "INSERT INTO webhook_subscriptions (url, secret, operations)"
                 " VALUES (:u, :s, :o) RETURNING subscription_id"
             ),
-            {"u": url, "s": SECRET, "o": operations},
+            {"u": url, "s": secret, "o": operations},
         ).scalar_one()
 
 
@@ -99,8 +144,8 @@ def outbox(shop: Shop, subscription_id: int) -> list[dict]:
     )
 
 
-def verify(secret: str, headers: dict, body: bytes) -> bool:
-    """What a receiver does: recompute the HMAC over the raw body, compare in constant time."""
+def legacy_verified(secret: str, headers: dict, body: bytes) -> bool:
+    """What a receiver written before Standard Webhooks does: the HMAC of the raw body."""
     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, headers["X-Jobstatus-Signature"])
 
@@ -160,7 +205,9 @@ def test_receiver_down_then_up_gets_everything_signed_in_order_per_job_with_stab
     shop, everything, coating = hooked_shop
     receiver = Receiver()
     # Nobody listens on the port: every attempt fails, and waits its backoff.
-    down = deliver_due(shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2))
+    down = deliver_due(
+        shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2, allow_private=True)
+    )
     assert down.delivered == 0 and down.failed_attempts > 0
     assert deliver_due(shop.jm, FAST).failed_attempts == 0, "nothing is due before its backoff"
     shop.execute(shop.jm, "UPDATE webhook_outbox SET next_attempt_at = now()")  # time passes
@@ -173,9 +220,10 @@ def test_receiver_down_then_up_gets_everything_signed_in_order_per_job_with_stab
         str(r["delivery_id"]) for r in owed
     ), "each delivery acknowledged exactly once, none lost"
     for request in receiver.received:
-        assert verify(SECRET, request["headers"], request["body"])
+        assert legacy_verified(SECRET, request["headers"], request["body"]), "older receivers"
         payload = json.loads(request["body"])
         assert payload["delivery_id"] == request["headers"]["X-Jobstatus-Delivery"]
+        assert request["headers"]["webhook-id"] == request["headers"]["X-Jobstatus-Delivery"]
         assert str(payload["update_id"]) == request["headers"]["X-Jobstatus-Update-Id"]
     refused = [r for r in receiver.received if r["status"] == 500]
     retried = {r["headers"]["X-Jobstatus-Delivery"] for r in refused}
@@ -210,7 +258,9 @@ def test_a_job_s_later_change_waits_for_its_earlier_one(
     receiver = Receiver()
     receiver.answers = [500]
     with receiver.up(port):
-        deliver_due(shop.jm, WebhookDelivery(backoff_seconds=60, timeout_seconds=2))
+        deliver_due(
+            shop.jm, WebhookDelivery(backoff_seconds=60, timeout_seconds=2, allow_private=True)
+        )
         assert len(receiver.received) == 1, "the second change of the job waits for the first"
         shop.execute(shop.jm, "UPDATE webhook_outbox SET next_attempt_at = now()")
         drain(shop)
@@ -228,7 +278,11 @@ def test_a_delivery_gives_up_after_the_limit_and_the_dagster_run_says_so(
         add_change(conn, "7003_3", source_id=8000020)
     limit = 3
     settings = WebhookDelivery(
-        max_attempts=limit, backoff_seconds=0.001, backoff_max_seconds=0.001, timeout_seconds=1
+        max_attempts=limit,
+        backoff_seconds=0.001,
+        backoff_max_seconds=0.001,
+        timeout_seconds=1,
+        allow_private=True,
     )
     run = deliver_webhooks_job.execute_in_process(
         instance=instance,
@@ -283,68 +337,22 @@ def test_an_undeliverable_url_is_a_failed_attempt_and_blocks_nobody_else(
     add_changes(shop, 8000100, 2)
     receiver = Receiver()
     with receiver.up(port):
-        report = deliver_due(shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2))
-    assert report.delivered == 2 and report.failed_attempts == 2
+        report = deliver_due(
+            shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2, allow_private=True)
+        )
+    assert report.delivered == 2 and report.failed_attempts == 1
     assert {r["state"] for r in outbox(shop, good)} == {"delivered"}
     failed = outbox(shop, bad)
-    assert [(r["state"], r["attempts"]) for r in failed] == [("pending", 1), ("pending", 1)]
-    assert all("InvalidURL" in r["last_error"] for r in failed)
+    # After its failure the subscription rests for the delivery's backoff: one attempt.
+    assert [(r["state"], r["attempts"]) for r in failed] == [("pending", 1), ("pending", 0)]
+    assert "InvalidURL" in failed[0]["last_error"]
     reasons = shop.rows(
         shop.jm,
         "SELECT a.error FROM webhook_attempts a JOIN webhook_outbox o USING (outbox_id)"
         " WHERE o.subscription_id = :s",
         s=bad,
     )
-    assert len(reasons) == 2 and all("InvalidURL" in r["error"] for r in reasons)
-
-
-class SlowReceiver(Receiver):
-    """Answers after ``delay`` seconds: longer than the deliverer's timeout."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        base = super().handler()
-        delay = self.delay
-
-        class Handler(base):  # type: ignore[valid-type, misc]
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.startswith("/slow"):
-                    time.sleep(delay)
-                super().do_POST()
-
-        return Handler
-
-
-def test_a_slow_receiver_neither_holds_up_others_nor_overruns_the_run(
-    hooked_shop: tuple[Shop, int, int], port: int
-) -> None:
-    shop, _, _ = hooked_shop
-    slow, fast = only_subscriptions(
-        shop, f"http://127.0.0.1:{port}/slow", f"http://127.0.0.1:{port}/fast"
-    )
-    jobs = 16
-    add_changes(shop, 8000200, jobs)
-    settings = WebhookDelivery(
-        backoff_seconds=3600, timeout_seconds=0.3, run_seconds=3.0, attempts_per_subscription=4
-    )
-    receiver = SlowReceiver(delay=1.5)
-    with receiver.up(port):
-        started = time.monotonic()
-        report = deliver_due(shop.jm, settings)
-        took = time.monotonic() - started
-    # Deadline checked before each attempt: at most one timeout past run_seconds (plus slack
-    # for a busy machine), not one per slow delivery.
-    assert took < settings.run_seconds + settings.timeout_seconds + 2.0, took
-    assert {r["state"] for r in outbox(shop, fast)} == {"delivered"}, "fast got everything"
-    assert report.delivered == jobs
-    slow_rows = outbox(shop, slow)
-    assert {r["state"] for r in slow_rows} == {"pending"}
-    tried = [r for r in slow_rows if r["attempts"] > 0]
-    assert 1 <= len(tried) < jobs, "what was not attempted stays pending for the next pass"
-    assert all(r["attempts"] == 1 for r in tried)
+    assert len(reasons) == 1 and "InvalidURL" in reasons[0]["error"]
 
 
 def test_payload_times_are_utc_with_z(hooked_shop: tuple[Shop, int, int]) -> None:
@@ -393,3 +401,532 @@ def test_update_ids_come_from_the_column_s_own_sequence_named_directly(
         shop.jm, "SELECT update_id FROM job_status_updates WHERE source_id = 8000400"
     )
     assert drawn == shop.scalar(shop.jm, f"SELECT last_value FROM {sequence}") > before
+
+
+# ----- Standard Webhooks ------------------------------------------------------------------
+def attempts_of(shop: Shop, subscription_id: int) -> list[dict]:
+    return shop.rows(
+        shop.jm,
+        "SELECT a.*, o.delivery_id FROM webhook_attempts a JOIN webhook_outbox o"
+        " USING (outbox_id) WHERE o.subscription_id = :s ORDER BY a.attempt_id",
+        s=subscription_id,
+    )
+
+
+def test_webhook_id_is_the_delivery_s_on_every_retry_and_the_timestamp_the_attempt_s(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/std")
+    add_changes(shop, 8000500, 1)
+    receiver = Receiver()
+    receiver.answers = [500]
+    with receiver.up(port):
+        drain(shop)
+    first, second = receiver.received
+    (row,) = outbox(shop, hook)
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    assert first["headers"]["webhook-id"] == str(row["delivery_id"])
+    assert first["body"] == second["body"], "the same bytes are signed on every attempt"
+    now = time.time()
+    for request in receiver.received:
+        assert abs(int(request["headers"]["webhook-timestamp"]) - now) < 300
+        (signature,) = request["headers"]["webhook-signature"].split(" ")
+        assert signature.startswith("v1,")
+    # The signature covers id and timestamp: a replay with a changed id or time does not verify.
+    forged = dict(second["headers"], **{"webhook-id": "another-delivery"})
+    assert not standard_verified([SECRET], forged, second["body"])
+    stale = dict(second["headers"], **{"webhook-timestamp": str(int(now) - 3600)})
+    assert not standard_verified([SECRET], stale, second["body"])
+
+
+def test_a_rotated_secret_signs_beside_the_new_one_until_the_overlap_ends(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/rotating")
+    old, new = SECRET, new_secret()
+    with shop.jm.begin() as conn:
+        rotated = outbox_io.rotate_secret(conn, hook, new, overlap_seconds=3600)
+    assert rotated is not None and rotated["previous_secret_expires_at"] > rotated[
+        "secret_rotated_at"
+    ] + timedelta(seconds=3590)
+    add_changes(shop, 8000600, 1)
+    both = Receiver(secrets=[old, new])
+    with both.up(port):
+        drain(shop)
+    (during,) = both.received
+    assert len(during["headers"]["webhook-signature"].split(" ")) == 2
+    assert standard_verified([old], during["headers"], during["body"]), "old receivers verify"
+    assert standard_verified([new], during["headers"], during["body"]), "switched ones too"
+    assert legacy_verified(new, during["headers"], during["body"])
+    # The overlap ends: only the new secret signs.
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_subscriptions SET previous_secret_expires_at = now() - interval '1 s'"
+        " WHERE subscription_id = :s",
+        {"s": hook},
+    )
+    add_changes(shop, 8000610, 1)
+    switched = Receiver(secrets=[new])
+    with switched.up(port):
+        drain(shop)
+    (after,) = switched.received
+    assert len(after["headers"]["webhook-signature"].split(" ")) == 1
+    assert not standard_verified([old], after["headers"], after["body"])
+    # A second rotation within an overlap ends the oldest secret at once: two sign, at most.
+    newest = new_secret()
+    with shop.jm.begin() as conn:
+        outbox_io.rotate_secret(conn, hook, new_secret(), overlap_seconds=3600)
+        outbox_io.rotate_secret(conn, hook, newest, overlap_seconds=3600)
+    add_changes(shop, 8000620, 1)
+    with shop.jm.connect() as conn:
+        (due,) = outbox_io.due_deliveries(conn, hook, 10)
+    assert due.secrets[0] == newest and len(due.secrets) == 2 and new not in due.secrets
+
+
+def test_the_default_retry_horizon_is_at_least_a_day() -> None:
+    """An MIS down overnight still gets its deliveries: the waits between the attempts of the
+    documented defaults (resource and settings alike) add up to more than 24 hours."""
+    documented = {name: field.default for name, field in Settings.model_fields.items()}
+    configured = WebhookDelivery(
+        max_attempts=documented["webhook_max_attempts"],
+        backoff_seconds=documented["webhook_backoff_seconds"],
+        backoff_max_seconds=documented["webhook_backoff_max_seconds"],
+    )
+    for delivery in (WebhookDelivery(), configured):
+        waits = [delivery.backoff(n) for n in range(1, delivery.max_attempts)]
+        assert waits == sorted(waits) and waits[0] == delivery.backoff_seconds
+        assert sum(waits) >= 24 * 3600, sum(waits) / 3600
+        assert delivery.horizon_seconds() == sum(waits)
+
+
+def next_attempt_in(shop: Shop, subscription_id: int) -> list[float]:
+    return [
+        r["s"]
+        for r in shop.rows(
+            shop.jm,
+            "SELECT extract(epoch FROM next_attempt_at - now())::float AS s FROM webhook_outbox"
+            " WHERE subscription_id = :s AND state = 'pending' ORDER BY outbox_id",
+            s=subscription_id,
+        )
+    ]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_in_seconds_or_as_a_date_postpones_the_whole_subscription(
+    hooked_shop: tuple[Shop, int, int], port: int, status: int
+) -> None:
+    shop, _, _ = hooked_shop
+    (busy,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/busy")
+    add_changes(shop, 8000700 + status * 10, 3)
+    in_an_hour = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    for retry_after, expected in (("120", 120), (in_an_hour, 3600)):
+        receiver = Receiver()
+        receiver.answers = [(status, {"Retry-After": retry_after})]
+        with receiver.up(port):
+            report = deliver_due(shop.jm, FAST)  # a backoff of 1 ms: only Retry-After waits
+        assert len(receiver.received) == 1 and report.failed_attempts == 1
+        waits = next_attempt_in(shop, busy)
+        assert len(waits) == 3
+        assert all(expected - 60 < w <= expected + 1 for w in waits), waits
+        assert f"HTTP {status}, Retry-After" in attempts_of(shop, busy)[-1]["error"]
+        shop.execute(shop.jm, "UPDATE webhook_outbox SET next_attempt_at = now()")
+    receiver = Receiver()
+    with receiver.up(port):
+        drain(shop)
+    assert {r["state"] for r in outbox(shop, busy)} == {"delivered"}
+
+
+def test_410_gone_disables_the_subscription_and_the_listing_says_so(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    gone, other = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/gone", f"http://127.0.0.1:{port}/other"
+    )
+    add_changes(shop, 8000800, 2)
+    receiver = Receiver()
+    receiver.answers_for["/gone"] = [410]
+    with receiver.up(port):
+        report = deliver_due(shop.jm, FAST)
+        assert [r["path"] for r in receiver.received if r["status"] == 410] == ["/gone"]
+        assert len(report.disabled) == 1 and "/gone" in report.disabled[0]
+        # Changes that land afterwards are not owed to it at all (0017's enqueue trigger).
+        add_changes(shop, 8000810, 2)
+        drain(shop)
+    assert [r["path"] for r in receiver.received].count("/gone") == 1
+    assert {r["state"] for r in outbox(shop, other)} == {"delivered"}
+    gave_up = outbox(shop, gone)
+    assert len(gave_up) == 2 and {r["state"] for r in gave_up} == {"failed"}
+    assert all("410 Gone" in r["last_error"] for r in gave_up)
+    with shop.jm.connect() as conn:
+        listed = {
+            s["id"]: WebhookState.model_validate(s) for s in outbox_io.list_subscriptions(conn)
+        }
+    assert listed[gone].disabled_at is not None
+    assert "410 Gone" in (listed[gone].disabled_reason or "")
+    assert listed[gone].pending == 0 and listed[gone].failed == 2
+    assert listed[other].disabled_at is None and listed[other].delivered == 4
+
+
+# ----- targets ----------------------------------------------------------------------------
+def test_a_private_target_is_refused_at_delivery_time_and_nothing_is_sent(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """DNS may change after a subscription was accepted: the address is checked again when
+    connecting, and the refusal is a failed attempt (recorded), not a POST."""
+    shop, _, _ = hooked_shop
+    loopback, named = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/direct", f"http://localhost:{port}/named"
+    )
+    add_changes(shop, 8000900, 1)
+    receiver = Receiver()
+    with receiver.up(port):
+        report = deliver_due(shop.jm, WebhookDelivery(backoff_seconds=3600, timeout_seconds=2))
+    assert receiver.received == []
+    assert report.delivered == 0 and report.failed_attempts == 2
+    for subscription_id in (loopback, named):
+        (attempt,) = attempts_of(shop, subscription_id)
+        assert attempt["status_code"] is None
+        assert "refused target" in attempt["error"] and "loopback" in attempt["error"]
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth_and_never_shown(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    password = "pa55-w0rd-xyz"
+    down_port = free_port()
+    good, down = only_subscriptions(
+        shop,
+        f"http://mis:{password}@127.0.0.1:{port}/auth",
+        f"http://mis:{password}@127.0.0.1:{down_port}/auth",
+    )
+    add_changes(shop, 8001000, 1)
+    receiver = Receiver()
+    warnings: list[str] = []
+
+    class Log:
+        def warning(self, message: str) -> None:
+            warnings.append(message)
+
+    with receiver.up(port):
+        report = deliver_due(
+            shop.jm, WebhookDelivery(timeout_seconds=2, allow_private=True), log=Log()
+        )  # type: ignore[arg-type]
+    (request,) = receiver.received
+    assert request["headers"]["Authorization"] == "Basic bWlzOnBhNTUtdzByZC14eXo="
+    assert report.failed_attempts == 1 and warnings
+    assert all(password not in w and "***@127.0.0.1" in w for w in warnings)
+    with shop.jm.connect() as conn:
+        listed = [
+            WebhookState.model_validate(s).model_dump(mode="json")
+            for s in outbox_io.list_subscriptions(conn)
+        ]
+    shown = json.dumps([attempts_of(shop, down), outbox(shop, down), listed], default=str)
+    assert password not in shown
+    assert f"http://***@127.0.0.1:{port}/auth" in shown
+
+
+# ----- deliveries no receiver can hold up or blow up ---------------------------------------
+class Trickler(Receiver):
+    """Answers one byte every 0.1 s: a whole answer would take about 20 s."""
+
+    def respond(self, handler: BaseHTTPRequestHandler, status: int, headers: dict) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 150\r\n\r\n" + b"x" * 150
+        with suppress(OSError):  # the deliverer hangs up: what we expect
+            for byte in answer:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.1)
+        handler.close_connection = True
+
+
+class Huge(Receiver):
+    """Answers 200 with a 1 GiB body, written as fast as the connection takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.done = threading.Event()
+
+    def respond(self, handler: BaseHTTPRequestHandler, status: int, headers: dict) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(2**30))
+        handler.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while self.written < 2**30:
+                handler.wfile.write(chunk)
+                self.written += len(chunk)
+        except OSError:
+            pass
+        finally:
+            handler.close_connection = True
+            self.done.set()
+
+
+class Holder(Receiver):
+    """Answers the first ``answered`` POSTs, takes the next, then answers only once released
+    (or after 60 s)."""
+
+    def __init__(self, answered: int = 0) -> None:
+        super().__init__()
+        self.answered = answered
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def respond(self, handler: BaseHTTPRequestHandler, status: int, headers: dict) -> None:
+        if len(self.received) > self.answered:
+            self.holding.set()
+            self.release.wait(60)
+        with suppress(OSError):
+            super().respond(handler, status, headers)
+
+
+def test_a_trickling_receiver_is_cut_at_the_attempt_s_deadline(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """httpx's timeout is per read: one byte every 0.1 s never trips it. The attempt's
+    deadline is wall-clock, for the whole attempt."""
+    shop, _, _ = hooked_shop
+    (trickled,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/trickle")
+    add_changes(shop, 8001100, 1)
+    receiver = Trickler()
+    settings = WebhookDelivery(timeout_seconds=1, backoff_seconds=3600, allow_private=True)
+    with receiver.up(port):
+        report = deliver_due(shop.jm, settings)
+    assert report.failed_attempts == 1 and report.delivered == 0
+    (attempt,) = attempts_of(shop, trickled)
+    assert attempt["status_code"] is None
+    assert "Timeout" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
+    # Generous: the whole answer would take 20 s.
+    assert attempt["duration_ms"] < 8000, attempt["duration_ms"]
+
+
+def test_a_huge_answer_is_not_read(hooked_shop: tuple[Shop, int, int], port: int) -> None:
+    shop, _, _ = hooked_shop
+    (huge,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/huge")
+    add_changes(shop, 8001200, 1)
+    receiver = Huge()
+    with receiver.up(port):
+        report = deliver_due(shop.jm, FAST)
+        assert receiver.done.wait(60), "the receiver is still writing: someone reads it all"
+    assert report.delivered == 1 and {r["state"] for r in outbox(shop, huge)} == {"delivered"}
+    # What the kernel's buffers took before the deliverer hung up, not the gigabyte.
+    assert receiver.written < 64 * 2**20, receiver.written
+
+
+def test_a_held_or_down_receiver_costs_the_others_nothing_and_counts_are_current(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """While one receiver holds its attempt and another is down, the good one gets every
+    delivery, each recorded as it is made (what GET /api/webhooks counts)."""
+    shop, _, _ = hooked_shop
+    held_port, down_port = free_port(), free_port()
+    held, down, good = only_subscriptions(
+        shop,
+        f"http://127.0.0.1:{held_port}/held",
+        f"http://127.0.0.1:{down_port}/down",
+        f"http://127.0.0.1:{port}/good",
+    )
+    jobs = 12
+    add_changes(shop, 8001300, jobs)
+    holder, receiver = Holder(), Receiver()
+    settings = WebhookDelivery(timeout_seconds=60, backoff_seconds=3600, allow_private=True)
+    with holder.up(held_port), receiver.up(port):
+        reports: list = []
+        run = threading.Thread(target=lambda: reports.append(deliver_due(shop.jm, settings)))
+        run.start()
+        try:
+            assert holder.holding.wait(30)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with shop.jm.connect() as conn:
+                    counts = {s["id"]: s for s in outbox_io.list_subscriptions(conn)}
+                if counts[good]["delivered"] == jobs:
+                    break
+                time.sleep(0.1)
+            assert counts[good]["delivered"] == jobs, "the good receiver got everything"
+            assert counts[down]["failed"] == 0 and counts[down]["pending"] == jobs
+            # Nothing is given up yet, but the listing shows the down receiver failing.
+            assert counts[down]["last_attempt_status"] is None
+            assert "ConnectError" in counts[down]["last_attempt_error"]
+            assert counts[good]["last_attempt_status"] == 200
+            assert counts[good]["last_attempt_error"] is None
+            assert counts[held]["last_attempt_at"] is None, "its first attempt is still held"
+            assert len(attempts_of(shop, down)) == 1, "the down one failed once, then rests"
+            assert run.is_alive() and attempts_of(shop, held) == [], "still held, meanwhile"
+        finally:
+            holder.release.set()
+            run.join(120)
+    assert not run.is_alive()
+    # Released, the held receiver answers, and gets the rest in the same run.
+    assert reports[0].delivered == 2 * jobs
+    assert len(receiver.accepted()) == jobs
+    assert [r["status_code"] for r in attempts_of(shop, held)] == [200] * jobs
+
+
+def test_the_run_s_deadline_holds_inside_an_attempt(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    shop, _, _ = hooked_shop
+    held_port = free_port()
+    (held,) = only_subscriptions(shop, f"http://127.0.0.1:{held_port}/held")
+    add_changes(shop, 8001400, 1)
+    holder = Holder()
+    settings = WebhookDelivery(
+        timeout_seconds=600, run_seconds=1, backoff_seconds=3600, allow_private=True
+    )
+    with holder.up(held_port):
+        try:
+            started = time.monotonic()
+            report = deliver_due(shop.jm, settings)
+            took = time.monotonic() - started
+        finally:
+            holder.release.set()
+    assert holder.holding.is_set() and report.failed_attempts == 1
+    assert took < 30, took  # generous: the attempt's own timeout is 600 s
+    (attempt,) = attempts_of(shop, held)
+    assert attempt["status_code"] is None
+    assert "Timeout" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
+
+
+def test_a_tls_handshake_trickled_a_byte_at_a_time_is_cut_at_the_deadline(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    """A handshake is many reads in one operation: it too ends at the attempt's deadline."""
+    shop, _, _ = hooked_shop
+    listener = socket.create_server(("127.0.0.1", 0))
+    tls_port = listener.getsockname()[1]
+    (trickled,) = only_subscriptions(shop, f"https://127.0.0.1:{tls_port}/tls")
+    add_changes(shop, 8001500, 1)
+    stop = threading.Event()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn, suppress(OSError):
+            # A TLS handshake record announcing 16 KiB, then one byte every 0.1 s (~30 min).
+            conn.sendall(b"\x16\x03\x03\x40\x00")
+            while not stop.wait(0.1):
+                conn.sendall(b"\x00")
+
+    server = threading.Thread(target=serve_one, daemon=True)
+    server.start()
+    settings = WebhookDelivery(timeout_seconds=1, backoff_seconds=3600, allow_private=True)
+    try:
+        report = deliver_due(shop.jm, settings)
+    finally:
+        stop.set()
+        listener.close()
+    assert report.failed_attempts == 1
+    (attempt,) = attempts_of(shop, trickled)
+    assert "timed out" in attempt["error"] or "deadline" in attempt["error"], attempt["error"]
+    assert attempt["duration_ms"] < 8000, attempt["duration_ms"]
+
+
+def test_each_attempt_is_recorded_as_it_ends_not_when_the_subscription_s_turn_ends(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    shop, _, _ = hooked_shop
+    held_port = free_port()
+    (held,) = only_subscriptions(shop, f"http://127.0.0.1:{held_port}/held")
+    add_changes(shop, 8001600, 5)
+    holder = Holder(answered=3)
+    settings = WebhookDelivery(timeout_seconds=60, backoff_seconds=3600, allow_private=True)
+    with holder.up(held_port):
+        run = threading.Thread(target=deliver_due, args=(shop.jm, settings))
+        run.start()
+        try:
+            assert holder.holding.wait(30), "the fourth delivery is being held"
+            with shop.jm.connect() as conn:
+                (listed,) = outbox_io.list_subscriptions(conn)
+            assert (listed["id"], listed["delivered"], listed["pending"]) == (held, 3, 2)
+        finally:
+            holder.release.set()
+            run.join(120)
+    assert {r["state"] for r in outbox(shop, held)} == {"delivered"}
+
+
+def test_the_deliverer_takes_its_settings_and_refuses_private_targets_by_default() -> None:
+    for allow in (False, True):
+        settings = Settings(webhook_allow_private=allow, webhook_timeout_seconds=3)
+        defs = definitions_from_settings(settings, "postgresql://jm", "postgresql://logs")
+        webhooks = defs.resources["webhooks"]
+        assert (webhooks.allow_private, webhooks.timeout_seconds) == (allow, 3)
+    assert WebhookDelivery().allow_private is False
+    assert Settings.model_fields["webhook_allow_private"].default is False
+
+
+def test_when_the_run_fails_the_other_workers_stop_after_their_attempt(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """A worker that cannot record (the database refuses) fails the run; the others do not go
+    on delivering for the rest of the run's time, unrecorded."""
+    shop, _, _ = hooked_shop
+    held_port = free_port()
+    broken, held = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/broken", f"http://127.0.0.1:{held_port}/held"
+    )
+    add_changes(shop, 8001700, 4)
+    shop.execute(
+        shop.jm,
+        "CREATE FUNCTION test_refuse_attempts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF (SELECT subscription_id FROM webhook_outbox WHERE outbox_id = NEW.outbox_id)"
+        f" = {broken} THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER refuse_attempts BEFORE INSERT ON webhook_attempts"
+        " FOR EACH ROW EXECUTE FUNCTION test_refuse_attempts()",
+    )
+    holder, receiver = Holder(), Receiver()
+    settings = WebhookDelivery(timeout_seconds=60, backoff_seconds=3600, allow_private=True)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            deliver_due(shop.jm, settings)
+        except Exception as error:  # noqa: BLE001 - what the test looks at
+            failures.append(error)
+
+    try:
+        with holder.up(held_port), receiver.up(port):
+            delivering = threading.Thread(target=run)
+            delivering.start()
+            assert holder.holding.wait(30)
+            deadline = time.monotonic() + 30
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(3)  # generous: the broken worker fails and the run sets its stop
+            holder.release.set()
+            delivering.join(120)
+    finally:
+        shop.execute(
+            shop.jm,
+            "DROP TRIGGER refuse_attempts ON webhook_attempts; DROP FUNCTION test_refuse_attempts()",
+        )
+    assert not delivering.is_alive()
+    assert failures and "refused by the test" in str(failures[0])
+    assert len(holder.received) == 1, "the held subscription's worker stopped after its attempt"
+    assert len(attempts_of(shop, held)) == 1
+
+
+def test_a_4xx_holds_back_that_delivery_alone_an_unavailable_receiver_all_of_them(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    shop, _, _ = hooked_shop
+    refusing, failing = only_subscriptions(
+        shop, f"http://127.0.0.1:{port}/refusing", f"http://127.0.0.1:{port}/failing"
+    )
+    add_changes(shop, 8001800, 3)
+    receiver = Receiver()
+    receiver.answers_for = {"/refusing": [400], "/failing": [500]}
+    settings = WebhookDelivery(backoff_seconds=600, timeout_seconds=2, allow_private=True)
+    with receiver.up(port):
+        deliver_due(shop.jm, settings)
+    # The receiver is up and said no to one delivery: the others go on.
+    assert [r["state"] for r in outbox(shop, refusing)] == ["pending", "delivered", "delivered"]
+    assert len(next_attempt_in(shop, refusing)) == 1
+    # A 5xx: the receiver is taken as unavailable; all its deliveries wait the backoff.
+    assert [r["status"] for r in receiver.received if r["path"] == "/failing"] == [500]
+    waits = next_attempt_in(shop, failing)
+    assert len(waits) == 3 and all(500 < w <= 601 for w in waits), waits

@@ -227,8 +227,11 @@ def natural_key(text: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
     return key, text
 
 
-def version_sort_key(tag: str) -> tuple[int, int, str]:
-    """Numbers compare numerically and sort below non-numeric tags, which compare as text (R12)."""
+def version_sort_key(tag: str | None) -> tuple[int, int, str]:
+    """Numbers compare numerically and sort below non-numeric tags, which compare as text (R12).
+    A row of the shop's with no version tag (NULL) sorts first: the read side shows it, R20."""
+    if tag is None:
+        return (-1, 0, "")
     if _NUMERIC.match(tag):
         return (0, int(tag), "")
     return (1, 0, tag)

@@ -2,13 +2,12 @@
 
 The outbox rows themselves are written by the audit's own statements, in the writer's jobmanager
 transaction (R18; triggers in sql/jobmanager/0013_integration.sql): a status change is owed to a
-receiver exactly when it committed. This module reads what is due and records each attempt,
-set-based: one query picks the due deliveries, one statement records a batch of outcomes.
+receiver exactly when it committed. This module reads what is due, one subscription at a time,
+and records each attempt as it happens (one statement by primary key).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,20 +24,23 @@ class Due:
     update_id: int
     subscription_id: int
     url: str
-    secret: str
+    # The secrets that sign it, the newest first: two during a rotation's overlap.
+    secrets: tuple[str, ...]
     body: bytes
     attempts: int
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One attempt's result; ``status_code`` None when no answer came (refused, timed out)."""
+    """One attempt's result; ``status_code`` None when no answer came (refused, timed out).
+    ``retry_in``: seconds until the next attempt when this one failed."""
 
     outbox_id: int
     ok: bool
     status_code: int | None
     error: str | None
     duration_ms: int
+    retry_in: float = 0.0
 
 
 def create_subscription(
@@ -58,9 +60,14 @@ def create_subscription(
     )
 
 
-# What the API shows of a subscription: never its secret.
+# What the API shows of a subscription: never its secrets (nor, once the API redacts it, the
+# URL's credentials).
 _SUBSCRIPTION_VIEW = (
     "SELECT s.subscription_id AS id, s.url, s.operations, s.created_at,"
+    " s.disabled_at, s.disabled_reason, s.secret_rotated_at,"
+    " s.last_attempt_at, s.last_attempt_status, s.last_attempt_error,"
+    " CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret_expires_at END"
+    "   AS previous_secret_expires_at,"
     " count(*) FILTER (WHERE o.state = 'pending') AS pending,"
     " count(*) FILTER (WHERE o.state = 'delivered') AS delivered,"
     " count(*) FILTER (WHERE o.state = 'failed') AS failed,"
@@ -96,27 +103,110 @@ def delete_subscription(conn: sa.Connection, subscription_id: int) -> bool:
     return deleted > 0
 
 
-# Only the head of each (subscription, job) queue may go: a job's changes arrive in order. At
-# most :per_subscription heads of one subscription per pass, taken in turns (every
-# subscription's first, then every second...), so one subscriber's backlog cannot fill a pass.
-DUE_SQL = sa.text("""
-    SELECT d.outbox_id, d.delivery_id::text AS delivery_id, d.update_id, d.subscription_id,
-           s.url, s.secret, jobstatus_delivery_body(d.o)::text AS body, d.attempts
-    FROM (SELECT h.*, row_number() OVER (PARTITION BY h.subscription_id
-                                         ORDER BY h.outbox_id) AS turn
-          FROM (SELECT DISTINCT ON (subscription_id, job_id) outbox_id, delivery_id,
-                       subscription_id, update_id, attempts, next_attempt_at, o
-                FROM webhook_outbox o WHERE state = 'pending'
-                ORDER BY subscription_id, job_id, outbox_id) h
-          WHERE h.next_attempt_at <= now()) d
+def rotate_secret(
+    conn: sa.Connection, subscription_id: int, new_secret: str, overlap_seconds: float
+) -> dict[str, Any] | None:
+    """The new secret signs from now on; the replaced one signs beside it for
+    ``overlap_seconds``. A secret replaced before (a second rotation within the overlap) stops
+    at once: at most two secrets sign. None for an unknown or deleted subscription."""
+    row = (
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_subscriptions SET previous_secret = secret, secret = :secret,"
+                " secret_rotated_at = now(),"
+                " previous_secret_expires_at = now() + make_interval(secs => :overlap)"
+                " WHERE subscription_id = :id AND deleted_at IS NULL"
+                " RETURNING subscription_id AS id, secret_rotated_at,"
+                " previous_secret_expires_at"
+            ),
+            {"id": subscription_id, "secret": new_secret, "overlap": overlap_seconds},
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return None if row is None else dict(row)
+
+
+def disable_subscription(conn: sa.Connection, subscription_id: int, reason: str) -> None:
+    """The receiver ended it (410 Gone): no more attempts; its pending deliveries are given up
+    with the reason. It stays listed, saying so."""
+    conn.execute(
+        sa.text(
+            "UPDATE webhook_subscriptions SET disabled_at = now(), disabled_reason = :reason"
+            " WHERE subscription_id = :id AND disabled_at IS NULL"
+        ),
+        {"id": subscription_id, "reason": reason},
+    )
+    give_up_disabled(conn, subscription_id)
+
+
+def give_up_disabled(conn: sa.Connection, subscription_id: int | None = None) -> int:
+    """Pending deliveries of disabled subscriptions (changes that landed after it was disabled
+    too) are given up, naming why."""
+    return conn.execute(
+        sa.text(
+            "UPDATE webhook_outbox o SET state = 'failed', finished_at = now(),"
+            " last_error = 'subscription disabled: ' || s.disabled_reason"
+            " FROM webhook_subscriptions s"
+            " WHERE o.subscription_id = s.subscription_id AND o.state = 'pending'"
+            " AND s.disabled_at IS NOT NULL"
+            " AND (CAST(:id AS bigint) IS NULL OR s.subscription_id = :id)"
+        ),
+        {"id": subscription_id},
+    ).rowcount
+
+
+def postpone_subscription(conn: sa.Connection, subscription_id: int, seconds: float) -> None:
+    """None of the subscription's pending deliveries is attempted in the next ``seconds`` (its
+    receiver is unavailable, or asked for that long with Retry-After)."""
+    conn.execute(
+        sa.text(
+            "UPDATE webhook_outbox SET next_attempt_at = greatest(next_attempt_at,"
+            " now() + make_interval(secs => :seconds))"
+            " WHERE subscription_id = :id AND state = 'pending'"
+        ),
+        {"id": subscription_id, "seconds": seconds},
+    )
+
+
+# The heads of the (subscription, job) queues: only the oldest pending delivery of a job may
+# go, so a job's changes arrive in order; a head still waiting its backoff holds its job back.
+# Disabled and deleted subscriptions are never called.
+SUBSCRIPTIONS_DUE_SQL = sa.text("""
+    SELECT DISTINCT h.subscription_id
+    FROM (SELECT DISTINCT ON (subscription_id, job_id) subscription_id, next_attempt_at
+          FROM webhook_outbox WHERE state = 'pending'
+          ORDER BY subscription_id, job_id, outbox_id) h
     JOIN webhook_subscriptions s USING (subscription_id)
-    WHERE d.turn <= :per_subscription
-    ORDER BY d.turn, d.outbox_id
+    WHERE h.next_attempt_at <= now() AND s.disabled_at IS NULL AND s.deleted_at IS NULL
+    ORDER BY h.subscription_id
+""")
+
+DUE_SQL = sa.text("""
+    SELECT h.outbox_id, h.delivery_id::text AS delivery_id, h.update_id, h.subscription_id,
+           s.url, s.secret,
+           CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END
+               AS previous_secret,
+           jobstatus_delivery_body(h.o)::text AS body, h.attempts
+    FROM (SELECT DISTINCT ON (job_id) outbox_id, delivery_id, subscription_id, update_id,
+                 attempts, next_attempt_at, o
+          FROM webhook_outbox o WHERE state = 'pending' AND subscription_id = :subscription_id
+          ORDER BY job_id, outbox_id) h
+    JOIN webhook_subscriptions s USING (subscription_id)
+    WHERE h.next_attempt_at <= now() AND s.disabled_at IS NULL AND s.deleted_at IS NULL
+    ORDER BY h.outbox_id
     LIMIT :limit
 """)
 
 
-def due_deliveries(conn: sa.Connection, limit: int, per_subscription: int) -> list[Due]:
+def subscriptions_due(conn: sa.Connection) -> list[int]:
+    """The subscriptions with a delivery due now (disabled and deleted ones are not called)."""
+    return list(conn.execute(SUBSCRIPTIONS_DUE_SQL).scalars())
+
+
+def due_deliveries(conn: sa.Connection, subscription_id: int, limit: int) -> list[Due]:
+    """One subscription's due deliveries, oldest first."""
+    rows = conn.execute(DUE_SQL, {"subscription_id": subscription_id, "limit": limit})
     return [
         Due(
             row.outbox_id,
@@ -124,76 +214,58 @@ def due_deliveries(conn: sa.Connection, limit: int, per_subscription: int) -> li
             row.update_id,
             row.subscription_id,
             row.url,
-            row.secret,
+            (row.secret,) if row.previous_secret is None else (row.secret, row.previous_secret),
             # The body is signed byte for byte; jsonb's text form is canonical and stable.
             row.body.encode(),
             row.attempts,
         )
-        for row in conn.execute(DUE_SQL, {"limit": limit, "per_subscription": per_subscription})
+        for row in rows
     ]
 
 
+# One attempt, by primary key (a join with a recordset of outcomes would let the planner scan
+# the whole outbox, which keeps every delivery, for each attempt).
 RECORD_SQL = sa.text("""
-    WITH o AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
-            AS t(outbox_id bigint, ok boolean, status_code integer, error text,
-                 duration_ms integer)
-    ), updated AS (
-        UPDATE webhook_outbox w SET
-            attempts = w.attempts + 1,
-            state = CASE WHEN o.ok THEN 'delivered'
-                         WHEN w.attempts + 1 >= :max_attempts THEN 'failed'
+    WITH updated AS (
+        UPDATE webhook_outbox SET
+            attempts = attempts + 1,
+            state = CASE WHEN :ok THEN 'delivered'
+                         WHEN attempts + 1 >= :max_attempts THEN 'failed'
                          ELSE 'pending' END,
-            finished_at = CASE WHEN o.ok OR w.attempts + 1 >= :max_attempts THEN now() END,
-            last_error = CASE WHEN o.ok THEN NULL
-                              WHEN w.attempts + 1 >= :max_attempts
-                              THEN 'gave up after ' || (w.attempts + 1) || ' attempts: '
-                                   || o.error
-                              ELSE o.error END,
-            next_attempt_at = now() + make_interval(secs => least(
-                CAST(:backoff_max AS double precision),
-                CAST(:backoff AS double precision) * power(2, w.attempts)))
-        FROM o WHERE w.outbox_id = o.outbox_id AND w.state = 'pending'
-        RETURNING w.outbox_id, w.attempts
+            finished_at = CASE WHEN :ok OR attempts + 1 >= :max_attempts THEN now() END,
+            last_error = CASE WHEN :ok THEN NULL
+                              WHEN attempts + 1 >= :max_attempts
+                              THEN 'gave up after ' || (attempts + 1) || ' attempts: '
+                                   || CAST(:error AS text)
+                              ELSE CAST(:error AS text) END,
+            next_attempt_at = now() + make_interval(secs => :retry_in)
+        WHERE outbox_id = :outbox_id AND state = 'pending'
+        RETURNING outbox_id, attempts, subscription_id
+    ), latest AS (
+        UPDATE webhook_subscriptions s SET last_attempt_at = now(),
+            last_attempt_status = :status_code, last_attempt_error = :error
+        FROM updated u WHERE s.subscription_id = u.subscription_id
     )
     INSERT INTO webhook_attempts (outbox_id, attempt, status_code, error, duration_ms, run_id)
-    SELECT u.outbox_id, u.attempts, o.status_code, o.error, o.duration_ms, :run_id
-    FROM updated u JOIN o USING (outbox_id)
+    SELECT outbox_id, attempts, :status_code, :error, :duration_ms, :run_id FROM updated
 """)
 
 
-def record_outcomes(
-    conn: sa.Connection,
-    outcomes: list[Outcome],
-    *,
-    max_attempts: int,
-    backoff_seconds: float,
-    backoff_max_seconds: float,
-    run_id: str | None,
+def record_outcome(
+    conn: sa.Connection, outcome: Outcome, *, max_attempts: int, run_id: str | None
 ) -> None:
-    """Every attempt is kept; a failed one is retried after an exponential backoff, until
-    ``max_attempts``, then given up with the reason."""
-    if not outcomes:
-        return
-    payload = json.dumps(
-        [
-            {
-                "outbox_id": o.outbox_id,
-                "ok": o.ok,
-                "status_code": o.status_code,
-                "error": o.error,
-                "duration_ms": o.duration_ms,
-            }
-            for o in outcomes
-        ]
-    )
+    """Every attempt is kept (and the subscription's latest shown on it); a failed one is
+    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason."""
     conn.execute(
         RECORD_SQL,
         {
-            "outcomes": payload,
+            "outbox_id": outcome.outbox_id,
+            "ok": outcome.ok,
+            "status_code": outcome.status_code,
+            "error": outcome.error,
+            "duration_ms": outcome.duration_ms,
+            "retry_in": outcome.retry_in,
             "max_attempts": max_attempts,
-            "backoff": backoff_seconds,
-            "backoff_max": backoff_max_seconds,
             "run_id": run_id,
         },
     )

@@ -311,6 +311,19 @@ def read_marker(conn: sa.Connection, source_type: str) -> int:
     return int(value or 0)
 
 
+def rows_past_marker(conn: sa.Connection, source_type: str, cap: int) -> int:
+    """Rows past the source's marker, counted up to ``cap`` (an index range scan, however far
+    behind): what the marker check and the alert compare with JOBSTATUS_MAX_MARKER_LAG."""
+    src = source_named(source_type)
+    return conn.execute(
+        composed(
+            "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {m} > :marker LIMIT :cap) x",
+            **_parts(src),
+        ),
+        {"marker": read_marker(conn, source_type), "cap": cap},
+    ).scalar_one()
+
+
 # R22b: the markers a backfill covers are those of the rows there now and of the rows processed
 # there (a row the shop deleted or moved since is withdrawn by a window over its old marker).
 _MARKERS_IN_RANGE = """(SELECT {m} AS marker FROM {table} WHERE {m} > :lo AND {m} <= :hi

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from jobstatus_dagster.core.identifiers import file_id_sql_patterns
 from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
 from jobstatus_dagster.io.compose import Identifier, composed, trimmed
-from jobstatus_dagster.io.sources import load_operation_codes, read_marker
+from jobstatus_dagster.io.sources import load_operation_codes, rows_past_marker
 from jobstatus_dagster.pipeline.assets import (
     FILE_MAPPING,
     JOBS_OPERATIONS,
@@ -104,15 +104,7 @@ def markers_keep_up(
     lag = {}
     with jobmanager.engine.connect() as conn:
         for src in SOURCES:
-            marker = read_marker(conn, src.name)
-            lag[src.name] = conn.execute(
-                composed(
-                    "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {marker} > :m LIMIT :cap) x",
-                    table=Identifier(src.table_name),
-                    marker=Identifier(src.marker_column),
-                ),
-                {"m": marker, "cap": limit + 1},
-            ).scalar_one()
+            lag[src.name] = rows_past_marker(conn, src.name, limit + 1)
     return dg.AssetCheckResult(
         passed=all(v <= limit for v in lag.values()),
         severity=dg.AssetCheckSeverity.WARN,

@@ -49,6 +49,8 @@ class SensorCursor:
     requested_up_to: int | None = None  # the highest window end queued or running
     waiting_runs: int = 0  # runs of the source queued or running after this look
     sweep_after: list[int] | None = None  # (marker, id) the history walk goes on after
+    # The backlog's state last shown on the source table's asset (``backlog_state``).
+    observed: dict[str, int] | None = None
 
     @classmethod
     def parse(cls, cursor: str | None) -> "SensorCursor":
@@ -62,6 +64,7 @@ class SensorCursor:
                 requested_up_to=_opt_int(data.get("requested_up_to")),
                 waiting_runs=int(data.get("waiting_runs", 0)),
                 sweep_after=None if sweep is None else [int(sweep[0]), int(sweep[1])],
+                observed=_observed(data.get("observed")),
             )
         except (ValueError, TypeError, AttributeError, IndexError, KeyError):
             return cls()
@@ -76,6 +79,51 @@ class SensorCursor:
 
 def _opt_int(value: object) -> int | None:
     return None if value is None else int(str(value))
+
+
+def _observed(value: object) -> dict[str, int] | None:
+    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else None
+
+
+BEHIND = ("caught up", "less than one window behind", "one window or more behind")
+
+
+def backlog_state(backlog: Backlog, chunk_size: int, partition_width: int) -> dict[str, int]:
+    """The backlog in coarse terms, compared from look to look: how far behind (by class, not by
+    row), whether late rows or due retries wait, and which marker range the marker is in. In a
+    working shop the exact figures change at nearly every look; these change a few times a day,
+    so the observations they trigger stay few (a runless event is never deleted with a run)."""
+    rows = backlog.next_rows
+    return {
+        "behind": 0 if rows == 0 else 1 if rows < chunk_size else 2,
+        "late_rows": int(backlog.late_rows > 0),
+        "retries_due": int(backlog.due_retries > 0),
+        "marker_range": backlog.marker // partition_width,
+    }
+
+
+def backlog_observation(
+    source_type: str,
+    backlog: Backlog,
+    chunk_size: int,
+    state: dict[str, int],
+    previous: dict[str, int] | None,
+) -> list[dg.AssetObservation]:
+    """An observation of the source table, with the exact figures, when its backlog's state
+    differs from the one last shown; none otherwise, so a quiet shop's looks add nothing."""
+    if state == previous:
+        return []
+    table = dg.AssetKey(list(source_named(source_type).table_path))
+    metadata = {
+        "backlog": BEHIND[state["behind"]],
+        "marker": backlog.marker,
+        # Counted up to one window (a cheap look): "at least" once it reaches chunk_size.
+        "rows_past_marker": backlog.next_rows,
+        "rows_past_marker_counted_up_to": chunk_size,
+        "late_rows_below_marker": backlog.late_rows,
+        "failures_due_for_retry": backlog.due_retries,
+    }
+    return [dg.AssetObservation(asset_key=table, metadata=metadata)]
 
 
 def _run_key(planned: PlannedRun, finished: int) -> str:
@@ -146,16 +194,23 @@ def look(
     # A slice holding never-processed rows is looked at again until a run has processed them.
     sweep_after = backlog.sweep.start if backlog.swept_rows else backlog.sweep.end
     ends = [p.to_marker for p in planned] + [in_flight.windows_end or backlog.marker]
+    state = backlog_state(backlog, settings.chunk_size, settings.partition_width)
+    observations = backlog_observation(
+        source_type, backlog, settings.chunk_size, state, cursor.observed
+    )
     cursor = SensorCursor(
         marker_seen=backlog.marker,
         looked_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         requested_up_to=max(ends),
         waiting_runs=in_flight.runs + len(planned),
         sweep_after=None if sweep_after is None else list(sweep_after),
+        observed=state,
     )
     if not requests:
         return dg.SensorResult(
-            skip_reason=_nothing_to_do(source_type, backlog, in_flight), cursor=cursor.dumps()
+            skip_reason=_nothing_to_do(source_type, backlog, in_flight),
+            cursor=cursor.dumps(),
+            asset_events=observations,
         )
     partitions = source_named(source_type).partitions
     keys = sorted({p.partition_key for p in planned})
@@ -164,6 +219,7 @@ def look(
         run_requests=requests,
         cursor=cursor.dumps(),
         dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],
+        asset_events=observations,
     )
 
 

@@ -1,0 +1,435 @@
+"""Alerts: someone is told when a run fails, an ERROR check fails, or a source falls behind.
+
+One sensor looks at three kinds of sign each tick and keeps one incident per subject in
+``alert_incidents`` (io/incidents.py): opened at the first sign, cleared once the subject is
+well again, with one alert when it opens and one when it clears (one alert only if both happened
+between two looks). A window that fails at every retry is one incident, not an alert per run.
+
+- Runs (``run:<source>`` or ``run:<job>``): every RUN_FAILURE in the event log since the cursor
+  (a storage id, never a clock) opens or extends its subject's incident; a RUN_SUCCESS clears it
+  only when that run was created after the incident's latest failure: a run queued before the
+  failure (the next window behind a failing one) proves nothing about the failing window.
+- Checks (``check:<asset>:<check>``): a check whose latest evaluation failed with severity ERROR
+  opens; its next passing (or merely WARN) evaluation clears.
+- Sources (``marker_lag:<source>``, ``failure_age:<source>``): more rows past the marker than
+  JOBSTATUS_MAX_MARKER_LAG, or an open data-quality failure older than
+  JOBSTATUS_FAILURE_AGE_HOURS: the same thresholds as the checks, looked at every tick.
+
+Alerts go to JOBSTATUS_ALERT_WEBHOOK_URL as JSON whose ``text`` Slack and Teams show as is, and/or
+by mail through JOBSTATUS_SMTP_*. An alert that could not be sent is sent at a later tick.
+"""
+
+import json
+import smtplib
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import dagster as dg
+import httpx
+import sqlalchemy as sa
+
+from jobstatus_dagster.core.plan import NOT_DATA_QUALITY_REASONS
+from jobstatus_dagster.io import incidents
+from jobstatus_dagster.io.incidents import Incident
+from jobstatus_dagster.io.sources import read_marker, rows_past_marker
+from jobstatus_dagster.pipeline.checks import CHECKS
+from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.source import SOURCES
+
+SENSOR_NAME = "alerts"
+RUN_EVENTS_PER_TICK = 500
+ALERTS_PER_TICK = 20
+
+
+@dataclass(frozen=True)
+class Sign:
+    """One look's verdict on one subject: failing (with what and since when) or well."""
+
+    subject: str
+    failing: bool
+    at: datetime
+    summary: str = ""
+    detail: dict[str, Any] | None = None
+    by: str = ""  # what showed it well: a run id, a check evaluation, a look
+    # A run's success clears only an incident whose latest failure is older than the run.
+    only_if_failed_before: datetime | None = None
+
+
+def apply(conn: sa.Connection, signs: list[Sign]) -> None:
+    """Failures first, then recoveries: within one look, the order of a run's failure and a
+    later run's success cannot reopen what the success cleared (``only_if_failed_before``)."""
+    for sign in (s for s in signs if s.failing):
+        incidents.record_failure(conn, sign.subject, sign.summary, sign.detail or {}, sign.at)
+    for sign in (s for s in signs if not s.failing):
+        incidents.clear(conn, sign.subject, sign.at, sign.by, sign.only_if_failed_before)
+
+
+# ----- runs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertCursor:
+    """Where the look at run status events goes on: the last RUN_FAILURE and RUN_SUCCESS storage
+    ids seen. None until the first look, which starts at the newest (history is not alerted)."""
+
+    failures_after: int | None = None
+    successes_after: int | None = None
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> "AlertCursor":
+        try:
+            data = json.loads(cursor or "{}")
+            return cls(data.get("failures_after"), data.get("successes_after"))
+        except (ValueError, AttributeError):
+            return cls()
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def _latest_storage_id(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> int:
+    records = instance.fetch_run_status_changes(kind, limit=1, ascending=False).records
+    return records[0].storage_id if records else 0
+
+
+def _status_changes(
+    instance: dg.DagsterInstance,
+    kind: dg.DagsterEventType,
+    after: int,
+    before: int | None = None,
+) -> list[dg.EventLogRecord]:
+    records_filter = dg.RunStatusChangeRecordsFilter(
+        event_type=kind, after_storage_id=after, before_storage_id=before
+    )
+    return list(
+        instance.fetch_run_status_changes(
+            records_filter, limit=RUN_EVENTS_PER_TICK, ascending=True
+        ).records
+    )
+
+
+def run_subject(run: dg.DagsterRun) -> str:
+    """A source's runs are one subject whoever launched them (sensor, API, a UI backfill of its
+    processing asset); any other job is its own."""
+    if SOURCE_TAG in run.tags:
+        return f"run:{run.tags[SOURCE_TAG]}"
+    for source in SOURCES:
+        if run.asset_selection and source.processing_key in run.asset_selection:
+            return f"run:{source.name}"
+    return f"run:{run.job_name}"
+
+
+def _when(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def run_signs(instance: dg.DagsterInstance, cursor: AlertCursor) -> tuple[list[Sign], AlertCursor]:
+    """The signs of the runs that finished since the cursor, and the cursor after them."""
+    if cursor.failures_after is None or cursor.successes_after is None:
+        start = AlertCursor(
+            _latest_storage_id(instance, dg.DagsterEventType.RUN_FAILURE),
+            _latest_storage_id(instance, dg.DagsterEventType.RUN_SUCCESS),
+        )
+        return [], start
+    failures = _status_changes(instance, dg.DagsterEventType.RUN_FAILURE, cursor.failures_after)
+    # Never look at successes past the failures read: a success is judged against every failure
+    # before it (a capped read of failures must not leave one for the next look).
+    bound = failures[-1].storage_id + 1 if len(failures) == RUN_EVENTS_PER_TICK else None
+    successes = _status_changes(
+        instance, dg.DagsterEventType.RUN_SUCCESS, cursor.successes_after, bound
+    )
+    run_ids = list({r.run_id for r in failures + successes})
+    records = (
+        {
+            record.dagster_run.run_id: record
+            for record in instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+        }
+        if run_ids
+        else {}
+    )
+    signs: list[Sign] = []
+    for event in failures:
+        record = records.get(event.run_id)
+        if record is None:  # deleted since (retention)
+            continue
+        run = record.dagster_run
+        window = run.tags.get(WINDOW_TAG) or run.tags.get("dagster/partition")
+        message = _run_error(instance, run.run_id) or event.event_log_entry.message or ""
+        what = f"run {run.run_id} of {run.job_name}" + (f" ({window})" if window else "")
+        signs.append(
+            Sign(
+                run_subject(run),
+                failing=True,
+                at=_when(event.timestamp),
+                summary=f"{what} failed: {message}"[:1000],
+                detail={"run_id": run.run_id, "job": run.job_name, "window": window},
+            )
+        )
+    for event in successes:
+        record = records.get(event.run_id)
+        if record is None:
+            continue
+        signs.append(
+            Sign(
+                run_subject(record.dagster_run),
+                failing=False,
+                at=_when(event.timestamp),
+                by=f"run {event.run_id} succeeded",
+                only_if_failed_before=record.create_timestamp.astimezone(UTC),
+            )
+        )
+    after = AlertCursor(
+        failures[-1].storage_id if failures else cursor.failures_after,
+        successes[-1].storage_id if successes else cursor.successes_after,
+    )
+    return signs, after
+
+
+def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    from jobstatus_dagster.pipeline.queue import run_error
+
+    error = run_error(instance, run_id)
+    return error.splitlines()[0] if error else None
+
+
+# ----- checks --------------------------------------------------------------------------------
+
+
+def check_signs(instance: dg.DagsterInstance) -> list[Sign]:
+    """Each check's latest completed evaluation: failed with ERROR severity, or not."""
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    keys = [key for checks in CHECKS for key in checks.check_keys]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    signs = []
+    for key, record in latest.items():
+        if record.status is AssetCheckExecutionRecordStatus.PLANNED or record.event is None:
+            continue  # running now (or never finished: its run's failure is the sign)
+        evaluation = record.event.dagster_event.event_specific_data
+        subject = f"check:{key.asset_key.to_user_string()}:{key.name}"
+        failing = not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
+        metadata = {k: str(v.value) for k, v in evaluation.metadata.items()}
+        signs.append(
+            Sign(
+                subject,
+                failing,
+                _when(record.create_timestamp),
+                summary=f"ERROR check {key.name} on {key.asset_key.to_user_string()} failed:"
+                f" {', '.join(f'{k}={v}' for k, v in metadata.items())}"[:1000],
+                detail={"run_id": record.run_id, **metadata},
+                by=f"check passed in run {record.run_id}",
+            )
+        )
+    return signs
+
+
+# ----- sources -------------------------------------------------------------------------------
+
+
+def source_signs(conn: sa.Connection, processing: ProcessingSettings, now: datetime) -> list[Sign]:
+    """Per source: rows past the marker against JOBSTATUS_MAX_MARKER_LAG, and the oldest open
+    data-quality failure (R20) against JOBSTATUS_FAILURE_AGE_HOURS."""
+    lag_limit, age_hours = processing.max_marker_lag, processing.failure_age_hours
+    signs = []
+    for source in SOURCES:
+        behind = rows_past_marker(conn, source.name, lag_limit + 1)
+        marker = read_marker(conn, source.name)
+        signs.append(
+            Sign(
+                f"marker_lag:{source.name}",
+                behind > lag_limit,
+                now,
+                summary=f"{source.name} is more than {lag_limit} rows behind: marker {marker}"
+                " is not moving fast enough",
+                detail={"marker": marker, "rows_behind_at_least": behind},
+                by=f"{behind} rows past marker {marker}",
+            )
+        )
+        age_seconds = conn.execute(
+            sa.text(
+                "SELECT extract(epoch FROM localtimestamp - min(first_attempt_at))"
+                " FROM processing_failures WHERE resolved_at IS NULL AND source_type = :source"
+                " AND reason <> ALL(:not_data_quality)"
+            ),
+            {"source": source.name, "not_data_quality": sorted(NOT_DATA_QUALITY_REASONS)},
+        ).scalar_one()
+        age = timedelta(seconds=float(age_seconds or 0))
+        limit = timedelta(hours=age_hours)
+        signs.append(
+            Sign(
+                f"failure_age:{source.name}",
+                age > limit,
+                now - (age - limit) if age > limit else now,  # when it crossed the threshold
+                summary=f"{source.name} has a failure unresolved for {age_hours:g} h or more"
+                " (see processing_failures)",
+                detail={"oldest_open_failure_hours": round(age.total_seconds() / 3600, 2)},
+                by="no open failure that old",
+            )
+        )
+    return signs
+
+
+# ----- sending -------------------------------------------------------------------------------
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def alert_text(incident: Incident) -> str:
+    """One line a person reads in a chat or a mail subject, then the first sign."""
+    if incident.cleared_at is None:
+        head = f"[jobstatus] FAILING since {_iso(incident.started_at)}: {incident.subject}"
+    else:
+        head = (
+            f"[jobstatus] CLEARED at {_iso(incident.cleared_at)}: {incident.subject}"
+            f" (failing since {_iso(incident.started_at)}, {incident.failures} sign(s);"
+            f" {incident.cleared_by})"
+        )
+    return f"{head}\n{incident.summary}"
+
+
+def alert_body(incident: Incident) -> dict[str, Any]:
+    """The webhook's JSON: ``text`` for chat tools, ``incident`` for programs."""
+    return {
+        "text": alert_text(incident),
+        "incident": {
+            "id": incident.incident_id,
+            "subject": incident.subject,
+            "state": "open" if incident.cleared_at is None else "cleared",
+            "started_at": _iso(incident.started_at),
+            "cleared_at": _iso(incident.cleared_at),
+            "last_failed_at": _iso(incident.last_failed_at),
+            "failures": incident.failures,
+            "summary": incident.summary,
+            "detail": incident.detail,
+        },
+    }
+
+
+class AlertChannels(dg.ConfigurableResource):
+    """Where alerts go; empty values mean that channel is off."""
+
+    webhook_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_to: str = ""
+    timeout_seconds: float = 10.0
+
+    @property
+    def configured(self) -> list[str]:
+        return [
+            name
+            for name, on in (
+                ("webhook", bool(self.webhook_url)),
+                ("mail", bool(self.smtp_host and self.smtp_to)),
+            )
+            if on
+        ]
+
+    def send(self, incident: Incident) -> None:
+        """Send on every configured channel; raises when one of them fails (sent again later)."""
+        if self.webhook_url:
+            answer = httpx.post(
+                self.webhook_url,
+                json=alert_body(incident),
+                timeout=self.timeout_seconds,
+                headers={"User-Agent": "jobstatus-alerts"},
+            )
+            answer.raise_for_status()
+        if self.smtp_host and self.smtp_to:
+            message = EmailMessage()
+            text = alert_text(incident)
+            message["Subject"] = text.splitlines()[0]
+            message["From"] = self.smtp_from or "jobstatus@localhost"
+            message["To"] = self.smtp_to
+            message.set_content(
+                text + "\n\n" + json.dumps(alert_body(incident)["incident"], indent=2)
+            )
+            with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_seconds) as smtp:
+                if self.smtp_starttls:
+                    smtp.starttls()
+                if self.smtp_user:
+                    smtp.login(self.smtp_user, self.smtp_password)
+                smtp.send_message(message)
+
+
+def send_unsent(
+    engine: sa.Engine, channels: AlertChannels, log: dg.DagsterLogManager | None = None
+) -> tuple[int, int]:
+    """Send what has not gone out; (sent, failed). With no channel configured, incidents are
+    marked as told (the table and the sensor's page are then the only place they show)."""
+    with engine.connect() as conn:
+        pending = incidents.unsent(conn, ALERTS_PER_TICK)
+    sent = failed = 0
+    for incident in pending:
+        try:
+            if channels.configured:
+                channels.send(incident)
+        except Exception as error:  # noqa: BLE001 - any channel failure: try again next tick
+            failed += 1
+            if log:
+                log.warning(f"alert for {incident.subject} not sent: {error}")
+            continue
+        with engine.begin() as conn:
+            incidents.mark_sent(conn, incident, datetime.now(UTC))
+        sent += 1
+    return sent, failed
+
+
+def look_for_trouble(
+    context: dg.SensorEvaluationContext,
+    jobmanager: PostgresDatabase,
+    processing: ProcessingSettings,
+    channels: AlertChannels,
+) -> dg.SensorResult:
+    """One tick: gather signs, update incidents, send what is owed, say what is open."""
+    now = datetime.now(UTC)
+    cursor = AlertCursor.parse(context.cursor)
+    signs, after = run_signs(context.instance, cursor)
+    signs += check_signs(context.instance)
+    engine = jobmanager.engine
+    with engine.begin() as conn:
+        signs += source_signs(conn, processing.resolved(), now)
+        apply(conn, signs)
+    sent, failed = send_unsent(engine, channels, context.log)
+    with engine.connect() as conn:
+        still_open = sorted(incidents.open_incidents(conn))
+    channels_text = ", ".join(channels.configured) or "no channel configured"
+    status = f"open: {', '.join(still_open)}" if still_open else "nothing failing"
+    return dg.SensorResult(
+        skip_reason=f"{status}; alerts sent {sent}, failed {failed} ({channels_text})",
+        cursor=after.dumps(),
+    )
+
+
+def build_alert_sensor(interval_seconds: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Every {interval_seconds} s: failed runs, failing ERROR checks and sources past"
+            " their thresholds become incidents (table alert_incidents); one alert when an"
+            " incident opens and one when it clears, to JOBSTATUS_ALERT_WEBHOOK_URL and/or by"
+            " mail (JOBSTATUS_SMTP_*)."
+        ),
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext,
+        jobmanager: PostgresDatabase,
+        processing: ProcessingSettings,
+        alert_channels: AlertChannels,
+    ) -> dg.SensorResult:
+        return look_for_trouble(context, jobmanager, processing, alert_channels)
+
+    return _sensor

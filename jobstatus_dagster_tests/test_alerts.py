@@ -1,0 +1,294 @@
+"""Alerts (issue 20): a failed run, a failing ERROR check, a source past its thresholds each
+become one incident, alerted once when it opens and once when it clears, to a real HTTP
+receiver and a real SMTP server on 127.0.0.1, from ticks of the real sensor on a real instance."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from jobstatus_dagster.pipeline.alerts import SENSOR_NAME, AlertChannels
+from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.receivers import HttpReceiver, http_receiver, smtp_receiver
+
+
+class Alerts:
+    """Ticks of the alert sensor, its cursor carried from one to the next as the daemon does."""
+
+    def __init__(self, shop: Shop, instance: dg.DagsterInstance, channels: AlertChannels) -> None:
+        self.shop, self.instance, self.channels = shop, instance, channels
+        self.cursor: str | None = None
+        self.skip_message = ""
+
+    def tick(self) -> None:
+        sensor = self.shop.definitions().resolve_sensor_def(SENSOR_NAME)
+        resources = {
+            "jobmanager": PostgresDatabase(url=self.shop.urls.jobmanager),
+            "processing": self.shop.processing,
+            "alert_channels": self.channels,
+        }
+        with dg.build_sensor_context(
+            instance=self.instance, resources=resources, cursor=self.cursor
+        ) as context:
+            result = sensor(context)
+        assert isinstance(result, dg.SensorResult) and not result.run_requests
+        self.cursor = result.cursor
+        self.skip_message = result.skip_reason.skip_message
+
+    def incident(self, subject: str) -> list[dict]:
+        return self.shop.rows(
+            self.shop.jm,
+            "SELECT * FROM alert_incidents WHERE subject = :s ORDER BY incident_id",
+            s=subject,
+        )
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[HttpReceiver]:
+    with http_receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def alerts(urls, instance, receiver) -> Iterator[Alerts]:
+    with Shop(urls, max_marker_lag=2, failure_age_hours=24) as shop:
+        watcher = Alerts(shop, instance, AlertChannels(webhook_url=receiver.url))
+        watcher.tick()  # the first look starts at the newest run event: history is not alerted
+        yield watcher
+
+
+def sent(receiver: HttpReceiver, subject: str) -> list[dict]:
+    return [b for b in receiver.bodies if b["incident"]["subject"] == subject]
+
+
+def queued_run(shop: Shop, instance: dg.DagsterInstance, window: str) -> dg.DagsterRun:
+    job = shop.definitions().resolve_job_def("process_print_os")
+    return instance.create_run_for_job(
+        job,
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"jobstatus/source": "print_os", "jobstatus/window": window},
+    )
+
+
+def succeed(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """The run's worker reporting success (what a run worker writes at its end)."""
+    event = dg.DagsterEvent(
+        event_type_value=dg.DagsterEventType.RUN_SUCCESS.value,
+        job_name=run.job_name,
+        message="Finished execution of run.",
+    )
+    instance.report_dagster_event(event, run_id=run.run_id)
+
+
+def test_a_window_failing_at_every_retry_is_one_incident_cleared_by_a_run_asked_for_after(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    shop, subject = alerts.shop, "run:print_os"
+    first = queued_run(shop, instance, "print_os:10-20")
+    behind = queued_run(shop, instance, "print_os:20-30")  # queued in the same tick
+    instance.report_run_failed(first, "load_print_os_window: connection refused")
+    alerts.tick()
+    (opened,) = sent(receiver, subject)
+    assert opened["text"].startswith("[jobstatus] FAILING since ")
+    assert opened["text"].endswith(
+        f"run {first.run_id} of process_print_os (print_os:10-20) failed:"
+        " load_print_os_window: connection refused"
+    )
+    assert opened["incident"]["state"] == "open"
+    assert alerts.skip_message.startswith(f"open: {subject}; alerts sent 1")
+
+    # The sensor asks for the window again; it fails again: the same incident, no new alert.
+    retry = queued_run(shop, instance, "print_os:10-20")
+    instance.report_run_failed(retry, "load_print_os_window: connection refused")
+    # The window queued behind the failing one succeeds: it proves nothing about it.
+    succeed(instance, behind)
+    alerts.tick()
+    assert len(sent(receiver, subject)) == 1
+    (incident,) = alerts.incident(subject)
+    assert incident["cleared_at"] is None and incident["failures"] == 2
+
+    # A run asked for after the last failure succeeds: cleared, once, saying since when.
+    shop.print_event("AL-OK", "PRINTED")
+    outcome = shop.process(instance)
+    alerts.tick()
+    alerts.tick()
+    opened_, cleared = sent(receiver, subject)
+    assert opened_ == opened
+    (incident,) = alerts.incident(subject)
+    assert cleared["incident"]["state"] == "cleared"
+    assert cleared["incident"]["started_at"] == opened["incident"]["started_at"]
+    assert cleared["text"].startswith(
+        f"[jobstatus] CLEARED at {cleared['incident']['cleared_at']}: {subject} (failing since"
+        f" {opened['incident']['started_at']}, 2 sign(s); run {outcome.runs[-1].run_id} succeeded)"
+    )
+    assert incident["cleared_sent_at"] is not None
+    assert alerts.skip_message.startswith("nothing failing")
+
+    # A later failure is a new incident, alerted anew.
+    again = queued_run(shop, instance, "print_os:40-50")
+    instance.report_run_failed(again, "boom")
+    alerts.tick()
+    assert [b["incident"]["state"] for b in sent(receiver, subject)] == ["open", "cleared", "open"]
+    assert len(alerts.incident(subject)) == 2
+    shop.print_event("AL-OK", "PRINTED")
+    shop.process(instance)
+    alerts.tick()
+    assert [b["incident"]["state"] for b in sent(receiver, subject)][-1] == "cleared"
+
+
+def test_an_alert_the_receiver_refused_is_sent_at_the_next_tick(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    run = instance.create_run_for_job(
+        alerts.shop.definitions().resolve_job_def("deliver_webhooks"),
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    receiver.failures_left = 1
+    attempts = receiver.attempts
+    instance.report_run_failed(run, "receiver down")
+    alerts.tick()
+    assert receiver.attempts == attempts + 1 and sent(receiver, "run:deliver_webhooks") == []
+    assert "alerts sent 0, failed 1" in alerts.skip_message
+    (incident,) = alerts.incident("run:deliver_webhooks")
+    assert incident["opened_sent_at"] is None
+    alerts.tick()
+    assert len(sent(receiver, "run:deliver_webhooks")) == 1
+    alerts.tick()
+    assert len(sent(receiver, "run:deliver_webhooks")) == 1
+    job = alerts.shop.definitions().resolve_job_def("deliver_webhooks")
+    assert job.execute_in_process(instance=instance).success
+    alerts.tick()
+    assert [b["incident"]["state"] for b in sent(receiver, "run:deliver_webhooks")] == [
+        "open",
+        "cleared",
+    ]
+
+
+def run_checks(shop: Shop, instance) -> None:
+    job = shop.definitions().resolve_job_def("data_quality_checks")
+    assert job.execute_in_process(instance=instance).success  # non-blocking: the run succeeds
+
+
+def test_a_failing_error_check_is_alerted_until_it_passes(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    shop = alerts.shop
+    subject = "check:jobmanager/jobs_operations:print_flag_agrees_with_job_operations"
+    shop.add_job("9301_1")
+    shop.add_job_operation("9301_1", "1")
+    shop.map_files("AL-I1", ["FILE_1_Labex_9301_1_1"])
+    shop.print_event("AL-I1", "PRINTED")
+    shop.process(instance)
+    run_checks(shop, instance)
+    alerts.tick()
+    assert sent(receiver, subject) == []
+
+    flag = (
+        "UPDATE jobs SET operations = jsonb_set(operations, '{print}', :v) WHERE job_id = '9301_1'"
+    )
+    shop.execute(shop.jm, flag, {"v": "false"})  # disagrees with the completed print row
+    run_checks(shop, instance)
+    alerts.tick()
+    run_checks(shop, instance)  # failing again: the same incident
+    alerts.tick()
+    (opened,) = sent(receiver, subject)
+    assert "ERROR check print_flag_agrees_with_job_operations" in opened["text"]
+    assert "disagreeing=1" in opened["text"]
+
+    shop.execute(shop.jm, flag, {"v": "true"})
+    run_checks(shop, instance)
+    alerts.tick()
+    assert [b["incident"]["state"] for b in sent(receiver, subject)] == ["open", "cleared"]
+    # A WARN check failing is not an incident.
+    assert not [b for b in receiver.bodies if "markers_keep_up" in b["incident"]["subject"]]
+
+
+def test_a_source_past_its_thresholds_is_alerted_by_webhook_and_mail(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    shop = alerts.shop
+    with smtp_receiver() as smtp:
+        mailing = Alerts(
+            shop,
+            instance,
+            AlertChannels(
+                webhook_url=receiver.url,
+                smtp_host=smtp.host,
+                smtp_port=smtp.port,
+                smtp_from="jobstatus@shop.example",
+                smtp_to="ops@shop.example",
+            ),
+        )
+        mailing.cursor = alerts.cursor
+        shop.process(instance)
+        for _ in range(3):  # JOBSTATUS_MAX_MARKER_LAG=2
+            shop.print_event("AL-LAG", "PRINTED")
+        old = datetime.now(UTC) - timedelta(hours=30)
+        shop.execute(
+            shop.jm,
+            "INSERT INTO processing_failures (source_type, source_id, reason, subject,"
+            " first_attempt_at) VALUES ('scanner', -7, 'unrecognised_code', 'AL-OLD',"
+            " CAST(:at AS timestamptz) AT TIME ZONE current_setting('TimeZone'))",
+            {"at": old},
+        )
+        mailing.tick()
+        (lag,) = sent(receiver, "marker_lag:print_os")
+        assert "print_os is more than 2 rows behind" in lag["text"]
+        (age,) = sent(receiver, "failure_age:scanner")
+        # It started when the oldest failure crossed 24 h, not when the sensor noticed.
+        started = datetime.strptime(age["incident"]["started_at"], "%Y-%m-%d %H:%M:%SZ")
+        assert abs(started.replace(tzinfo=UTC) - (old + timedelta(hours=24))) < timedelta(seconds=5)
+        assert {m["Subject"] for m in smtp.mails} == {
+            lag["text"].splitlines()[0],
+            age["text"].splitlines()[0],
+        }
+        assert all(m["To"] == "ops@shop.example" for m in smtp.mails)
+
+        shop.process(instance)
+        shop.execute(
+            shop.jm, "UPDATE processing_failures SET resolved_at = now() WHERE source_id = -7"
+        )
+        mailing.tick()
+        mailing.tick()
+        assert [b["incident"]["state"] for b in sent(receiver, "marker_lag:print_os")] == [
+            "open",
+            "cleared",
+        ]
+        assert [b["incident"]["state"] for b in sent(receiver, "failure_age:scanner")] == [
+            "open",
+            "cleared",
+        ]
+        assert len(smtp.mails) == 4
+        assert sum(m["Subject"].startswith("[jobstatus] CLEARED") for m in smtp.mails) == 2
+        alerts.cursor = mailing.cursor
+
+
+def test_the_alert_sensor_and_the_retention_schedule_run_by_default(alerts: Alerts) -> None:
+    defs = alerts.shop.definitions()
+    assert defs.resolve_sensor_def(SENSOR_NAME).default_status is dg.DefaultSensorStatus.RUNNING
+    schedule = defs.resolve_schedule_def("prune_dagster_history_hourly")
+    assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+    assert isinstance(alerts.shop.processing, ProcessingSettings)
+
+
+def test_alert_secrets_reach_the_sensor_as_environment_variables(monkeypatch) -> None:
+    """The chat webhook URL holds a token and the SMTP password is one: the resource names the
+    variables (the UI shows names, not values); unset, the channel is off."""
+    from jobstatus_dagster.config import load_settings
+    from jobstatus_dagster.definitions import alert_channels_from_settings
+
+    for name in ("ALERT_WEBHOOK_URL", "SMTP_HOST", "SMTP_TO", "SMTP_PASSWORD"):
+        monkeypatch.delenv(f"JOBSTATUS_{name}", raising=False)
+    assert alert_channels_from_settings(load_settings()).configured == []
+
+    monkeypatch.setenv("JOBSTATUS_ALERT_WEBHOOK_URL", "https://hooks.example/T0/B0/secret")
+    monkeypatch.setenv("JOBSTATUS_SMTP_HOST", "mail.shop.example")
+    monkeypatch.setenv("JOBSTATUS_SMTP_TO", "ops@shop.example")
+    monkeypatch.setenv("JOBSTATUS_SMTP_PASSWORD", "hunter2")
+    channels = alert_channels_from_settings(load_settings())
+    assert channels.webhook_url == dg.EnvVar("JOBSTATUS_ALERT_WEBHOOK_URL")
+    assert channels.smtp_password == dg.EnvVar("JOBSTATUS_SMTP_PASSWORD")
+    assert channels.smtp_host == "mail.shop.example"
+    assert "secret" not in repr(channels) and "hunter2" not in repr(channels)
