@@ -19,6 +19,7 @@ without retention (issue 20). Run by hand: ``python -m bench.storage`` (bench/RE
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -387,10 +388,20 @@ def main() -> None:
         default=30,
         help="then this many days of full-scale runs, as retention keeps them (0: skip)",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the database folder")
     args = parser.parse_args()
 
     print(f"machine: {machine_line()}")
-    with embedded_server(Path(tempfile.mkdtemp(prefix="bench-storage-"))) as server:
+    folder = Path(tempfile.mkdtemp(prefix="bench-storage-"))
+    try:
+        run(args, folder)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, folder: Path) -> None:
+    with embedded_server(folder) as server:
         urls = server.migrated("storage")
         with (
             dg.instance_for_test(

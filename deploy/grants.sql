@@ -37,6 +37,7 @@ FROM (VALUES
     ('SELECT, INSERT, UPDATE, DELETE', 'webhook_subscriptions'),
     ('SELECT, INSERT, UPDATE, DELETE', 'webhook_outbox'),
     ('SELECT, INSERT, UPDATE, DELETE', 'webhook_attempts'),
+    ('SELECT, INSERT, UPDATE, DELETE', 'alert_incidents'),
     -- logs: the shop's tables
     ('SELECT', 'imposition_file_mapping'),
     ('SELECT', 'production_planner_paths'),
@@ -52,6 +53,7 @@ WHERE to_regclass(table_name) IS NOT NULL
 -- The sequences behind our tables' ids.
 SELECT format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', sequence_name, :'role')
 FROM (VALUES
+    ('alert_incidents_incident_id_seq'),
     ('imposition_status_updates_update_id_seq'),
     ('job_status_updates_update_id_seq'),
     ('processing_failures_failure_id_seq'),

@@ -136,17 +136,38 @@ def test_the_api_service_answers(topology: Topology) -> None:
     assert docs.status_code == 200 and "/api/job-status/{job_id}" in docs.json()["paths"]
 
 
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _idle(topology: Topology, source: str = "print_os") -> bool:
+    """No run of ``source`` queued or running: the writers' lock can be taken without holding
+    up one that came before."""
+    runs = topology.instance.get_runs(
+        dg.RunsFilter(tags={"jobstatus/source": source}, statuses=IN_FLIGHT)
+    )
+    return not runs
+
+
 def test_a_sensor_launched_run_succeeds(topology: Topology) -> None:
     with Shop(topology.urls) as shop:
         fill_small_backlog(shop)
-    runs = _wait(
-        "a successful sensor run",
-        lambda: [
-            r for r in _sensor_runs(topology.instance) if r.status == dg.DagsterRunStatus.SUCCESS
-        ],
-        topology,
-    )
-    assert runs[0].tags["jobstatus/window"].split(":")[0] in ("print_os", "scanner")
+
+    def both_done() -> bool:
+        done = {
+            r.tags["jobstatus/source"]
+            for r in _sensor_runs(topology.instance)
+            if r.status == dg.DagsterRunStatus.SUCCESS
+        }
+        return done == {"print_os", "scanner"} and _idle(topology) and _idle(topology, "scanner")
+
+    _wait("a successful sensor run of each source, none in flight", both_done, topology)
+    runs = _sensor_runs(topology.instance)
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), runs
 
 
 TICK_LOGS = """{sensorOrError(sensorSelector: {repositoryLocationName: "jobstatus",
@@ -196,6 +217,7 @@ def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeed
     """`jobstatus reload` (README "Deploying a new version"): a new code process serves the
     location, the old one finishes its run in flight and only then exits; the daemon, running
     all along, launches the next run into the new one."""
+    _wait("no print_os run in flight", lambda: _idle(topology), topology)
     code_server = psutil.Process(topology.services["code-server"].pid)
     before = {p.pid for p in code_server.children()}
     assert before, "the code server runs its code location in a child process"
@@ -266,6 +288,7 @@ def test_a_code_server_restart_ends_the_run_in_flight_and_its_rows_are_processed
     """What `systemctl restart jobstatus-code-server` does (README): systemd signals the whole
     control group at once, run workers included; the run in flight ends as a failure, and
     once the code server is back the sensor requests its window again, which succeeds."""
+    _wait("no print_os run in flight", lambda: _idle(topology), topology)
     code_server = psutil.Process(topology.services["code-server"].pid)
     started = time.time()
     with Shop(topology.urls) as shop, make_engine(topology.urls.jobmanager).connect() as holder:
