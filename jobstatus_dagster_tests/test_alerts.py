@@ -11,6 +11,7 @@ import pytest
 from jobstatus_dagster.pipeline.alerts import SENSOR_NAME, AlertChannels
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster_tests.shop import Shop
+from jobstatus_testkit.processes import free_port
 from jobstatus_testkit.receivers import HttpReceiver, http_receiver, smtp_receiver
 
 
@@ -292,3 +293,39 @@ def test_alert_secrets_reach_the_sensor_as_environment_variables(monkeypatch) ->
     assert channels.smtp_password == dg.EnvVar("JOBSTATUS_SMTP_PASSWORD")
     assert channels.smtp_host == "mail.shop.example"
     assert "secret" not in repr(channels) and "hunter2" not in repr(channels)
+
+
+def test_a_broken_webhook_never_keeps_the_mail_back_and_nothing_is_sent_twice(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    """From the review of issue 20: the webhook was posted first and its failure raised, so
+    the mail never went; and a mail failure after a delivered webhook re-sent the webhook at
+    every tick. Each channel is tried on its own; an incident is told once one took it."""
+    with smtp_receiver() as smtp:
+        mailing = Alerts(
+            alerts.shop,
+            instance,
+            AlertChannels(
+                webhook_url=f"http://127.0.0.1:{free_port()}/nobody",
+                smtp_host=smtp.host,
+                smtp_port=smtp.port,
+                smtp_to="ops@shop.example",
+            ),
+        )
+        mailing.cursor = alerts.cursor
+        run = instance.create_run_for_job(
+            alerts.shop.definitions().resolve_job_def("deliver_webhooks"),
+            status=dg.DagsterRunStatus.NOT_STARTED,
+        )
+        instance.report_run_failed(run, "for the mail")
+        mailing.tick()
+        mailing.tick()
+        about = [m["Subject"] for m in smtp.mails if "deliver_webhooks" in m["Subject"]]
+        assert len(about) == 1 and not about[0].startswith("[jobstatus] CLEARED"), about
+        job = alerts.shop.definitions().resolve_job_def("deliver_webhooks")
+        assert job.execute_in_process(instance=instance).success
+        mailing.tick()
+        mailing.tick()
+        about = [m["Subject"] for m in smtp.mails if "deliver_webhooks" in m["Subject"]]
+        assert len(about) == 2 and about[1].startswith("[jobstatus] CLEARED"), about
+        alerts.cursor = mailing.cursor

@@ -21,6 +21,7 @@ by mail through JOBSTATUS_SMTP_*. An alert that could not be sent is sent at a l
 
 import json
 import smtplib
+import ssl
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -336,31 +337,45 @@ class AlertChannels(dg.ConfigurableResource):
             if on
         ]
 
-    def send(self, incident: Incident) -> None:
-        """Send on every configured channel; raises when one of them fails (sent again later)."""
-        if self.webhook_url:
-            answer = httpx.post(
-                self.webhook_url,
-                json=alert_body(incident),
-                timeout=self.timeout_seconds,
-                headers={"User-Agent": "jobstatus-alerts"},
-            )
-            answer.raise_for_status()
-        if self.smtp_host and self.smtp_to:
-            message = EmailMessage()
-            text = alert_text(incident)
-            message["Subject"] = text.splitlines()[0]
-            message["From"] = self.smtp_from or "jobstatus@localhost"
-            message["To"] = self.smtp_to
-            message.set_content(
-                text + "\n\n" + json.dumps(alert_body(incident)["incident"], indent=2)
-            )
-            with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_seconds) as smtp:
-                if self.smtp_starttls:
-                    smtp.starttls()
-                if self.smtp_user:
-                    smtp.login(self.smtp_user, self.smtp_password)
-                smtp.send_message(message)
+    def send(self, incident: Incident) -> list[str]:
+        """Send on every configured channel, each on its own: a broken webhook never keeps the
+        mail back. Told once at least one channel took it (sending again would repeat it on
+        the channels that did); raises only when every channel failed (sent again later).
+        Returns the failures of the channels that did not take it."""
+        failures: list[str] = []
+        for name, channel in (("webhook", self._post), ("mail", self._mail)):
+            if name not in self.configured:
+                continue
+            try:
+                channel(incident)
+            except Exception as error:  # noqa: BLE001 - a channel's failure, reported
+                failures.append(f"{name}: {type(error).__name__}: {error}")
+        if failures and len(failures) == len(self.configured):
+            raise RuntimeError("; ".join(failures))
+        return failures
+
+    def _post(self, incident: Incident) -> None:
+        answer = httpx.post(
+            self.webhook_url,
+            json=alert_body(incident),
+            timeout=self.timeout_seconds,
+            headers={"User-Agent": "jobstatus-alerts"},
+        )
+        answer.raise_for_status()
+
+    def _mail(self, incident: Incident) -> None:
+        message = EmailMessage()
+        text = alert_text(incident)
+        message["Subject"] = text.splitlines()[0]
+        message["From"] = self.smtp_from or "jobstatus@localhost"
+        message["To"] = self.smtp_to
+        message.set_content(text + "\n\n" + json.dumps(alert_body(incident)["incident"], indent=2))
+        with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_seconds) as smtp:
+            if self.smtp_starttls:  # verified: the password never goes to an unchecked server
+                smtp.starttls(context=ssl.create_default_context())
+            if self.smtp_user:
+                smtp.login(self.smtp_user, self.smtp_password)
+            smtp.send_message(message)
 
 
 def send_unsent(
@@ -373,13 +388,14 @@ def send_unsent(
     sent = failed = 0
     for incident in pending:
         try:
-            if channels.configured:
-                channels.send(incident)
-        except Exception as error:  # noqa: BLE001 - any channel failure: try again next tick
+            partly = channels.send(incident) if channels.configured else []
+        except Exception as error:  # noqa: BLE001 - every channel failed: try again next tick
             failed += 1
             if log:
                 log.warning(f"alert for {incident.subject} not sent: {error}")
             continue
+        if partly and log:
+            log.warning(f"alert for {incident.subject} not sent on {'; '.join(partly)}")
         with engine.begin() as conn:
             incidents.mark_sent(conn, incident, datetime.now(UTC))
         sent += 1
