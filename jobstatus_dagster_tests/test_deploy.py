@@ -41,6 +41,9 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
+                # Read the body before answering, as the API does: a body the proxy cuts
+                # short then fails the request at the proxy, not after an answer began.
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream.seen.append(
                     {"method": self.command, "path": self.path, "host": self.headers["Host"]}
                 )

@@ -353,6 +353,12 @@ def test_dagster_yaml_enables_run_monitoring(
         assert not configured.nux_enabled and not configured.freshness_enabled
         # A sensor looks every 30 s: a day of skipped ticks is enough history.
         retention = configured.get_tick_retention_settings(InstigatorType.SENSOR)
-        assert retention[TickStatus.SKIPPED] == 1 and retention[TickStatus.SUCCESS] == -1
+        # Ticks that launched kept 30 days, failed and started ones 90 (dagster.yaml, retention).
+        assert {status: retention[status] for status in TickStatus} == {
+            TickStatus.SKIPPED: 1,
+            TickStatus.SUCCESS: 30,
+            TickStatus.FAILURE: 90,
+            TickStatus.STARTED: 90,
+        }
     # Instances built in code (tests, bench, faults) read the same file.
     assert isinstance(instance.compute_log_manager, TickLogs)
