@@ -9,7 +9,7 @@ from jobstatus_dagster.core.plan import PRINT_OS
 from jobstatus_dagster.db import DatabaseUrls
 from jobstatus_dagster_tests.test_change_stream import KEY, at, two_file_job
 from jobstatus_testkit.changes import feed_changes, fold, held_state
-from jobstatus_testkit.convergence import Env, open_env
+from jobstatus_testkit.convergence import Env, ShopData, open_env
 
 
 @pytest.fixture(scope="module")
@@ -18,22 +18,29 @@ def env(urls: DatabaseUrls) -> Iterator[Env]:
         yield opened
 
 
+def upgraded_install(env: Env) -> ShopData:
+    """J aborted and processed, then the install as 0016 leaves it: the state tables populated,
+    the stream's own tables (and its outbox rows) empty."""
+    data = two_file_job((1, "IMP-6", "ABORTED", 1, at(9), at(9)))
+    env.reset()
+    env.write_reference(data)
+    env.commit(data, [(PRINT_OS, 1)])
+    env.drain(PRINT_OS)
+    with env.jm.begin() as c:
+        c.execute(sa.text("DELETE FROM webhook_outbox WHERE change_id IS NOT NULL"))
+        c.execute(sa.text("DELETE FROM job_status_changes"))
+        c.execute(sa.text("DELETE FROM job_version_state"))
+    return data
+
+
 def test_r25_upgrade_a_key_processed_before_0016_is_withdrawn_on_the_feed(env: Env) -> None:
     """An install processed job J before 0016 (its audit-row feed said 'aborted'). 0016 creates
     job_version_state and job_status_changes empty and seeds neither. The shop deletes the
     event and a backfill withdraws the state: the stream must say so, or a reader that followed
     the feed keeps 'aborted' forever (and a reader starting at 0 never learns of any state
     processed before the upgrade)."""
-    data = two_file_job((1, "IMP-6", "ABORTED", 1, at(9), at(9)))
-    env.reset()
-    env.write_reference(data)
-    env.commit(data, [(PRINT_OS, 1)])
-    env.drain(PRINT_OS)
-    # the install as 0016 leaves it: state tables populated, the new ones empty
-    with env.jm.begin() as c:
-        c.execute(sa.text("DELETE FROM webhook_outbox WHERE change_id IS NOT NULL"))
-        c.execute(sa.text("DELETE FROM job_status_changes"))
-        c.execute(sa.text("DELETE FROM job_version_state"))
+    upgraded_install(env)
+    with env.jm.connect() as c:
         print_state = c.execute(sa.text("SELECT status FROM job_print_state")).scalars().all()
     assert print_state == ["aborted"]
     assert KEY not in fold(feed_changes(env.jm))
@@ -43,15 +50,7 @@ def test_r25_upgrade_a_key_processed_before_0016_is_withdrawn_on_the_feed(env: E
 
 
 def test_r25_upgrade_withdrawal_of_a_pre_0016_key_is_published(env: Env) -> None:
-    data = two_file_job((1, "IMP-6", "ABORTED", 1, at(9), at(9)))
-    env.reset()
-    env.write_reference(data)
-    env.commit(data, [(PRINT_OS, 1)])
-    env.drain(PRINT_OS)
-    with env.jm.begin() as c:
-        c.execute(sa.text("DELETE FROM webhook_outbox WHERE change_id IS NOT NULL"))
-        c.execute(sa.text("DELETE FROM job_status_changes"))
-        c.execute(sa.text("DELETE FROM job_version_state"))
+    data = upgraded_install(env)
     assert env.delete_row(data, PRINT_OS, 0)
     env.backfill_all(PRINT_OS)
     with env.jm.connect() as c:
