@@ -218,3 +218,105 @@ def test_the_instance_storage_connections_are_pooled(
     reads = 10 * len(queued)
     assert reads >= 20
     assert after - before < 5, (after - before, reads)
+
+
+def sensor_tick(shop: Shop, instance: dg.DagsterInstance) -> dg.SensorResult:
+    """One evaluation of the print sensor, as the daemon's code server makes it."""
+    defs = shop.definitions()
+    sensor = defs.resolve_sensor_def("print_os_sensor")
+    resources = {name: defs.resources[name] for name in ("jobmanager", "processing")}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return sensor(context)
+
+
+def test_a_sensor_tick_skips_while_a_request_plans_the_source(
+    backlog: Shop, idle, urls: DatabaseUrls
+) -> None:
+    """The sensors plan under the same lock as requests: a tick that meets a request planning
+    queues nothing (it would plan from runs in flight the request has not queued yet)."""
+    instance, _ = idle
+    engine = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
+    try:
+        with engine.begin() as conn:
+            conn.execute(queue.PLAN_LOCK_SQL, {"name": queue.plan_lock_name("print_os")})
+            held = sensor_tick(backlog, instance)
+        assert not held.run_requests
+        assert "planning print_os" in held.skip_reason.skip_message
+    finally:
+        engine.dispose()
+    assert sensor_tick(backlog, instance).run_requests  # the lock free: the windows are asked for
+
+
+def test_a_request_waits_for_the_sensor_tick_whose_runs_are_being_queued(
+    backlog: Shop, idle, urls: DatabaseUrls
+) -> None:
+    """Issue 19's remaining race, as the daemon orders it: a tick is STARTED, its evaluation
+    planned the windows (and let go of the lock), and the daemon queues its runs only then.
+    A request arriving in between waits for the tick, then finds those runs in flight and
+    queues no window twice (before: it queued them all again)."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickData, TickStatus
+
+    instance, _ = idle
+    tick = instance.create_tick(
+        TickData(
+            instigator_origin_id="daemon",
+            instigator_name="print_os_sensor",
+            instigator_type=InstigatorType.SENSOR,
+            status=TickStatus.STARTED,
+            timestamp=time.time(),
+            selector_id=queue.sensor_selector_id("print_os"),
+        )
+    )
+    requested = sensor_tick(backlog, instance).run_requests
+    assert requested
+    defs = backlog.definitions()
+    outcome: list[queue.Submitted] = []
+    request = threading.Thread(
+        target=lambda: outcome.append(queue.submit_source(defs, instance, "print_os", "api"))
+    )
+    request.start()
+    request.join(timeout=2)
+    assert request.is_alive() and instance.get_runs_count() == 0  # waiting for the tick
+    job = defs.resolve_job_def("process_print_os")
+    partitions = defs.resolve_job_def("process_print_os").partitions_def
+    for run_request in requested:  # the daemon queues the tick's runs, then closes the tick
+        queue.submit_run(
+            instance,
+            job,
+            run_config=run_request.run_config,
+            tags=run_request.tags,
+            partition_key=run_request.partition_key,
+            partitions=partitions,
+        )
+    instance.update_tick(tick.with_status(TickStatus.SUCCESS))
+    request.join(timeout=60)
+    assert not request.is_alive()
+    counts = windows(instance)
+    assert counts and set(counts.values()) == {1}, counts  # every window queued once
+    (submitted,) = outcome
+    assert set(submitted.windows.values()) >= {r.tags[WINDOW_TAG] for r in requested}
+
+
+def test_a_dangling_started_tick_does_not_hold_requests(
+    backlog: Shop, idle, urls: DatabaseUrls
+) -> None:
+    """A tick a daemon died in stays STARTED until the daemon's next look: once older than
+    TICK_DANGLING_SECONDS it is no tick in progress, and a request plans at once."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickData, TickStatus
+
+    instance, _ = idle
+    instance.create_tick(
+        TickData(
+            instigator_origin_id="daemon",
+            instigator_name="print_os_sensor",
+            instigator_type=InstigatorType.SENSOR,
+            status=TickStatus.STARTED,
+            timestamp=time.time() - queue.TICK_DANGLING_SECONDS - 5,
+            selector_id=queue.sensor_selector_id("print_os"),
+        )
+    )
+    started = time.monotonic()
+    submitted = queue.submit_source(backlog.definitions(), instance, "print_os", "api")
+    assert submitted.run_ids and time.monotonic() - started < queue.TICK_WAIT_SECONDS / 2

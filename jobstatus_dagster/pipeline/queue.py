@@ -169,11 +169,24 @@ class Submitted:
 
 
 # One plan per source at a time, in this process (a thread waits here holding no connection)
-# and across processes (API workers, the CLI): an advisory lock on the jobmanager database,
-# transaction-scoped, around reading the runs in flight, planning and queuing. Without it two
-# requests both saw the same runs in flight and both queued the windows past them.
+# and across processes (API workers, the CLI, the sensors): an advisory lock on the jobmanager
+# database, transaction-scoped, around reading the runs in flight, planning and queuing. Without
+# it two requests both saw the same runs in flight and both queued the windows past them.
 PLAN_LOCK_SQL = sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+# The sensors only try it: a tick that finds a request planning skips (it looks again next tick)
+# rather than wait, since that request may itself be waiting for the tick to finish (below).
+PLAN_TRY_LOCK_SQL = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:name))")
 _PLAN_LOCKS = {name: threading.Lock() for name in SOURCE_NAMES}
+# A sensor tick's runs are queued by the daemon after the tick's evaluation returned (and let go
+# of the lock); the tick stays STARTED until they are. A request waits this long at most for
+# such a tick before it plans; a STARTED tick older than TICK_DANGLING_SECONDS is one a daemon
+# died in (the daemon moves it to SKIPPED at its next look), not one in progress.
+TICK_WAIT_SECONDS = 60.0
+TICK_DANGLING_SECONDS = 300.0
+
+
+def plan_lock_name(source_type: str) -> str:
+    return f"jobstatus.plan.{source_type}"
 
 
 @contextmanager
@@ -181,8 +194,50 @@ def planning(defs: dg.Definitions, source_type: str) -> Iterator[None]:
     """Hold the source's planning lock (this process's, then the database's) for the block."""
     engine = defs.resources["jobmanager"].engine
     with _PLAN_LOCKS[source_type], engine.begin() as conn:
-        conn.execute(PLAN_LOCK_SQL, {"name": f"jobstatus.plan.{source_type}"})
+        conn.execute(PLAN_LOCK_SQL, {"name": plan_lock_name(source_type)})
         yield
+
+
+def sensor_selector_id(source_type: str) -> str:
+    """The id Dagster files the source sensor's ticks under: its (code location, repository,
+    name), the same whether the location is a code server or a module the daemon loads."""
+    from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+    from dagster._core.definitions.selector import InstigatorSelector
+
+    return InstigatorSelector(
+        location_name=LOCATION_NAME,
+        repository_name=SINGLETON_REPOSITORY_NAME,
+        name=source_named(source_type).sensor_name,
+    ).get_id()
+
+
+def sensor_tick_in_progress(instance: dg.DagsterInstance, source_type: str) -> bool:
+    """Whether the source's sensor is in a tick now: evaluating, or its runs not all queued."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    ticks = instance.get_ticks(
+        "",  # ticks are found by selector id; the origin id only matters for pre-0.15 ticks
+        sensor_selector_id(source_type),
+        after=time.time() - TICK_DANGLING_SECONDS,
+        limit=1,
+        statuses=[TickStatus.STARTED],
+    )
+    return bool(ticks)
+
+
+def wait_for_sensor_tick(
+    instance: dg.DagsterInstance, source_type: str, seconds: float = TICK_WAIT_SECONDS
+) -> bool:
+    """Wait (up to ``seconds``) until no tick of the source's sensor is in progress, so that the
+    runs it requested are in the queue before a request reads the runs in flight; False when
+    one still is."""
+    deadline = time.monotonic() + seconds
+    while sensor_tick_in_progress(instance, source_type):
+        if time.monotonic() >= deadline:
+            logger.warning("%s sensor tick still in progress after %.0f s", source_type, seconds)
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
 
 
 def submit_source(
@@ -202,6 +257,9 @@ def _submit_source(
     source = source_named(source_type)
     job = defs.resolve_job_def(source.job_name)
     submitted = Submitted(source_type)
+    # A sensor tick under way has planned (under this lock, which it let go) and the daemon is
+    # queuing its runs: they count as in flight once they are in the queue.
+    wait_for_sensor_tick(instance, source_type)
     # Runs already waiting (the sensor's, another request's) are this request's too: waited
     # for, not queued again.
     waiting = runs_in_flight(instance, source_type)

@@ -18,6 +18,7 @@ from jobstatus_dagster.config import Settings
 from jobstatus_dagster.core.plan import Position
 from jobstatus_dagster.io.sources import Backlog, inspect_backlog, next_chunk
 from jobstatus_dagster.pipeline.ops import SOURCE_TAG, WINDOW_TAG
+from jobstatus_dagster.pipeline.queue import PLAN_TRY_LOCK_SQL, plan_lock_name
 from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
 from jobstatus_dagster.pipeline.stale_runs import (
     fail_stalled_runs,
@@ -143,19 +144,25 @@ def look(
     now = datetime.now(UTC)
     cursor = SensorCursor.parse(context.cursor)
     instance = context.instance
-    waiting = [
-        record.dagster_run.tags
-        for record in instance.get_run_records(
-            dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT)
-        )
-    ]
-    in_flight = InFlight.of(waiting)
-    stalled = stalled_runs(instance, source_type, settings.stale_run_seconds)
     # One snapshot for the whole look: rows committed meanwhile wait for the next one, instead of
-    # making a tiny extra window of their own; read-only, so a tick can never write.
+    # making a tiny extra window of their own; read-only, so a tick can never write. The source's
+    # planning lock is held from reading the runs in flight to the end of the plan, as a
+    # processing request holds it (queue.planning), so the two never plan the same window.
     with jobmanager.engine.connect().execution_options(
         isolation_level="REPEATABLE READ", postgresql_readonly=True
     ) as conn:
+        if not conn.scalar(PLAN_TRY_LOCK_SQL, {"name": plan_lock_name(source_type)}):
+            return dg.SensorResult(
+                skip_reason=f"a processing request is planning {source_type} now; next tick",
+                cursor=context.cursor,
+            )
+        waiting = [
+            record.dagster_run.tags
+            for record in instance.get_run_records(
+                dg.RunsFilter(tags={SOURCE_TAG: source_type}, statuses=IN_FLIGHT)
+            )
+        ]
+        in_flight = InFlight.of(waiting)
         backlog = inspect_backlog(conn, source_type, settings, cursor.sweep_position)
         planned = plan_sensor_runs(
             source_type,
@@ -165,6 +172,7 @@ def look(
             WINDOWS_PER_TICK,
             settings.partition_width,
         )
+    stalled = stalled_runs(instance, source_type, settings.stale_run_seconds)
     finished = (
         Counter(
             record.dagster_run.tags[WINDOW_TAG]
