@@ -1,13 +1,14 @@
 """What webhook subscriptions cost the writes (issue 19): a 200,000-row insert into the audit and
-into the change stream with 0, 1 and 10 subscriptions.
+into the change stream with 0, 1 and 10 subscriptions, and what queuing those changes for the
+subscribers then costs the deliverer.
 
     .venv/bin/python -m bench.change_triggers --rows 200000
 
-Since R25 the outbox is filled from the change stream (a statement trigger on
-``job_status_changes``), no longer from the audit: an audit insert pays only for drawing its id,
-whatever the subscriptions; a change pays for one outbox row per subscription. Each figure is
-the median of ``--repeat`` inserts into emptied tables, in one transaction each, on fresh
-databases; ratios to the same insert with no subscription, measured in the same run.
+Since R25 the webhooks deliver the change stream, no longer the audit; since 0020 the outbox is
+filled by the deliverer (``io/outbox.enqueue_changes``: one outbox row per change and
+subscription, in batches), no longer by a trigger inside every write. Each figure is the median
+of ``--repeat`` runs into emptied tables, in one transaction each, on fresh databases; ratios
+to the same insert with no subscription, measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import sqlalchemy as sa
 
 from bench.common import log, machine_line, print_table
+from jobstatus_dagster.io.outbox import enqueue_changes
 from jobstatus_testkit.databases import embedded_server, engines
 
 AUDIT = sa.text("""
@@ -38,14 +40,25 @@ CHANGES = sa.text("""
     FROM generate_series(1, :rows) n
 """)
 EMPTY = sa.text("TRUNCATE job_status_updates, job_status_changes, webhook_attempts, webhook_outbox")
+REWIND = sa.text("UPDATE webhook_subscriptions SET enqueued_up_to = 0")
 
 
 def timed(jm: sa.Engine, statement: sa.TextClause, rows: int) -> float:
     with jm.begin() as conn:
         conn.execute(EMPTY)
+        conn.execute(REWIND)
     started = time.perf_counter()
     with jm.begin() as conn:
         conn.execute(statement, {"rows": rows})
+    return time.perf_counter() - started
+
+
+def timed_enqueue(jm: sa.Engine, rows: int) -> float:
+    """The deliverer queuing ``rows`` new changes for every subscription."""
+    timed(jm, CHANGES, rows)
+    started = time.perf_counter()
+    with jm.begin() as conn:
+        enqueue_changes(conn)
     return time.perf_counter() - started
 
 
@@ -71,6 +84,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 results[(name, subscriptions)] = seconds
                 log(f"{name}, {subscriptions} subscriptions: {seconds:.2f} s")
+            if subscriptions:
+                queuing = statistics.median(
+                    timed_enqueue(jm, args.rows) for _ in range(args.repeat)
+                )
+                results[("queue", subscriptions)] = queuing
+                log(f"deliverer queuing, {subscriptions} subscriptions: {queuing:.2f} s")
     print_table(
         f"A {args.rows:,}-row insert, median of {args.repeat} (ratio to no subscription)",
         ("insert into", "0 subscriptions", "1 subscription", "10 subscriptions"),
@@ -83,6 +102,20 @@ def main(argv: list[str] | None = None) -> None:
                 ),
             )
             for name in ("audit", "changes")
+        ],
+    )
+    print_table(
+        "The deliverer queuing those changes for its subscribers (ratio to the bare change insert)",
+        ("", "1 subscription", "10 subscriptions"),
+        [
+            (
+                "enqueue_changes",
+                *(
+                    f"{results[('queue', n)]:.2f} s"
+                    f" ({results[('queue', n)] / results[('changes', 0)]:.1f}×)"
+                    for n in (1, 10)
+                ),
+            )
         ],
     )
     print(machine_line())

@@ -30,6 +30,8 @@ def upgraded_install(env: Env) -> ShopData:
         c.execute(sa.text("DELETE FROM webhook_outbox WHERE change_id IS NOT NULL"))
         c.execute(sa.text("DELETE FROM job_status_changes"))
         c.execute(sa.text("DELETE FROM job_version_state"))
+        # 0020 on an install whose stream is empty: subscriptions start at its beginning
+        c.execute(sa.text("UPDATE webhook_subscriptions SET enqueued_up_to = 0"))
     return data
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from jobstatus_dagster.io.outbox import enqueue_changes
 from jobstatus_dagster.io.writer import WRITER_LOCK
 
 _INSERT = sa.text("""
@@ -91,7 +92,10 @@ def feed_changes(jobmanager: sa.Engine, page: int = 500) -> list[dict]:
 
 def delivered_changes(jobmanager: sa.Engine, subscription_id: int) -> list[dict]:
     """One subscription's deliveries in the order its receiver gets them (per job, outbox order:
-    the head of each job's queue goes first, io/outbox.py)."""
+    the head of each job's queue goes first, io/outbox.py), once the deliverer has queued the
+    changes committed so far, as every delivery run first does."""
+    with jobmanager.begin() as conn:
+        enqueue_changes(conn)
     with jobmanager.connect() as conn:
         return [
             row[0]

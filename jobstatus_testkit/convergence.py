@@ -581,6 +581,8 @@ class Env:
                 " sweep_source_id = NULL"
             )
         )
+        # The stream starts again at its beginning: so does what its subscriber was sent.
+        c.execute(sa.text("UPDATE webhook_subscriptions SET enqueued_up_to = 0"))
 
     def forget_processing(self, data: ShopData) -> None:
         """Back to before jobstatus ran, on the same data: for the from-scratch reference. The

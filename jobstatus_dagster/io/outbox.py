@@ -1,9 +1,10 @@
 """Webhook subscriptions and their outbox: what is owed to whom, and what happened to it.
 
-The outbox rows themselves are written by the audit's own statements, in the writer's jobmanager
-transaction (R18; triggers in sql/jobmanager/0013_integration.sql): a status change is owed to a
-receiver exactly when it committed. This module reads what is due, one subscription at a time,
-and records each attempt as it happens (one statement by primary key).
+What is owed is the change stream (R25, ``job_status_changes``): a change is owed to a receiver
+exactly when it committed. The deliverer copies the changes past each subscription's position
+into the outbox (``enqueue_changes``; before 0020 a trigger did it inside every write, at a cost
+per subscription), reads what is due, one subscription at a time, and records each attempt as
+it happens (one statement by primary key).
 """
 
 from __future__ import annotations
@@ -197,6 +198,65 @@ DUE_SQL = sa.text("""
     ORDER BY h.outbox_id
     LIMIT :limit
 """)
+
+
+# Each active subscription's changes past its position, up to ENQUEUE_BATCH of them, become
+# outbox rows (in change order, so each job's queue is in change order) and the position moves
+# on, in one statement; the subscription rows are locked, so two callers never queue a change
+# twice. Every snapshot sees a gap-free prefix of the stream (ids are drawn under the writers'
+# lock and committed in order): a change committed later is always past the position.
+ENQUEUE_BATCH = 10_000
+ENQUEUE_SQL = sa.text("""
+    WITH stream AS (SELECT COALESCE(max(change_id), 0) AS last FROM job_status_changes),
+    subs AS (
+        SELECT s.subscription_id, s.operations, s.enqueued_up_to AS after,
+               LEAST(stream.last, s.enqueued_up_to + :batch) AS up_to
+        FROM webhook_subscriptions s CROSS JOIN stream
+        WHERE s.deleted_at IS NULL AND s.disabled_at IS NULL AND s.enqueued_up_to < stream.last
+        ORDER BY s.subscription_id
+        FOR UPDATE OF s
+    ), queued AS (
+        INSERT INTO webhook_outbox (delivery_id, subscription_id, update_id, change_id, job_id,
+                                    event, payload)
+        SELECT gen_random_uuid(), s.subscription_id, c.change_id, c.change_id, c.job_id,
+               c.event, 'null'::jsonb
+        FROM subs s JOIN job_status_changes c
+          ON c.change_id > s.after AND c.change_id <= s.up_to
+         AND (s.operations IS NULL OR c.operation = ANY (s.operations))
+        ORDER BY s.subscription_id, c.change_id
+        RETURNING 1
+    ), moved AS (
+        UPDATE webhook_subscriptions w SET enqueued_up_to = s.up_to
+        FROM subs s WHERE w.subscription_id = s.subscription_id
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM queued) AS queued, (SELECT count(*) FROM moved) AS moved
+""")
+
+
+def enqueue_changes(conn: sa.Connection, batch: int = ENQUEUE_BATCH) -> int:
+    """Copy the changes owed to each subscription into the outbox until none is behind the
+    stream's end as this statement sees it; returns how many outbox rows were queued."""
+    total = 0
+    while True:
+        row = conn.execute(ENQUEUE_SQL, {"batch": batch}).one()
+        total += row.queued
+        if not row.moved:
+            return total
+
+
+# Whether the deliverer has work: a delivery due, or a subscription behind the stream.
+WORK_DUE_SQL = sa.text("""
+    SELECT EXISTS (SELECT 1 FROM webhook_outbox WHERE state = 'pending'
+                   AND next_attempt_at <= now())
+        OR EXISTS (SELECT 1 FROM webhook_subscriptions
+                   WHERE deleted_at IS NULL AND disabled_at IS NULL
+                   AND enqueued_up_to < (SELECT max(change_id) FROM job_status_changes))
+""")
+
+
+def work_due(conn: sa.Connection) -> bool:
+    return bool(conn.execute(WORK_DUE_SQL).scalar_one())
 
 
 def subscriptions_due(conn: sa.Connection) -> list[int]:

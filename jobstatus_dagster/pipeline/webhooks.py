@@ -286,6 +286,9 @@ def _supervise(
     while True:
         due: list[int] = []
         if time.monotonic() < run_deadline:
+            # Changes committed since the last look join the queues first (R25's stream).
+            with jobmanager.begin() as conn:
+                outbox.enqueue_changes(conn)
             with jobmanager.connect() as conn:
                 due = outbox.subscriptions_due(conn)
             now = time.monotonic()
@@ -344,19 +347,16 @@ def deliver_webhooks_job() -> None:
     deliver_webhooks_op()
 
 
-DUE_NOW_SQL = sa.text(
-    "SELECT EXISTS (SELECT 1 FROM webhook_outbox WHERE state = 'pending'"
-    " AND next_attempt_at <= now())"
-)
-
-
 def build_webhook_sensor(interval_seconds: int) -> dg.SensorDefinition:
     @dg.sensor(
         name="webhook_sensor",
         job=deliver_webhooks_job,
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Starts a delivery run when webhook deliveries are due and none is running.",
+        description=(
+            "Starts a delivery run when webhook deliveries are due (or status changes are not"
+            " yet queued for a subscriber) and none is running."
+        ),
     )
     def webhook_sensor(context: dg.SensorEvaluationContext, jobmanager: PostgresDatabase):
         in_flight = context.instance.get_run_records(
@@ -365,7 +365,7 @@ def build_webhook_sensor(interval_seconds: int) -> dg.SensorDefinition:
         if in_flight:
             return dg.SkipReason(f"delivery run {in_flight[0].dagster_run.run_id} in flight")
         with jobmanager.engine.connect() as conn:
-            due = conn.execute(DUE_NOW_SQL).scalar_one()
+            due = outbox.work_due(conn)
         if not due:
             return dg.SkipReason("no webhook delivery due")
         return dg.RunRequest()
