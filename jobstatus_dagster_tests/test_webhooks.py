@@ -203,100 +203,6 @@ def test_r18_outbox_rows_are_the_changes_committed_with_them(
     assert len(outbox(shop, everything)) == before
 
 
-def test_the_writer_queues_nothing_the_deliverer_queues_each_change_in_order(
-    hooked_shop: tuple[Shop, int, int], instance: dg.DagsterInstance, port: int
-) -> None:
-    """Issue 19: a write costs nothing per subscription (0020). What it commits is owed all the
-    same: the next delivery run queues every change past the subscription's position, in
-    change order, and delivers it; then nothing is due."""
-    shop, _, _ = hooked_shop
-    (hook,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/after-0020")
-    last = shop.scalar(shop.jm, "SELECT max(change_id) FROM job_status_changes")
-    shop.add_job("7009_9")
-    shop.add_job_operation("7009_9", "1")
-    shop.map_files("W-I1", ["FILE_1_Labex_7009_9_1", "FILE_1_Labex_7009_9_2"])
-    shop.map_files("W-I2", ["FILE_1_Labex_7009_9_2"])
-    shop.print_event("W-I1", "ABORTED")
-    shop.print_event("W-I2", "PRINTED")
-    shop.process(instance, "print_os")
-    changes = shop.rows(
-        shop.jm,
-        "SELECT change_id, job_id, status FROM job_status_changes WHERE change_id > :last"
-        " ORDER BY change_id",
-        last=last,
-    )
-    assert changes  # the write published changes ...
-    queued = shop.scalar(
-        shop.jm, "SELECT count(*) FROM webhook_outbox WHERE subscription_id = :s", s=hook
-    )
-    assert queued == 0  # ... and queued nothing itself
-    with shop.jm.connect() as conn:
-        assert outbox_io.work_due(conn)  # the sensor sees the subscription behind the stream
-    receiver = Receiver()
-    with receiver.up(port):
-        deliver_due(shop.jm, FAST)
-    got = [json.loads(r["body"]) for r in receiver.received]
-    assert [g["update_id"] for g in got] == [c["change_id"] for c in changes]
-    with shop.jm.connect() as conn:
-        assert not outbox_io.work_due(conn)
-
-
-def test_concurrent_batched_queuing_owes_each_change_once_per_subscription(
-    hooked_shop: tuple[Shop, int, int], port: int
-) -> None:
-    """Callers racing (a delivery run and a by-hand one), in batches smaller than the backlog:
-    each change is queued once for each subscription owed it, in change order; a filtered
-    subscription's position moves past what it is not owed; a disabled one is owed nothing."""
-    shop, _, _ = hooked_shop
-    everything, coating, gone = only_subscriptions(
-        shop, *(f"http://127.0.0.1:{port}/{name}" for name in ("all", "coating", "gone"))
-    )
-    shop.execute(
-        shop.jm,
-        "UPDATE webhook_subscriptions SET operations = ARRAY['coating'] WHERE subscription_id = :s",
-        {"s": coating},
-    )
-    shop.execute(
-        shop.jm,
-        "UPDATE webhook_subscriptions SET disabled_at = now(), disabled_reason = '410'"
-        " WHERE subscription_id = :s",
-        {"s": gone},
-    )
-    with shop.jm.begin() as conn:
-        ids = [
-            add_change(
-                conn, f"{7200 + i}_1", "coating" if i % 3 else "print", source_id=8002000 + i
-            )
-            for i in range(40)
-        ]
-    start = threading.Barrier(4)
-
-    def queue_some(_: int) -> int:
-        start.wait()
-        with shop.jm.begin() as conn:
-            return outbox_io.enqueue_changes(conn, batch=3)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        queued = sum(pool.map(queue_some, range(4)))
-    owed_coating = [i for n, i in enumerate(ids) if n % 3]
-    assert queued == len(ids) + len(owed_coating)
-    for subscription_id, owed in ((everything, ids), (coating, owed_coating), (gone, [])):
-        got = shop.rows(
-            shop.jm,
-            "SELECT change_id FROM webhook_outbox WHERE subscription_id = :s ORDER BY outbox_id",
-            s=subscription_id,
-        )
-        assert [r["change_id"] for r in got] == owed
-    positions = shop.rows(
-        shop.jm,
-        "SELECT subscription_id, enqueued_up_to FROM webhook_subscriptions"
-        " WHERE subscription_id IN (:a, :c)",
-        a=everything,
-        c=coating,
-    )
-    assert {r["enqueued_up_to"] for r in positions} == {ids[-1]}
-
-
 def test_receiver_down_then_up_gets_everything_signed_in_order_per_job_with_stable_ids(
     hooked_shop: tuple[Shop, int, int], port: int
 ) -> None:
@@ -1048,3 +954,100 @@ def test_a_retry_after_that_is_no_number_fails_its_own_attempt_only(
     assert report.failed_attempts >= 1
     assert {r["state"] for r in outbox(shop, good)} == {"delivered"}
     assert "HTTP 503" in attempts_of(shop, hostile)[0]["error"]
+
+
+# Below: tests that replace the hooked shop's subscriptions (only_subscriptions).
+
+
+def test_the_writer_queues_nothing_the_deliverer_queues_each_change_in_order(
+    hooked_shop: tuple[Shop, int, int], instance: dg.DagsterInstance, port: int
+) -> None:
+    """Issue 19: a write costs nothing per subscription (0020). What it commits is owed all the
+    same: the next delivery run queues every change past the subscription's position, in
+    change order, and delivers it; then nothing is due."""
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, f"http://127.0.0.1:{port}/after-0020")
+    last = shop.scalar(shop.jm, "SELECT max(change_id) FROM job_status_changes")
+    shop.add_job("7009_9")
+    shop.add_job_operation("7009_9", "1")
+    shop.map_files("W-I1", ["FILE_1_Labex_7009_9_1", "FILE_1_Labex_7009_9_2"])
+    shop.map_files("W-I2", ["FILE_1_Labex_7009_9_2"])
+    shop.print_event("W-I1", "ABORTED")
+    shop.print_event("W-I2", "PRINTED")
+    shop.process(instance, "print_os")
+    changes = shop.rows(
+        shop.jm,
+        "SELECT change_id, job_id, status FROM job_status_changes WHERE change_id > :last"
+        " ORDER BY change_id",
+        last=last,
+    )
+    assert changes  # the write published changes ...
+    queued = shop.scalar(
+        shop.jm, "SELECT count(*) FROM webhook_outbox WHERE subscription_id = :s", s=hook
+    )
+    assert queued == 0  # ... and queued nothing itself
+    with shop.jm.connect() as conn:
+        assert outbox_io.work_due(conn)  # the sensor sees the subscription behind the stream
+    receiver = Receiver()
+    with receiver.up(port):
+        deliver_due(shop.jm, FAST)
+    got = [json.loads(r["body"]) for r in receiver.received]
+    assert [g["update_id"] for g in got] == [c["change_id"] for c in changes]
+    with shop.jm.connect() as conn:
+        assert not outbox_io.work_due(conn)
+
+
+def test_concurrent_batched_queuing_owes_each_change_once_per_subscription(
+    hooked_shop: tuple[Shop, int, int], port: int
+) -> None:
+    """Callers racing (a delivery run and a by-hand one), in batches smaller than the backlog:
+    each change is queued once for each subscription owed it, in change order; a filtered
+    subscription's position moves past what it is not owed; a disabled one is owed nothing."""
+    shop, _, _ = hooked_shop
+    everything, coating, gone = only_subscriptions(
+        shop, *(f"http://127.0.0.1:{port}/{name}" for name in ("all", "coating", "gone"))
+    )
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_subscriptions SET operations = ARRAY['coating'] WHERE subscription_id = :s",
+        {"s": coating},
+    )
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_subscriptions SET disabled_at = now(), disabled_reason = '410'"
+        " WHERE subscription_id = :s",
+        {"s": gone},
+    )
+    with shop.jm.begin() as conn:
+        ids = [
+            add_change(
+                conn, f"{7200 + i}_1", "coating" if i % 3 else "print", source_id=8002000 + i
+            )
+            for i in range(40)
+        ]
+    start = threading.Barrier(4)
+
+    def queue_some(_: int) -> int:
+        start.wait()
+        with shop.jm.begin() as conn:
+            return outbox_io.enqueue_changes(conn, batch=3)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        queued = sum(pool.map(queue_some, range(4)))
+    owed_coating = [i for n, i in enumerate(ids) if n % 3]
+    assert queued == len(ids) + len(owed_coating)
+    for subscription_id, owed in ((everything, ids), (coating, owed_coating), (gone, [])):
+        got = shop.rows(
+            shop.jm,
+            "SELECT change_id FROM webhook_outbox WHERE subscription_id = :s ORDER BY outbox_id",
+            s=subscription_id,
+        )
+        assert [r["change_id"] for r in got] == owed
+    positions = shop.rows(
+        shop.jm,
+        "SELECT subscription_id, enqueued_up_to FROM webhook_subscriptions"
+        " WHERE subscription_id IN (:a, :c)",
+        a=everything,
+        c=coating,
+    )
+    assert {r["enqueued_up_to"] for r in positions} == {ids[-1]}
