@@ -4,8 +4,10 @@ with the Dagster daemon and the sensors running.
     .venv/bin/python -m bench.latency --duration 300          # default sensor interval (30 s)
 
 1. A fresh embedded Postgres; the demo shop at ``--scale``.
-2. ``dagster-daemon run -w workspace.yaml`` (``--dev``: ``dagster dev``, UI included) in its own
-   process group, with DAGSTER_HOME prepared by the CLI's own ``Environment`` (the product's
+2. The services of a production host, each in its own process group: ``jobstatus serve
+   code-server`` and ``jobstatus serve daemon`` (``--dev``: the UI too), the daemon loading the
+   code location from the one code server (a ``grpc_server`` workspace), with DAGSTER_HOME
+   prepared by the CLI's own ``Environment`` (the product's
    dagster.yaml: Postgres storage, queued runs, one run per source) and the sensors RUNNING by
    default, as ``jobstatus dev`` runs them. ``--interval`` sets JOBSTATUS_SENSOR_INTERVAL_SECONDS
    (both sensors); without it the product's default applies.
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +44,6 @@ import numpy as np
 import sqlalchemy as sa
 
 from bench.common import log, machine_line, print_table
-from jobstatus_dagster.instance import WORKSPACE_YAML
 from jobstatus_dagster.processes import interrupt_on_stop_signals, process_group
 from jobstatus_dagster.source import SOURCE_NAMES, SOURCES
 from jobstatus_testkit.databases import embedded_server, engines
@@ -106,29 +107,41 @@ class Measurement:
 def dagster_daemon(
     dagster_home: Path, env: dict[str, str], log_path: Path, dev: bool
 ) -> Iterator[subprocess.Popen]:
-    """The daemon (or ``dagster dev``) beside its dagster.yaml, in its own process group as
-    ``jobstatus dev`` runs it (the product's supervision): stopped with its code server and run
-    workers on exit, on error and on Ctrl-C alike."""
-    workspace = str(WORKSPACE_YAML)
-    bin_dir = Path(sys.executable).parent
+    """The services of a production host (deploy/): `jobstatus serve code-server` (one `dagster
+    code-server start`: sensors are evaluated and runs execute in its children) and `jobstatus
+    serve daemon` (`dagster-daemon run` over a `grpc_server` workspace, so no code server is
+    respawned every 60 s), with ``dev`` the UI too (`jobstatus serve webserver`). Each in its
+    own process group, as ``jobstatus dev`` runs them (the product's supervision): stopped in
+    reverse order, the code server with its run workers, on exit, on error and on Ctrl-C alike.
+    Yields the daemon's process; all three write to ``log_path``."""
+    jobstatus = str(Path(sys.executable).with_name("jobstatus"))
+    env = {**env, "JOBSTATUS_CODE_SERVER_HOST": "127.0.0.1"}
+    env["JOBSTATUS_CODE_SERVER_PORT"] = str(free_port())
+    services = [("code-server", []), ("daemon", [])]
     if dev:
-        port = str(free_port())
-        cmd = [str(bin_dir / "dagster"), "dev", "-w", workspace, "-h", "127.0.0.1", "-p", port]
-    else:
-        cmd = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
-    with log_path.open("w") as out:
-        group = None
+        services.append(("webserver", ["--port", str(free_port())]))
+    groups = []
+    with log_path.open("w") as out, ExitStack() as stack:
         try:
-            with process_group(
-                cmd, cwd=dagster_home, env=env, stdout=out, grace=STOP_GRACE_SECONDS
-            ) as group:
-                yield group.popen
+            for name, args in services:
+                group = stack.enter_context(
+                    process_group(
+                        [jobstatus, "serve", name, *args],
+                        cwd=dagster_home,
+                        env=env,
+                        stdout=out,
+                        grace=STOP_GRACE_SECONDS,
+                    )
+                )
+                groups.append((name, group))
+            yield dict(groups)["daemon"].popen
         finally:
-            if group is not None:
-                log(f"daemon group stopped ({group.stopped_by}) in {group.stop_seconds:.1f} s")
+            stack.close()
+            for name, group in groups:
+                log(f"{name} group stopped ({group.stopped_by}) in {group.stop_seconds:.1f} s")
                 if group.left:
                     print(
-                        f"(processes of the daemon's group still alive: {group.left})",
+                        f"(processes of the {name}'s group still alive: {group.left})",
                         file=sys.stderr,
                     )
 
@@ -464,7 +477,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--drain", type=float, default=None, help="max s to wait after the last row"
     )
-    parser.add_argument("--dev", action="store_true", help="run `dagster dev` (UI + daemon)")
+    parser.add_argument(
+        "--dev", action="store_true", help="also run the UI (`jobstatus serve webserver`)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp Postgres folder")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.poll <= 0:
@@ -536,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             instance.dispose()
 
-    mode = "dagster dev" if args.dev else "dagster-daemon run"
+    mode = "code server, daemon" + (" and UI" if args.dev else "") + " (jobstatus serve)"
     print(f"machine: {machine_line()}")
     print(
         f"shop: demo scale {args.scale}, backlog processed by the sensors first; {mode}; one print"

@@ -23,7 +23,12 @@ from jobstatus_dagster.config import (
     load_settings,
 )
 from jobstatus_dagster.db import MigrationsNotFound, engine_scope, migrate, resolve_urls
-from jobstatus_dagster.instance import DAGSTER_YAML, grpc_workspace, write_atomically
+from jobstatus_dagster.instance import (
+    DAGSTER_YAML,
+    DEPLOY_DIR,
+    grpc_workspace,
+    write_atomically,
+)
 from jobstatus_dagster.processes import (
     interrupt_on_stop_signals,
     process_group,
@@ -641,6 +646,33 @@ def serve_webserver_command(host: str, port: int, read_only: bool, path_prefix: 
 def serve_api_command(ctx: click.Context, host: str, port: int) -> None:
     """The HTTP API (as `jobstatus api`)."""
     ctx.invoke(api_command, host=host, port=port)
+
+
+@main.command("deploy-files")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite files that differ from this version's.")
+def deploy_files_command(directory: Path, force: bool) -> None:
+    """Write this version's deploy/ files into DIRECTORY: the systemd units, the environment
+    file, the Caddyfile and grants.sql (README "Production"). A file already there that differs
+    is left alone unless --force, so an edited copy is never lost."""
+    sources = sorted(
+        p for p in DEPLOY_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    targets = {source: directory / source.relative_to(DEPLOY_DIR) for source in sources}
+    differing = [
+        str(target)
+        for source, target in targets.items()
+        if target.exists() and target.read_bytes() != source.read_bytes()
+    ]
+    if differing and not force:
+        raise click.ClickException(
+            f"these files exist and differ from this version's (--force overwrites them):"
+            f" {', '.join(differing)}"
+        )
+    for source, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        click.echo(str(target))
 
 
 @main.command("reload")

@@ -31,6 +31,9 @@ PACKAGE_DIR = Path(resources.files("jobstatus_dagster"))
 DAGSTER_YAML = PACKAGE_DIR / "dagster.yaml"
 # The code location `jobstatus dev` serves (by module name: valid wherever the package imports).
 WORKSPACE_YAML = PACKAGE_DIR / "workspace.yaml"
+# What an operator installs beside the package (README "Production"): the systemd units, the
+# environment file, the Caddyfile and grants.sql; `jobstatus deploy-files DIR` writes them out.
+DEPLOY_DIR = PACKAGE_DIR / "deploy"
 
 
 def instance_overrides(dagster_url: str) -> dict[str, Any]:

@@ -233,22 +233,50 @@ def _as_role(url: str, role: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _grants_sql(url: str, role: str) -> subprocess.CompletedProcess:
+    """deploy/grants.sql as the README runs it, as the tables' (and here the database's) owner."""
+    return subprocess.run(
+        [PSQL, "-X", "-q", "-v", f"role={role}", "-f", str(DEPLOY / "grants.sql"), url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _as_admin(url: str, statement: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def _can_create_in_public(url: str, role: str) -> bool:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT has_schema_privilege(:role, 'public', 'CREATE')"
+            return conn.execute(sa.text(query), {"role": role}).scalar()
+    finally:
+        engine.dispose()
+
+
 def test_the_processing_role_of_grants_sql_processes_and_has_no_ddl(pg_server, tmp_path) -> None:
     """README "Production": after `jobstatus migrate` as the tables' owner, deploy/grants.sql
     gives the processing role what processing, the status command and the API's writes need,
-    and no DDL on the shop's tables."""
+    and no DDL anywhere: not on the shop's tables, and not in the public schema even where the
+    cluster still grants CREATE there to every role (PostgreSQL before 15, or upgraded)."""
     urls = pg_server.migrated("grants")
     role = f"jobstatus_{uuid.uuid4().hex[:8]}"
     with pg_server.admin_engine().connect() as admin:
         admin.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'"))
     for url in (urls.jobmanager, urls.logs):
-        granted = subprocess.run(
-            [PSQL, "-X", "-q", "-v", f"role={role}", "-f", str(DEPLOY / "grants.sql"), url],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        _as_admin(url, "GRANT CREATE ON SCHEMA public TO PUBLIC")  # PostgreSQL 14's default
+        assert _can_create_in_public(url, role)
+        granted = _grants_sql(url, role)
         assert granted.returncode == 0, granted.stderr
+        assert not _can_create_in_public(url, role)
     # Every table and sequence of the migrated databases is granted (but the migrations' own
     # bookkeeping): a new migration's table missing from grants.sql fails here.
     for url in (urls.jobmanager, urls.logs):
@@ -292,6 +320,9 @@ def test_the_processing_role_of_grants_sql_processes_and_has_no_ddl(pg_server, t
         (processing.jobmanager, 'CREATE INDEX ON "print OS" (marker)'),
         (processing.jobmanager, "ALTER TABLE jobs ADD COLUMN x int"),
         (processing.jobmanager, "CREATE TABLE public.scratch (x int)"),
+        (processing.logs, "CREATE TABLE scratch (x int)"),
+        (processing.logs, "CREATE VIEW public.scratch AS SELECT 1 AS x"),
+        (processing.jobmanager, "CREATE SCHEMA scratch"),
         (processing.logs, "ALTER TABLE job_operations DROP COLUMN notes"),
         (processing.jobmanager, "UPDATE jobs SET job_id = job_id"),  # only `operations`
     ):
@@ -304,3 +335,27 @@ def test_the_processing_role_of_grants_sql_processes_and_has_no_ddl(pg_server, t
                 conn.execute(sa.text(ddl))
         finally:
             engine.dispose()
+
+
+def test_grants_sql_refuses_a_role_that_could_still_do_ddl(pg_server) -> None:
+    """A role that could still create (CREATEROLE, CREATE on the database granted to every
+    role) or alter the shop's tables (a member of their owner's role): grants.sql fails, naming
+    each way, instead of leaving the operator believing the role is DDL-free."""
+    urls = pg_server.migrated("grants_refused")
+    database = sa.engine.make_url(urls.jobmanager).database
+    creator, member = (f"jobstatus_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    with pg_server.admin_engine().connect() as admin:
+        owner = admin.execute(sa.text("SELECT current_user")).scalar()
+        admin.execute(sa.text(f"CREATE ROLE {creator} LOGIN CREATEROLE"))
+        admin.execute(sa.text(f"CREATE ROLE {member} LOGIN IN ROLE {owner}"))
+    _as_admin(urls.jobmanager, f'GRANT CREATE ON DATABASE "{database}" TO PUBLIC')
+    for role, ways in (
+        (creator, ["it has CREATEROLE", "CREATE on the database"]),
+        (member, [f'member of the owner {owner} of, "print OS"', "of, jobs"]),
+    ):
+        refused = _grants_sql(urls.jobmanager, role)
+        assert refused.returncode != 0, role
+        assert f"role {role} could still do DDL in database {database}" in refused.stderr
+        for way in ways:
+            assert way in refused.stderr, refused.stderr
+    _as_admin(urls.jobmanager, f'REVOKE CREATE ON DATABASE "{database}" FROM PUBLIC')

@@ -1,6 +1,7 @@
 """The wheel ships the product only (``jobstatus_dagster``, its subpackages and its package data:
-the migrations and the Dagster instance template), never the tests; installed from the wheel,
-away from the checkout, `jobstatus` migrates and processes."""
+the migrations, the Dagster instance template and the deploy/ files), never the tests; installed
+from the wheel, away from the checkout, `jobstatus` migrates, processes and writes out the
+deploy/ files."""
 
 import importlib.util
 import os
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from setuptools import find_namespace_packages
 
 from jobstatus_dagster.db import SQL_DIR, to_sqlalchemy_url
-from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
+from jobstatus_dagster.instance import DAGSTER_YAML, DEPLOY_DIR, WORKSPACE_YAML
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.databases import fresh_urls
 
@@ -187,17 +188,51 @@ def test_the_wheel_installs_outside_the_checkout_and_migrates_and_processes(
         assert (row["status"], row["notes"]) == ("completed", "1 of 1 files printed")
         assert shop.job_operations_json(job) == {"print": True}
 
+    # What the operator installs beside the package (README "Install"), from the wheel alone.
+    def deploy_files(folder: Path) -> dict[str, bytes]:
+        return {
+            str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()
+        }
+
+    shipped = deploy_files(DEPLOY_DIR)
+    assert {
+        "systemd/jobstatus-code-server.service",
+        "systemd/jobstatus-daemon.service",
+        "systemd/jobstatus-webserver.service",
+        "systemd/jobstatus-webserver-viewer.service",
+        "systemd/jobstatus-api.service",
+        "systemd/jobstatus.target",
+        "systemd/caddy-jobstatus.conf",
+        "jobstatus.env",
+        "Caddyfile",
+        "grants.sql",
+    } <= set(shipped)
+    assert deploy_files(installed / "deploy") == shipped
+    written = run(jobstatus, "deploy-files", str(elsewhere / "deploy"))
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert deploy_files(elsewhere / "deploy") == shipped
+    assert len(written.stdout.splitlines()) == len(shipped)
+    # An edited copy is never overwritten unless asked.
+    edited = elsewhere / "deploy" / "jobstatus.env"
+    edited.write_text("JOBSTATUS_FILE_CUSTOMER=Shop\n")
+    refused = run(jobstatus, "deploy-files", str(elsewhere / "deploy"))
+    assert refused.returncode == 1 and "jobstatus.env" in refused.stderr, refused.stderr
+    assert edited.read_text() == "JOBSTATUS_FILE_CUSTOMER=Shop\n"
+    forced = run(jobstatus, "deploy-files", "--force", str(elsewhere / "deploy"))
+    assert forced.returncode == 0 and deploy_files(elsewhere / "deploy") == shipped
+
 
 def test_the_checkouts_top_level_sql_and_dagster_files_are_the_packages() -> None:
-    """sql/, dagster.yaml and workspace.yaml at the top of the checkout are links to the
-    package's files, so there is one copy of each (the wheel ships the package's)."""
+    """sql/, dagster.yaml, workspace.yaml and deploy/ at the top of the checkout are links to
+    the package's files, so there is one copy of each (the wheel ships the package's)."""
     from jobstatus_dagster.db import SQL_DIR
-    from jobstatus_dagster.instance import DAGSTER_YAML, WORKSPACE_YAML
+    from jobstatus_dagster.instance import DAGSTER_YAML, DEPLOY_DIR, WORKSPACE_YAML
 
     top = Path(__file__).resolve().parent.parent
     for name, packaged in (
         ("sql", SQL_DIR),
         ("dagster.yaml", DAGSTER_YAML),
         ("workspace.yaml", WORKSPACE_YAML),
+        ("deploy", DEPLOY_DIR),
     ):
         assert (top / name).resolve() == Path(str(packaged)).resolve(), name

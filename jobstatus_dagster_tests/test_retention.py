@@ -6,7 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
+from jobstatus_dagster.config import load_settings
+from jobstatus_dagster.definitions import definitions_from_settings
 from jobstatus_dagster.pipeline.retention import JOB_NAME, RetentionPolicy, prune_runs
 from jobstatus_dagster_tests.shop import Shop
 
@@ -102,17 +105,42 @@ def test_retention_deletes_old_successful_runs_and_keeps_failed_backfill_and_rec
     assert our_tables(shop) == before
 
 
-def test_the_retention_job_runs_with_the_configured_days(shop: Shop, instance) -> None:
-    kept = finished_run(shop, instance, ok=True)
-    result = shop.definitions().resolve_job_def(JOB_NAME).execute_in_process(instance=instance)
+def _age(instance: dg.DagsterInstance, run_id: str, days: float) -> None:
+    """The run as if it had finished ``days`` ago: its last update moved back (what retention
+    compares with the days configured)."""
+    with instance.run_storage.connect() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE runs SET update_timestamp = update_timestamp - make_interval(secs => :s)"
+                " WHERE run_id = :run_id"
+            ),
+            {"s": days * 86400, "run_id": run_id},
+        )
+
+
+def test_the_retention_job_deletes_by_the_days_configured_in_the_environment(
+    shop: Shop, instance, monkeypatch
+) -> None:
+    """JOBSTATUS_RUN_RETENTION_DAYS=7 and JOBSTATUS_FAILED_RUN_RETENTION_DAYS=20 (not the
+    defaults, 30 and 180), read as the code location reads them: the hourly job deletes a
+    successful run 8 days old and keeps one 6 days old, deletes a failed run 21 days old and
+    keeps one 19 days old."""
+    monkeypatch.setenv("JOBSTATUS_RUN_RETENTION_DAYS", "7")
+    monkeypatch.setenv("JOBSTATUS_FAILED_RUN_RETENTION_DAYS", "20")
+    ages = {("ok", 8): False, ("ok", 6): True, ("failed", 21): False, ("failed", 19): True}
+    runs = {}
+    for kind, days in ages:
+        runs[kind, days] = finished_run(shop, instance, ok=kind == "ok")
+        _age(instance, runs[kind, days], days)
+    definitions = definitions_from_settings(load_settings(), shop.urls.jobmanager, shop.urls.logs)
+    result = definitions.resolve_job_def(JOB_NAME).execute_in_process(instance=instance)
     assert result.success
-    (materialization,) = [
-        e for e in result.all_events if e.event_type is dg.DagsterEventType.STEP_OUTPUT
-    ]
-    metadata = materialization.step_output_data.metadata
-    assert metadata["run_retention_days"].value == 30
-    assert metadata["successful_runs_deleted"].value == 0
-    assert instance.get_run_by_id(kept) is not None
+    (output,) = [e for e in result.all_events if e.event_type is dg.DagsterEventType.STEP_OUTPUT]
+    metadata = output.step_output_data.metadata
+    assert metadata["run_retention_days"].value == 7
+    assert metadata["failed_run_retention_days"].value == 20
+    kept = {key: instance.get_run_by_id(run_id) is not None for key, run_id in runs.items()}
+    assert kept == ages
 
 
 def test_the_instance_purges_launched_and_failed_ticks_too(instance) -> None:

@@ -5,10 +5,12 @@ runs through it, a reload while the daemon runs swaps the code server's process 
 succeeds, the UI's guard refuses what a foreign page could send, and SIGTERM to each service
 leaves no process behind."""
 
+import contextlib
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from jobstatus_testkit.cli import JOBSTATUS, cli_env
 from jobstatus_testkit.processes import free_port, port_open, processes_with
 
 PARTITIONS = "print_os_marker_ranges"
+# A run left STARTED by a SIGKILL is failed after this long without an event (600 by default); a
+# run of these tests held at the writers' lock is silent for far less.
+STALE_RUN_SECONDS = 120
 
 
 @dataclass
@@ -36,10 +41,10 @@ class Topology:
     instance: dg.DagsterInstance
     services: dict[str, subprocess.Popen]
     ui_port: int
-    viewer_port: int
-    code_port: int
-    api_port: int
     env: dict[str, str]
+    viewer_port: int = 0
+    code_port: int = 0
+    api_port: int = 0
 
     def start(self, name: str, args: list[str]) -> None:
         with (self.home / f"{name}.log").open("a") as log:
@@ -60,6 +65,18 @@ class Topology:
     def ui(self, port: int | None = None) -> str:
         return f"http://127.0.0.1:{port or self.ui_port}"
 
+    def code_server(self) -> psutil.Process:
+        """`dagster code-server start`: `jobstatus serve code-server` became it (exec)."""
+        if "code-server" in self.services:
+            return psutil.Process(self.services["code-server"].pid)
+        (server,) = [
+            proc
+            for popen in self.services.values()
+            for proc in psutil.Process(popen.pid).children(recursive=True)
+            if "code-server" in proc.cmdline() and "start" in proc.cmdline()
+        ]
+        return server
+
 
 def _wait(what: str, condition, topology: Topology, timeout: float = 240.0):
     deadline = time.monotonic() + timeout
@@ -75,6 +92,22 @@ def _sensor_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(instance.get_runs(dg.RunsFilter(tags={"jobstatus/trigger": "sensor"})))
 
 
+@contextmanager
+def services_instance(urls: DatabaseUrls, tmp_path_factory) -> Iterator[dg.DagsterInstance]:
+    """The instance the services use, read from this process (the product's dagster.yaml)."""
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path_factory.mktemp("instance")),
+        overrides=instance_overrides(urls.dagster),
+    ) as instance:
+        yield instance
+
+
+def kill_what_is_left(home: Path) -> None:
+    for line in processes_with(str(home), in_environ=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(line.split(":")[0])).kill()
+
+
 @pytest.fixture(scope="module")
 def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
     urls = pg_server.migrated("topology")
@@ -85,6 +118,7 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
         home,
         JOBSTATUS_CODE_SERVER_PORT=str(code_port),
         JOBSTATUS_SENSOR_INTERVAL_SECONDS="5",
+        JOBSTATUS_STALE_RUN_SECONDS=str(STALE_RUN_SECONDS),
     )
     commands = {
         "code-server": ["code-server"],
@@ -94,10 +128,7 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
         "api": ["api", "--port", str(api_port)],
     }
     services = {}
-    with dg.instance_for_test(
-        temp_dir=str(tmp_path_factory.mktemp("instance")),
-        overrides=instance_overrides(urls.dagster),
-    ) as instance:
+    with services_instance(urls, tmp_path_factory) as instance:
         try:
             for name, args in commands.items():
                 with (home / f"{name}.log").open("w") as log:
@@ -105,7 +136,15 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
                         [JOBSTATUS, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT
                     )
             topology = Topology(
-                home, urls, instance, services, ui_port, viewer_port, code_port, api_port, env
+                home,
+                urls,
+                instance,
+                services,
+                ui_port,
+                env,
+                viewer_port=viewer_port,
+                code_port=code_port,
+                api_port=api_port,
             )
             for port in (code_port, ui_port, viewer_port, api_port):
                 _wait(f"port {port}", lambda p=port: port_open(p), topology)
@@ -114,8 +153,7 @@ def topology(pg_server, tmp_path_factory) -> Iterator[Topology]:
             for popen in services.values():
                 if popen.poll() is None:
                     popen.kill()
-            for line in processes_with(str(home), in_environ=True):
-                psutil.Process(int(line.split(":")[0])).kill()
+            kill_what_is_left(home)
 
 
 def test_the_daemon_and_the_webserver_load_the_code_location_from_the_code_server(
@@ -153,9 +191,9 @@ def _idle(topology: Topology, source: str = "print_os") -> bool:
     return not runs
 
 
-def test_a_sensor_launched_run_succeeds(topology: Topology) -> None:
-    with Shop(topology.urls) as shop:
-        fill_small_backlog(shop)
+def _backlog_processed_by_the_sensors(topology: Topology) -> None:
+    """The small backlog, in the shop before or after the services started, processed by
+    sensor-launched runs of both sources that all succeeded; none in flight."""
 
     def both_done() -> bool:
         done = {
@@ -168,6 +206,12 @@ def test_a_sensor_launched_run_succeeds(topology: Topology) -> None:
     _wait("a successful sensor run of each source, none in flight", both_done, topology)
     runs = _sensor_runs(topology.instance)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), runs
+
+
+def test_a_sensor_launched_run_succeeds(topology: Topology) -> None:
+    with Shop(topology.urls) as shop:
+        fill_small_backlog(shop)
+    _backlog_processed_by_the_sensors(topology)
 
 
 TICK_LOGS = """{sensorOrError(sensorSelector: {repositoryLocationName: "jobstatus",
@@ -211,14 +255,12 @@ def _print_os_runs(topology: Topology, status: dg.DagsterRunStatus, after: float
     ]
 
 
-def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeeds(
-    topology: Topology,
-) -> None:
+def _reload_while_a_run_is_in_flight(topology: Topology, marker: int) -> None:
     """`jobstatus reload` (README "Deploying a new version"): a new code process serves the
     location, the old one finishes its run in flight and only then exits; the daemon, running
-    all along, launches the next run into the new one."""
+    all along, launches the next run into the new one. ``marker``: of the two print events."""
     _wait("no print_os run in flight", lambda: _idle(topology), topology)
-    code_server = psutil.Process(topology.services["code-server"].pid)
+    code_server = topology.code_server()
     before = {p.pid for p in code_server.children()}
     assert before, "the code server runs its code location in a child process"
     started = time.time()
@@ -226,7 +268,7 @@ def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeed
         # The writers' lock held here: the next run stops at its write, in flight.
         holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": WRITER_LOCK})
         try:
-            held = _printed_job(shop, 10_000)
+            held = _printed_job(shop, marker)
             in_flight = _wait(
                 "a sensor run in flight",
                 lambda: _print_os_runs(topology, dg.DagsterRunStatus.STARTED, started),
@@ -273,7 +315,7 @@ def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeed
             topology,
         )
         reloaded_at = time.time()
-        job = _printed_job(shop, 10_001)
+        job = _printed_job(shop, marker + 1)
         _wait(
             "a sensor run after the reload that succeeds",
             lambda: _print_os_runs(topology, dg.DagsterRunStatus.SUCCESS, reloaded_at),
@@ -282,14 +324,21 @@ def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeed
         assert shop.job_operations_json(job) == {"print": True}
 
 
+def test_reload_while_a_run_is_in_flight_lets_it_finish_and_the_next_run_succeeds(
+    topology: Topology,
+) -> None:
+    _reload_while_a_run_is_in_flight(topology, 10_000)
+
+
 def test_a_code_server_restart_ends_the_run_in_flight_and_its_rows_are_processed_again(
     topology: Topology,
 ) -> None:
     """What `systemctl restart jobstatus-code-server` does (README): systemd signals the whole
-    control group at once, run workers included; the run in flight ends as a failure, and
-    once the code server is back the sensor requests its window again, which succeeds."""
+    control group at once, run workers included; the run in flight ends as a failure (at once,
+    or, when Dagster retried the interrupted step, once the sensor finds it stale), and once the
+    code server is back the sensor requests its window again, which succeeds."""
     _wait("no print_os run in flight", lambda: _idle(topology), topology)
-    code_server = psutil.Process(topology.services["code-server"].pid)
+    code_server = topology.code_server()
     started = time.time()
     with Shop(topology.urls) as shop, make_engine(topology.urls.jobmanager).connect() as holder:
         holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": WRITER_LOCK})
@@ -310,9 +359,19 @@ def test_a_code_server_restart_ends_the_run_in_flight_and_its_rows_are_processed
         finally:
             holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": WRITER_LOCK})
             holder.commit()
-        ended = topology.instance.get_run_by_id(in_flight.run_id).status
-        assert ended == dg.DagsterRunStatus.FAILURE, ended
         topology.start("code-server", ["code-server"])
+        # Failed at once when the interrupt ended it; when the SIGTERM landed in a step with a
+        # retry policy, Dagster retried the step, the SIGKILL left the run STARTED, and the
+        # sensor fails it once it has been silent JOBSTATUS_STALE_RUN_SECONDS.
+        _wait(
+            "the run in flight ended as a failure",
+            lambda: (
+                topology.instance.get_run_by_id(in_flight.run_id).status
+                == dg.DagsterRunStatus.FAILURE
+            ),
+            topology,
+            timeout=STALE_RUN_SECONDS + 240,
+        )
         _wait(
             "the window processed again after the restart",
             lambda: _print_os_runs(topology, dg.DagsterRunStatus.SUCCESS, started),
@@ -388,3 +447,44 @@ def test_sigterm_to_each_service_leaves_no_process(topology: Topology) -> None:
     while topology.left() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert topology.left() == []
+
+
+def test_jobstatus_dev_reloads_while_its_daemon_runs_and_sigterm_leaves_no_process(
+    pg_server, tmp_path_factory
+) -> None:
+    """The same for `jobstatus dev` (issue 20), which runs these services itself: its sensors
+    process the shop's backlog, a reload while its daemon runs lets the run in flight finish in
+    the old code process and the next sensor run succeed in the new one, and SIGTERM (a service
+    manager, `make run` stopped) leaves none of its processes behind."""
+    urls = pg_server.migrated("topology_dev")
+    with Shop(urls) as shop:
+        fill_small_backlog(shop)  # a shop with data: `jobstatus dev` adds no demo shop
+    home = tmp_path_factory.mktemp("dev")
+    ui_port, api_port = free_port(), free_port()
+    env = cli_env(urls, home, JOBSTATUS_SENSOR_INTERVAL_SECONDS="5")
+    command = [JOBSTATUS, "dev", "--port", str(ui_port), "--api-port", str(api_port)]
+    with services_instance(urls, tmp_path_factory) as instance:
+        try:
+            with (home / "dev.log").open("w") as log:
+                dev = subprocess.Popen(
+                    [*command, "--simulate-every", "0"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            topology = Topology(home, urls, instance, {"dev": dev}, ui_port, env)
+            _wait("the UI", lambda: port_open(ui_port), topology)
+            _backlog_processed_by_the_sensors(topology)
+            _reload_while_a_run_is_in_flight(topology, 10_000)
+            # jobstatus dev, the code server and its code process, the daemon, the webserver
+            assert len(topology.left()) >= 5, topology.left()
+            dev.send_signal(signal.SIGTERM)
+            dev.wait(timeout=120)
+            deadline = time.monotonic() + 60
+            while topology.left() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert topology.left() == []
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+            kill_what_is_left(home)

@@ -1,17 +1,25 @@
 """Upgrades (issue 20): a shop migrated by an older jobstatus (migrations up to 0013) with data
 in it is brought to the current schema by `jobstatus migrate`, and processing then works; the
-Dagster database is upgraded by `dagster instance migrate` with our instance file."""
+Dagster database, left at an older Dagster's schema, is upgraded by `dagster instance migrate`
+with our instance file."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import sqlalchemy as sa
 from click.testing import CliRunner
 from yoyo import get_backend, read_migrations
 
 from jobstatus_dagster.cli import main
-from jobstatus_dagster.db import SQL_DIR, apply_migrations, migrate, to_sqlalchemy_url
+from jobstatus_dagster.db import (
+    SQL_DIR,
+    apply_migrations,
+    make_engine,
+    migrate,
+    to_sqlalchemy_url,
+)
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.daemon import daemon_env
 from jobstatus_testkit.databases import fresh_urls
@@ -81,9 +89,81 @@ def test_jobstatus_migrate_brings_an_older_installation_with_data_to_the_current
         assert [row["status"] for row in shop.audit("9501_1")] == ["completed"]
 
 
-def test_dagster_instance_migrate_runs_on_our_instance_file(urls, tmp_path) -> None:
-    """What the README tells an operator to run after upgrading Dagster: it reads dagster.yaml
-    from DAGSTER_HOME (our file, storage from the environment) and upgrades the storage."""
+# The `dagster` database of an installation on an older Dagster (mid 2024, alembic revision
+# 284a732df317): what Dagster's migrations 044-048 and two of its data migrations added since,
+# taken away as their downgrade() does.
+OLDER_REVISION = "284a732df317"
+OLDER_DAGSTER = [
+    "ALTER TABLE runs DROP COLUMN backfill_id",  # 044, with 045's index
+    "ALTER TABLE bulk_actions DROP COLUMN job_name",  # 046
+    "DROP TABLE backfill_tags",  # 046
+    "ALTER TABLE concurrency_limits DROP COLUMN using_default_limit",  # 048
+    "DELETE FROM secondary_indexes WHERE name IN ('run_backfill_id', 'backfill_job_name_and_tags')",
+    f"UPDATE alembic_version SET version_num = '{OLDER_REVISION}'",
+]
+
+
+def _dagster_schema(url: str) -> dict:
+    """What an upgrade changes: the revision, the columns and indexes of the tables concerned,
+    the data migrations done."""
+    engine = make_engine(url)
+    tables = ("runs", "bulk_actions", "backfill_tags", "concurrency_limits")
+    try:
+        with engine.connect() as conn:
+
+            def scalars(query: str) -> set:
+                return set(conn.execute(sa.text(query), {"tables": list(tables)}).scalars())
+
+            return {
+                "revision": scalars("SELECT version_num FROM alembic_version"),
+                "columns": scalars(
+                    "SELECT table_name || '.' || column_name FROM information_schema.columns"
+                    " WHERE table_name = ANY(:tables)"
+                ),
+                "indexes": scalars(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = ANY(:tables)"
+                ),
+                "data migrations": scalars(
+                    "SELECT name FROM secondary_indexes WHERE migration_completed IS NOT NULL"
+                ),
+            }
+    finally:
+        engine.dispose()
+
+
+@dg.op
+def _noop() -> None:
+    pass
+
+
+@dg.job
+def _older_job() -> None:
+    _noop()
+
+
+def test_dagster_instance_migrate_brings_an_older_dagster_storage_to_the_current_schema(
+    urls, instance, tmp_path
+) -> None:
+    """What the README tells an operator to run after upgrading Dagster, as the services would
+    (dagster.yaml from DAGSTER_HOME, storage from the environment), on a `dagster` database left
+    at an older Dagster's schema, with a backfill's run in it: Dagster's schema migrations and
+    data migrations up to the installed version's, the run's backfill filled in."""
+    run = instance.create_run_for_job(_older_job, tags={"dagster/backfill": "oldbackfill"})
+    current = _dagster_schema(urls.dagster)
+    engine = make_engine(urls.dagster)
+    try:
+        with engine.begin() as conn:
+            for statement in OLDER_DAGSTER:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+    older = _dagster_schema(urls.dagster)
+    assert older["revision"] == {OLDER_REVISION} != current["revision"]
+    gone = {"runs.backfill_id", "bulk_actions.job_name", "concurrency_limits.using_default_limit"}
+    assert gone <= current["columns"] and not gone & older["columns"]
+    assert "idx_runs_by_backfill_id" in current["indexes"] - older["indexes"]
+    assert "run_backfill_id" in current["data migrations"] - older["data migrations"]
+
     env = daemon_env(urls, tmp_path / "dagster_home")
     dagster = str(Path(sys.executable).with_name("dagster"))
     done = subprocess.run(
@@ -92,3 +172,13 @@ def test_dagster_instance_migrate_runs_on_our_instance_file(urls, tmp_path) -> N
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Updating run storage..." in done.stdout
     assert "Updating schedule storage..." in done.stdout
+    assert _dagster_schema(urls.dagster) == current
+    engine = make_engine(urls.dagster)
+    try:
+        with engine.connect() as conn:
+            backfill = conn.execute(
+                sa.text("SELECT backfill_id FROM runs WHERE run_id = :r"), {"r": run.run_id}
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert backfill == "oldbackfill"
