@@ -7,7 +7,7 @@ deploy/systemd/jobstatus-watchdog.timer) and looks at two things:
 - ``service:dagster-daemon``: every daemon the instance needs (sensors, schedules, the run queue,
   backfills, run monitoring…) has written a heartbeat to Dagster's storage within the tolerance
   (Dagster's own ``get_daemon_statuses``, errors aside: a daemon that beats is alive);
-- ``service:code-server``: the code server answers a gRPC ping.
+- ``service:code-server``: the code server answers a gRPC ping, with its code loaded.
 
 Each is an incident in the same ``alert_incidents`` table, sent on the same channels, once when it
 opens and once when it clears. The watchdog sends only its own subjects (``service:…``) and the
@@ -105,12 +105,17 @@ def daemon_sign(instance: dg.DagsterInstance, now: datetime, tolerance_seconds: 
 
 
 def code_server_sign(host: str, port: int, now: datetime) -> Sign:
-    """Whether the code server answers a gRPC ping."""
+    """Whether the code server answers a gRPC ping and has its code loaded: `dagster code-server
+    start` keeps answering after a reload whose code failed to import, and then no sensor runs."""
     from dagster._grpc.client import DagsterGrpcClient
+    from dagster._serdes import deserialize_value
+    from dagster._utils.error import SerializableErrorInfo
 
     address = f"{host}:{port}"
+    client = DagsterGrpcClient(port=port, host=host)
     try:
-        DagsterGrpcClient(port=port, host=host).ping("jobstatus-watchdog")
+        client.ping("jobstatus-watchdog")
+        loaded = deserialize_value(client.list_repositories())
     except Exception as error:  # noqa: BLE001 - any failure to answer is the sign
         reason = " ".join(str(error).split())[:300]
         return Sign(
@@ -121,6 +126,20 @@ def code_server_sign(host: str, port: int, now: datetime) -> Sign:
             f" {reason}): no sensor is evaluated and no run starts until it is back"
             " (systemctl status jobstatus-code-server)",
             detail={"address": address},
+        )
+    if isinstance(loaded, SerializableErrorInfo):
+        root = loaded
+        while root.cause is not None:  # DagsterUserCodeLoadError ← what the import raised
+            root = root.cause
+        reason = " ".join(root.message.split())[:300]
+        return Sign(
+            CODE_SERVER_SUBJECT,
+            failing=True,
+            at=now,
+            summary=f"the code server at {address} answers but its code did not load ({reason}):"
+            " no sensor is evaluated and no run starts until it loads"
+            " (journalctl -u jobstatus-code-server; reinstall and `jobstatus reload`)",
+            detail={"address": address, "load_error": loaded.cls_name},
         )
     return Sign(CODE_SERVER_SUBJECT, failing=False, at=now, by=f"{address} answered")
 

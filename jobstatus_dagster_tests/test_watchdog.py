@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -85,19 +86,7 @@ def test_the_watchdog_alerts_once_when_the_daemon_and_code_server_are_down_and_c
 
     # The daemon beats again and a real code server answers: each cleared, once.
     beat(instance, time.time())
-    code_file = tmp_path / "tiny_location.py"
-    code_file.write_text("import dagster as dg\n\ndefs = dg.Definitions()\n")
-    server = subprocess.Popen(  # noqa: S603 - our own venv's dagster
-        [DAGSTER, "api", "grpc", "--python-file", str(code_file), "--host", "127.0.0.1"]
-        + ["--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not port_open(port):
-            assert server.poll() is None and time.monotonic() < deadline, "no code server"
-            time.sleep(0.5)
+    with code_server(tmp_path, port, "defs = dg.Definitions()"):
         back = watchdog()
         assert back.returncode == 0, back.stderr
         assert f"{DAEMON}: up; {CODE_SERVER}: up" in back.stdout
@@ -108,6 +97,36 @@ def test_the_watchdog_alerts_once_when_the_daemon_and_code_server_are_down_and_c
         assert "the daemon beat at " in cleared["text"]
         assert watchdog().returncode == 0
         assert len(states(receiver, DAEMON)) == 2 and len(states(receiver, CODE_SERVER)) == 2
+
+    # A code server that answers but whose code failed to load (a bad reload) runs no sensor.
+    beat(instance, time.time())
+    with code_server(tmp_path, port, "raise RuntimeError('broken on purpose')"):
+        assert watchdog().returncode == 0
+    assert states(receiver, CODE_SERVER) == ["open", "cleared", "open"]
+    assert states(receiver, DAEMON) == ["open", "cleared"]
+    broken = [b for b in receiver.bodies if b["incident"]["subject"] == CODE_SERVER][-1]
+    assert "answers but its code did not load" in broken["text"]
+    assert "broken on purpose" in broken["text"]
+
+
+@contextmanager
+def code_server(folder: Path, port: int, code: str) -> Iterator[None]:
+    """A real `dagster api grpc` serving ``code`` (serving its load error if it fails to load,
+    as `dagster code-server start` does) on 127.0.0.1:``port``, until it answers."""
+    code_file = folder / f"location_{port}_{abs(hash(code))}.py"
+    code_file.write_text(f"import dagster as dg\n\n{code}\n")
+    server = subprocess.Popen(  # noqa: S603 - our own venv's dagster
+        [DAGSTER, "api", "grpc", "--python-file", str(code_file), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--lazy-load-user-code"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open(port):
+            assert server.poll() is None and time.monotonic() < deadline, "no code server"
+            time.sleep(0.5)
+        yield
     finally:
         server.terminate()
         server.wait(30)
