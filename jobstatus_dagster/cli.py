@@ -675,6 +675,38 @@ def deploy_files_command(directory: Path, force: bool) -> None:
         click.echo(str(target))
 
 
+@main.command("watchdog")
+@click.option(
+    "--heartbeat-tolerance",
+    default=300,
+    show_default=True,
+    help="Seconds a required daemon may be silent (beyond its 30 s beat) before it counts as down.",
+)
+def watchdog_command(heartbeat_tolerance: int) -> None:
+    """One look at what the alerts depend on: the Dagster daemon's heartbeats and whether the code
+    server answers. Each is an incident in alert_incidents, alerted on the same channels when it
+    opens and when it clears (deploy/systemd/jobstatus-watchdog.timer runs this every minute).
+    Exits 1 when an alert it owes could not be sent."""
+    import logging
+
+    from jobstatus_dagster.definitions import alert_channels_from_settings
+    from jobstatus_dagster.watchdog import watch
+
+    env = _env()
+    with engine_scope(env.urls.jobmanager) as engine:
+        report = watch(
+            env.instance(),
+            engine,
+            alert_channels_from_settings(env.settings, secrets=True),
+            (env.settings.code_server_host, env.settings.code_server_port),
+            tolerance_seconds=heartbeat_tolerance,
+            log=logging.getLogger("jobstatus.watchdog"),
+        )
+    click.echo(report.line())
+    if report.failed:
+        raise click.ClickException(f"{report.failed} alert(s) not sent: sent again next time")
+
+
 @main.command("reload")
 @click.option("--ui", default="127.0.0.1:3000", show_default=True, help="The operators' webserver.")
 def reload_command(ui: str) -> None:

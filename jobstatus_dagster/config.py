@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -142,7 +143,12 @@ class Settings(Processing, BaseSettings):
     # Alerts (pipeline/alerts.py): where an incident's opening and clearing are sent. Either, both
     # or neither (then incidents are still recorded in alert_incidents and shown by the sensor).
     alert_webhook_url: SecretStr | None = Field(
-        None, description="POST each alert as JSON with a `text` field (Slack, Teams, any receiver)"
+        None, description="POST each alert as JSON with a `text` field (Slack, any receiver)"
+    )
+    alert_webhook_format: Literal["slack", "teams"] = Field(
+        "slack",
+        description="`teams`: also an Adaptive Card in `attachments`, as a Teams Workflows"
+        " webhook wants (it shows no `text`)",
     )
     smtp_host: str | None = Field(None, description="mail each alert through this SMTP server")
     smtp_port: int = Field(25, ge=1, description="the SMTP server's port")

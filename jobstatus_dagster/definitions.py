@@ -2,6 +2,7 @@
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from pydantic import SecretStr
 
 from jobstatus_dagster.config import DATABASE_URL_VARIABLES, Settings, load_settings
 from jobstatus_dagster.pipeline.alerts import AlertChannels, build_alert_sensor
@@ -119,16 +120,25 @@ def definitions_from_settings(
     )
 
 
-def alert_channels_from_settings(settings: Settings) -> AlertChannels:
+def alert_channels_from_settings(settings: Settings, *, secrets: bool = False) -> AlertChannels:
     """The alert channels; the secrets (a chat webhook URL holds a token) as EnvVars, so the UI
-    never shows them, and only when set (an unset EnvVar fails the sensor's every tick)."""
+    never shows them, and only when set (an unset EnvVar fails the sensor's every tick).
+    ``secrets``: their values instead, for use outside Dagster (`jobstatus watchdog`), where
+    nothing resolves an EnvVar."""
+
+    def secret(variable: str, value: SecretStr | None) -> str:
+        if not value:
+            return ""
+        return value.get_secret_value() if secrets else dg.EnvVar(variable)
+
     return AlertChannels(
-        webhook_url=dg.EnvVar("JOBSTATUS_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else "",
+        webhook_url=secret("JOBSTATUS_ALERT_WEBHOOK_URL", settings.alert_webhook_url),
+        webhook_format=settings.alert_webhook_format,
         smtp_host=settings.smtp_host or "",
         smtp_port=settings.smtp_port,
         smtp_starttls=settings.smtp_starttls,
         smtp_user=settings.smtp_user or "",
-        smtp_password=dg.EnvVar("JOBSTATUS_SMTP_PASSWORD") if settings.smtp_password else "",
+        smtp_password=secret("JOBSTATUS_SMTP_PASSWORD", settings.smtp_password),
         smtp_from=settings.smtp_from or "",
         smtp_to=settings.smtp_to or "",
     )

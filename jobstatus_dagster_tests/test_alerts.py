@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from jobstatus_dagster.pipeline.alerts import SENSOR_NAME, AlertChannels
-from jobstatus_dagster.pipeline.resources import PostgresDatabase, ProcessingSettings
+from jobstatus_dagster.pipeline.resources import PostgresDatabase
 from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.processes import free_port
 from jobstatus_testkit.receivers import HttpReceiver, http_receiver, smtp_receiver
@@ -167,14 +167,21 @@ def test_an_alert_the_receiver_refused_is_sent_at_the_next_tick(
     ]
 
 
-def run_checks(shop: Shop, instance) -> None:
+def run_checks(shop: Shop, instance) -> dg.ExecuteInProcessResult:
     job = shop.definitions().resolve_job_def("data_quality_checks")
-    assert job.execute_in_process(instance=instance).success  # non-blocking: the run succeeds
+    return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
-def test_a_failing_error_check_is_alerted_until_it_passes(
+def evaluation(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    (found,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return found
+
+
+def test_a_failing_error_check_fails_its_run_and_is_one_incident_until_it_passes(
     alerts: Alerts, receiver: HttpReceiver, instance
 ) -> None:
+    """The print-flag check is ERROR and blocking: it fails its run. That run failure is the
+    check's incident, not a second one for the checks job (one alert per incident)."""
     shop = alerts.shop
     subject = "check:jobmanager/jobs_operations:print_flag_agrees_with_job_operations"
     shop.add_job("9301_1")
@@ -182,7 +189,7 @@ def test_a_failing_error_check_is_alerted_until_it_passes(
     shop.map_files("AL-I1", ["FILE_1_Labex_9301_1_1"])
     shop.print_event("AL-I1", "PRINTED")
     shop.process(instance)
-    run_checks(shop, instance)
+    assert run_checks(shop, instance).success
     alerts.tick()
     assert sent(receiver, subject) == []
 
@@ -190,20 +197,66 @@ def test_a_failing_error_check_is_alerted_until_it_passes(
         "UPDATE jobs SET operations = jsonb_set(operations, '{print}', :v) WHERE job_id = '9301_1'"
     )
     shop.execute(shop.jm, flag, {"v": "false"})  # disagrees with the completed print row
-    run_checks(shop, instance)
+    failing = run_checks(shop, instance)
+    assert not failing.success  # blocking: the run fails
+    assert not evaluation(failing, "print_flag_agrees_with_job_operations").passed
     alerts.tick()
-    run_checks(shop, instance)  # failing again: the same incident
+    assert not run_checks(shop, instance).success  # failing again: the same incident
     alerts.tick()
     (opened,) = sent(receiver, subject)
     assert "ERROR check print_flag_agrees_with_job_operations" in opened["text"]
     assert "disagreeing=1" in opened["text"]
+    assert sent(receiver, "run:data_quality_checks") == []
+    (incident,) = alerts.incident(subject)
+    assert incident["failures"] == 2 and incident["cleared_at"] is None
 
     shop.execute(shop.jm, flag, {"v": "true"})
-    run_checks(shop, instance)
+    assert run_checks(shop, instance).success
     alerts.tick()
     assert [b["incident"]["state"] for b in sent(receiver, subject)] == ["open", "cleared"]
-    # A WARN check failing is not an incident.
-    assert not [b for b in receiver.bodies if "markers_keep_up" in b["incident"]["subject"]]
+    assert sent(receiver, "run:data_quality_checks") == []
+    assert alerts.incident("run:data_quality_checks") == []
+
+
+def test_a_checks_run_that_fails_for_another_reason_is_a_run_incident(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    """Only a run failed by blocking checks alone is left to the checks' incidents."""
+    run = instance.create_run_for_job(
+        alerts.shop.definitions().resolve_job_def("data_quality_checks"),
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )
+    instance.report_run_failed(run, "could not connect to server")
+    alerts.tick()
+    (opened,) = sent(receiver, "run:data_quality_checks")
+    assert "could not connect to server" in opened["text"]
+    assert run_checks(alerts.shop, instance).success
+    alerts.tick()
+    assert [b["incident"]["state"] for b in sent(receiver, "run:data_quality_checks")] == [
+        "open",
+        "cleared",
+    ]
+
+
+def test_a_failing_warn_check_is_not_an_incident(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    shop, name = alerts.shop, "file_ids_match_the_pattern"
+    shop.execute(
+        shop.logs,
+        "INSERT INTO imposition_file_mapping (imposition_id, file_id) VALUES ('AL-X', 'scan.pdf')",
+    )
+    try:
+        result = run_checks(shop, instance)
+        warned = evaluation(result, name)
+        assert not warned.passed and warned.severity is dg.AssetCheckSeverity.WARN
+        assert result.success  # WARN checks never fail their run
+        alerts.tick()
+        assert [b for b in receiver.bodies if name in b["incident"]["subject"]] == []
+        assert alerts.incident(f"check:logs/imposition_file_mapping:{name}") == []
+    finally:
+        shop.execute(shop.logs, "DELETE FROM imposition_file_mapping WHERE imposition_id = 'AL-X'")
+        assert run_checks(shop, instance).success
 
 
 def test_a_source_past_its_thresholds_is_alerted_by_webhook_and_mail(
@@ -266,12 +319,20 @@ def test_a_source_past_its_thresholds_is_alerted_by_webhook_and_mail(
         alerts.cursor = mailing.cursor
 
 
-def test_the_alert_sensor_and_the_retention_schedule_run_by_default(alerts: Alerts) -> None:
-    defs = alerts.shop.definitions()
-    assert defs.resolve_sensor_def(SENSOR_NAME).default_status is dg.DefaultSensorStatus.RUNNING
+def test_the_alert_sensor_and_the_retention_schedule_run_by_default(monkeypatch) -> None:
+    """From the settings, as the code location builds them: on by default, at the configured
+    interval, the retention job hourly."""
+    from jobstatus_dagster.config import load_settings
+    from jobstatus_dagster.definitions import definitions_from_settings
+
+    monkeypatch.setenv("JOBSTATUS_ALERT_INTERVAL_SECONDS", "45")
+    defs = definitions_from_settings(load_settings(), "postgresql://x@/jm", "postgresql://x@/logs")
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    assert sensor.default_status is dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 45
     schedule = defs.resolve_schedule_def("prune_dagster_history_hourly")
     assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
-    assert isinstance(alerts.shop.processing, ProcessingSettings)
+    assert schedule.job_name == "prune_dagster_history" and schedule.cron_schedule == "17 * * * *"
 
 
 def test_alert_secrets_reach_the_sensor_as_environment_variables(monkeypatch) -> None:
@@ -288,11 +349,17 @@ def test_alert_secrets_reach_the_sensor_as_environment_variables(monkeypatch) ->
     monkeypatch.setenv("JOBSTATUS_SMTP_HOST", "mail.shop.example")
     monkeypatch.setenv("JOBSTATUS_SMTP_TO", "ops@shop.example")
     monkeypatch.setenv("JOBSTATUS_SMTP_PASSWORD", "hunter2")
+    monkeypatch.setenv("JOBSTATUS_ALERT_WEBHOOK_FORMAT", "teams")
     channels = alert_channels_from_settings(load_settings())
     assert channels.webhook_url == dg.EnvVar("JOBSTATUS_ALERT_WEBHOOK_URL")
     assert channels.smtp_password == dg.EnvVar("JOBSTATUS_SMTP_PASSWORD")
     assert channels.smtp_host == "mail.shop.example"
+    assert channels.webhook_format == "teams"
     assert "secret" not in repr(channels) and "hunter2" not in repr(channels)
+    # Outside Dagster (`jobstatus watchdog`) nothing resolves an EnvVar: the values themselves.
+    direct = alert_channels_from_settings(load_settings(), secrets=True)
+    assert direct.webhook_url == "https://hooks.example/T0/B0/secret"
+    assert direct.smtp_password == "hunter2"
 
 
 def test_a_broken_webhook_never_keeps_the_mail_back_and_nothing_is_sent_twice(
@@ -329,3 +396,118 @@ def test_a_broken_webhook_never_keeps_the_mail_back_and_nothing_is_sent_twice(
         about = [m["Subject"] for m in smtp.mails if "deliver_webhooks" in m["Subject"]]
         assert len(about) == 2 and about[1].startswith("[jobstatus] CLEARED"), about
         alerts.cursor = mailing.cursor
+
+
+def test_a_canceled_processing_run_is_one_incident_saying_it_was_canceled(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    """Run monitoring cancels a run past max_runtime_seconds (dagster.yaml): the window was not
+    processed, so it is alerted like a failure, saying it was canceled and why."""
+    shop, subject = alerts.shop, "run:print_os"
+    before = len(sent(receiver, subject))
+
+    def canceled(window: str) -> dg.DagsterRun:
+        run = queued_run(shop, instance, window)
+        # What run monitoring writes (dagster/_daemon/monitoring/run_monitoring.py).
+        instance.report_run_canceling(
+            run, message="Canceling due to exceeding maximum runtime of 3600 seconds."
+        )
+        instance.report_run_canceled(run)
+        return run
+
+    first = canceled("print_os:60-70")
+    alerts.tick()
+    (opened,) = sent(receiver, subject)[before:]
+    assert opened["text"].endswith(
+        f"run {first.run_id} of process_print_os (print_os:60-70) was canceled: Canceling due to"
+        " exceeding maximum runtime of 3600 seconds. This run has been marked as canceled from"
+        " outside the execution context."
+    )
+    assert opened["incident"]["detail"]["outcome"] == "canceled"
+
+    canceled("print_os:60-70")  # asked for again, canceled again: the same incident
+    alerts.tick()
+    assert len(sent(receiver, subject)) == before + 1
+    incident = alerts.incident(subject)[-1]
+    assert incident["failures"] == 2 and incident["cleared_at"] is None
+
+    shop.print_event("AL-OK", "PRINTED")
+    outcome = shop.process(instance)
+    alerts.tick()
+    cleared = sent(receiver, subject)[-1]
+    assert [b["incident"]["state"] for b in sent(receiver, subject)[before:]] == ["open", "cleared"]
+    assert f"run {outcome.runs[-1].run_id} succeeded" in cleared["text"]
+
+
+def test_a_marker_lag_hovering_at_its_threshold_is_one_incident(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    """Hysteresis: above JOBSTATUS_MAX_MARKER_LAG (2 here) opens; it clears only at half of it
+    (1) or less, so a backlog going 3, 2, 3, 2 … is one incident, not one per crossing."""
+    shop, subject = alerts.shop, "marker_lag:print_os"
+    shop.process(instance)
+    alerts.tick()
+    before, incidents_before = len(sent(receiver, subject)), len(alerts.incident(subject))
+    for _ in range(4):
+        shop.print_event("AL-HOVER", "PRINTED")
+
+    def lag(rows: int) -> None:
+        """The processor's marker ``rows`` short of the newest print row."""
+        shop.execute(
+            shop.jm,
+            "UPDATE processing_markers SET last_processed_id ="
+            " (SELECT max(marker) FROM \"print OS\") - :n WHERE marker_type = 'print_os'",
+            {"n": rows},
+        )
+        alerts.tick()
+
+    for rows in (3, 2, 3, 2, 3, 2, 3):
+        lag(rows)
+    assert [b["incident"]["state"] for b in sent(receiver, subject)[before:]] == ["open"]
+    lag(2)
+    (incident,) = alerts.incident(subject)[incidents_before:]
+    assert incident["cleared_at"] is None and incident["failures"] == 4
+    lag(1)
+    assert [b["incident"]["state"] for b in sent(receiver, subject)[before:]] == [
+        "open",
+        "cleared",
+    ]
+    assert "1 rows past marker" in sent(receiver, subject)[-1]["text"]
+    lag(2)  # below the threshold again: stays cleared
+    assert len(alerts.incident(subject)) == incidents_before + 1
+    shop.process(instance)
+
+
+def test_teams_format_posts_an_adaptive_card_beside_the_text(
+    alerts: Alerts, receiver: HttpReceiver, instance
+) -> None:
+    """A Teams Workflows webhook posts the Adaptive Card in ``attachments`` and shows no
+    ``text``; Slack's body (the default) carries no ``attachments`` (Slack would read them as
+    its own)."""
+    assert all("attachments" not in body for body in receiver.bodies)
+    teams = Alerts(
+        alerts.shop, instance, AlertChannels(webhook_url=receiver.url, webhook_format="teams")
+    )
+    teams.cursor = alerts.cursor
+    job = alerts.shop.definitions().resolve_job_def("deliver_webhooks")
+    run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)
+    instance.report_run_failed(run, "for Teams")
+    count = len(receiver.bodies)
+    teams.tick()
+    (opened,) = receiver.bodies[count:]
+    assert opened["type"] == "message" and opened["incident"]["state"] == "open"
+    (attachment,) = opened["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["version"] == "1.4"
+    head, summary, facts = card["body"]
+    assert head["text"] == opened["text"].splitlines()[0] and head["color"] == "Attention"
+    assert summary["text"] == f"run {run.run_id} of deliver_webhooks failed: for Teams"
+    assert {"title": "subject", "value": "run:deliver_webhooks"} in facts["facts"]
+
+    assert job.execute_in_process(instance=instance).success
+    teams.tick()
+    (cleared,) = receiver.bodies[count + 1 :]
+    head = cleared["attachments"][0]["content"]["body"][0]
+    assert head["text"].startswith("[jobstatus] CLEARED") and head["color"] == "Good"
+    alerts.cursor = teams.cursor

@@ -14,13 +14,21 @@ CHECK_NAMES = {
 
 
 def run_checks(shop: Shop, instance) -> dict[str, dg.AssetCheckEvaluation]:
+    """Every check's evaluation. The run fails exactly when the ERROR check (blocking) fails:
+    WARN checks never fail it (docs/decisions.md, "Which checks page")."""
     result = (
         shop.definitions()
         .resolve_job_def("data_quality_checks")
-        .execute_in_process(instance=instance)
+        .execute_in_process(instance=instance, raise_on_error=False)
     )
-    assert result.success
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    failed_errors = [
+        name
+        for name, e in evaluations.items()
+        if not e.passed and e.severity is dg.AssetCheckSeverity.ERROR
+    ]
+    assert result.success == (not failed_errors), failed_errors
+    return evaluations
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +98,7 @@ def test_print_agreement_check_fails_when_jobs_and_job_operations_disagree(
     )
     check = run_checks(good_shop, instance)["print_flag_agrees_with_job_operations"]
     assert not check.passed and "9002_2" in check.metadata["sample"].value
+    assert check.severity is dg.AssetCheckSeverity.ERROR and check.blocking
 
 
 def test_r20_other_customers_file_ids_are_not_data_quality_failures(

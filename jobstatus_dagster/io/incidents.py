@@ -32,6 +32,9 @@ class Incident:
         return self.cleared_at is None
 
 
+# Subjects of the watchdog (`jobstatus watchdog`): the services the alerts sensor depends on.
+WATCHDOG_PREFIX = "service:"
+
 _TABLE = sa.table("alert_incidents", *(sa.column(name) for name in Incident.__dataclass_fields__))
 
 
@@ -87,14 +90,18 @@ def clear(
     return result.rowcount > 0
 
 
-def unsent(conn: sa.Connection, limit: int) -> list[Incident]:
-    """Incidents whose opening or clearing alert has not gone out yet, oldest first."""
+def unsent(conn: sa.Connection, limit: int, *, watchdog: bool = False) -> list[Incident]:
+    """Incidents whose opening or clearing alert has not gone out yet, oldest first: the
+    watchdog's own (``WATCHDOG_PREFIX``) or all the others. Each sender sends only its share, so
+    the alerts sensor and the watchdog never send one alert twice between them."""
     c = _TABLE.c
+    own = c.subject.startswith(WATCHDOG_PREFIX, autoescape=True)
     rows = conn.execute(
         sa.select(_TABLE)
         .where(
             c.opened_sent_at.is_(None) | (c.cleared_at.isnot(None) & c.cleared_sent_at.is_(None))
         )
+        .where(own if watchdog else ~own)
         .order_by(c.incident_id)
         .limit(limit)
     )

@@ -15,13 +15,16 @@ between two looks). A window that fails at every retry is one incident, not an a
   JOBSTATUS_MAX_MARKER_LAG, or an open data-quality failure older than
   JOBSTATUS_FAILURE_AGE_HOURS: the same thresholds as the checks, looked at every tick.
 
-Alerts go to JOBSTATUS_ALERT_WEBHOOK_URL as JSON whose ``text`` Slack and Teams show as is, and/or
-by mail through JOBSTATUS_SMTP_*. An alert that could not be sent is sent at a later tick.
+Alerts go to JOBSTATUS_ALERT_WEBHOOK_URL as JSON whose ``text`` Slack shows (with
+JOBSTATUS_ALERT_WEBHOOK_FORMAT=teams, also the Adaptive Card a Teams Workflows webhook posts),
+and/or by mail through JOBSTATUS_SMTP_*. An alert that could not be sent is sent at a later tick.
 """
 
 import json
+import logging
 import smtplib
 import ssl
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -73,17 +76,21 @@ def apply(conn: sa.Connection, signs: list[Sign]) -> None:
 
 @dataclass(frozen=True)
 class AlertCursor:
-    """Where the look at run status events goes on: the last RUN_FAILURE and RUN_SUCCESS storage
-    ids seen. None until the first look, which starts at the newest (history is not alerted)."""
+    """Where the look at run status events goes on: the last RUN_FAILURE, RUN_SUCCESS and
+    RUN_CANCELED storage ids seen. None until the first look, which starts at the newest
+    (history is not alerted)."""
 
     failures_after: int | None = None
     successes_after: int | None = None
+    cancels_after: int | None = None
 
     @classmethod
     def parse(cls, cursor: str | None) -> "AlertCursor":
         try:
             data = json.loads(cursor or "{}")
-            return cls(data.get("failures_after"), data.get("successes_after"))
+            return cls(
+                data.get("failures_after"), data.get("successes_after"), data.get("cancels_after")
+            )
         except (ValueError, AttributeError):
             return cls()
 
@@ -127,22 +134,36 @@ def _when(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+def _capped(records: list[dg.EventLogRecord]) -> int | None:
+    """The storage id a capped read stopped before (None when the read was complete)."""
+    return records[-1].storage_id + 1 if len(records) == RUN_EVENTS_PER_TICK else None
+
+
 def run_signs(instance: dg.DagsterInstance, cursor: AlertCursor) -> tuple[list[Sign], AlertCursor]:
     """The signs of the runs that finished since the cursor, and the cursor after them."""
     if cursor.failures_after is None or cursor.successes_after is None:
         start = AlertCursor(
             _latest_storage_id(instance, dg.DagsterEventType.RUN_FAILURE),
             _latest_storage_id(instance, dg.DagsterEventType.RUN_SUCCESS),
+            _latest_storage_id(instance, dg.DagsterEventType.RUN_CANCELED),
         )
         return [], start
+    cancels_after = cursor.cancels_after
+    if cancels_after is None:  # a cursor from before canceled runs were watched: from now on
+        cancels_after = _latest_storage_id(instance, dg.DagsterEventType.RUN_CANCELED)
     failures = _status_changes(instance, dg.DagsterEventType.RUN_FAILURE, cursor.failures_after)
-    # Never look at successes past the failures read: a success is judged against every failure
-    # before it (a capped read of failures must not leave one for the next look).
-    bound = failures[-1].storage_id + 1 if len(failures) == RUN_EVENTS_PER_TICK else None
+    cancels = _status_changes(instance, dg.DagsterEventType.RUN_CANCELED, cancels_after)
+    # Never look past where a capped read stopped: a success is judged against every failure
+    # and cancel before it (a capped read must not leave one for the next look).
+    bounds = [b for b in (_capped(failures), _capped(cancels)) if b is not None]
+    bound = min(bounds) if bounds else None
+    if bound is not None:
+        failures = [r for r in failures if r.storage_id < bound]
+        cancels = [r for r in cancels if r.storage_id < bound]
     successes = _status_changes(
         instance, dg.DagsterEventType.RUN_SUCCESS, cursor.successes_after, bound
     )
-    run_ids = list({r.run_id for r in failures + successes})
+    run_ids = list({r.run_id for r in failures + cancels + successes})
     records = (
         {
             record.dagster_run.run_id: record
@@ -152,21 +173,46 @@ def run_signs(instance: dg.DagsterInstance, cursor: AlertCursor) -> tuple[list[S
         else {}
     )
     signs: list[Sign] = []
-    for event in failures:
+    for event, outcome in [(e, "failed") for e in failures] + [(e, "canceled") for e in cancels]:
         record = records.get(event.run_id)
         if record is None:  # deleted since (retention)
             continue
         run = record.dagster_run
+        blocking_checks = outcome == "failed" and _failed_only_by_blocking_checks(
+            instance, run.run_id
+        )
+        if blocking_checks:
+            # The run did its work; what failed is a blocking ERROR check, whose own incident
+            # (check_signs) is the one alert. For the run's subject it counts as a success.
+            signs.append(
+                Sign(
+                    run_subject(run),
+                    failing=False,
+                    at=_when(event.timestamp),
+                    by=f"run {run.run_id} ran (a blocking ERROR check failed: {blocking_checks})",
+                    only_if_failed_before=record.create_timestamp.astimezone(UTC),
+                )
+            )
+            continue
         window = run.tags.get(WINDOW_TAG) or run.tags.get("dagster/partition")
-        message = _run_error(instance, run.run_id) or event.event_log_entry.message or ""
+        if outcome == "failed":
+            message = _run_error(instance, run.run_id) or event.event_log_entry.message or ""
+        else:
+            message = _cancel_reason(instance, run.run_id) or event.event_log_entry.message or ""
         what = f"run {run.run_id} of {run.job_name}" + (f" ({window})" if window else "")
         signs.append(
             Sign(
                 run_subject(run),
                 failing=True,
                 at=_when(event.timestamp),
-                summary=f"{what} failed: {message}"[:1000],
-                detail={"run_id": run.run_id, "job": run.job_name, "window": window},
+                summary=f"{what} {'was canceled' if outcome == 'canceled' else 'failed'}:"
+                f" {message}"[:1000],
+                detail={
+                    "run_id": run.run_id,
+                    "job": run.job_name,
+                    "window": window,
+                    "outcome": outcome,
+                },
             )
         )
     for event in successes:
@@ -185,8 +231,38 @@ def run_signs(instance: dg.DagsterInstance, cursor: AlertCursor) -> tuple[list[S
     after = AlertCursor(
         failures[-1].storage_id if failures else cursor.failures_after,
         successes[-1].storage_id if successes else cursor.successes_after,
+        cancels[-1].storage_id if cancels else cancels_after,
     )
     return signs, after
+
+
+def _failed_only_by_blocking_checks(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The blocking ERROR checks that failed the run when they are all that failed it (every
+    failed step failed with DagsterAssetCheckFailedError), else ''."""
+    steps = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    errors = [
+        record.event_log_entry.dagster_event.event_specific_data.error
+        for record in steps
+        if record.event_log_entry.dagster_event is not None
+    ]
+    if not errors or any(
+        error is None or error.cls_name != "DagsterAssetCheckFailedError" for error in errors
+    ):
+        return ""
+    # "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed …"
+    return "; ".join(" ".join(e.message.split(": ", 1)[-1].split()) for e in errors)
+
+
+def _cancel_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """Why the run was stopped: the canceling request's message (run monitoring says "Canceling
+    due to exceeding maximum runtime …"), then what the cancellation itself said."""
+    reasons = []
+    for kind in (dg.DagsterEventType.RUN_CANCELING, dg.DagsterEventType.RUN_CANCELED):
+        for record in instance.get_records_for_run(run_id, of_type=kind, limit=1).records:
+            message = record.event_log_entry.message or ""
+            if message and message not in reasons:
+                reasons.append(message.splitlines()[0])
+    return " ".join(reasons) or None
 
 
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -232,25 +308,44 @@ def check_signs(instance: dg.DagsterInstance) -> list[Sign]:
 # ----- sources -------------------------------------------------------------------------------
 
 
-def source_signs(conn: sa.Connection, processing: ProcessingSettings, now: datetime) -> list[Sign]:
-    """Per source: rows past the marker against JOBSTATUS_MAX_MARKER_LAG, and the oldest open
-    data-quality failure (R20) against JOBSTATUS_FAILURE_AGE_HOURS."""
+def lag_clears_at(lag_limit: int) -> int:
+    """Hysteresis: a marker-lag incident opens above JOBSTATUS_MAX_MARKER_LAG rows and clears
+    only once at most half as many wait, so a backlog hovering at the threshold (a busy shift,
+    windows of JOBSTATUS_CHUNK_SIZE taking turns with new rows) is one incident, not one per
+    crossing."""
+    return lag_limit // 2
+
+
+def source_signs(
+    conn: sa.Connection,
+    processing: ProcessingSettings,
+    now: datetime,
+    open_subjects: Collection[str] = (),
+) -> list[Sign]:
+    """Per source: rows past the marker against JOBSTATUS_MAX_MARKER_LAG (with hysteresis,
+    ``lag_clears_at``), and the oldest open data-quality failure (R20) against
+    JOBSTATUS_FAILURE_AGE_HOURS. ``open_subjects``: the incidents open before this look."""
     lag_limit, age_hours = processing.max_marker_lag, processing.failure_age_hours
+    clears_at = lag_clears_at(lag_limit)
     signs = []
     for source in SOURCES:
+        subject = f"marker_lag:{source.name}"
         behind = rows_past_marker(conn, source.name, lag_limit + 1)
         marker = read_marker(conn, source.name)
-        signs.append(
-            Sign(
-                f"marker_lag:{source.name}",
-                behind > lag_limit,
-                now,
-                summary=f"{source.name} is more than {lag_limit} rows behind: marker {marker}"
-                " is not moving fast enough",
-                detail={"marker": marker, "rows_behind_at_least": behind},
-                by=f"{behind} rows past marker {marker}",
+        if subject in open_subjects and clears_at < behind <= lag_limit:
+            pass  # between the two bounds: an open incident stays open, unextended
+        else:
+            signs.append(
+                Sign(
+                    subject,
+                    behind > lag_limit,
+                    now,
+                    summary=f"{source.name} is more than {lag_limit} rows behind: marker"
+                    f" {marker} is not moving fast enough",
+                    detail={"marker": marker, "rows_behind_at_least": behind},
+                    by=f"{behind} rows past marker {marker} (clears at {clears_at} or fewer)",
+                )
             )
-        )
         age_seconds = conn.execute(
             sa.text(
                 "SELECT extract(epoch FROM localtimestamp - min(first_attempt_at))"
@@ -295,28 +390,77 @@ def alert_text(incident: Incident) -> str:
     return f"{head}\n{incident.summary}"
 
 
-def alert_body(incident: Incident) -> dict[str, Any]:
-    """The webhook's JSON: ``text`` for chat tools, ``incident`` for programs."""
+def _incident_json(incident: Incident) -> dict[str, Any]:
     return {
-        "text": alert_text(incident),
-        "incident": {
-            "id": incident.incident_id,
-            "subject": incident.subject,
-            "state": "open" if incident.cleared_at is None else "cleared",
-            "started_at": _iso(incident.started_at),
-            "cleared_at": _iso(incident.cleared_at),
-            "last_failed_at": _iso(incident.last_failed_at),
-            "failures": incident.failures,
-            "summary": incident.summary,
-            "detail": incident.detail,
-        },
+        "id": incident.incident_id,
+        "subject": incident.subject,
+        "state": "open" if incident.cleared_at is None else "cleared",
+        "started_at": _iso(incident.started_at),
+        "cleared_at": _iso(incident.cleared_at),
+        "last_failed_at": _iso(incident.last_failed_at),
+        "failures": incident.failures,
+        "summary": incident.summary,
+        "detail": incident.detail,
     }
+
+
+def adaptive_card(incident: Incident) -> dict[str, Any]:
+    """The alert as an Adaptive Card: what a Teams Workflows webhook ("When a Teams webhook
+    request is received" → "Post card in a chat or channel") posts; it shows no ``text``."""
+    head, _, summary = alert_text(incident).partition("\n")
+    facts = _incident_json(incident)
+    return {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": [
+            {
+                "type": "TextBlock",
+                "text": head,
+                "weight": "Bolder",
+                "wrap": True,
+                "color": "Attention" if incident.cleared_at is None else "Good",
+            },
+            {"type": "TextBlock", "text": summary, "wrap": True},
+            {
+                "type": "FactSet",
+                "facts": [
+                    {"title": name, "value": str(facts[name])}
+                    for name in ("subject", "state", "started_at", "cleared_at", "failures")
+                    if facts[name] is not None
+                ],
+            },
+        ],
+    }
+
+
+WEBHOOK_FORMATS = ("slack", "teams")
+
+
+def alert_body(incident: Incident, webhook_format: str = "slack") -> dict[str, Any]:
+    """The webhook's JSON. ``slack``: ``text``, which Slack incoming webhooks (and Mattermost,
+    Rocket.Chat, Google Chat) show, and ``incident`` for programs. ``teams``: the same plus
+    ``type: message`` and the Adaptive Card in ``attachments``, the shape Teams Workflows
+    webhooks take (they show no ``text``). Not both by default: Slack reads ``attachments`` as
+    its own legacy attachments."""
+    body: dict[str, Any] = {"text": alert_text(incident), "incident": _incident_json(incident)}
+    if webhook_format == "teams":
+        body["type"] = "message"
+        body["attachments"] = [
+            {
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": None,
+                "content": adaptive_card(incident),
+            }
+        ]
+    return body
 
 
 class AlertChannels(dg.ConfigurableResource):
     """Where alerts go; empty values mean that channel is off."""
 
     webhook_url: str = ""
+    webhook_format: str = "slack"  # WEBHOOK_FORMATS: "teams" for a Teams Workflows webhook
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_starttls: bool = False
@@ -357,7 +501,7 @@ class AlertChannels(dg.ConfigurableResource):
     def _post(self, incident: Incident) -> None:
         answer = httpx.post(
             self.webhook_url,
-            json=alert_body(incident),
+            json=alert_body(incident, self.webhook_format),
             timeout=self.timeout_seconds,
             headers={"User-Agent": "jobstatus-alerts"},
         )
@@ -379,12 +523,17 @@ class AlertChannels(dg.ConfigurableResource):
 
 
 def send_unsent(
-    engine: sa.Engine, channels: AlertChannels, log: dg.DagsterLogManager | None = None
+    engine: sa.Engine,
+    channels: AlertChannels,
+    log: dg.DagsterLogManager | logging.Logger | None = None,
+    *,
+    watchdog: bool = False,
 ) -> tuple[int, int]:
     """Send what has not gone out; (sent, failed). With no channel configured, incidents are
-    marked as told (the table and the sensor's page are then the only place they show)."""
+    marked as told (the table and the sensor's page are then the only place they show).
+    ``watchdog``: the watchdog's own incidents (``service:…``) instead of the sensor's."""
     with engine.connect() as conn:
-        pending = incidents.unsent(conn, ALERTS_PER_TICK)
+        pending = incidents.unsent(conn, ALERTS_PER_TICK, watchdog=watchdog)
     sent = failed = 0
     for incident in pending:
         try:
@@ -415,7 +564,8 @@ def look_for_trouble(
     signs += check_signs(context.instance)
     engine = jobmanager.engine
     with engine.begin() as conn:
-        signs += source_signs(conn, processing.resolved(), now)
+        open_subjects = set(incidents.open_incidents(conn))
+        signs += source_signs(conn, processing.resolved(), now, open_subjects)
         apply(conn, signs)
     sent, failed = send_unsent(engine, channels, context.log)
     with engine.connect() as conn:

@@ -1,4 +1,9 @@
-"""Data-quality checks a data team wants on these tables, run every 15 minutes and on demand."""
+"""Data-quality checks a data team wants on these tables, run every 15 minutes and on demand.
+
+One is ERROR and blocking (the print flag the shop reads disagrees with the print rows): it
+fails its run and pages. The others are WARN: what they watch is either paged already by the
+alerts sensor's own source thresholds (marker lag, failure age: looked at every 30 s, with
+hysteresis) or the shop's own data, recorded as failures (file ids)."""
 
 import dagster as dg
 import pandas as pd
@@ -112,11 +117,14 @@ def markers_keep_up(
     )
 
 
-# R12: the print flag is true only for a completed highest version.
+# R12: the print flag is true only for a completed highest version. The one ERROR check, and
+# blocking: what the shop reads is wrong, so it pages (docs/decisions.md, "Which checks page").
 @dg.asset_check(
     asset=JOBS_OPERATIONS,
+    blocking=True,
     description="jobs.operations.print agrees with the job's print state and its job_operations "
-    "print row: true exactly when every file of the job's highest version has printed.",
+    "print row: true exactly when every file of the job's highest version has printed. ERROR and "
+    "blocking: a failure fails its run and opens an alert incident until it passes again.",
 )
 def print_flag_agrees_with_job_operations(
     jobmanager: PostgresDatabase, logs: PostgresDatabase

@@ -1,0 +1,169 @@
+"""The watchdog: who tells anyone when the alerts themselves are down.
+
+The alerts sensor is evaluated by the Dagster daemon in the code server: with either one down
+nothing is alerted, and nothing says so. ``jobstatus watchdog`` runs outside both (a systemd timer,
+deploy/systemd/jobstatus-watchdog.timer) and looks at two things:
+
+- ``service:dagster-daemon``: every daemon the instance needs (sensors, schedules, the run queue,
+  backfills, run monitoring…) has written a heartbeat to Dagster's storage within the tolerance
+  (Dagster's own ``get_daemon_statuses``, errors aside: a daemon that beats is alive);
+- ``service:code-server``: the code server answers a gRPC ping, with its code loaded.
+
+Each is an incident in the same ``alert_incidents`` table, sent on the same channels, once when it
+opens and once when it clears. The watchdog sends only its own subjects (``service:…``) and the
+sensor only the others, so between them no alert goes out twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+import sqlalchemy as sa
+
+from jobstatus_dagster.io import incidents
+from jobstatus_dagster.io.incidents import WATCHDOG_PREFIX
+from jobstatus_dagster.pipeline.alerts import AlertChannels, Sign, apply, send_unsent
+
+DAEMON_SUBJECT = f"{WATCHDOG_PREFIX}dagster-daemon"
+CODE_SERVER_SUBJECT = f"{WATCHDOG_PREFIX}code-server"
+# Dagster's daemons beat every 30 s; one silent for this long (plus that interval) is down.
+DEFAULT_HEARTBEAT_TOLERANCE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    signs: list[Sign]
+    sent: int
+    failed: int
+    still_open: list[str]
+
+    def line(self) -> str:
+        state = "; ".join(
+            f"{sign.subject}: {'DOWN: ' + sign.summary if sign.failing else 'up'}"
+            for sign in self.signs
+        )
+        return f"{state} (alerts sent {self.sent}, failed {self.failed})"
+
+
+def daemon_sign(instance: dg.DagsterInstance, now: datetime, tolerance_seconds: float) -> Sign:
+    """Whether every daemon the instance requires has beaten recently."""
+    from dagster._daemon.controller import (
+        DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        get_daemon_statuses,
+    )
+
+    statuses = get_daemon_statuses(
+        instance,
+        instance.get_required_daemon_types(),
+        curr_time_seconds=now.timestamp(),
+        ignore_errors=True,
+        heartbeat_tolerance_seconds=tolerance_seconds,
+    )
+    silent = {
+        kind: status for kind, status in statuses.items() if status.required and not status.healthy
+    }
+    if not silent:
+        newest = max(
+            (s.last_heartbeat.timestamp for s in statuses.values() if s.last_heartbeat),
+            default=now.timestamp(),
+        )
+        return Sign(
+            DAEMON_SUBJECT,
+            failing=False,
+            at=now,
+            by=f"the daemon beat at {datetime.fromtimestamp(newest, UTC):%H:%M:%SZ}",
+        )
+    beats = {
+        kind: status.last_heartbeat.timestamp
+        for kind, status in silent.items()
+        if status.last_heartbeat is not None
+    }
+    # It went down when the first of them should have beaten and did not (never beaten: now).
+    limit = DEFAULT_HEARTBEAT_INTERVAL_SECONDS + tolerance_seconds
+    since = (
+        datetime.fromtimestamp(min(beats.values()) + limit, UTC)
+        if len(beats) == len(silent)
+        else now
+    )
+    last = (
+        f"last heartbeat {datetime.fromtimestamp(max(beats.values()), UTC):%Y-%m-%d %H:%M:%SZ}"
+        if beats
+        else "no heartbeat at all"
+    )
+    return Sign(
+        DAEMON_SUBJECT,
+        failing=True,
+        at=min(since, now),
+        summary=f"the Dagster daemon is down ({last}; silent: {', '.join(sorted(silent))}):"
+        " no sensor, schedule, queued run or alert runs until it is back"
+        " (systemctl status jobstatus-daemon)",
+        detail={"silent_daemons": sorted(silent), "tolerance_seconds": tolerance_seconds},
+    )
+
+
+def code_server_sign(host: str, port: int, now: datetime) -> Sign:
+    """Whether the code server answers a gRPC ping and has its code loaded: `dagster code-server
+    start` keeps answering after a reload whose code failed to import, and then no sensor runs."""
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster._serdes import deserialize_value
+    from dagster._utils.error import SerializableErrorInfo
+
+    address = f"{host}:{port}"
+    client = DagsterGrpcClient(port=port, host=host)
+    try:
+        client.ping("jobstatus-watchdog")
+        loaded = deserialize_value(client.list_repositories())
+    except Exception as error:  # noqa: BLE001 - any failure to answer is the sign
+        reason = " ".join(str(error).split())[:300]
+        return Sign(
+            CODE_SERVER_SUBJECT,
+            failing=True,
+            at=now,
+            summary=f"the code server at {address} does not answer ({type(error).__name__}:"
+            f" {reason}): no sensor is evaluated and no run starts until it is back"
+            " (systemctl status jobstatus-code-server)",
+            detail={"address": address},
+        )
+    if isinstance(loaded, SerializableErrorInfo):
+        root = loaded
+        while root.cause is not None:  # DagsterUserCodeLoadError ← what the import raised
+            root = root.cause
+        reason = " ".join(root.message.split())[:300]
+        return Sign(
+            CODE_SERVER_SUBJECT,
+            failing=True,
+            at=now,
+            summary=f"the code server at {address} answers but its code did not load ({reason}):"
+            " no sensor is evaluated and no run starts until it loads"
+            " (journalctl -u jobstatus-code-server; reinstall and `jobstatus reload`)",
+            detail={"address": address, "load_error": loaded.cls_name},
+        )
+    return Sign(CODE_SERVER_SUBJECT, failing=False, at=now, by=f"{address} answered")
+
+
+def watch(
+    instance: dg.DagsterInstance,
+    engine: sa.Engine,
+    channels: AlertChannels,
+    code_server: tuple[str, int],
+    tolerance_seconds: float = DEFAULT_HEARTBEAT_TOLERANCE_SECONDS,
+    now: datetime | None = None,
+    log: logging.Logger | None = None,
+) -> WatchReport:
+    """One look: record the two signs in ``alert_incidents`` and send what the watchdog owes."""
+    now = now or datetime.now(UTC)
+    signs = [
+        daemon_sign(instance, now, tolerance_seconds),
+        code_server_sign(*code_server, now),
+    ]
+    with engine.begin() as conn:
+        apply(conn, signs)
+    sent, failed = send_unsent(engine, channels, log, watchdog=True)
+    with engine.connect() as conn:
+        still_open = sorted(
+            s for s in incidents.open_incidents(conn) if s.startswith(WATCHDOG_PREFIX)
+        )
+    return WatchReport(signs, sent, failed, still_open)

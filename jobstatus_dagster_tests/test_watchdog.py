@@ -1,0 +1,148 @@
+"""`jobstatus watchdog` (review of issue 20): the daemon runs the alert sensor and the code server
+evaluates it, so with either down nothing is alerted. The watchdog, run as its own OS process as
+the systemd timer runs it, reads the daemon heartbeats from Dagster's storage and pings the code
+server, and alerts a real receiver on 127.0.0.1 once when each goes down and once when it is
+back. Heartbeats are written through the instance's own API, as a running daemon writes them."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._daemon.types import DaemonHeartbeat
+
+from jobstatus_dagster.db import engine_scope
+from jobstatus_dagster.pipeline.alerts import AlertChannels, send_unsent
+from jobstatus_testkit.cli import Completed, run_cli
+from jobstatus_testkit.processes import free_port, port_open
+from jobstatus_testkit.receivers import HttpReceiver, http_receiver
+
+DAEMON, CODE_SERVER = "service:dagster-daemon", "service:code-server"
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[HttpReceiver]:
+    with http_receiver() as r:
+        yield r
+
+
+def beat(instance: dg.DagsterInstance, at: float) -> None:
+    """A heartbeat of every daemon this instance needs, as `dagster-daemon run` writes them."""
+    for daemon_type in instance.get_required_daemon_types():
+        instance.add_daemon_heartbeat(DaemonHeartbeat(at, daemon_type, "test-daemon", None))
+
+
+def states(receiver: HttpReceiver, subject: str) -> list[str]:
+    return [b["incident"]["state"] for b in receiver.bodies if b["incident"]["subject"] == subject]
+
+
+def test_the_watchdog_alerts_once_when_the_daemon_and_code_server_are_down_and_clears_them(
+    urls, instance, receiver: HttpReceiver, tmp_path: Path
+) -> None:
+    port = free_port()
+
+    def watchdog() -> Completed:
+        return run_cli(
+            urls,
+            tmp_path / "home",
+            "watchdog",
+            JOBSTATUS_ALERT_WEBHOOK_URL=receiver.url,
+            JOBSTATUS_CODE_SERVER_HOST="127.0.0.1",
+            JOBSTATUS_CODE_SERVER_PORT=str(port),
+        )
+
+    # No daemon has ever beaten and nothing listens on the code server's port.
+    instance.wipe_daemon_heartbeats()
+    receiver.failures_left = 2  # the receiver refuses both alerts at first
+    first = watchdog()
+    assert first.returncode == 1 and "2 alert(s) not sent" in first.stderr, first.stderr
+    assert states(receiver, DAEMON) == [] and states(receiver, CODE_SERVER) == []
+
+    # The alerts sensor's sending never takes the watchdog's incidents (no alert sent twice).
+    with engine_scope(urls.jobmanager) as engine:
+        send_unsent(engine, AlertChannels(webhook_url=receiver.url))
+    assert states(receiver, DAEMON) == [] and states(receiver, CODE_SERVER) == []
+
+    second = watchdog()
+    assert second.returncode == 0, second.stderr
+    assert states(receiver, DAEMON) == ["open"] and states(receiver, CODE_SERVER) == ["open"]
+    (daemon_down,) = [b for b in receiver.bodies if b["incident"]["subject"] == DAEMON]
+    assert "the Dagster daemon is down (no heartbeat at all; silent: " in daemon_down["text"]
+    assert "SENSOR" in daemon_down["incident"]["detail"]["silent_daemons"]
+    (code_down,) = [b for b in receiver.bodies if b["incident"]["subject"] == CODE_SERVER]
+    assert f"the code server at 127.0.0.1:{port} does not answer" in code_down["text"]
+
+    # A stale heartbeat (the daemon died an hour ago) is the same incident: no new alert.
+    stale = time.time() - 3600
+    beat(instance, stale)
+    assert watchdog().returncode == 0
+    assert states(receiver, DAEMON) == ["open"] and states(receiver, CODE_SERVER) == ["open"]
+
+    # The daemon beats again and a real code server answers: each cleared, once.
+    beat(instance, time.time())
+    with code_server(tmp_path, port, "defs = dg.Definitions()"):
+        back = watchdog()
+        assert back.returncode == 0, back.stderr
+        assert f"{DAEMON}: up; {CODE_SERVER}: up" in back.stdout
+        assert states(receiver, DAEMON) == ["open", "cleared"]
+        assert states(receiver, CODE_SERVER) == ["open", "cleared"]
+        cleared = [b for b in receiver.bodies if b["incident"]["subject"] == DAEMON][-1]
+        assert cleared["text"].startswith("[jobstatus] CLEARED at ")
+        assert "the daemon beat at " in cleared["text"]
+        assert watchdog().returncode == 0
+        assert len(states(receiver, DAEMON)) == 2 and len(states(receiver, CODE_SERVER)) == 2
+
+    # A code server that answers but whose code failed to load (a bad reload) runs no sensor.
+    beat(instance, time.time())
+    with code_server(tmp_path, port, "raise RuntimeError('broken on purpose')"):
+        assert watchdog().returncode == 0
+    assert states(receiver, CODE_SERVER) == ["open", "cleared", "open"]
+    assert states(receiver, DAEMON) == ["open", "cleared"]
+    broken = [b for b in receiver.bodies if b["incident"]["subject"] == CODE_SERVER][-1]
+    assert "answers but its code did not load" in broken["text"]
+    assert "broken on purpose" in broken["text"]
+
+
+@contextmanager
+def code_server(folder: Path, port: int, code: str) -> Iterator[None]:
+    """A real `dagster api grpc` serving ``code`` (serving its load error if it fails to load,
+    as `dagster code-server start` does) on 127.0.0.1:``port``, until it answers."""
+    code_file = folder / f"location_{port}_{abs(hash(code))}.py"
+    code_file.write_text(f"import dagster as dg\n\n{code}\n")
+    server = subprocess.Popen(  # noqa: S603 - our own venv's dagster
+        [DAGSTER, "api", "grpc", "--python-file", str(code_file), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--lazy-load-user-code"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_open(port):
+            assert server.poll() is None and time.monotonic() < deadline, "no code server"
+            time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_a_daemon_down_incident_starts_when_its_heartbeat_went_stale(urls, instance) -> None:
+    """'FAILING since' says when the daemon stopped beating, not when the watchdog looked."""
+    from jobstatus_dagster.watchdog import daemon_sign
+
+    now = datetime.now(UTC)
+    last = now - timedelta(hours=2)
+    instance.wipe_daemon_heartbeats()
+    beat(instance, last.timestamp())
+    sign = daemon_sign(instance, now, tolerance_seconds=300)
+    assert sign.failing
+    assert abs(sign.at - (last + timedelta(seconds=330))) < timedelta(seconds=1)
+    assert f"last heartbeat {last:%Y-%m-%d %H:%M:%S}Z" in sign.summary
+    beat(instance, (now - timedelta(seconds=200)).timestamp())  # within the tolerance
+    assert not daemon_sign(instance, now, tolerance_seconds=300).failing
