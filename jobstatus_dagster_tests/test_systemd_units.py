@@ -4,6 +4,7 @@ defined where the operator sets it; the environment file means the same to syste
 shell the README sources it in; and, where this machine has it, `systemd-analyze verify` accepts
 the units (Caddy's drop-in included)."""
 
+import itertools
 import re
 import shlex
 import shutil
@@ -26,6 +27,8 @@ ENV_FILE = DEPLOY_DIR / "jobstatus.env"
 INSTALLED_JOBSTATUS = "/opt/jobstatus/venv/bin/jobstatus"
 INSTALLED_ENV_FILE = "/etc/jobstatus/jobstatus.env"
 SERVICES = sorted(SYSTEMD.glob("jobstatus*.service"))
+# Run by its timer, outside jobstatus.target: stopping the services is what it must report.
+WATCHDOG = SYSTEMD / "jobstatus-watchdog.service"
 # Set by `jobstatus` itself for the Dagster processes it becomes (db.DatabaseUrls.export,
 # cli.Environment), never by the operator.
 SET_BY_JOBSTATUS = {"JOBSTATUS_DAGSTER_STORAGE_URL", "DAGSTER_HOME"}
@@ -81,7 +84,7 @@ def variables_the_code_reads() -> set[str]:
 
 def test_each_unit_starts_a_jobstatus_command_that_exists() -> None:
     scripts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert len(SERVICES) == 5, SERVICES
+    assert len(SERVICES) == 6 and WATCHDOG in SERVICES, SERVICES
     for path in SERVICES:
         (exec_start,) = values(path, "Service", "ExecStart")
         argv = shlex.split(exec_start)
@@ -89,15 +92,23 @@ def test_each_unit_starts_a_jobstatus_command_that_exists() -> None:
         # The command and every option as the unit gives them: an unknown one exits 2.
         shown = CliRunner().invoke(main, [*argv[1:], "--help"])
         assert shown.exit_code == 0, (path.name, shown.output)
-        assert f"Usage: main {' '.join(argv[1:3])} [OPTIONS]" in shown.output, shown.output
+        words = [a for a in itertools.takewhile(lambda a: not a.startswith("-"), argv[1:])]
+        assert f"Usage: main {' '.join(words)} [OPTIONS]" in shown.output, shown.output
         assert values(path, "Service", "EnvironmentFile") == [INSTALLED_ENV_FILE], path.name
         # The database passwords: a credential, and libpq pointed at it.
         assert values(path, "Service", "LoadCredential") == ["pgpass:/etc/jobstatus/pgpass"]
         assert "PGPASSFILE=%d/pgpass" in values(path, "Service", "Environment")
+        if path == WATCHDOG:
+            assert values(path, "Service", "Type") == ["oneshot"]
+            assert not values(path, "Unit", "PartOf") and not values(path, "Install", "WantedBy")
+            continue
         assert values(path, "Unit", "PartOf") == ["jobstatus.target"], path.name
         assert values(path, "Install", "WantedBy") == ["jobstatus.target"], path.name
     (wants,) = values(SYSTEMD / "jobstatus.target", "Unit", "Wants")
-    assert sorted(wants.split()) == [p.name for p in SERVICES]
+    assert sorted(wants.split()) == [p.name for p in SERVICES if p != WATCHDOG]
+    timer = SYSTEMD / "jobstatus-watchdog.timer"
+    assert values(timer, "Timer", "OnUnitActiveSec") == ["1min"]
+    assert values(timer, "Install", "WantedBy") == ["timers.target"]
 
     # Caddy sends each site to the port its unit serves on (deploy/Caddyfile's defaults).
     caddyfile = (DEPLOY_DIR / "Caddyfile").read_text()
@@ -124,7 +135,7 @@ def _verify(systemd_analyze: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         units = Path(folder)
         jobstatus = str(Path(sys.executable).with_name("jobstatus"))
-        for path in [*SERVICES, SYSTEMD / "jobstatus.target"]:
+        for path in [*SERVICES, SYSTEMD / "jobstatus.target", SYSTEMD / "jobstatus-watchdog.timer"]:
             text = path.read_text().replace(INSTALLED_JOBSTATUS, jobstatus)
             (units / path.name).write_text(text)
         caddy = str(Path(sys.executable).with_name("caddy"))
