@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 ],
             )
-    print(machine_line())
+    print(f"machine: {machine_line()}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ TINY = {
     "overhead": ("per-run overhead", ["--scale", "1", "--repeat", "1"]),
     "memory": ("memory bound", ["--events", "400"]),
     "history": ("history independence", ["--history", "400", "--new", "40"]),
+    "integration": (
+        "Read latency over HTTP, 2,000 audit rows, 200 jobs",
+        ["--audit-rows", "2000", "--jobs", "200", "--requests", "5", "--deliveries", "20"],
+    ),
     "change_triggers": (
         "A 500-row insert, median of 1 (ratio to no subscription)",
         ["--rows", "500", "--repeat", "1"],
