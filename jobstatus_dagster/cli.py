@@ -99,11 +99,24 @@ def main() -> None:
 
 @main.command("migrate")
 @click.option("--baseline", is_flag=True, help="First create the shop's own tables where missing.")
-def migrate_command(baseline: bool) -> None:
+@click.option(
+    "--roll-back-after",
+    type=int,
+    default=None,
+    metavar="NNNN",
+    help="Instead: undo the migrations numbered above NNNN, for an older jobstatus whose last"
+    " migration that is (README, rolling back).",
+)
+def migrate_command(baseline: bool, roll_back_after: int | None) -> None:
     """Apply the migrations (safe to run again)."""
+    from jobstatus_dagster.db import roll_back
     from jobstatus_dagster.pipeline import queue
 
     env = _env()
+    if roll_back_after is not None:
+        for database, ids in roll_back(env.urls, roll_back_after).items():
+            click.echo(f"{database}: rolled back {', '.join(ids) if ids else 'nothing'}")
+        return
     applied = _migrate(env, baseline)
     for database, ids in applied.items():
         click.echo(f"{database}: {', '.join(ids) if ids else 'up to date'}")

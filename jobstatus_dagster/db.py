@@ -116,6 +116,34 @@ def apply_migrations(libpq_url: str, folder: Path) -> list[str]:
     return [m.id for m in pending]
 
 
+def migration_number(migration_id: str) -> int:
+    """0020 of ``0020_outbox_filled_by_the_deliverer``: both databases number alike."""
+    return int(migration_id.split("_", 1)[0])
+
+
+def roll_back_folder(libpq_url: str, folder: Path, after: int) -> list[str]:
+    """Undo the applied migrations of ``folder`` numbered above ``after``, newest first: one
+    with a ``.rollback.sql`` runs it; the others are additive (R1) and are only marked as not
+    applied (the newer version, reinstalled, applies them again, harmlessly)."""
+    from yoyo import get_backend
+
+    migrations = read_folder(folder)
+    backend = get_backend(to_sqlalchemy_url(libpq_url, "psycopg"))
+    with backend.lock():
+        later = [m for m in backend.to_rollback(migrations) if migration_number(m.id) > after]
+        backend.rollback_migrations(later)
+    return [m.id for m in later]
+
+
+def roll_back(urls: DatabaseUrls, after: int) -> dict[str, list[str]]:
+    """Back to the schema an older jobstatus expects, whose last migration is numbered
+    ``after``: before installing its wheel, with this one still installed."""
+    return {
+        name: roll_back_folder(url, SQL_DIR / name, after)
+        for name, url in (("jobmanager", urls.jobmanager), ("logs", urls.logs))
+    }
+
+
 def migrate(urls: DatabaseUrls, baseline: bool = False) -> dict[str, list[str]]:
     """Baseline (the shop's own tables, demo/tests only, R2) then our additive migrations (R1).
     Every folder is read first: one without migrations raises ``MigrationsNotFound`` before any

@@ -301,8 +301,8 @@ def test_a_request_waits_for_the_sensor_tick_whose_runs_are_being_queued(
 def test_a_dangling_started_tick_does_not_hold_requests(
     backlog: Shop, idle, urls: DatabaseUrls
 ) -> None:
-    """A tick a daemon died in stays STARTED until the daemon's next look: once older than
-    TICK_DANGLING_SECONDS it is no tick in progress, and a request plans at once."""
+    """A tick a daemon was stopped in stays STARTED until the daemon's next look: once older
+    than TICK_RECENT_SECONDS it is no tick in progress, and a request plans at once."""
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import TickData, TickStatus
 
@@ -313,7 +313,7 @@ def test_a_dangling_started_tick_does_not_hold_requests(
             instigator_name="print_os_sensor",
             instigator_type=InstigatorType.SENSOR,
             status=TickStatus.STARTED,
-            timestamp=time.time() - queue.TICK_DANGLING_SECONDS - 5,
+            timestamp=time.time() - queue.TICK_RECENT_SECONDS - 5,
             selector_id=queue.sensor_selector_id("print_os"),
         )
     )

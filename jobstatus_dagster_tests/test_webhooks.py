@@ -1051,3 +1051,32 @@ def test_concurrent_batched_queuing_owes_each_change_once_per_subscription(
         c=coating,
     )
     assert {r["enqueued_up_to"] for r in positions} == {ids[-1]}
+
+
+def test_nothing_is_due_while_the_only_pending_rows_wait_behind_a_backing_off_head(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    """Only the head of a (subscription, job) queue may go: a row queued behind a head still in
+    its backoff is not due, so the webhook sensor starts no delivery run for it (one that
+    would do nothing, every 10 s, for as long as the backoff lasts)."""
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, "https://receiver.example/h")
+    for n, attempts, wait in ((1, 5, "1 hour"), (2, 0, "0 seconds")):
+        shop.execute(
+            shop.jm,
+            "INSERT INTO webhook_outbox (delivery_id, subscription_id, update_id, job_id, event,"
+            " payload, attempts, next_attempt_at) VALUES (gen_random_uuid(), :s, :n, 'J1',"
+            " 'status', '{}'::jsonb, :a, now() + CAST(:w AS interval))",
+            {"s": hook, "n": n, "a": attempts, "w": wait},
+        )
+    with shop.jm.connect() as conn:
+        assert outbox_io.subscriptions_due(conn) == []  # the head waits its backoff
+        assert not outbox_io.work_due(conn)
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_outbox SET next_attempt_at = now() WHERE update_id = 1"
+        " AND subscription_id = :s",
+        {"s": hook},
+    )
+    with shop.jm.connect() as conn:
+        assert outbox_io.work_due(conn)  # the head's backoff over: due

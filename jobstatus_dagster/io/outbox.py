@@ -245,14 +245,15 @@ def enqueue_changes(conn: sa.Connection, batch: int = ENQUEUE_BATCH) -> int:
             return total
 
 
-# Whether the deliverer has work: a delivery due, or a subscription behind the stream.
-WORK_DUE_SQL = sa.text("""
-    SELECT EXISTS (SELECT 1 FROM webhook_outbox WHERE state = 'pending'
-                   AND next_attempt_at <= now())
-        OR EXISTS (SELECT 1 FROM webhook_subscriptions
+# Whether the deliverer has work: a delivery that may go now (the head of its job's queue, its
+# backoff over: a row queued behind a head that waits is not due), or a subscription behind
+# the stream.
+WORK_DUE_SQL = sa.text(
+    "SELECT EXISTS (" + SUBSCRIPTIONS_DUE_SQL.text + ")"  # noqa: S608 - two constants
+    """ OR EXISTS (SELECT 1 FROM webhook_subscriptions
                    WHERE deleted_at IS NULL AND disabled_at IS NULL
-                   AND enqueued_up_to < (SELECT max(change_id) FROM job_status_changes))
-""")
+                   AND enqueued_up_to < (SELECT max(change_id) FROM job_status_changes))"""
+)
 
 
 def work_due(conn: sa.Connection) -> bool:

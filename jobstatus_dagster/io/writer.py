@@ -953,7 +953,7 @@ def _publish_changes(
     conn: sa.Connection, evidence: Evidence, projection: Projection, params: dict
 ) -> int:
     """R25: each change of a projected key's state becomes a new entry of the change stream
-    (the feed, and through its trigger the webhooks' outbox), in the order the state went
+    (the feed, which the deliverer copies into the webhooks' outbox), in the order the state went
     through them; job_version_state then holds what a reader folding the stream holds."""
     _copy_into(
         conn,

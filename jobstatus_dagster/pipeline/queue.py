@@ -179,10 +179,14 @@ PLAN_TRY_LOCK_SQL = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:name))")
 _PLAN_LOCKS = {name: threading.Lock() for name in SOURCE_NAMES}
 # A sensor tick's runs are queued by the daemon after the tick's evaluation returned (and let go
 # of the lock); the tick stays STARTED until they are. A request waits this long at most for
-# such a tick before it plans; a STARTED tick older than TICK_DANGLING_SECONDS is one a daemon
-# died in (the daemon moves it to SKIPPED at its next look), not one in progress.
+# such a tick before it plans; a tick in progress is one STARTED less than TICK_RECENT_SECONDS
+# ago (an evaluation times out after 60 s): an older STARTED tick is one a daemon was stopped
+# in. The daemon, back, resumes such a tick for up to RESUMABLE_TICK_SECONDS (Dagster's
+# MAX_TIME_TO_RESUME_TICK_SECONDS) and queues the runs it had reserved but not queued: a
+# request counts those as in flight, never waits for them.
 TICK_WAIT_SECONDS = 60.0
-TICK_DANGLING_SECONDS = 300.0
+TICK_RECENT_SECONDS = 120.0
+RESUMABLE_TICK_SECONDS = 24 * 60 * 60
 
 
 def plan_lock_name(source_type: str) -> str:
@@ -211,18 +215,33 @@ def sensor_selector_id(source_type: str) -> str:
     ).get_id()
 
 
-def sensor_tick_in_progress(instance: dg.DagsterInstance, source_type: str) -> bool:
-    """Whether the source's sensor is in a tick now: evaluating, or its runs not all queued."""
+def _started_ticks(instance: dg.DagsterInstance, source_type: str, within: float, limit=None):
     from dagster._core.scheduler.instigation import TickStatus
 
-    ticks = instance.get_ticks(
+    return instance.get_ticks(
         "",  # ticks are found by selector id; the origin id only matters for pre-0.15 ticks
         sensor_selector_id(source_type),
-        after=time.time() - TICK_DANGLING_SECONDS,
-        limit=1,
+        after=time.time() - within,
+        limit=limit,
         statuses=[TickStatus.STARTED],
     )
-    return bool(ticks)
+
+
+def sensor_tick_in_progress(instance: dg.DagsterInstance, source_type: str) -> bool:
+    """Whether the source's sensor is in a tick now: evaluating, or its runs not all queued."""
+    return bool(_started_ticks(instance, source_type, TICK_RECENT_SECONDS, limit=1))
+
+
+def reserved_by_ticks(
+    instance: dg.DagsterInstance, source_type: str
+) -> list[tuple[str, dict[str, str]]]:
+    """(run id, tags) of the runs an interrupted tick of the source's sensor reserved and did
+    not queue: the daemon queues them when it resumes the tick, so they are in flight."""
+    return [
+        (run_id, dict(request.tags))
+        for tick in _started_ticks(instance, source_type, RESUMABLE_TICK_SECONDS)
+        for run_id, request in tick.unsubmitted_run_ids_with_requests
+    ]
 
 
 def wait_for_sensor_tick(
@@ -266,7 +285,11 @@ def _submit_source(
     for run in waiting:
         submitted.run_ids.append(run.run_id)
         submitted.windows[run.run_id] = run_window(run)
-    in_flight = InFlight.of([run.tags for run in waiting])
+    reserved = reserved_by_ticks(instance, source_type)
+    for run_id, tags in reserved:
+        submitted.run_ids.append(run_id)  # not a run until the daemon queues it
+        submitted.windows[run_id] = tags.get(WINDOW_TAG, source_type)
+    in_flight = InFlight.of([run.tags for run in waiting] + [tags for _, tags in reserved])
     for planned in plan_source(defs, source_type, in_flight):
         run_id = submit_run(
             instance,

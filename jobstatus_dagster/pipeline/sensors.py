@@ -144,14 +144,13 @@ def look(
     now = datetime.now(UTC)
     cursor = SensorCursor.parse(context.cursor)
     instance = context.instance
-    # One snapshot for the whole look: rows committed meanwhile wait for the next one, instead of
-    # making a tiny extra window of their own; read-only, so a tick can never write. The source's
-    # planning lock is held from reading the runs in flight to the end of the plan, as a
-    # processing request holds it (queue.planning), so the two never plan the same window.
-    with jobmanager.engine.connect().execution_options(
-        isolation_level="REPEATABLE READ", postgresql_readonly=True
-    ) as conn:
-        if not conn.scalar(PLAN_TRY_LOCK_SQL, {"name": plan_lock_name(source_type)}):
+    # The source's planning lock is held from reading the runs in flight to the end of the plan,
+    # as a processing request holds it (queue.planning), so the two never plan the same window.
+    # It is taken on a connection of its own: the snapshot below must be taken after the runs in
+    # flight are read (a run that finished in between would otherwise be neither in flight nor
+    # past the snapshot's marker, and its window planned again).
+    with jobmanager.engine.connect() as lock_conn:
+        if not lock_conn.scalar(PLAN_TRY_LOCK_SQL, {"name": plan_lock_name(source_type)}):
             return dg.SensorResult(
                 skip_reason=f"a processing request is planning {source_type} now; next tick",
                 cursor=context.cursor,
@@ -163,15 +162,21 @@ def look(
             )
         ]
         in_flight = InFlight.of(waiting)
-        backlog = inspect_backlog(conn, source_type, settings, cursor.sweep_position)
-        planned = plan_sensor_runs(
-            source_type,
-            backlog,
-            lambda lo, hi: next_chunk(conn, source_type, lo, hi, settings.chunk_size),
-            in_flight,
-            WINDOWS_PER_TICK,
-            settings.partition_width,
-        )
+        # One snapshot for the whole look: rows committed meanwhile wait for the next one,
+        # instead of making a tiny extra window of their own; read-only, so a tick can never
+        # write.
+        with jobmanager.engine.connect().execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        ) as conn:
+            backlog = inspect_backlog(conn, source_type, settings, cursor.sweep_position)
+            planned = plan_sensor_runs(
+                source_type,
+                backlog,
+                lambda lo, hi: next_chunk(conn, source_type, lo, hi, settings.chunk_size),
+                in_flight,
+                WINDOWS_PER_TICK,
+                settings.partition_width,
+            )
     stalled = stalled_runs(instance, source_type, settings.stale_run_seconds)
     finished = (
         Counter(

@@ -10,10 +10,13 @@
 -- and "past the position" never skips a change committed later.
 ALTER TABLE webhook_subscriptions ADD COLUMN IF NOT EXISTS enqueued_up_to BIGINT;
 
--- Existing subscriptions: the trigger had queued every change so far.
+-- Existing subscriptions: the trigger had queued every change so far (on a first upgrade, and
+-- again after a roll-back past 0020 brought the trigger back: the rollback file).
 UPDATE webhook_subscriptions
 SET enqueued_up_to = COALESCE((SELECT max(change_id) FROM job_status_changes), 0)
-WHERE enqueued_up_to IS NULL;
+WHERE enqueued_up_to IS NULL
+   OR EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'job_status_changes_outbox'
+                AND tgrelid = 'job_status_changes'::regclass);
 
 -- A new subscription starts at the stream's end (it is sent the changes after it, as before):
 -- set on insert, whoever inserts it.
