@@ -234,14 +234,32 @@ ENQUEUE_SQL = sa.text("""
 """)
 
 
+def enqueue_batch(conn: sa.Connection, batch: int = ENQUEUE_BATCH) -> tuple[int, int]:
+    """One batch: (outbox rows queued, subscriptions moved on); (0, 0) when none is behind."""
+    row = conn.execute(ENQUEUE_SQL, {"batch": batch}).one()
+    return row.queued, row.moved
+
+
 def enqueue_changes(conn: sa.Connection, batch: int = ENQUEUE_BATCH) -> int:
     """Copy the changes owed to each subscription into the outbox until none is behind the
-    stream's end as this statement sees it; returns how many outbox rows were queued."""
+    stream's end, in the caller's transaction; returns how many outbox rows were queued."""
     total = 0
     while True:
-        row = conn.execute(ENQUEUE_SQL, {"batch": batch}).one()
-        total += row.queued
-        if not row.moved:
+        queued, moved = enqueue_batch(conn, batch)
+        total += queued
+        if not moved:
+            return total
+
+
+def enqueue_committing(engine: sa.Engine, batch: int = ENQUEUE_BATCH) -> int:
+    """As ``enqueue_changes``, one transaction per batch: a long backlog (a backfill's) never
+    holds the subscription rows, which every recorded attempt updates, for long."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            queued, moved = enqueue_batch(conn, batch)
+        total += queued
+        if not moved:
             return total
 
 

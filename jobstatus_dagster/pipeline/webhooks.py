@@ -287,8 +287,7 @@ def _supervise(
         due: list[int] = []
         if time.monotonic() < run_deadline:
             # Changes committed since the last look join the queues first (R25's stream).
-            with jobmanager.begin() as conn:
-                outbox.enqueue_changes(conn)
+            outbox.enqueue_committing(jobmanager)
             with jobmanager.connect() as conn:
                 due = outbox.subscriptions_due(conn)
             now = time.monotonic()
