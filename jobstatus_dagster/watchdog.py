@@ -16,7 +16,9 @@ sensor only the others, so between them no alert goes out twice.
 One look fits well inside its unit's TimeoutStartSec (50 s; systemd ends a look that takes
 longer, before it has recorded anything): each sign has its own bound (``DAEMON_SIGN_SECONDS``;
 ``PING_SECONDS`` + ``LIST_REPOSITORIES_SECONDS``, where Dagster's own gRPC timeouts are 60 s and
-180 s), and the two are taken side by side. A sign that does not come within its bound is the service down ("not answering within N s").
+180 s), the two are taken side by side, and alerts are started only within ``SEND_WITHIN_SECONDS``
+of the look's start, each channel with at most ``CHANNEL_TIMEOUT_SECONDS`` per network step.
+A sign that does not come within its bound is the service down ("not answering within N s").
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ DEFAULT_HEARTBEAT_TOLERANCE_SECONDS = 300
 # the heartbeats, read through the instance (Dagster retries an unreachable database for about
 # 6 s, and waits on a host that does not answer as long as the TCP stack does);
 DAEMON_SIGN_SECONDS = 15
-# and the code server's two gRPC calls (Dagster's defaults: 60 s and 180 s).
+# the code server's two gRPC calls (Dagster's defaults: 60 s and 180 s);
 PING_SECONDS = 5
 LIST_REPOSITORIES_SECONDS = 10
+# and the alerts: none is started later than this after the look began (the others wait for the
+# next look), each channel's connect, send and answer at most this long each.
+SEND_WITHIN_SECONDS = 25
+CHANNEL_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,7 @@ def watch(
     """One look: record the two signs in ``alert_incidents`` and send what the watchdog owes.
     ``instance`` builds the Dagster instance (on the look's own clock: building it is the first
     thing that fails when Dagster's database is unreachable)."""
+    started = time.monotonic()
     now = now or datetime.now(UTC)
     # Side by side: the heartbeats on a thread of their own, the code server here.
     daemon = daemon_sign_within(instance, now, tolerance_seconds)
@@ -250,7 +257,15 @@ def watch(
     signs = [daemon(), code]
     with engine.begin() as conn:
         apply(conn, signs)
-    sent, failed = send_unsent(engine, channels, log, watchdog=True)
+    sent, failed = send_unsent(
+        engine,
+        channels.model_copy(
+            update={"timeout_seconds": min(channels.timeout_seconds, CHANNEL_TIMEOUT_SECONDS)}
+        ),
+        log,
+        watchdog=True,
+        start_before=started + SEND_WITHIN_SECONDS,
+    )
     with engine.connect() as conn:
         still_open = sorted(
             s for s in incidents.open_incidents(conn) if s.startswith(WATCHDOG_PREFIX)

@@ -5,6 +5,7 @@ server, and alerts a real receiver on 127.0.0.1 once when each goes down and onc
 back. Heartbeats are written through the instance's own API, as a running daemon writes them."""
 
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from dagster._grpc.__generated__ import dagster_api_pb2, dagster_api_pb2_grpc
 
 from jobstatus_dagster.db import engine_scope, to_sqlalchemy_url
 from jobstatus_dagster.instance import PACKAGE_DIR
+from jobstatus_dagster.io import incidents
 from jobstatus_dagster.io.incidents import open_incidents
 from jobstatus_dagster.pipeline.alerts import AlertChannels, send_unsent
 from jobstatus_testkit.cli import Completed, run_cli
@@ -231,3 +233,56 @@ def test_the_watchdog_records_the_daemon_down_when_dagsters_database_is_unreacha
     assert "Dagster's database is unreachable" in open_now[DAEMON].summary
     assert states(receiver, DAEMON)[-1:] == ["open"]
     assert took < limit, f"the look took {took:.0f} s: systemd ends it at {limit} s"
+
+
+def test_an_alert_is_marked_sent_once_a_channel_took_it_before_a_slow_one_is_tried(
+    pg_server, receiver: HttpReceiver
+) -> None:
+    """The webhook takes the alert and the mail server never answers: the alert is marked sent
+    before the mail is given up on, so a look ended by its unit's time limit meanwhile (or every
+    look, with that mail server) does not send it on the webhook again."""
+    fresh = pg_server.migrated()
+    silent = socket.socket()  # takes connections (the kernel's backlog), never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    channels = AlertChannels(
+        webhook_url=receiver.url,
+        smtp_host="127.0.0.1",
+        smtp_port=silent.getsockname()[1],
+        smtp_to="ops@example.com",
+        timeout_seconds=10,
+    )
+    subject = "service:slow-mail"
+    results: list[tuple[int, int]] = []
+    try:
+        with engine_scope(fresh.jobmanager) as engine:
+            with engine.begin() as conn:
+                incidents.record_failure(conn, subject, "down on purpose", {}, datetime.now(UTC))
+            sending = threading.Thread(
+                target=lambda: results.append(send_unsent(engine, channels, watchdog=True)),
+                daemon=True,
+            )
+            sending.start()
+            deadline = time.monotonic() + 8  # the mail's greeting is awaited 10 s
+            marked = False
+            while not marked and time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    marked = not incidents.unsent(conn, 10, watchdog=True)
+                time.sleep(0.1)
+            assert marked, "the alert the webhook took is not marked sent while mail is tried"
+            assert sending.is_alive(), "the mail was not still being tried"
+            assert states(receiver, subject) == ["open"]
+            sending.join(30)
+            assert results == [(1, 0)]
+
+            # Past the look's time for sending, no alert is started: it waits for the next look.
+            with engine.begin() as conn:
+                incidents.record_failure(conn, "service:late", "down", {}, datetime.now(UTC))
+            webhook = AlertChannels(webhook_url=receiver.url)
+            late = time.monotonic()
+            assert send_unsent(engine, webhook, watchdog=True, start_before=late) == (0, 1)
+            assert states(receiver, "service:late") == []
+            assert send_unsent(engine, webhook, watchdog=True) == (1, 0)
+            assert states(receiver, "service:late") == ["open"]
+    finally:
+        silent.close()
