@@ -708,7 +708,7 @@ def watchdog_command(heartbeat_tolerance: int) -> None:
     env = _env()
     with engine_scope(env.urls.jobmanager) as engine:
         report = watch(
-            env.instance(),
+            env.instance,  # built within the look's bound: an unreachable `dagster` is a sign
             engine,
             alert_channels_from_settings(env.settings, secrets=True),
             (env.settings.code_server_host, env.settings.code_server_port),

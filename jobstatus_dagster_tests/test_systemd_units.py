@@ -108,6 +108,10 @@ def test_each_unit_starts_a_jobstatus_command_that_exists() -> None:
     assert sorted(wants.split()) == [p.name for p in SERVICES if p != WATCHDOG]
     timer = SYSTEMD / "jobstatus-watchdog.timer"
     assert values(timer, "Timer", "OnUnitActiveSec") == ["1min"]
+    # A grace from the timer's start (a fresh `enable --now` with the services, or a boot):
+    # OnBootSec, long past on an installed host, would elapse at once (a false down/cleared).
+    assert values(timer, "Timer", "OnActiveSec") == ["3min"]
+    assert not values(timer, "Timer", "OnBootSec")
     assert values(timer, "Install", "WantedBy") == ["timers.target"]
 
     # Caddy sends each site to the port its unit serves on (deploy/Caddyfile's defaults).

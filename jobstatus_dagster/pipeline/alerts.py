@@ -24,7 +24,8 @@ import json
 import logging
 import smtplib
 import ssl
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -456,6 +457,10 @@ def alert_body(incident: Incident, webhook_format: str = "slack") -> dict[str, A
     return body
 
 
+class AlertNotSent(RuntimeError):
+    """No channel took the alert (each one's failure in the message): it is sent again later."""
+
+
 class AlertChannels(dg.ConfigurableResource):
     """Where alerts go; empty values mean that channel is off."""
 
@@ -481,12 +486,15 @@ class AlertChannels(dg.ConfigurableResource):
             if on
         ]
 
-    def send(self, incident: Incident) -> list[str]:
+    def send(self, incident: Incident, taken: Callable[[], None] | None = None) -> list[str]:
         """Send on every configured channel, each on its own: a broken webhook never keeps the
         mail back. Told once at least one channel took it (sending again would repeat it on
-        the channels that did); raises only when every channel failed (sent again later).
-        Returns the failures of the channels that did not take it."""
+        the channels that did): ``taken`` is called right then, before the next channel is
+        tried, so a process ended while a slow channel is tried has still recorded it. Raises
+        only when every channel failed (sent again later). Returns the failures of the
+        channels that did not take it."""
         failures: list[str] = []
+        told = False
         for name, channel in (("webhook", self._post), ("mail", self._mail)):
             if name not in self.configured:
                 continue
@@ -494,8 +502,12 @@ class AlertChannels(dg.ConfigurableResource):
                 channel(incident)
             except Exception as error:  # noqa: BLE001 - a channel's failure, reported
                 failures.append(f"{name}: {type(error).__name__}: {error}")
-        if failures and len(failures) == len(self.configured):
-            raise RuntimeError("; ".join(failures))
+                continue
+            if not told and taken is not None:
+                taken()
+            told = True
+        if not told:
+            raise AlertNotSent("; ".join(failures))
         return failures
 
     def _post(self, incident: Incident) -> None:
@@ -528,25 +540,45 @@ def send_unsent(
     log: dg.DagsterLogManager | logging.Logger | None = None,
     *,
     watchdog: bool = False,
+    start_before: float | None = None,
 ) -> tuple[int, int]:
     """Send what has not gone out; (sent, failed). With no channel configured, incidents are
     marked as told (the table and the sensor's page are then the only place they show).
-    ``watchdog``: the watchdog's own incidents (``service:…``) instead of the sensor's."""
+    ``watchdog``: the watchdog's own incidents (``service:…``) instead of the sensor's.
+    ``start_before`` (a ``time.monotonic()``): no alert is started later; those left count as
+    failed (sent next time).
+
+    Each alert is marked sent as soon as its first channel took it, before the next channel is
+    tried: between a channel taking it and the mark there is only one short transaction, so a
+    process ended in the middle (a tick's or the watchdog unit's time limit) sends that alert
+    again at worst, and a slow second channel never makes every look repeat the first one."""
     with engine.connect() as conn:
         pending = incidents.unsent(conn, ALERTS_PER_TICK, watchdog=watchdog)
     sent = failed = 0
     for incident in pending:
+        if start_before is not None and time.monotonic() >= start_before:
+            failed += 1
+            if log:
+                log.warning(f"alert for {incident.subject} not sent: no time left, next time")
+            continue
+
+        def mark(incident: Incident = incident) -> None:
+            with engine.begin() as conn:
+                incidents.mark_sent(conn, incident, datetime.now(UTC))
+
+        if not channels.configured:
+            mark()
+            sent += 1
+            continue
         try:
-            partly = channels.send(incident) if channels.configured else []
-        except Exception as error:  # noqa: BLE001 - every channel failed: try again next tick
+            partly = channels.send(incident, taken=mark)  # a failing mark raises from here
+        except AlertNotSent as error:  # every channel failed: sent again next tick
             failed += 1
             if log:
                 log.warning(f"alert for {incident.subject} not sent: {error}")
             continue
         if partly and log:
             log.warning(f"alert for {incident.subject} not sent on {'; '.join(partly)}")
-        with engine.begin() as conn:
-            incidents.mark_sent(conn, incident, datetime.now(UTC))
         sent += 1
     return sent, failed
 
