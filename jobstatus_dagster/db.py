@@ -144,6 +144,31 @@ def roll_back(urls: DatabaseUrls, after: int) -> dict[str, list[str]]:
     }
 
 
+OUTBOX_BY_DELIVERER = "0020_outbox_filled_by_the_deliverer"
+
+
+def settle_outbox_trigger(libpq_url: str) -> bool:
+    """A ``--roll-back-after`` stopped between 0020's rollback (committed) and yoyo forgetting
+    0020 (its own transaction) leaves 0020 recorded with the trigger back: both would queue
+    every change. 0020 again (idempotent) ends it; True when it had to."""
+    engine = make_engine(libpq_url)
+    try:
+        with engine.begin() as conn:
+            back = conn.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname ="
+                    " 'job_status_changes_outbox')"
+                )
+            ).scalar_one()
+            if back:
+                conn.exec_driver_sql(
+                    (SQL_DIR / "jobmanager" / f"{OUTBOX_BY_DELIVERER}.sql").read_text()
+                )
+        return bool(back)
+    finally:
+        engine.dispose()
+
+
 def migrate(urls: DatabaseUrls, baseline: bool = False) -> dict[str, list[str]]:
     """Baseline (the shop's own tables, demo/tests only, R2) then our additive migrations (R1).
     Every folder is read first: one without migrations raises ``MigrationsNotFound`` before any
@@ -157,6 +182,8 @@ def migrate(urls: DatabaseUrls, baseline: bool = False) -> dict[str, list[str]]:
     applied: dict[str, list[str]] = {}
     for name, url in (("jobmanager", urls.jobmanager), ("logs", urls.logs)):
         applied[name] = [m for folder in plan[name] for m in apply_migrations(url, folder)]
+    if settle_outbox_trigger(urls.jobmanager):
+        applied["jobmanager"].append(f"{OUTBOX_BY_DELIVERER} (again: a roll-back had stopped)")
     return applied
 
 

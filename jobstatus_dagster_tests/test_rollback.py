@@ -5,6 +5,7 @@ webhooks' outbox; the version before relied on a trigger that 0020 drops, so rol
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from jobstatus_dagster.db import DatabaseUrls, to_sqlalchemy_url
@@ -69,5 +70,47 @@ def test_rolling_back_past_0020_the_older_version_still_delivers(
             outbox.enqueue_changes(conn)
         with engine.connect() as conn:
             assert owed(conn, hook) == before + after + later
+    finally:
+        engine.dispose()
+
+
+def test_a_rollback_stopped_before_yoyo_forgets_0020_owes_nothing_twice_after_migrate(
+    pg_admin_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from yoyo.backends.base import DatabaseBackend
+
+    from jobstatus_dagster.db import SQL_DIR, roll_back_folder
+
+    urls: DatabaseUrls = fresh_urls(pg_admin_uri)
+    assert run_cli(urls, tmp_path, "migrate", "--baseline").returncode == 0
+    engine = sa.create_engine(to_sqlalchemy_url(urls.jobmanager))
+    try:
+        with engine.begin() as conn:
+            hook = outbox.create_subscription(conn, "https://mis.example/h", "s", None)["id"]
+
+        def lost(self, migration, log=True):  # the connection drops after the steps committed
+            raise ConnectionError("server closed the connection unexpectedly")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(DatabaseBackend, "unmark_one", lost)
+            with pytest.raises(ConnectionError):
+                roll_back_folder(urls.jobmanager, SQL_DIR / "jobmanager", 19)
+
+        # yoyo still counts 0020 as applied: `jobstatus migrate` finds the trigger back and runs
+        # 0020 again (found by review 3: before, both the trigger and the deliverer queued).
+        again = run_cli(urls, tmp_path, "migrate")
+        assert again.returncode == 0, again.stderr[-2000:]
+        with engine.begin() as conn:
+            change = add_change(conn, "7400_1", "print", source_id=9400001)
+        with engine.begin() as conn:
+            outbox.enqueue_changes(conn)
+        with engine.connect() as conn:
+            owed = list(
+                conn.execute(
+                    sa.text("SELECT change_id FROM webhook_outbox WHERE subscription_id = :s"),
+                    {"s": hook},
+                ).scalars()
+            )
+        assert owed == [change], f"change {change} owed {owed.count(change)} times: {owed}"
     finally:
         engine.dispose()

@@ -551,7 +551,9 @@ def send_unsent(
     Each alert is marked sent as soon as its first channel took it, before the next channel is
     tried: between a channel taking it and the mark there is only one short transaction, so a
     process ended in the middle (a tick's or the watchdog unit's time limit) sends that alert
-    again at worst, and a slow second channel never makes every look repeat the first one."""
+    again at worst, and a slow second channel never makes every look repeat the first one. The
+    price: a process ended while a second channel is being tried leaves that channel without
+    this alert (the first one has it), as a channel that failed always did."""
     with engine.connect() as conn:
         pending = incidents.unsent(conn, ALERTS_PER_TICK, watchdog=watchdog)
     sent = failed = 0

@@ -181,12 +181,14 @@ _PLAN_LOCKS = {name: threading.Lock() for name in SOURCE_NAMES}
 # of the lock); the tick stays STARTED until they are. A request waits this long at most for
 # such a tick before it plans; a tick in progress is one STARTED less than TICK_RECENT_SECONDS
 # ago (an evaluation times out after 60 s): an older STARTED tick is one a daemon was stopped
-# in. The daemon, back, resumes such a tick for up to RESUMABLE_TICK_SECONDS (Dagster's
-# MAX_TIME_TO_RESUME_TICK_SECONDS) and queues the runs it had reserved but not queued: a
-# request counts those as in flight, never waits for them.
+# in. The daemon, back, resumes such a tick (or retries a FAILURE one, once) for up to
+# RESUMABLE_TICK_SECONDS (Dagster's MAX_TIME_TO_RESUME_TICK_SECONDS) and queues the runs it had
+# reserved but not queued: while a tick owes such runs, a request queues nothing of the source
+# (the daemon will queue those windows, and the sensor plans past them after).
 TICK_WAIT_SECONDS = 60.0
 TICK_RECENT_SECONDS = 120.0
 RESUMABLE_TICK_SECONDS = 24 * 60 * 60
+MAX_FAILURE_RESUBMISSIONS = 1  # dagster/_daemon/sensor.py MAX_FAILURE_RESUBMISSION_RETRIES
 
 
 def plan_lock_name(source_type: str) -> str:
@@ -215,33 +217,41 @@ def sensor_selector_id(source_type: str) -> str:
     ).get_id()
 
 
-def _started_ticks(instance: dg.DagsterInstance, source_type: str, within: float, limit=None):
-    from dagster._core.scheduler.instigation import TickStatus
-
+def _ticks(
+    instance: dg.DagsterInstance, source_type: str, within: float, statuses=None, limit=None
+):
     return instance.get_ticks(
         "",  # ticks are found by selector id; the origin id only matters for pre-0.15 ticks
         sensor_selector_id(source_type),
         after=time.time() - within,
         limit=limit,
-        statuses=[TickStatus.STARTED],
+        statuses=statuses,
     )
 
 
 def sensor_tick_in_progress(instance: dg.DagsterInstance, source_type: str) -> bool:
     """Whether the source's sensor is in a tick now: evaluating, or its runs not all queued."""
-    return bool(_started_ticks(instance, source_type, TICK_RECENT_SECONDS, limit=1))
+    from dagster._core.scheduler.instigation import TickStatus
+
+    started = _ticks(instance, source_type, TICK_RECENT_SECONDS, [TickStatus.STARTED], limit=1)
+    return bool(started)
 
 
-def reserved_by_ticks(
-    instance: dg.DagsterInstance, source_type: str
-) -> list[tuple[str, dict[str, str]]]:
-    """(run id, tags) of the runs an interrupted tick of the source's sensor reserved and did
-    not queue: the daemon queues them when it resumes the tick, so they are in flight."""
-    return [
-        (run_id, dict(request.tags))
-        for tick in _started_ticks(instance, source_type, RESUMABLE_TICK_SECONDS)
-        for run_id, request in tick.unsubmitted_run_ids_with_requests
-    ]
+def tick_owes_runs(instance: dg.DagsterInstance, source_type: str) -> bool:
+    """Whether the sensor's latest tick reserved runs it has not queued and the daemon will
+    queue them yet: a STARTED tick (interrupted: the daemon resumes it) or a FAILURE one it
+    retries once (the code server unreachable while queuing), within the daemon's 24 h."""
+    from dagster._core.scheduler.instigation import TickStatus
+
+    latest = _ticks(instance, source_type, RESUMABLE_TICK_SECONDS, limit=1)
+    if not latest:
+        return False
+    tick = latest[0]
+    resumable = tick.status == TickStatus.STARTED or (
+        tick.status == TickStatus.FAILURE
+        and tick.tick_data.failure_count <= MAX_FAILURE_RESUBMISSIONS
+    )
+    return resumable and bool(tick.unsubmitted_run_ids_with_requests)
 
 
 def wait_for_sensor_tick(
@@ -279,17 +289,21 @@ def _submit_source(
     # A sensor tick under way has planned (under this lock, which it let go) and the daemon is
     # queuing its runs: they count as in flight once they are in the queue.
     wait_for_sensor_tick(instance, source_type)
+    # Read before the runs: a tick the daemon resumes in between has queued its runs (seen
+    # below) or still owes them (seen here); the other order could miss them both.
+    owed_by_tick = tick_owes_runs(instance, source_type)
     # Runs already waiting (the sensor's, another request's) are this request's too: waited
     # for, not queued again.
     waiting = runs_in_flight(instance, source_type)
     for run in waiting:
         submitted.run_ids.append(run.run_id)
         submitted.windows[run.run_id] = run_window(run)
-    reserved = reserved_by_ticks(instance, source_type)
-    for run_id, tags in reserved:
-        submitted.run_ids.append(run_id)  # not a run until the daemon queues it
-        submitted.windows[run_id] = tags.get(WINDOW_TAG, source_type)
-    in_flight = InFlight.of([run.tags for run in waiting] + [tags for _, tags in reserved])
+    if owed_by_tick:
+        logger.warning(
+            "%s: a sensor tick owes runs the daemon will queue; nothing planned", source_type
+        )
+        return submitted
+    in_flight = InFlight.of([run.tags for run in waiting])
     for planned in plan_source(defs, source_type, in_flight):
         run_id = submit_run(
             instance,
