@@ -162,7 +162,9 @@ def test_the_wheel_installs_outside_the_checkout_and_migrates_and_processes(
     for database in ("jobmanager", "logs"):
         ids = sorted(f.stem for f in (installed / "sql" / database).glob("*.sql"))
         assert ids == sorted(f.stem for f in (SQL_DIR / database).glob("*.sql"))
-        applied = ", ".join([f"0000_baseline_{database}", *ids])
+        # a .rollback.sql (in the wheel too) undoes its migration: never applied by migrate
+        migrations = [i for i in ids if not i.endswith(".rollback")]
+        applied = ", ".join([f"0000_baseline_{database}", *migrations])
         assert f"{database}: {applied}" in migrated.stdout.splitlines(), migrated.stdout
     # The Dagster instance template came from the installed package.
     copied = elsewhere / "home" / "dagster_home" / "dagster.yaml"

@@ -38,7 +38,11 @@ def migrate_up_to(url: str, folder: Path, last: str) -> list[str]:
 
 
 def newer_than(database: str, last: str) -> list[str]:
-    return sorted(p.stem for p in (SQL_DIR / database).glob("*.sql") if p.stem[:4] > last)
+    return sorted(
+        p.stem
+        for p in (SQL_DIR / database).glob("*.sql")
+        if p.stem[:4] > last and not p.stem.endswith(".rollback")  # an undoing, never applied
+    )
 
 
 def test_jobstatus_migrate_brings_an_older_installation_with_data_to_the_current_schema(
