@@ -1080,3 +1080,37 @@ def test_nothing_is_due_while_the_only_pending_rows_wait_behind_a_backing_off_he
     )
     with shop.jm.connect() as conn:
         assert outbox_io.work_due(conn)  # the head's backoff over: due
+
+
+def test_pending_counts_the_changes_the_deliverer_has_not_queued_yet(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    """GET /api/webhooks' `pending` is what the subscription is still owed (R25): since 0020 the
+    changes past its position are owed before the deliverer copies them into the outbox, so a
+    count of outbox rows alone said 0 while changes waited. Queuing them changes nothing; a
+    disabled subscription is owed nothing."""
+    shop, _, _ = hooked_shop
+    everything, coating, gone = only_subscriptions(
+        shop, "https://a.example/h", "https://c.example/h", "https://g.example/h"
+    )
+    shop.execute(
+        shop.jm,
+        "UPDATE webhook_subscriptions SET operations = ARRAY['coating'] WHERE subscription_id = :c",
+        {"c": coating},
+    )
+    with shop.jm.begin() as conn:
+        for i in range(3):
+            add_change(conn, f"{7300 + i}_1", "coating", source_id=8003000 + i)
+        for i in range(2):
+            add_change(conn, f"{7300 + i}_1", "kiss_cut", source_id=8003100 + i)
+        outbox_io.disable_subscription(conn, gone, "410 Gone")
+
+    def pending() -> dict[int, int]:
+        with shop.jm.connect() as conn:
+            return {s["id"]: s["pending"] for s in outbox_io.list_subscriptions(conn)}
+
+    assert pending() == {everything: 5, coating: 3, gone: 0}
+    with shop.jm.begin() as conn:
+        outbox_io.enqueue_changes(conn)
+    assert shop.scalar(shop.jm, "SELECT count(*) FROM webhook_outbox WHERE state = 'pending'") == 8
+    assert pending() == {everything: 5, coating: 3, gone: 0}

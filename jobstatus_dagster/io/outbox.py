@@ -69,7 +69,11 @@ _SUBSCRIPTION_VIEW = (
     " s.last_attempt_at, s.last_attempt_status, s.last_attempt_error,"
     " CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret_expires_at END"
     "   AS previous_secret_expires_at,"
-    " count(*) FILTER (WHERE o.state = 'pending') AS pending,"
+    " count(*) FILTER (WHERE o.state = 'pending')"
+    # What the stream owes it and the deliverer has not queued yet is pending too (0020).
+    " + CASE WHEN s.disabled_at IS NOT NULL THEN 0 ELSE ("
+    "   SELECT count(*) FROM job_status_changes c WHERE c.change_id > s.enqueued_up_to"
+    "   AND (s.operations IS NULL OR c.operation = ANY (s.operations))) END AS pending,"
     " count(*) FILTER (WHERE o.state = 'delivered') AS delivered,"
     " count(*) FILTER (WHERE o.state = 'failed') AS failed,"
     " (array_agg(o.last_error ORDER BY o.outbox_id DESC)"
