@@ -1114,3 +1114,59 @@ def test_pending_counts_the_changes_the_deliverer_has_not_queued_yet(
         outbox_io.enqueue_changes(conn)
     assert shop.scalar(shop.jm, "SELECT count(*) FROM webhook_outbox WHERE state = 'pending'") == 8
     assert pending() == {everything: 5, coating: 3, gone: 0}
+
+
+def test_a_delete_and_an_attempt_s_record_in_the_same_instant_do_not_deadlock(
+    hooked_shop: tuple[Shop, int, int],
+) -> None:
+    """DELETE /api/webhooks/{id} holds the subscription row and then gives up its pending
+    deliveries; an attempt recorded in between must not hold one of them while it waits for the
+    subscription row (PostgreSQL would abort one of the two as a deadlock). The record is
+    started exactly between the delete's two statements and must wait for it, then find its
+    delivery given up."""
+    shop, _, _ = hooked_shop
+    (hook,) = only_subscriptions(shop, "https://receiver.example/deleted")
+    add_changes(shop, 8003200, 2)
+    with shop.jm.begin() as conn:
+        outbox_io.enqueue_changes(conn)
+    first = shop.scalar(
+        shop.jm, "SELECT min(outbox_id) FROM webhook_outbox WHERE subscription_id = :s", s=hook
+    )
+    outcome = outbox_io.Outcome(first, ok=True, status_code=204, error=None, duration_ms=3)
+    errors: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            with shop.jm.begin() as conn:
+                outbox_io.record_outcome(conn, outcome, max_attempts=5, run_id=None)
+        except BaseException as error:  # noqa: BLE001 - the test reports it
+            errors.append(error)
+
+    recorder = threading.Thread(target=record)
+
+    def record_between(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001, ARG001
+        if "UPDATE webhook_outbox" in statement and not recorder.is_alive():
+            recorder.start()
+            for _ in range(200):  # until the record waits for a lock
+                waiting = shop.scalar(
+                    shop.jm,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%webhook_subscriptions%'",
+                )
+                if waiting:
+                    return
+                time.sleep(0.05)
+            raise AssertionError("the record never waited for the delete")
+
+    with shop.jm.connect() as conn:
+        sa.event.listen(conn, "before_cursor_execute", record_between)
+        with conn.begin():
+            assert outbox_io.delete_subscription(conn, hook)
+    recorder.join(30)
+    assert not recorder.is_alive() and errors == []
+    states = {r["outbox_id"]: (r["state"], r["last_error"]) for r in outbox(shop, hook)}
+    assert set(states.values()) == {("failed", "subscription deleted")}, states
+    assert (
+        shop.scalar(shop.jm, "SELECT count(*) FROM webhook_attempts WHERE outbox_id = :o", o=first)
+        == 0
+    )

@@ -338,7 +338,19 @@ def record_outcome(
     conn: sa.Connection, outcome: Outcome, *, max_attempts: int, run_id: str | None
 ) -> None:
     """Every attempt is kept (and the subscription's latest shown on it); a failed one is
-    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason."""
+    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason.
+
+    The subscription row is locked before the outbox row, the order every other writer of both
+    keeps (deleting, disabling, queuing): RECORD_SQL alone would take them the other way round
+    and deadlock with a DELETE of the subscription that holds its row and waits for this one."""
+    conn.execute(
+        sa.text(
+            "SELECT 1 FROM webhook_subscriptions WHERE subscription_id ="
+            " (SELECT subscription_id FROM webhook_outbox WHERE outbox_id = :outbox_id)"
+            " FOR NO KEY UPDATE"
+        ),
+        {"outbox_id": outcome.outbox_id},
+    )
     conn.execute(
         RECORD_SQL,
         {
