@@ -24,7 +24,7 @@ Status codes:
   than open to anyone. Also 503 when a database or the Dagster storage is unreachable.
 - 404: unknown job or run. 408: a body not received whole within 30 s. 413: body over 64 KiB. 422: anything malformed (wrong types, unknown
   fields or ``source``, non-JSON, a job id that is not ``<digits>_<digits>``). 400: a JSON body
-  that is not UTF-8 (FastAPI's own answer), or an unreadable Content-Length.
+  that is not UTF-8 (UTF-16 or UTF-32 included), or an unreadable Content-Length.
 - 502: a run failed (e.g. a database error inside an op). The body names the failed run and its
   error, and lists the request's runs: other windows are committed, the marker stays before the
   failed one, and repeating the request resumes there (R18). A failed run is the upstream's
@@ -292,11 +292,33 @@ def header_bytes(scope: Scope) -> int:
     return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
+def read_as_json(scope: Scope) -> bool:
+    """Whether FastAPI would parse the body as JSON: no Content-Type, or a JSON one."""
+    ctype = Headers(scope=scope).get("content-type")
+    if ctype is None:
+        return True
+    media = ctype.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def is_utf8(body: bytes) -> bool:
+    """UTF-8, and no NUL byte: JSON text never holds one raw, and NULs are how Python's json
+    tells UTF-16 and UTF-32 without a byte-order mark from UTF-8."""
+    if b"\x00" in body:
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class BodySizeLimit:
     """Before any endpoint sees a request: 431 for a request line and headers over
     ``MAX_HEADER_BYTES``; 413 for a body over ``max_bytes``, by Content-Length and by the bytes
     actually received (chunked bodies have no Content-Length); 408 for a body not received whole
-    within ``timeout`` seconds (a client trickling it holds no request open)."""
+    within ``timeout`` seconds (a client trickling it holds no request open); 400 for a JSON body
+    that is not UTF-8 (RFC 8259: Python's json would otherwise guess UTF-16 or UTF-32)."""
 
     def __init__(
         self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_SECONDS
@@ -335,6 +357,9 @@ class BodySizeLimit:
         if reading.cancelled_caught:
             detail = f"request body not received within {self.timeout:g} s"
             await self._refuse(scope, receive, send, 408, detail, close=True)
+            return
+        if body and read_as_json(scope) and not is_utf8(bytes(body)):
+            await self._refuse(scope, receive, send, 400, "request body is not UTF-8 JSON")
             return
         replayed = False
 

@@ -473,8 +473,19 @@ BAD_BODIES = [
     ("/api/process-print-os", {"content": b"force=true"}, 422),
     ("/api/process-print-os", {"content": b"force=true", "ctype": "text/plain"}, 422),
     ("/api/process-print-os", {"content": b'{"force": tru', "ctype": "application/json"}, 422),
-    # Not UTF-8: FastAPI's own 400 "error parsing the body", before any validation.
+    # Not UTF-8: 400 before any validation (RFC 8259), also when Python's json would have read
+    # it as UTF-16 or UTF-32, with or without a byte-order mark, or without a Content-Type.
     ("/api/process-print-os", {"content": b'{"force": \xff}', "ctype": "application/json"}, 400),
+    *(
+        ("/api/process-status-updates", {"content": encoded, "ctype": ctype}, 400)
+        for encoded in (
+            '{"source": "both"}'.encode("utf-16"),
+            '{"source": "both"}'.encode("utf-16-le"),
+            '{"source": "both"}'.encode("utf-32"),
+        )
+        for ctype in ("application/json", "application/json; charset=utf-16")
+    ),
+    ("/api/process-status-updates", {"content": '{"source": "both"}'.encode("utf-16-be")}, 400),
     ("/api/process-print-os", {"content": b"\xff\xfe", "ctype": "text/plain"}, 422),
     ("/api/process-status-updates", {"json": {"source": "both", "pad": "x" * MAX_BODY_BYTES}}, 413),
     ("/api/process-print-os", {"chunked": b" " * (MAX_BODY_BYTES + 1)}, 413),
