@@ -1,5 +1,6 @@
 """One embedded PostgreSQL 18 per test session; fresh databases per test module."""
 
+import signal
 from collections.abc import Iterator
 
 import dagster as dg
@@ -12,6 +13,15 @@ from jobstatus_dagster_tests.shop import Shop
 from jobstatus_testkit.daemon import running_daemon
 from jobstatus_testkit.databases import Server, embedded_server
 from jobstatus_testkit.databases import engines as open_engines
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop process groups with SIGINT, as a terminal's Ctrl-C does. Started as a
+    non-interactive shell's background job (`make test &` in a script), the suite would inherit
+    SIGINT ignored, and every process it starts would ignore it too: restore Python's default,
+    as `jobstatus dev` itself does (processes.interrupt_on_stop_signals)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

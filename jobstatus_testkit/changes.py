@@ -119,13 +119,49 @@ def held_state(jobmanager: sa.Engine) -> dict[tuple, dict]:
     }
 
 
+# The state per (job, operation) the writer keeps beside the stream (R15: jobs.operations is
+# its projection), naming the version it is of: what a reader of the stream must hold for that
+# key, from a table the stream does not fill. Not `not_printed`: the job's own note that its
+# highest version has no print status yet (R11), which no version's state says.
+_OPERATION_STATE_SQL = sa.text(
+    "SELECT job_id, version_tag, operation, status"
+    " FROM job_operation_state WHERE status IS NOT NULL AND status <> 'not_printed'"
+)
+
+
+def operation_state_problems(
+    jobmanager: sa.Engine, held: dict[tuple, dict], what: str, label: str
+) -> list[str]:
+    """R25 against ``job_operation_state``: the folded state of each (job, version, operation)
+    it holds has its status. (Which row it cites may differ: a version printed by two events
+    cites the deciding one in the stream and the latest in the job's state.)"""
+    problems = []
+    with jobmanager.connect() as conn:
+        rows = conn.execute(_OPERATION_STATE_SQL).mappings().all()
+    for row in rows:
+        key = (row["job_id"], row["version_tag"], row["operation"])
+        got = held.get(key)
+        seen = None if got is None else got["status"]
+        expected = row["status"]
+        if seen != expected:
+            problems.append(
+                f"{label}: folding {what} (R25): {key!r} is {seen!r},"
+                f" job_operation_state says {expected!r}"[:800]
+            )
+    return problems[:4]
+
+
 def fold_problems(jobmanager: sa.Engine, subscription_id: int | None, label: str) -> list[str]:
-    """R25: folding the feed, and separately one subscription's deliveries, gives the state."""
+    """R25: folding the feed, and separately one subscription's deliveries, gives the state:
+    ``job_version_state``, and, outside the stream's own tables, each operation's state
+    (``job_operation_state``) and PrintOS's print state."""
     state = held_state(jobmanager)
     problems = []
     folds = {"the feed": fold(feed_changes(jobmanager))}
     if subscription_id is not None:
         folds["the deliveries"] = fold(delivered_changes(jobmanager, subscription_id))
+    for what, held in folds.items():
+        problems += operation_state_problems(jobmanager, held, what, label)
     # an oracle outside the stream's own tables: PrintOS's print state of each version (R11)
     # is what the folded print change of that version says, where PrintOS decided it (R15)
     with jobmanager.connect() as conn:
