@@ -1,6 +1,6 @@
 """The benchmark scripts (bench/) still run: each at a tiny size, and prints its table.
 
-The four run side by side (each starts its own embedded Postgres), so the test stays short.
+They run side by side (each starts its own embedded Postgres), so the test stays short.
 """
 
 import subprocess
@@ -24,6 +24,11 @@ TINY = {
     "change_triggers": (
         "A 500-row insert, median of 1 (ratio to no subscription)",
         ["--rows", "500", "--repeat", "1"],
+    ),
+    "api_load": (
+        "API under bursts: the dagster database and a reader meanwhile",
+        ["--burst", "5", "--abandoned", "3", "--hang-up", "1", "--new-rows", "10"]
+        + ["--idle", "1", "--after", "2"],
     ),
     "storage": (
         "a year of runs",
