@@ -82,10 +82,42 @@ def test_every_header_sent_is_in_the_openapi_document_and_every_documented_one_i
                         params = {**params, "after": unquote(after)}
                         answer = call(path, "get", concrete, params=params, headers=headers)
                         assert answer.status_code == 200, answer.text
-    for path, methods in app.openapi()["paths"].items():
-        for method in methods:
-            if method != "get":  # writes: without a token (a refusal, nothing runs)
-                call(path, method, path.replace("{webhook_id}", "1"))
+    writes = [
+        (path, method)
+        for path, methods in app.openapi()["paths"].items()
+        for method in methods
+        if method != "get"
+    ]
+    for path, method in writes:
+        concrete = path.replace("{webhook_id}", "1")
+        call(path, method, concrete)  # without a token: a refusal, nothing runs
+        # Answered by the middleware before any endpoint: too large, not UTF-8 JSON.
+        call(path, method, concrete, headers=AUTH, content=b"{}" + b" " * 70_000)
+        call(
+            path, method, concrete, headers=AUTH, json=None, content='{"wait": 0}'.encode("utf-16")
+        )
+    # Writes that succeed: processing (not waited for), a subscription made, rotated, deleted.
+    for path, method in writes:
+        if path.startswith("/api/process"):
+            answer = call(path, method, path, headers=AUTH, json={"wait": 0})
+            assert answer.status_code in (200, 202), answer.text
+    made = call(
+        "/api/webhooks",
+        "post",
+        "/api/webhooks",
+        headers=AUTH,
+        json={"url": "https://93.184.215.14/hook"},
+    )
+    assert made.status_code == 201, made.text
+    hook = f"/api/webhooks/{made.json()['id']}"
+    rotated = call(
+        "/api/webhooks/{webhook_id}/rotate-secret", "post", f"{hook}/rotate-secret", headers=AUTH
+    )
+    assert rotated.status_code == 200, rotated.text
+    deleted = call("/api/webhooks/{webhook_id}", "delete", hook, headers=AUTH)
+    assert deleted.status_code == 204, deleted.text
+    for status in ("413", "400", "201", "204"):
+        assert any(key[2] == status and key[1] != "get" for key in sent), status
 
     undocumented = {
         key: headers - described.get(key, set())
