@@ -293,9 +293,10 @@ def header_bytes(scope: Scope) -> int:
 
 
 def read_as_json(scope: Scope) -> bool:
-    """Whether FastAPI would parse the body as JSON: no Content-Type, or a JSON one."""
+    """Whether the body may be parsed as JSON: a JSON Content-Type, or none (FastAPI before
+    strict content types parsed a body without one, or with an empty one, as JSON)."""
     ctype = Headers(scope=scope).get("content-type")
-    if ctype is None:
+    if not ctype:
         return True
     media = ctype.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")

@@ -492,6 +492,24 @@ BAD_BODIES = [
 ]
 
 
+@pytest.mark.parametrize(
+    "body,ctype",
+    [
+        ('\ufeff{"source": "both", "wait": 0}'.encode(), "application/json"),  # a UTF-8 BOM
+        (b'{"source": "both", "wait": 0}', "application/json; charset=utf-8"),
+        (b'{"source": "both", "wait": 0}', "application/json;charset=UTF-8"),
+    ],
+)
+def test_utf8_json_bodies_pass_the_encoding_check(
+    processed: dict, client: TestClient, body: bytes, ctype: str
+) -> None:
+    """The refusal of bodies that are not UTF-8 leaves every UTF-8 spelling alone."""
+    response = client.post(
+        "/api/process-status-updates", headers={**AUTH, "Content-Type": ctype}, content=body
+    )
+    assert response.status_code in (200, 202), response.text
+
+
 @pytest.mark.parametrize("path,request_kwargs,status", BAD_BODIES)
 def test_bad_bodies_are_refused_without_a_write(
     processed: dict, client: TestClient, shop: Shop, instance, path, request_kwargs, status

@@ -70,10 +70,14 @@ _SUBSCRIPTION_VIEW = (
     " CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret_expires_at END"
     "   AS previous_secret_expires_at,"
     " count(*) FILTER (WHERE o.state = 'pending')"
-    # What the stream owes it and the deliverer has not queued yet is pending too (0020).
-    " + CASE WHEN s.disabled_at IS NOT NULL THEN 0 ELSE ("
-    "   SELECT count(*) FROM job_status_changes c WHERE c.change_id > s.enqueued_up_to"
-    "   AND (s.operations IS NULL OR c.operation = ANY (s.operations))) END AS pending,"
+    # What the stream owes it and the deliverer has not queued yet is pending too (0020): for
+    # a subscription to every operation, the distance to the stream's end (change ids are
+    # gap-free, 0016), so a long backlog costs nothing to count; a filtered one counts.
+    " + CASE WHEN s.disabled_at IS NOT NULL THEN 0"
+    "   WHEN s.operations IS NULL THEN GREATEST(COALESCE("
+    "     (SELECT max(change_id) FROM job_status_changes), 0) - s.enqueued_up_to, 0)"
+    "   ELSE (SELECT count(*) FROM job_status_changes c WHERE c.change_id > s.enqueued_up_to"
+    "     AND c.operation = ANY (s.operations)) END AS pending,"
     " count(*) FILTER (WHERE o.state = 'delivered') AS delivered,"
     " count(*) FILTER (WHERE o.state = 'failed') AS failed,"
     " (array_agg(o.last_error ORDER BY o.outbox_id DESC)"
@@ -324,6 +328,11 @@ RECORD_SQL = sa.text("""
             next_attempt_at = now() + make_interval(secs => :retry_in)
         WHERE outbox_id = :outbox_id AND state = 'pending'
         RETURNING outbox_id, attempts, subscription_id
+    ), late AS (
+        -- given up meanwhile (its subscription deleted or disabled while the POST was out):
+        -- the delivery stays given up, but the attempt, made all the same, is kept
+        SELECT outbox_id, attempts + 1 AS attempts FROM webhook_outbox
+        WHERE outbox_id = :outbox_id AND NOT EXISTS (SELECT 1 FROM updated)
     ), latest AS (
         UPDATE webhook_subscriptions s SET last_attempt_at = now(),
             last_attempt_status = :status_code, last_attempt_error = :error
@@ -331,6 +340,8 @@ RECORD_SQL = sa.text("""
     )
     INSERT INTO webhook_attempts (outbox_id, attempt, status_code, error, duration_ms, run_id)
     SELECT outbox_id, attempts, :status_code, :error, :duration_ms, :run_id FROM updated
+    UNION ALL
+    SELECT outbox_id, attempts, :status_code, :error, :duration_ms, :run_id FROM late
 """)
 
 
@@ -338,7 +349,9 @@ def record_outcome(
     conn: sa.Connection, outcome: Outcome, *, max_attempts: int, run_id: str | None
 ) -> None:
     """Every attempt is kept (and the subscription's latest shown on it); a failed one is
-    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason.
+    retried after its ``retry_in``, until ``max_attempts``, then given up with the reason. An
+    attempt whose delivery was given up while it was out (the subscription deleted) is kept
+    too; the delivery stays given up.
 
     The subscription row is locked before the outbox row, the order every other writer of both
     keeps (deleting, disabling, queuing): RECORD_SQL alone would take them the other way round
