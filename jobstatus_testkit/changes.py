@@ -133,11 +133,20 @@ def operation_state_problems(
     jobmanager: sa.Engine, held: dict[tuple, dict], what: str, label: str
 ) -> list[str]:
     """R25 against ``job_operation_state``: the folded state of each (job, version, operation)
-    it holds has its status. (Which row it cites may differ: a version printed by two events
-    cites the deciding one in the stream and the latest in the job's state.)"""
+    it holds has its status, and no folded key is of a (job, operation) it holds nothing for.
+    (Which row it cites may differ: a version printed by two events cites the deciding one in
+    the stream and the latest in the job's state.)"""
     problems = []
     with jobmanager.connect() as conn:
         rows = conn.execute(_OPERATION_STATE_SQL).mappings().all()
+        with_state = set(conn.execute(sa.text("SELECT job_id, operation FROM job_operation_state")))
+    # the other way: a folded key of a (job, operation) that holds no state at all is stale
+    for key, got in held.items():
+        if (key[0], key[2]) not in with_state:
+            problems.append(
+                f"{label}: folding {what} (R25): {key!r} holds {got['status']!r}, but"
+                " job_operation_state holds nothing for that job and operation"
+            )
     for row in rows:
         key = (row["job_id"], row["version_tag"], row["operation"])
         got = held.get(key)
