@@ -341,7 +341,7 @@ class BodySizeLimit:
             await self._refuse(scope, receive, send, 400, "invalid Content-Length")
             return
         if declared is not None and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, 413, self._too_large)
+            await self._refuse(scope, receive, send, 413, self._too_large, close=True)
             return
         body = bytearray()
         with anyio.move_on_after(self.timeout) as reading:
@@ -351,7 +351,7 @@ class BodySizeLimit:
                     return
                 body += message.get("body", b"")
                 if len(body) > self.max_bytes:
-                    await self._refuse(scope, receive, send, 413, self._too_large)
+                    await self._refuse(scope, receive, send, 413, self._too_large, close=True)
                     return
                 if not message.get("more_body", False):
                     break
