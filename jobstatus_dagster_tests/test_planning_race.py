@@ -81,19 +81,13 @@ def test_a_request_requeues_the_windows_of_an_interrupted_tick_the_daemon_will_r
     (dagster/_daemon/sensor.py MAX_TIME_TO_RESUME_TICK_SECONDS) and its runs submitted then: a
     request that planned meanwhile has queued the same windows, so each is queued twice."""
     import logging
-    from types import SimpleNamespace
 
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import TickData, TickStatus
     from dagster._daemon.sensor import _get_evaluation_tick
 
     instance = idle
-    shop = Shop(urls, partition_width=100, chunk_size=2)
-    for marker in range(1, 7):
-        shop.print_event("C-I1", "PRINTED", marker=marker)
-    requested = list(sensor_tick(shop, instance).run_requests or [])
-    assert requested
-    selector_id = queue.sensor_selector_id("print_os")
+    shop, requested, selector_id = _shop_with_a_tick_s_requests(urls, instance)
     # The daemon died after RUN_IDS_RESERVED (killed, host rebooted) some minutes ago.
     instance.create_tick(
         TickData(
@@ -113,18 +107,25 @@ def test_a_request_requeues_the_windows_of_an_interrupted_tick_the_daemon_will_r
     # is handed to the request's waiters (they would count it finished: review 3).
     assert queued == set() and submitted.run_ids == []
     # The daemon, back, looks at the sensor: Dagster's own choice of tick to evaluate.
-    sensor = SimpleNamespace(
-        name="print_os_sensor",
-        get_remote_origin_id=lambda: "origin",
-        get_remote_origin=lambda: SimpleNamespace(
-            get_selector=lambda: SimpleNamespace(get_id=lambda: selector_id)
-        ),
-    )
+    sensor = _daemon_view(selector_id)
     tick = _get_evaluation_tick(instance, sensor, None, time.time(), logging.getLogger("t"))
     resumed = {request.tags[WINDOW_TAG] for _, request in tick.unsubmitted_run_ids_with_requests}
     assert not (queued & resumed), (
         f"queued by the request and again by the daemon: {queued & resumed}"
     )
+
+
+def _shop_with_a_tick_s_requests(
+    urls: DatabaseUrls, instance: dg.DagsterInstance
+) -> tuple[Shop, list, str]:
+    """Six print rows past the marker, the run requests a sensor tick makes for them, and the
+    id Dagster files that sensor's ticks under."""
+    shop = Shop(urls, partition_width=100, chunk_size=2)
+    for marker in range(1, 7):
+        shop.print_event("C-I1", "PRINTED", marker=marker)
+    requested = list(sensor_tick(shop, instance).run_requests or [])
+    assert requested
+    return shop, requested, queue.sensor_selector_id("print_os")
 
 
 def _daemon_view(selector_id: str) -> SimpleNamespace:
@@ -154,12 +155,7 @@ def test_a_request_requeues_the_windows_of_a_failed_tick_the_daemon_will_retry(
     from dagster_shared.error import SerializableErrorInfo
 
     instance = idle
-    shop = Shop(urls, partition_width=100, chunk_size=2)
-    for marker in range(1, 7):
-        shop.print_event("C-I1", "PRINTED", marker=marker)
-    requested = list(sensor_tick(shop, instance).run_requests or [])
-    assert requested
-    selector_id = queue.sensor_selector_id("print_os")
+    shop, requested, selector_id = _shop_with_a_tick_s_requests(urls, instance)
     instance.create_tick(
         TickData(
             instigator_origin_id="origin",
